@@ -1,0 +1,248 @@
+//! Wire messages between the corral supervisor and its native workers: ids, the bootstrap
+//! handshake, batches and their outcomes. Types only; no I/O happens here.
+//!
+//! A native worker is started with two environment variables, [`ENV_BOOTSTRAP`] (the name of
+//! an `ipc_channel::ipc::IpcOneShotServer`) and [`ENV_NONCE`]. It connects, sends
+//! [`FromWorker::Hello`] and from then on receives [`ToWorker`] messages on the channel whose
+//! sender it handed over, answering every [`Batch`] with one [`BatchDone`] on the bootstrap
+//! channel.
+//!
+//! Job inputs and task outputs travel as raw JSON bytes ([`RawJson`]): the supervisor never
+//! parses them, it splices them into result lines.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipc_channel::ipc::{IpcSender, IpcSharedMemory};
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol. The supervisor refuses a worker whose `Hello` carries another.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Environment variable holding the name of the supervisor's one-shot bootstrap server.
+pub const ENV_BOOTSTRAP: &str = "CORRAL_BOOTSTRAP";
+
+/// Environment variable holding the nonce the worker must echo in its `Hello`, as 16 hex digits.
+pub const ENV_NONCE: &str = "CORRAL_NONCE";
+
+/// Largest serialized message either side sends, in bytes. Batches are cut below it.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Size in bytes of the shared-memory region a worker hands over in `Hello`: one
+/// [`RunningWord`] as a little-endian `u64`.
+pub const RUNNING_REGION_BYTES: usize = 8;
+
+/// One worker process as the supervisor numbers them: a replacement gets a new id.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WorkerId(pub u64);
+
+/// One job's place in the supervisor's input, in reading order, starting at 0.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobSeq(pub u64);
+
+/// One batch sent to a worker. Unique within a supervisor run.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BatchId(pub u64);
+
+/// Index of a task in the list a worker announced in its `Hello`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskIndex(pub u32);
+
+/// JSON text carried as bytes, never parsed on the way through.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawJson(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// What a worker publishes, in shared memory, about the job it is running right now.
+///
+/// `0` means idle. Otherwise the low 24 bits hold the job's index in its batch plus one and the
+/// high 40 bits the batch id (modulo 2^40). The supervisor reads it after a worker dies to know
+/// which job killed it, and on its timer to know how long the current job has run: attribution
+/// without a message per job.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RunningWord(pub u64);
+
+impl RunningWord {
+    /// The word of a worker between jobs.
+    pub const IDLE: RunningWord = RunningWord(0);
+    /// Most jobs one batch may hold, so that an index fits the word.
+    pub const MAX_BATCH_JOBS: usize = (1 << 24) - 1;
+
+    /// The word for the job at `index` of `batch`.
+    pub fn running(batch: BatchId, index: usize) -> RunningWord {
+        debug_assert!(index < Self::MAX_BATCH_JOBS);
+        RunningWord(((batch.0 & ((1 << 40) - 1)) << 24) | (index as u64 + 1))
+    }
+
+    /// The batch and index this word names, or `None` when idle.
+    pub fn job(self) -> Option<(u64, usize)> {
+        if self.0 == 0 {
+            return None;
+        }
+        Some((self.0 >> 24, ((self.0 & ((1 << 24) - 1)) - 1) as usize))
+    }
+
+    /// Whether this word names the job at `index` of `batch`.
+    pub fn is(self, batch: BatchId, index: usize) -> bool {
+        self == RunningWord::running(batch, index)
+    }
+}
+
+/// The shared-memory word holding a worker's [`RunningWord`]: the worker stores, the
+/// supervisor loads. Both sides map the same memfd page.
+#[derive(Debug)]
+pub struct RunningSlot {
+    // Keeps the mapping alive; `word` points into it.
+    _region: IpcSharedMemory,
+    word: *const AtomicU64,
+}
+
+// SAFETY: the pointer targets a shared mapping owned by `_region`, accessed only atomically.
+unsafe impl Send for RunningSlot {}
+// SAFETY: as above; all access goes through `AtomicU64`.
+unsafe impl Sync for RunningSlot {}
+
+impl RunningSlot {
+    /// A fresh idle slot, and the handle to send to the other side in `Hello`.
+    pub fn create() -> (RunningSlot, IpcSharedMemory) {
+        let region = IpcSharedMemory::from_byte(0, RUNNING_REGION_BYTES);
+        let handover = region.clone();
+        (RunningSlot::wrap(region).expect("a fresh region has the right size"), handover)
+    }
+
+    /// The slot behind a region received in `Hello`; `None` if it has the wrong size.
+    pub fn from_shared(region: IpcSharedMemory) -> Option<RunningSlot> {
+        RunningSlot::wrap(region)
+    }
+
+    fn wrap(mut region: IpcSharedMemory) -> Option<RunningSlot> {
+        if region.len() != RUNNING_REGION_BYTES {
+            return None;
+        }
+        // SAFETY: the region is a page-aligned MAP_SHARED mapping of 8 bytes that lives as long
+        // as `_region`. It is only ever accessed through this atomic, on both sides, so no
+        // non-atomic access can race with it.
+        let word = unsafe { AtomicU64::from_ptr(region.deref_mut().as_mut_ptr().cast::<u64>()) as *const AtomicU64 };
+        Some(RunningSlot { _region: region, word })
+    }
+
+    /// Publishes `word`.
+    pub fn store(&self, word: RunningWord) {
+        // SAFETY: see `wrap`; the pointer is valid while `self` lives.
+        unsafe { &*self.word }.store(word.0, Ordering::Release);
+    }
+
+    /// Reads the current word.
+    pub fn load(&self) -> RunningWord {
+        // SAFETY: see `wrap`.
+        RunningWord(unsafe { &*self.word }.load(Ordering::Acquire))
+    }
+}
+
+/// Messages from a worker to the supervisor, on the bootstrap channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// The first message, once per worker.
+    Hello(Hello),
+    /// The outcomes of one batch, in the batch's order.
+    Done(BatchDone),
+}
+
+/// A worker introducing itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The nonce from [`ENV_NONCE`], proving this is the process that was started.
+    pub nonce: u64,
+    /// The worker's process id.
+    pub pid: u32,
+    /// Names of the tasks it serves; a job names one, a batch refers to it by [`TaskIndex`].
+    pub tasks: Vec<String>,
+    /// Where the supervisor sends work.
+    pub sender: IpcSender<ToWorker>,
+    /// [`RUNNING_REGION_BYTES`] of shared memory holding the worker's [`RunningWord`].
+    pub running: IpcSharedMemory,
+}
+
+/// Messages from the supervisor to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run these jobs in order and answer with one [`BatchDone`].
+    Batch(Batch),
+    /// Finish the current batch, then exit with status 0.
+    Shutdown,
+}
+
+/// Jobs a worker runs in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch {
+    /// Echoed in the answer and written into the [`RunningWord`].
+    pub id: BatchId,
+    /// The jobs; at most [`RunningWord::MAX_BATCH_JOBS`].
+    pub jobs: Vec<JobRequest>,
+}
+
+/// One job inside a batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// Which task runs it.
+    pub task: TaskIndex,
+    /// The job's `input`, as JSON.
+    pub input: RawJson,
+}
+
+/// A worker's answer to a [`Batch`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchDone {
+    /// The batch answered.
+    pub batch: BatchId,
+    /// One outcome per job, in the batch's order.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The result of running one job.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Time spent in the task, in nanoseconds.
+    pub nanos: u64,
+    /// What the task produced.
+    pub result: TaskResult,
+}
+
+/// What a task produced.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum TaskResult {
+    /// The task's output, as JSON.
+    Ok(RawJson),
+    /// The task returned an error; the message is its `Display`.
+    TaskError(String),
+    /// The job's input did not match the task's input type.
+    BadInput(String),
+    /// The task panicked; the message is the panic's payload.
+    Panic(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_slot_is_shared_between_its_two_handles() {
+        let (writer, handover) = RunningSlot::create();
+        let reader = RunningSlot::from_shared(handover).unwrap();
+        let word = RunningWord::running(BatchId(3), 4);
+        writer.store(word);
+        assert_eq!(reader.load(), word);
+        assert!(RunningSlot::from_shared(IpcSharedMemory::from_byte(0, 3)).is_none());
+    }
+
+    #[test]
+    fn running_word_round_trips() {
+        let word = RunningWord::running(BatchId(12345), 77);
+        assert_eq!(word.job(), Some((12345, 77)));
+        assert!(word.is(BatchId(12345), 77));
+        assert!(!word.is(BatchId(12345), 78));
+        assert_eq!(RunningWord::IDLE.job(), None);
+        let big = RunningWord::running(BatchId((1 << 40) + 5), 0);
+        assert_eq!(big.job(), Some((5, 0)));
+    }
+}

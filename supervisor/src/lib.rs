@@ -1,0 +1,17 @@
+//! corral, the supervisor: runs batches of CPU jobs on a pool of worker processes that it
+//! starts, feeds, watches and replaces, writing exactly one result per job.
+//!
+//! The parts, from the core out:
+//! - [`scheduler`]: the pure state machine that decides everything;
+//! - [`pool`]: worker processes, their handshake, threads and deaths;
+//! - [`input`] and [`output`]: job lines in, result lines out;
+//! - [`run`]: the runtime that wires them together for `corral run`;
+//! - [`cli`]: the command-line definitions.
+
+pub mod cli;
+pub mod input;
+pub mod output;
+pub mod pool;
+pub mod record;
+pub mod run;
+pub mod scheduler;

@@ -1,0 +1,242 @@
+//! Result lines: formatting a [`JobResult`] as one JSON line, and the tally of a run's
+//! outcomes. Raw JSON (ids, outputs, meta) is spliced in as it came, never re-parsed.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use crate::record::{ErrorKind, JobResult, ResultKey};
+
+/// Appends `result` as one JSON line (with its `\n`) to `out`.
+///
+/// Field order: `id`, `line` (only for results about the line itself), `ok`, `output` or
+/// `error`, `attempts`, `worker`, `ms`, `meta`.
+pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
+    out.push(b'{');
+    match &result.key {
+        ResultKey::Job { id, line } => {
+            out.extend_from_slice(b"\"id\":");
+            out.extend_from_slice(id);
+            if result.attempts == 0 {
+                write_field_u64(out, "line", *line);
+            }
+        }
+        ResultKey::Line(line) => {
+            out.extend_from_slice(b"\"line\":");
+            write_u64(out, *line);
+        }
+    }
+    match &result.outcome {
+        Ok(done) => {
+            out.extend_from_slice(b",\"ok\":true,\"output\":");
+            out.extend_from_slice(&done.output);
+        }
+        Err(error) => {
+            out.extend_from_slice(b",\"ok\":false,\"error\":{\"kind\":\"");
+            out.extend_from_slice(error.kind.as_str().as_bytes());
+            out.push(b'"');
+            if let Some(signal) = &error.signal {
+                out.extend_from_slice(b",\"signal\":");
+                write_json_str(out, signal);
+            }
+            if let Some(code) = error.exit_code {
+                out.extend_from_slice(b",\"exit_code\":");
+                out.extend_from_slice(code.to_string().as_bytes());
+            }
+            out.extend_from_slice(b",\"message\":");
+            write_json_str(out, &error.message);
+            out.push(b'}');
+        }
+    }
+    if matches!(result.key, ResultKey::Job { .. }) {
+        write_field_u64(out, "attempts", u64::from(result.attempts));
+    }
+    if let Some(pid) = result.worker {
+        write_field_u64(out, "worker", u64::from(pid));
+    }
+    if let Ok(done) = &result.outcome {
+        // Milliseconds with microsecond precision, written without floating-point formatting.
+        let micros = done.nanos / 1_000;
+        out.extend_from_slice(b",\"ms\":");
+        write_u64(out, micros / 1_000);
+        out.push(b'.');
+        let frac = micros % 1_000;
+        out.extend_from_slice(&[b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]);
+    }
+    if let Some(meta) = &result.meta {
+        out.extend_from_slice(b",\"meta\":");
+        out.extend_from_slice(meta);
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn write_field_u64(out: &mut Vec<u8>, name: &str, value: u64) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    write_u64(out, value);
+}
+
+fn write_u64(out: &mut Vec<u8>, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = value;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
+}
+
+/// Counts of a run's results.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Jobs that succeeded.
+    pub ok: u64,
+    /// Jobs that failed, by kind.
+    pub failed: BTreeMap<ErrorKind, u64>,
+}
+
+impl Tally {
+    /// Counts one result.
+    pub fn add(&mut self, result: &JobResult) {
+        match &result.outcome {
+            Ok(_) => self.ok += 1,
+            Err(error) => *self.failed.entry(error.kind).or_default() += 1,
+        }
+    }
+
+    /// Jobs that failed, of any kind.
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+}
+
+/// Writes result lines to a sink, buffered; flushes when told (after each group of results).
+pub struct ResultWriter<W: Write> {
+    sink: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> ResultWriter<W> {
+    /// A writer into `sink`.
+    pub fn new(sink: W) -> ResultWriter<W> {
+        ResultWriter { sink, buf: Vec::with_capacity(256 * 1024) }
+    }
+
+    /// Formats and buffers results, writing out whenever the buffer is large.
+    pub fn write(&mut self, results: &[JobResult]) -> io::Result<()> {
+        for result in results {
+            format_result(result, &mut self.buf);
+            if self.buf.len() >= 128 * 1024 {
+                self.sink.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes out everything buffered and flushes the sink.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.sink.write_all(&self.buf)?;
+        self.buf.clear();
+        self.sink.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Completed, JobError};
+
+    fn line(result: &JobResult) -> String {
+        let mut out = Vec::new();
+        format_result(result, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn ok_results_splice_raw_json() {
+        let result = JobResult {
+            key: ResultKey::Job { id: b"17".to_vec().into(), line: 3 },
+            meta: Some(b"{\"any\": \"json\"}".to_vec().into()),
+            attempts: 1,
+            worker: Some(4242),
+            outcome: Ok(Completed { output: b"14".to_vec(), nanos: 812_345 }),
+        };
+        assert_eq!(
+            line(&result),
+            "{\"id\":17,\"ok\":true,\"output\":14,\"attempts\":1,\"worker\":4242,\"ms\":0.812,\"meta\":{\"any\": \"json\"}}\n"
+        );
+        let value: serde_json::Value = serde_json::from_str(&line(&result)).unwrap();
+        assert_eq!(value["meta"]["any"], "json");
+    }
+
+    #[test]
+    fn errors_carry_kind_signal_and_escaped_message() {
+        let mut error = JobError::new(ErrorKind::Crashed, "worker 9 was killed by \"SIGSEGV\"\n");
+        error.signal = Some("SIGSEGV".into());
+        let result = JobResult {
+            key: ResultKey::Job { id: b"\"x\"".to_vec().into(), line: 1 },
+            meta: None,
+            attempts: 3,
+            worker: Some(9),
+            outcome: Err(error),
+        };
+        let text = line(&result);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["id"], "x");
+        assert_eq!(value["ok"], false);
+        assert_eq!(value["error"]["kind"], "crashed");
+        assert_eq!(value["error"]["signal"], "SIGSEGV");
+        assert_eq!(value["error"]["message"], "worker 9 was killed by \"SIGSEGV\"\n");
+        assert_eq!(value["attempts"], 3);
+        assert!(value.get("line").is_none());
+    }
+
+    #[test]
+    fn line_errors_name_the_line() {
+        let result = JobResult {
+            key: ResultKey::Line(19),
+            meta: None,
+            attempts: 0,
+            worker: None,
+            outcome: Err(JobError::new(ErrorKind::BadInput, "expected ','")),
+        };
+        assert_eq!(
+            line(&result),
+            "{\"line\":19,\"ok\":false,\"error\":{\"kind\":\"bad_input\",\"message\":\"expected ','\"}}\n"
+        );
+        let never_ran = JobResult { key: ResultKey::Job { id: b"5".to_vec().into(), line: 7 }, ..result };
+        assert!(line(&never_ran).starts_with("{\"id\":5,\"line\":7,\"ok\":false"));
+    }
+
+    #[test]
+    fn writer_writes_every_line_and_tally_counts_by_kind() {
+        let ok = JobResult {
+            key: ResultKey::Line(1),
+            meta: None,
+            attempts: 1,
+            worker: None,
+            outcome: Ok(Completed { output: b"1".to_vec(), nanos: 0 }),
+        };
+        let bad = JobResult { outcome: Err(JobError::new(ErrorKind::Panic, "p")), ..ok.clone() };
+        let results = [ok.clone(), bad, ok];
+        let mut writer = ResultWriter::new(Vec::new());
+        writer.write(&results).unwrap();
+        writer.flush().unwrap();
+        assert_eq!(writer.sink.iter().filter(|&&b| b == b'\n').count(), 3);
+        let mut tally = Tally::default();
+        results.iter().for_each(|r| tally.add(r));
+        assert_eq!(tally.ok, 2);
+        assert_eq!(tally.failed_total(), 1);
+        assert_eq!(tally.failed[&ErrorKind::Panic], 1);
+    }
+}

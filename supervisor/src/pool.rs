@@ -1,0 +1,398 @@
+//! Worker processes: spawning (fork+exec), the bootstrap handshake with its own deadline,
+//! reaping, killing, and the per-worker threads that carry batches and results.
+//!
+//! Every worker runs in its own process group, so that the terminal's Ctrl-C reaches only the
+//! supervisor (shutdown is its decision) and a kill of the group also takes the worker's own
+//! children. `PR_SET_PDEATHSIG` kills a worker when the thread that forked it exits; all forks
+//! happen on the spawner thread, which lives as long as the pool, so workers die with the
+//! supervisor even if it is killed with SIGKILL.
+//!
+//! Reaping: each worker has a waiter thread blocked in `waitpid` on exactly its pid, so exits
+//! are reaped at once (no zombies) without touching other children of the process. The waiter
+//! then kills the worker's process group, so no grandchild outlives it.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use corral_protocol::{
+    Batch, BatchDone, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, PROTOCOL_VERSION, RunningSlot, ToWorker,
+    WorkerId,
+};
+use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
+use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
+
+use crate::scheduler::{StartFailure, WorkerExit};
+
+/// Environment variables a worker must not inherit: they belong to the supervisor's own service
+/// manager (systemd notify, watchdog and socket activation).
+const SCRUBBED_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+
+/// How to start workers.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The worker binary.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// How long a worker may take to say hello.
+    pub handshake_timeout: Duration,
+}
+
+/// What the pool's threads report to the runtime.
+pub enum PoolEvent {
+    /// A worker said hello and is ready for batches.
+    Started(StartedWorker),
+    /// A worker could not be started; nothing of it is left running.
+    StartFailed {
+        /// Which worker.
+        worker: WorkerId,
+        /// Why.
+        failure: StartFailure,
+    },
+    /// A worker answered a batch.
+    Done {
+        /// Which worker.
+        worker: WorkerId,
+        /// The answer.
+        done: BatchDone,
+    },
+    /// A worker's process has exited and been reaped, and every message it sent was delivered.
+    Gone {
+        /// Which worker.
+        worker: WorkerId,
+        /// How it ended.
+        exit: WorkerExit,
+        /// Why the pool killed it, when it did (a malformed message).
+        note: Option<String>,
+    },
+}
+
+/// A worker that completed the handshake.
+pub struct StartedWorker {
+    /// Which worker.
+    pub worker: WorkerId,
+    /// Its pid (also its process group id).
+    pub pid: u32,
+    /// The tasks it serves.
+    pub tasks: Vec<String>,
+    /// Where to send its batches.
+    pub sender: IpcSender<ToWorker>,
+    /// Its running word.
+    pub running: RunningSlot,
+}
+
+/// The long-lived thread that forks every worker (see the module docs for why it is one
+/// thread).
+pub struct Spawner {
+    requests: Option<Sender<WorkerId>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread; it reports on `events`.
+    pub fn new(config: PoolConfig, events: Sender<PoolEvent>) -> Spawner {
+        let (requests, inbox) = unbounded::<WorkerId>();
+        let thread = thread::Builder::new()
+            .name("corral-spawner".into())
+            .spawn(move || {
+                for worker in inbox {
+                    let event = match start_worker(&config, worker, &events) {
+                        Ok(started) => PoolEvent::Started(started),
+                        Err(failure) => PoolEvent::StartFailed { worker, failure },
+                    };
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning a thread");
+        Spawner { requests: Some(requests), thread: Some(thread) }
+    }
+
+    /// Asks for a worker to be started under `worker`.
+    pub fn spawn(&self, worker: WorkerId) {
+        if let Some(requests) = &self.requests {
+            // The thread only stops when this handle is dropped.
+            let _ = requests.send(worker);
+        }
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The runtime's handle on a live worker.
+pub struct WorkerHandle {
+    /// The worker's pid and process group.
+    pub pid: u32,
+    /// Its running word.
+    pub running: RunningSlot,
+    batches: Option<Sender<Batch>>,
+}
+
+impl WorkerHandle {
+    /// Takes over a started worker: its batches go out on a thread of their own, since an IPC
+    /// send blocks while the socket buffer is full.
+    pub fn new(started: StartedWorker) -> (WorkerId, Vec<String>, WorkerHandle) {
+        let (batches, outbox) = unbounded::<Batch>();
+        let sender = started.sender;
+        thread::Builder::new()
+            .name(format!("corral-send-{}", started.pid))
+            .spawn(move || {
+                for batch in outbox {
+                    if sender.send(ToWorker::Batch(batch)).is_err() {
+                        // The worker is gone; its receiver thread reports that.
+                        return;
+                    }
+                }
+                let _ = sender.send(ToWorker::Shutdown);
+            })
+            .expect("spawning a thread");
+        let handle = WorkerHandle { pid: started.pid, running: started.running, batches: Some(batches) };
+        (started.worker, started.tasks, handle)
+    }
+
+    /// Queues a batch for the worker.
+    pub fn send(&self, batch: Batch) {
+        if let Some(batches) = &self.batches {
+            let _ = batches.send(batch);
+        }
+    }
+
+    /// Lets the worker finish what it has and exit.
+    pub fn retire(&mut self) {
+        self.batches.take();
+    }
+
+    /// Kills the worker and its process group.
+    pub fn kill(&self) {
+        kill_group(self.pid);
+    }
+}
+
+/// SIGKILL to a whole process group. A group that is already gone is not an error.
+pub fn kill_group(pgid: u32) {
+    // SAFETY: killpg has no memory-safety preconditions.
+    unsafe {
+        libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+/// Describes how a process ended.
+pub fn describe_exit(status: ExitStatus) -> WorkerExit {
+    if let Some(signal) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(signal)
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|_| format!("signal {signal}"));
+        WorkerExit::Signal(name)
+    } else {
+        WorkerExit::Code(status.code().unwrap_or(-1))
+    }
+}
+
+fn start_worker(config: &PoolConfig, worker: WorkerId, events: &Sender<PoolEvent>) -> Result<StartedWorker, StartFailure> {
+    let program = config.program.display().to_string();
+    let transient = |message: String| StartFailure { fatal: false, message };
+    let fatal = |message: String| StartFailure { fatal: true, message };
+
+    let (server, server_name) = IpcOneShotServer::<FromWorker>::new()
+        .map_err(|err| transient(format!("cannot create the bootstrap socket: {err} (is $TMPDIR writable?)")))?;
+    let nonce = getrandom::u64().map_err(|err| transient(format!("no randomness for the nonce: {err}")))?;
+
+    let mut command = Command::new(&config.program);
+    command
+        .args(&config.args)
+        .env(ENV_BOOTSTRAP, &server_name)
+        .env(ENV_NONCE, format!("{nonce:016x}"))
+        .stdin(Stdio::null())
+        // The supervisor's stdout is the results stream: a worker's stdout goes to the log.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for name in SCRUBBED_ENV {
+        command.env_remove(name);
+    }
+    let supervisor = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions.
+    unsafe {
+        command.pre_exec(move || {
+            // Own process group: no terminal signals, and killpg reaches the worker's children.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Die when the forking thread (the spawner) dies, even if the supervisor is SIGKILLed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor may have died before PDEATHSIG was armed.
+            if libc::getppid() != supervisor {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            let message = match err.kind() {
+                std::io::ErrorKind::NotFound => format!("worker binary {program} not found"),
+                std::io::ErrorKind::PermissionDenied => format!("worker binary {program} is not executable"),
+                _ => format!("cannot start worker binary {program}: {err}"),
+            };
+            let fatal_kind = matches!(err.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied);
+            return Err(if fatal_kind { fatal(message) } else { transient(message) });
+        }
+    };
+    let pid = child.id();
+    if let Some(stdout) = child.stdout.take() {
+        log_worker_stdout(pid, stdout);
+    }
+    let exits = reap_in_background(child);
+
+    let (hellos, hello) = bounded(1);
+    thread::Builder::new()
+        .name(format!("corral-accept-{pid}"))
+        .spawn(move || {
+            let _ = hellos.send(server.accept());
+        })
+        .expect("spawning a thread");
+
+    let accepted = select! {
+        recv(hello) -> accepted => Ok(accepted.expect("the accept thread always answers")),
+        recv(exits) -> exit => Err(match exit {
+            Ok(status) => format!("worker {pid} ({program}) {} before saying hello", describe_exit(status)),
+            Err(_) => format!("worker {pid} ({program}) vanished before saying hello"),
+        }),
+        default(config.handshake_timeout) => Err(format!(
+            "worker {pid} ({program}) did not say hello within {}",
+            humantime::format_duration(config.handshake_timeout)
+        )),
+    };
+    let failed = |message: String, is_fatal: bool| {
+        kill_group(pid);
+        // Unblock the accept thread if it still waits: connect and hang up.
+        let _ = IpcSender::<FromWorker>::connect(server_name.clone());
+        StartFailure { fatal: is_fatal, message }
+    };
+    let (receiver, first) = match accepted {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(err)) => return Err(failed(format!("worker {pid} ({program}) failed the handshake: {err}"), false)),
+        Err(message) => return Err(failed(message, false)),
+    };
+    let hello: Hello = match first {
+        FromWorker::Hello(hello) => hello,
+        FromWorker::Done(_) => return Err(failed(format!("worker {pid} ({program}) did not start with hello"), true)),
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(failed(
+            format!(
+                "worker {program} speaks protocol version {}, this corral speaks {PROTOCOL_VERSION}; rebuild it against this corral-worker",
+                hello.protocol_version
+            ),
+            true,
+        ));
+    }
+    if hello.nonce != nonce {
+        return Err(failed(format!("worker {pid} ({program}) answered with the wrong nonce"), true));
+    }
+    let Some(running) = RunningSlot::from_shared(hello.running) else {
+        return Err(failed(format!("worker {pid} ({program}) sent a running-word region of the wrong size"), true));
+    };
+    tracing::debug!(pid, worker = worker.0, tasks = ?hello.tasks, "worker started");
+    receive_in_background(worker, pid, receiver, exits, events.clone());
+    Ok(StartedWorker { worker, pid, tasks: hello.tasks, sender: hello.sender, running })
+}
+
+/// Waits for `child` on a thread of its own; once reaped, kills what is left of its process
+/// group and reports the status.
+fn reap_in_background(mut child: Child) -> Receiver<ExitStatus> {
+    let (tx, rx) = bounded(1);
+    let pid = child.id();
+    thread::Builder::new()
+        .name(format!("corral-wait-{pid}"))
+        .spawn(move || {
+            let status = loop {
+                match child.wait() {
+                    Ok(status) => break status,
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(err) => {
+                        tracing::error!(pid, "cannot wait for worker: {err}");
+                        return;
+                    }
+                }
+            };
+            kill_group(pid);
+            let _ = tx.send(status);
+        })
+        .expect("spawning a thread");
+    rx
+}
+
+/// Forwards a worker's messages to the runtime until its channel closes, then waits for its
+/// exit, so that `Gone` always comes after the worker's last result.
+fn receive_in_background(
+    worker: WorkerId,
+    pid: u32,
+    receiver: IpcReceiver<FromWorker>,
+    exits: Receiver<ExitStatus>,
+    events: Sender<PoolEvent>,
+) {
+    thread::Builder::new()
+        .name(format!("corral-recv-{pid}"))
+        .spawn(move || {
+            let mut note = None;
+            loop {
+                match receiver.recv() {
+                    Ok(FromWorker::Done(done)) => {
+                        if events.send(PoolEvent::Done { worker, done }).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(FromWorker::Hello(_)) => {
+                        note = Some("it sent a second hello".to_owned());
+                        kill_group(pid);
+                        break;
+                    }
+                    Err(ipc_channel::IpcError::Disconnected) => break,
+                    Err(err) => {
+                        note = Some(format!("it sent a malformed message ({err})"));
+                        kill_group(pid);
+                        break;
+                    }
+                }
+            }
+            drop(receiver);
+            let exit = match exits.recv() {
+                Ok(status) => describe_exit(status),
+                Err(_) => WorkerExit::Code(-1),
+            };
+            if let Some(note) = &note {
+                tracing::warn!(pid, "worker killed: {note}");
+            }
+            let _ = events.send(PoolEvent::Gone { worker, exit, note });
+        })
+        .expect("spawning a thread");
+}
+
+/// Logs each line a worker prints on stdout, with its pid, so it never mixes with results.
+fn log_worker_stdout(pid: u32, stdout: std::process::ChildStdout) {
+    thread::Builder::new()
+        .name(format!("corral-out-{pid}"))
+        .spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let Ok(line) = line else { return };
+                tracing::info!(pid, "worker stdout: {}", String::from_utf8_lossy(&line));
+            }
+        })
+        .expect("spawning a thread");
+}

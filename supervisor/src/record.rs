@@ -1,0 +1,143 @@
+//! Job and result records as the supervisor holds them: a job read from input, and the one
+//! result every job line ends with.
+
+use std::fmt;
+use std::sync::Arc;
+
+use corral_protocol::JobSeq;
+
+/// A job read from input, waiting for or under execution.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Its place in the input, from 0.
+    pub seq: JobSeq,
+    /// The 1-based line it came from, counted across all inputs.
+    pub line: u64,
+    /// The job's `id` as raw JSON (a string or a number).
+    pub id: Box<[u8]>,
+    /// The task that runs it.
+    pub task: Arc<str>,
+    /// The job's `input` as raw JSON.
+    pub input: Vec<u8>,
+    /// The job's `meta` as raw JSON, echoed in its result.
+    pub meta: Option<Box<[u8]>>,
+    /// Attempts that ended in a crash or a timeout so far.
+    pub failed_attempts: u32,
+}
+
+/// The kinds of failure a result can carry.
+#[derive(Debug, Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// The task returned an error.
+    TaskError,
+    /// The task panicked.
+    Panic,
+    /// The job killed its worker on every attempt.
+    Crashed,
+    /// The job ran past `--timeout` on every attempt.
+    Timeout,
+    /// The line is not a valid job, or its input does not fit the task.
+    BadInput,
+    /// No worker serves the named task.
+    UnknownTask,
+    /// The line is longer than `--max-job-bytes`.
+    TooLarge,
+    /// The job was not run because the run stopped.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// The kind as it appears in result lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::TaskError => "task_error",
+            ErrorKind::Panic => "panic",
+            ErrorKind::Crashed => "crashed",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::BadInput => "bad_input",
+            ErrorKind::UnknownTask => "unknown_task",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What went wrong, in words.
+    pub message: String,
+    /// The signal that ended the worker, for `crashed` (`"SIGSEGV"`).
+    pub signal: Option<String>,
+    /// The worker's exit status, for `crashed` when it exited rather than being signalled.
+    pub exit_code: Option<i32>,
+}
+
+impl JobError {
+    /// An error with only a kind and a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> JobError {
+        JobError { kind, message: message.into(), signal: None, exit_code: None }
+    }
+}
+
+/// Which job a result answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultKey {
+    /// A job that was read: its raw JSON id, and the line it came from.
+    Job {
+        /// Raw JSON id.
+        id: Box<[u8]>,
+        /// 1-based input line.
+        line: u64,
+    },
+    /// A line that could not be read as a job.
+    Line(u64),
+}
+
+/// The one result of one job line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobResult {
+    /// Which job.
+    pub key: ResultKey,
+    /// The job's `meta`, echoed.
+    pub meta: Option<Box<[u8]>>,
+    /// How many times the job ran (0 when it never did).
+    pub attempts: u32,
+    /// The pid of the worker that ran the last attempt, if any.
+    pub worker: Option<u32>,
+    /// What came of it.
+    pub outcome: Result<Completed, JobError>,
+}
+
+/// The output of a job that succeeded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    /// The task's output, raw JSON.
+    pub output: Vec<u8>,
+    /// Time the task took, in nanoseconds.
+    pub nanos: u64,
+}
+
+impl JobResult {
+    /// Whether the job succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+/// One item the input reader produces: a job to run, or a line already answered.
+#[derive(Debug, Clone)]
+pub enum InputItem {
+    /// A job to run.
+    Job(Job),
+    /// A line that could not be read as a job, with its error result.
+    Rejected(JobResult),
+}

@@ -1,0 +1,302 @@
+//! The runtime of `corral run`: wires the edges (input reader, pool, result writer, timer) to
+//! the scheduler on one thread, and carries out the scheduler's actions.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use corral_protocol::WorkerId;
+use crossbeam_channel::{Receiver, Sender, bounded, never, select, tick, unbounded};
+
+use crate::input::{InputFormat, JobParser};
+use crate::output::{ResultWriter, Tally};
+use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle};
+use crate::record::{InputItem, JobResult};
+use crate::scheduler::{Action, Event, Scheduler, SchedulerConfig};
+
+/// Items handed from the reader to the scheduler at once, at most.
+const INPUT_CHUNK: usize = 1024;
+/// How often deadlines and delayed restarts are checked.
+const TICK: Duration = Duration::from_millis(20);
+
+/// Where jobs are read from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Standard input.
+    Stdin,
+    /// A file.
+    File(PathBuf),
+}
+
+impl Source {
+    fn name(&self) -> String {
+        match self {
+            Source::Stdin => "standard input".into(),
+            Source::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// Everything a run needs to know.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Scheduling rules.
+    pub scheduler: SchedulerConfig,
+    /// How to start workers.
+    pub pool: PoolConfig,
+    /// How lines become jobs.
+    pub format: InputFormat,
+    /// Inputs, read in order.
+    pub sources: Vec<Source>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every job has its result.
+    Completed,
+    /// The workers could not be run (configuration error); the message says why.
+    Fatal(String),
+    /// An input could not be read to its end; the jobs read before the error have results.
+    InputFailed(String),
+    /// The results could not be written.
+    OutputFailed(io::ErrorKind, String),
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Results written, by outcome.
+    pub tally: Tally,
+    /// How it ended.
+    pub end: RunEnd,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+enum InputMsg {
+    Items(Vec<InputItem>),
+    Failed(String),
+}
+
+/// Runs every job of `config.sources` and writes one result line per job line to `output`.
+pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
+    let started = Instant::now();
+    let (input_tx, input_rx) = bounded::<InputMsg>(4);
+    let sources = config.sources.clone();
+    let format = config.format.clone();
+    thread::Builder::new()
+        .name("corral-input".into())
+        .spawn(move || read_inputs(sources, format, input_tx))
+        .expect("spawning a thread");
+
+    let output_failed = Arc::new(AtomicBool::new(false));
+    let (results_tx, results_rx) = bounded::<Vec<JobResult>>(64);
+    let writer = {
+        let failed = output_failed.clone();
+        thread::Builder::new()
+            .name("corral-output".into())
+            .spawn(move || write_results(results_rx, output, &failed))
+            .expect("spawning a thread")
+    };
+
+    let (events_tx, events_rx) = unbounded::<PoolEvent>();
+    let spawner = Spawner::new(config.pool.clone(), events_tx);
+    let mut runtime = Runtime {
+        scheduler: Scheduler::new(config.scheduler.clone(), Instant::now(), getrandom::u64().unwrap_or(1)),
+        spawner,
+        handles: HashMap::new(),
+        results: results_tx,
+        end: None,
+        input_error: None,
+        finished: false,
+    };
+    runtime.step(Event::Tick { running: Vec::new() });
+    runtime.event_loop(&input_rx, &events_rx, &output_failed);
+
+    let end = runtime.end.take().or_else(|| runtime.input_error.take().map(RunEnd::InputFailed));
+    if !runtime.finished {
+        // Stopped early: take every worker down now.
+        for handle in runtime.handles.values() {
+            handle.kill();
+        }
+    }
+    let Runtime { results, spawner, .. } = runtime;
+    drop(results);
+    drop(spawner);
+    let (tally, write_error) = writer.join().expect("the output thread does not panic");
+    let end = match (end, write_error) {
+        (Some(end), _) => end,
+        (None, Some(err)) => RunEnd::OutputFailed(err.kind(), err.to_string()),
+        (None, None) => RunEnd::Completed,
+    };
+    RunReport { tally, end, elapsed: started.elapsed() }
+}
+
+struct Runtime {
+    scheduler: Scheduler,
+    spawner: Spawner,
+    handles: HashMap<WorkerId, WorkerHandle>,
+    results: Sender<Vec<JobResult>>,
+    end: Option<RunEnd>,
+    /// Why input stopped early, if it did; the jobs read before still run.
+    input_error: Option<String>,
+    finished: bool,
+}
+
+impl Runtime {
+    fn event_loop(&mut self, input_rx: &Receiver<InputMsg>, events_rx: &Receiver<PoolEvent>, output_failed: &AtomicBool) {
+        let ticker = tick(TICK);
+        let no_input = never();
+        let mut input_open = true;
+        while !self.finished && self.end.is_none() {
+            if output_failed.load(Ordering::Relaxed) {
+                return;
+            }
+            let input = if input_open && self.scheduler.wants_input() { input_rx } else { &no_input };
+            let event = select! {
+                recv(events_rx) -> event => match event {
+                    Ok(event) => self.pool_event(event),
+                    Err(_) => unreachable!("the spawner holds a sender while the runtime lives"),
+                },
+                recv(input) -> msg => match msg {
+                    Ok(InputMsg::Items(items)) => Event::Input(items),
+                    Ok(InputMsg::Failed(message)) => {
+                        tracing::error!("{message}");
+                        self.input_error = Some(message);
+                        input_open = false;
+                        Event::InputEnded
+                    }
+                    Err(_) => {
+                        input_open = false;
+                        Event::InputEnded
+                    }
+                },
+                recv(ticker) -> _ => Event::Tick {
+                    running: self.handles.iter().map(|(&id, h)| (id, h.running.load())).collect(),
+                },
+            };
+            self.step(event);
+        }
+    }
+
+    fn pool_event(&mut self, event: PoolEvent) -> Event {
+        match event {
+            PoolEvent::Started(started) => {
+                let (worker, tasks, handle) = WorkerHandle::new(started);
+                let pid = handle.pid;
+                self.handles.insert(worker, handle);
+                Event::WorkerReady { worker, pid, tasks }
+            }
+            PoolEvent::StartFailed { worker, failure } => {
+                tracing::warn!(worker = worker.0, "worker failed to start: {}", failure.message);
+                Event::WorkerStartFailed { worker, failure }
+            }
+            PoolEvent::Done { worker, done } => Event::BatchDone { worker, done },
+            PoolEvent::Gone { worker, exit, note } => {
+                let handle = self.handles.remove(&worker).expect("gone workers were started");
+                let running = handle.running.load();
+                tracing::debug!(pid = handle.pid, %exit, "worker gone");
+                Event::WorkerGone { worker, exit, running, note }
+            }
+        }
+    }
+
+    fn step(&mut self, event: Event) {
+        for action in self.scheduler.handle(Instant::now(), event) {
+            match action {
+                Action::Spawn(worker) => self.spawner.spawn(worker),
+                Action::Send { worker, batch } => {
+                    if let Some(handle) = self.handles.get(&worker) {
+                        handle.send(batch);
+                    }
+                }
+                Action::Kill(worker) => {
+                    if let Some(handle) = self.handles.get(&worker) {
+                        tracing::warn!(pid = handle.pid, "killing worker");
+                        handle.kill();
+                    }
+                }
+                Action::Retire(worker) => {
+                    if let Some(handle) = self.handles.get_mut(&worker) {
+                        handle.retire();
+                    }
+                }
+                Action::Emit(results) => {
+                    // The output thread only stops after this sender is dropped.
+                    let _ = self.results.send(results);
+                }
+                Action::Fatal(message) => self.end = Some(RunEnd::Fatal(message)),
+                Action::Finished => self.finished = true,
+            }
+        }
+    }
+}
+
+fn read_inputs(sources: Vec<Source>, format: InputFormat, tx: Sender<InputMsg>) {
+    let mut parser = JobParser::new(format);
+    let mut chunk = Vec::with_capacity(INPUT_CHUNK);
+    for source in sources {
+        let reader: Box<dyn Read> = match &source {
+            Source::Stdin => Box::new(io::stdin()),
+            Source::File(path) => match File::open(path) {
+                Ok(file) => Box::new(file),
+                Err(err) => {
+                    let _ = tx.send(InputMsg::Failed(format!("cannot open {}: {err}", path.display())));
+                    return;
+                }
+            },
+        };
+        let mut reader = BufReader::with_capacity(256 * 1024, reader);
+        let read = parser.read_all(&mut reader, |item, would_wait| {
+            chunk.push(item);
+            if chunk.len() >= INPUT_CHUNK || would_wait {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(INPUT_CHUNK));
+                return tx.send(InputMsg::Items(full)).is_ok();
+            }
+            true
+        });
+        match read {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                let _ = tx.send(InputMsg::Items(chunk));
+                let _ = tx.send(InputMsg::Failed(format!("cannot read {}: {err}", source.name())));
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(InputMsg::Items(chunk));
+    }
+}
+
+/// Writes results until the runtime hangs up. After a write error, results are still counted
+/// but no longer written; a broken pipe is flagged so that the run stops.
+fn write_results(rx: Receiver<Vec<JobResult>>, sink: Box<dyn Write + Send>, failed: &AtomicBool) -> (Tally, Option<io::Error>) {
+    let mut writer = ResultWriter::new(sink);
+    let mut tally = Tally::default();
+    let mut error = None;
+    for results in rx.iter() {
+        results.iter().for_each(|r| tally.add(r));
+        if error.is_some() {
+            continue;
+        }
+        let written = writer.write(&results).and_then(|()| if rx.is_empty() { writer.flush() } else { Ok(()) });
+        if let Err(err) = written {
+            failed.store(true, Ordering::Relaxed);
+            error = Some(err);
+        }
+    }
+    if error.is_none()
+        && let Err(err) = writer.flush()
+    {
+        error = Some(err);
+    }
+    (tally, error)
+}

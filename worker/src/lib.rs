@@ -1,0 +1,98 @@
+//! The corral worker library: turn a `main()` and a few closures into a worker binary that a
+//! corral supervisor starts, feeds batches of jobs and supervises.
+//!
+//! ```no_run
+//! use corral_worker::Worker;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     Worker::new()
+//!         .task("double", |n: i64| -> Result<i64, String> { Ok(n * 2) })
+//!         .task("greet", |name: String| -> Result<String, std::convert::Infallible> {
+//!             Ok(format!("hello, {name}"))
+//!         })
+//!         .run()
+//! }
+//! ```
+//!
+//! Inputs and outputs are any serde types, carried as JSON. A task that returns `Err` yields a
+//! `task_error` result with the error's `Display`; a task that panics yields a `panic` result
+//! and the worker goes on serving. The binary is started by `corral run --worker PATH`; run by
+//! hand it explains that and exits with status 2.
+
+mod native;
+mod task;
+
+pub use native::ServeError;
+pub use task::TaskFailure;
+
+use std::fmt::Display;
+use std::process::ExitCode;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::task::{BoxedTask, Registry};
+
+/// A worker under construction: a set of named tasks, then [`Worker::run`].
+#[derive(Default)]
+pub struct Worker {
+    registry: Registry,
+}
+
+impl Worker {
+    /// A worker with no tasks yet.
+    pub fn new() -> Worker {
+        Worker::default()
+    }
+
+    /// Registers `name`, run by `f`. The job's `input` is parsed as `I`; the output is written
+    /// as JSON. A later registration of the same name replaces the earlier one.
+    pub fn task<I, O, E, F>(mut self, name: &str, f: F) -> Worker
+    where
+        I: DeserializeOwned,
+        O: Serialize,
+        E: Display,
+        F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
+    {
+        self.registry.insert(name, BoxedTask::new(f));
+        self
+    }
+
+    /// Names of the registered tasks, in registration order.
+    pub fn task_names(&self) -> Vec<String> {
+        self.registry.names()
+    }
+
+    /// Runs one job by hand, outside any supervisor: what the worker would answer for `input`
+    /// (JSON text) given to `task`. Useful in a worker's own unit tests.
+    pub fn call(&self, task: &str, input: &str) -> Result<String, TaskFailure> {
+        let Some(index) = self.registry.index_of(task) else {
+            return Err(TaskFailure::UnknownTask(task.to_owned()));
+        };
+        let mut out = Vec::new();
+        self.registry.run(index, input.as_bytes(), &mut out)?;
+        Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
+    }
+
+    /// Serves the supervisor that started this process until it says to stop, and returns the
+    /// exit status to leave with: 0 after a clean shutdown, 2 when the process was not started
+    /// by a supervisor or the handshake failed.
+    pub fn run(self) -> ExitCode {
+        match native::serve(&self.registry) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(ServeError::NotSupervised) => {
+                eprintln!(
+                    "this is a corral worker; it serves tasks [{}] to a supervisor.\n\
+                     Run it with: corral run --worker {} jobs.jsonl",
+                    self.registry.names().join(", "),
+                    std::env::args().next().unwrap_or_else(|| "PATH".into())
+                );
+                ExitCode::from(2)
+            }
+            Err(err) => {
+                eprintln!("corral worker: {err}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}

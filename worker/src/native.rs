@@ -1,0 +1,92 @@
+//! The native transport, worker side: connect to the supervisor's bootstrap server, say
+//! `Hello`, then run batches until told to stop or until the supervisor goes away.
+
+use std::time::Instant;
+
+use corral_protocol::{
+    BatchDone, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, Outcome, PROTOCOL_VERSION, RawJson, RunningSlot,
+    RunningWord, TaskResult, ToWorker,
+};
+use ipc_channel::ipc::{self, IpcSender};
+
+use crate::task::{Registry, TaskFailure};
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The bootstrap variables are missing: the process was not started by a supervisor.
+    #[error("not started by a corral supervisor ({ENV_BOOTSTRAP} is not set)")]
+    NotSupervised,
+    /// The nonce variable is malformed.
+    #[error("{ENV_NONCE} is not 16 hex digits: {0:?}")]
+    BadNonce(String),
+    /// Connecting to or talking with the supervisor failed.
+    #[error("{context}: {source}")]
+    Ipc {
+        /// What was being done.
+        context: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+fn ipc_err(context: &'static str) -> impl FnOnce(ipc_channel::IpcError) -> ServeError {
+    move |err| ServeError::Ipc {
+        context,
+        source: match err {
+            ipc_channel::IpcError::Io(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
+    let server = std::env::var(ENV_BOOTSTRAP).map_err(|_| ServeError::NotSupervised)?;
+    let nonce_text = std::env::var(ENV_NONCE).unwrap_or_default();
+    let nonce = u64::from_str_radix(&nonce_text, 16).map_err(|_| ServeError::BadNonce(nonce_text.clone()))?;
+
+    let to_supervisor: IpcSender<FromWorker> = IpcSender::connect(server)
+        .map_err(|source| ServeError::Ipc { context: "connecting to the supervisor", source })?;
+    let (sender, inbox) =
+        ipc::channel::<ToWorker>().map_err(|source| ServeError::Ipc { context: "creating a channel", source })?;
+    let (slot, running) = RunningSlot::create();
+    to_supervisor
+        .send(FromWorker::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            nonce,
+            pid: std::process::id(),
+            tasks: registry.names(),
+            sender,
+            running,
+        }))
+        .map_err(ipc_err("sending hello"))?;
+
+    loop {
+        let batch = match inbox.recv() {
+            Ok(ToWorker::Batch(batch)) => batch,
+            // The supervisor asked us to stop, or dropped its sender: both mean a clean exit.
+            Ok(ToWorker::Shutdown) | Err(ipc_channel::IpcError::Disconnected) => return Ok(()),
+            Err(err) => return Err(ipc_err("receiving a batch")(err)),
+        };
+        let mut outcomes = Vec::with_capacity(batch.jobs.len());
+        for (index, job) in batch.jobs.iter().enumerate() {
+            slot.store(RunningWord::running(batch.id, index));
+            let started = Instant::now();
+            let mut out = Vec::new();
+            let result = match registry.run(job.task.0 as usize, &job.input.0, &mut out) {
+                Ok(()) => TaskResult::Ok(RawJson(out)),
+                Err(TaskFailure::BadInput(message)) => TaskResult::BadInput(message),
+                Err(TaskFailure::Panic(message)) => TaskResult::Panic(message),
+                Err(failure @ (TaskFailure::TaskError(_) | TaskFailure::UnknownTask(_))) => {
+                    TaskResult::TaskError(failure.to_string())
+                }
+            };
+            outcomes.push(Outcome { nanos: started.elapsed().as_nanos() as u64, result });
+        }
+        slot.store(RunningWord::IDLE);
+        if to_supervisor.send(FromWorker::Done(BatchDone { batch: batch.id, outcomes })).is_err() {
+            // The supervisor is gone; nobody is left to serve.
+            return Ok(());
+        }
+    }
+}

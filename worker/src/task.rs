@@ -1,0 +1,135 @@
+//! The task registry: named, type-erased closures that turn a job's JSON input into JSON output,
+//! catching panics so that one bad job never takes the worker down.
+
+use std::fmt::Display;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a job produced no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskFailure {
+    /// The task returned an error.
+    #[error("{0}")]
+    TaskError(String),
+    /// The input did not parse as the task's input type.
+    #[error("input does not fit the task: {0}")]
+    BadInput(String),
+    /// The task panicked.
+    #[error("task panicked: {0}")]
+    Panic(String),
+    /// No task has this name.
+    #[error("unknown task {0:?}")]
+    UnknownTask(String),
+}
+
+type ErasedFn = dyn Fn(&[u8], &mut Vec<u8>) -> Result<(), TaskFailure> + Send + Sync;
+
+/// One task with its types erased: JSON bytes in, JSON bytes appended to a buffer.
+pub(crate) struct BoxedTask(Box<ErasedFn>);
+
+impl BoxedTask {
+    pub(crate) fn new<I, O, E, F>(f: F) -> BoxedTask
+    where
+        I: DeserializeOwned,
+        O: Serialize,
+        E: Display,
+        F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
+    {
+        BoxedTask(Box::new(move |input: &[u8], out: &mut Vec<u8>| {
+            let input: I = serde_json::from_slice(input)
+                .map_err(|err| TaskFailure::BadInput(err.to_string()))?;
+            let output = f(input).map_err(|err| TaskFailure::TaskError(err.to_string()))?;
+            serde_json::to_writer(out, &output)
+                .map_err(|err| TaskFailure::TaskError(format!("output is not JSON: {err}")))
+        }))
+    }
+}
+
+/// The tasks of one worker, in registration order; a task's index is its place here.
+#[derive(Default)]
+pub(crate) struct Registry {
+    tasks: Vec<(String, BoxedTask)>,
+}
+
+impl Registry {
+    pub(crate) fn insert(&mut self, name: &str, task: BoxedTask) {
+        match self.index_of(name) {
+            Some(index) => self.tasks[index].1 = task,
+            None => self.tasks.push((name.to_owned(), task)),
+        }
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.tasks.iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
+        self.tasks.iter().position(|(n, _)| n == name)
+    }
+
+    /// Runs task `index` on `input`, appending its JSON output to `out`. On failure `out` is
+    /// left as it was.
+    pub(crate) fn run(&self, index: usize, input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailure> {
+        let Some((_, task)) = self.tasks.get(index) else {
+            return Err(TaskFailure::UnknownTask(format!("#{index}")));
+        };
+        let start = out.len();
+        let result = catch_unwind(AssertUnwindSafe(|| (task.0)(input, out)))
+            .unwrap_or_else(|payload| Err(TaskFailure::Panic(panic_message(payload.as_ref()))));
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let mut registry = Registry::default();
+        registry.insert("sum", BoxedTask::new(|v: Vec<i64>| -> Result<i64, String> { Ok(v.iter().sum()) }));
+        registry.insert(
+            "boom",
+            BoxedTask::new(|_: serde_json::Value| -> Result<(), String> { panic!("kaboom") }),
+        );
+        registry.insert("fail", BoxedTask::new(|s: String| -> Result<(), String> { Err(format!("no {s}")) }));
+        registry
+    }
+
+    #[test]
+    fn runs_parses_and_reports_each_failure_kind() {
+        let registry = registry();
+        let mut out = b"prefix".to_vec();
+        registry.run(0, b"[1,2,3]", &mut out).unwrap();
+        assert_eq!(out, b"prefix6");
+        assert_eq!(registry.run(1, b"null", &mut out), Err(TaskFailure::Panic("kaboom".into())));
+        assert_eq!(registry.run(2, b"\"way\"", &mut out), Err(TaskFailure::TaskError("no way".into())));
+        assert!(matches!(registry.run(0, b"\"x\"", &mut out), Err(TaskFailure::BadInput(_))));
+        assert!(matches!(registry.run(9, b"1", &mut out), Err(TaskFailure::UnknownTask(_))));
+        assert_eq!(out, b"prefix6", "failures leave the buffer untouched");
+    }
+
+    #[test]
+    fn later_registration_replaces_earlier() {
+        let mut registry = registry();
+        registry.insert("sum", BoxedTask::new(|_: Vec<i64>| -> Result<i64, String> { Ok(0) }));
+        assert_eq!(registry.names(), ["sum", "boom", "fail"]);
+        let mut out = Vec::new();
+        registry.run(0, b"[1]", &mut out).unwrap();
+        assert_eq!(out, b"0");
+    }
+}
