@@ -105,7 +105,10 @@ impl RunningSlot {
     pub fn create() -> (RunningSlot, IpcSharedMemory) {
         let region = IpcSharedMemory::from_byte(0, RUNNING_REGION_BYTES);
         let handover = region.clone();
-        (RunningSlot::wrap(region).expect("a fresh region has the right size"), handover)
+        (
+            RunningSlot::wrap(region).expect("a fresh region has the right size"),
+            handover,
+        )
     }
 
     /// The slot behind a region received in `Hello`; `None` if it has the wrong size.
@@ -120,8 +123,13 @@ impl RunningSlot {
         // SAFETY: the region is a page-aligned MAP_SHARED mapping of 8 bytes that lives as long
         // as `_region`. It is only ever accessed through this atomic, on both sides, so no
         // non-atomic access can race with it.
-        let word = unsafe { AtomicU64::from_ptr(region.deref_mut().as_mut_ptr().cast::<u64>()) as *const AtomicU64 };
-        Some(RunningSlot { _region: region, word })
+        let word = unsafe {
+            AtomicU64::from_ptr(region.deref_mut().as_mut_ptr().cast::<u64>()) as *const AtomicU64
+        };
+        Some(RunningSlot {
+            _region: region,
+            word,
+        })
     }
 
     /// Publishes `word`.

@@ -12,7 +12,12 @@ use clap::{Args, Parser, Subcommand};
 /// order jobs complete. Workers that crash are replaced; the jobs they held are retried or
 /// failed, never lost.
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "corral",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// More log output on stderr (-v: info, -vv: debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

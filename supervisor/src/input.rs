@@ -38,7 +38,11 @@ pub enum Line {
 
 /// Reads one line of at most `max` bytes into `buf` (cleared first), dropping `\n` or `\r\n`.
 /// Returns `None` at end of input. A longer line is consumed without being stored.
-pub fn read_line_limited(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Option<Line>> {
+pub fn read_line_limited(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Option<Line>> {
     buf.clear();
     let mut total: u64 = 0;
     let mut too_long = false;
@@ -123,7 +127,12 @@ pub struct JobParser {
 impl JobParser {
     /// A parser at line 1.
     pub fn new(format: InputFormat) -> JobParser {
-        JobParser { format, line: 0, next_seq: 0, tasks: HashMap::new() }
+        JobParser {
+            format,
+            line: 0,
+            next_seq: 0,
+            tasks: HashMap::new(),
+        }
     }
 
     /// Reads all of `reader`, passing each item to `sink` together with whether the reader has
@@ -142,7 +151,10 @@ impl JobParser {
                     self.line += 1;
                     Some(self.rejected(
                         ErrorKind::TooLarge,
-                        format!("line is {len} bytes, over the limit of {} (--max-job-bytes)", self.format.max_line_bytes),
+                        format!(
+                            "line is {len} bytes, over the limit of {} (--max-job-bytes)",
+                            self.format.max_line_bytes
+                        ),
                     ))
                 }
             };
@@ -166,19 +178,34 @@ impl JobParser {
                 return Some(self.rejected(ErrorKind::BadInput, "line is not valid UTF-8".into()));
             };
             let input = serde_json::to_vec(text).expect("a string serializes");
-            let task = self.format.default_task.clone().expect("--lines requires --task");
+            let task = self
+                .format
+                .default_task
+                .clone()
+                .expect("--lines requires --task");
             return Some(self.job(None, &task, input, None));
         }
         let parsed: JobLine = match serde_json::from_slice(line) {
             Ok(parsed) => parsed,
-            Err(err) => return Some(self.rejected(ErrorKind::BadInput, format!("not a JSON job: {err}"))),
+            Err(err) => {
+                return Some(self.rejected(ErrorKind::BadInput, format!("not a JSON job: {err}")));
+            }
         };
         let id = match parsed.id {
             None => None,
-            Some(raw) if raw.get().starts_with(['"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) => {
+            Some(raw)
+                if raw
+                    .get()
+                    .starts_with(['"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) =>
+            {
                 Some(raw.get().as_bytes())
             }
-            Some(_) => return Some(self.rejected(ErrorKind::BadInput, "\"id\" must be a string or a number".into())),
+            Some(_) => {
+                return Some(self.rejected(
+                    ErrorKind::BadInput,
+                    "\"id\" must be a string or a number".into(),
+                ));
+            }
         };
         let task = match (&parsed.task, &self.format.default_task) {
             (Some(task), _) => task.as_ref(),
@@ -189,12 +216,20 @@ impl JobParser {
             }
         };
         let task = task.to_owned();
-        let input = parsed.input.map_or_else(|| b"null".to_vec(), |raw| raw.get().as_bytes().to_vec());
+        let input = parsed
+            .input
+            .map_or_else(|| b"null".to_vec(), |raw| raw.get().as_bytes().to_vec());
         let meta = parsed.meta.map(|raw| raw.get().as_bytes().into());
         Some(self.job(id, &task, input, meta))
     }
 
-    fn job(&mut self, id: Option<&[u8]>, task: &str, input: Vec<u8>, meta: Option<Box<[u8]>>) -> InputItem {
+    fn job(
+        &mut self,
+        id: Option<&[u8]>,
+        task: &str,
+        input: Vec<u8>,
+        meta: Option<Box<[u8]>>,
+    ) -> InputItem {
         let task = match self.tasks.get(task) {
             Some(shared) => shared.clone(),
             None => {
@@ -222,10 +257,19 @@ impl JobParser {
 
     fn rejected_job(&self, id: Option<&[u8]>, kind: ErrorKind, message: String) -> InputItem {
         let key = match id {
-            Some(id) => ResultKey::Job { id: id.into(), line: self.line },
+            Some(id) => ResultKey::Job {
+                id: id.into(),
+                line: self.line,
+            },
             None => ResultKey::Line(self.line),
         };
-        InputItem::Rejected(JobResult { key, meta: None, attempts: 0, worker: None, outcome: Err(JobError::new(kind, message)) })
+        InputItem::Rejected(JobResult {
+            key,
+            meta: None,
+            attempts: 0,
+            worker: None,
+            outcome: Err(JobError::new(kind, message)),
+        })
     }
 }
 
@@ -234,7 +278,11 @@ mod tests {
     use super::*;
 
     fn format() -> InputFormat {
-        InputFormat { plain_lines: false, default_task: None, max_line_bytes: 64 }
+        InputFormat {
+            plain_lines: false,
+            default_task: None,
+            max_line_bytes: 64,
+        }
     }
 
     fn read(text: &[u8], format: InputFormat) -> Vec<InputItem> {
@@ -281,9 +329,15 @@ mod tests {
     fn a_line_at_the_limit_with_crlf_fits() {
         let mut reader = io::BufReader::new(&b"12345\r\n123456\r\n"[..]);
         let mut buf = Vec::new();
-        assert_eq!(read_line_limited(&mut reader, &mut buf, 5).unwrap(), Some(Line::Text));
+        assert_eq!(
+            read_line_limited(&mut reader, &mut buf, 5).unwrap(),
+            Some(Line::Text)
+        );
         assert_eq!(buf, b"12345");
-        assert_eq!(read_line_limited(&mut reader, &mut buf, 5).unwrap(), Some(Line::TooLong(6)));
+        assert_eq!(
+            read_line_limited(&mut reader, &mut buf, 5).unwrap(),
+            Some(Line::TooLong(6))
+        );
         assert_eq!(read_line_limited(&mut reader, &mut buf, 5).unwrap(), None);
     }
 
@@ -292,38 +346,73 @@ mod tests {
         let text = b"{\"id\": \"a\", \"task\": \"t\", \"input\": [1, 2], \"meta\": {\"k\": 1}}\n\n{\"task\":\"t\"}\n";
         let items = read(text, format());
         assert_eq!(items.len(), 2);
-        let InputItem::Job(first) = &items[0] else { panic!() };
+        let InputItem::Job(first) = &items[0] else {
+            panic!()
+        };
         assert_eq!(&*first.id, b"\"a\"");
         assert_eq!(first.input, b"[1, 2]");
         assert_eq!(first.meta.as_deref(), Some(&b"{\"k\": 1}"[..]));
         assert_eq!((first.seq, first.line), (JobSeq(0), 1));
-        let InputItem::Job(second) = &items[1] else { panic!() };
+        let InputItem::Job(second) = &items[1] else {
+            panic!()
+        };
         assert_eq!(&*second.id, b"3", "blank line 2 is counted");
         assert_eq!(second.input, b"null");
-        assert!(Arc::ptr_eq(&first.task, &second.task), "task names are shared");
+        assert!(
+            Arc::ptr_eq(&first.task, &second.task),
+            "task names are shared"
+        );
     }
 
     #[test]
     fn bad_lines_each_get_a_rejection_with_their_line() {
         let long = format!("{{\"task\":\"t\",\"input\":\"{}\"}}", "x".repeat(100));
-        let text = format!("not json\n{{\"id\": [1], \"task\": \"t\"}}\n{{\"id\": 5}}\n{long}\n{{\"task\":\"t\"}}\n");
+        let text = format!(
+            "not json\n{{\"id\": [1], \"task\": \"t\"}}\n{{\"id\": 5}}\n{long}\n{{\"task\":\"t\"}}\n"
+        );
         let items = read(text.as_bytes(), format());
         assert_eq!(items.len(), 5);
-        assert_eq!(error_of(&items[0]), (&ResultKey::Line(1), ErrorKind::BadInput));
-        assert_eq!(error_of(&items[1]), (&ResultKey::Line(2), ErrorKind::BadInput));
-        assert_eq!(error_of(&items[2]), (&ResultKey::Job { id: b"5".to_vec().into(), line: 3 }, ErrorKind::BadInput));
-        assert_eq!(error_of(&items[3]), (&ResultKey::Line(4), ErrorKind::TooLarge));
+        assert_eq!(
+            error_of(&items[0]),
+            (&ResultKey::Line(1), ErrorKind::BadInput)
+        );
+        assert_eq!(
+            error_of(&items[1]),
+            (&ResultKey::Line(2), ErrorKind::BadInput)
+        );
+        assert_eq!(
+            error_of(&items[2]),
+            (
+                &ResultKey::Job {
+                    id: b"5".to_vec().into(),
+                    line: 3
+                },
+                ErrorKind::BadInput
+            )
+        );
+        assert_eq!(
+            error_of(&items[3]),
+            (&ResultKey::Line(4), ErrorKind::TooLarge)
+        );
         assert!(matches!(&items[4], InputItem::Job(job) if job.line == 5));
     }
 
     #[test]
     fn default_task_and_plain_lines() {
-        let with_task = InputFormat { default_task: Some("t".into()), ..format() };
+        let with_task = InputFormat {
+            default_task: Some("t".into()),
+            ..format()
+        };
         let items = read(b"{\"input\": 1}\n", with_task.clone());
         assert!(matches!(&items[0], InputItem::Job(job) if &*job.task == "t"));
-        let plain = InputFormat { plain_lines: true, ..with_task };
+        let plain = InputFormat {
+            plain_lines: true,
+            ..with_task
+        };
         let items = read(b"a \"quoted\" path\r\n", plain);
-        let InputItem::Job(job) = &items[0] else { panic!() };
+        let InputItem::Job(job) = &items[0] else {
+            panic!()
+        };
         assert_eq!(job.input, br#""a \"quoted\" path""#);
         assert_eq!(&*job.id, b"1");
     }

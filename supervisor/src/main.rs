@@ -38,7 +38,11 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, _) => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(io::stderr)
+        .init();
 }
 
 fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -68,8 +72,16 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             timeout: args.timeout,
             ..SchedulerConfig::default()
         },
-        pool: PoolConfig { program, args: Vec::new(), handshake_timeout: args.start_timeout },
-        format: InputFormat { plain_lines: args.lines, default_task: args.task, max_line_bytes },
+        pool: PoolConfig {
+            program,
+            args: Vec::new(),
+            handshake_timeout: args.start_timeout,
+        },
+        format: InputFormat {
+            plain_lines: args.lines,
+            default_task: args.task,
+            max_line_bytes,
+        },
         sources,
     };
     let report = run(config, output);
@@ -115,17 +127,32 @@ fn finish(report: &RunReport, quiet: bool) -> ExitCode {
             }
         }
     }
-    if report.tally.failed_total() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if report.tally.failed_total() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn summary(tally: &Tally, elapsed: Duration) -> String {
     let total = tally.ok + tally.failed_total();
-    let mut line = format!("{total} jobs: {} ok, {} failed", tally.ok, tally.failed_total());
+    let mut line = format!(
+        "{total} jobs: {} ok, {} failed",
+        tally.ok,
+        tally.failed_total()
+    );
     if !tally.failed.is_empty() {
-        let kinds: Vec<String> = tally.failed.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+        let kinds: Vec<String> = tally
+            .failed
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
         line.push_str(&format!(" ({})", kinds.join(", ")));
     }
     let secs = elapsed.as_secs_f64();
-    line.push_str(&format!(" in {secs:.2}s, {:.0} jobs/s", total as f64 / secs.max(1e-9)));
+    line.push_str(&format!(
+        " in {secs:.2}s, {:.0} jobs/s",
+        total as f64 / secs.max(1e-9)
+    ));
     line
 }

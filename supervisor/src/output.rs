@@ -60,7 +60,11 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
         write_u64(out, micros / 1_000);
         out.push(b'.');
         let frac = micros % 1_000;
-        out.extend_from_slice(&[b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]);
+        out.extend_from_slice(&[
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
     }
     if let Some(meta) = &result.meta {
         out.extend_from_slice(b",\"meta\":");
@@ -128,7 +132,10 @@ pub struct ResultWriter<W: Write> {
 impl<W: Write> ResultWriter<W> {
     /// A writer into `sink`.
     pub fn new(sink: W) -> ResultWriter<W> {
-        ResultWriter { sink, buf: Vec::with_capacity(256 * 1024) }
+        ResultWriter {
+            sink,
+            buf: Vec::with_capacity(256 * 1024),
+        }
     }
 
     /// Formats and buffers results, writing out whenever the buffer is large.
@@ -165,11 +172,17 @@ mod tests {
     #[test]
     fn ok_results_splice_raw_json() {
         let result = JobResult {
-            key: ResultKey::Job { id: b"17".to_vec().into(), line: 3 },
+            key: ResultKey::Job {
+                id: b"17".to_vec().into(),
+                line: 3,
+            },
             meta: Some(b"{\"any\": \"json\"}".to_vec().into()),
             attempts: 1,
             worker: Some(4242),
-            outcome: Ok(Completed { output: b"14".to_vec(), nanos: 812_345 }),
+            outcome: Ok(Completed {
+                output: b"14".to_vec(),
+                nanos: 812_345,
+            }),
         };
         assert_eq!(
             line(&result),
@@ -184,7 +197,10 @@ mod tests {
         let mut error = JobError::new(ErrorKind::Crashed, "worker 9 was killed by \"SIGSEGV\"\n");
         error.signal = Some("SIGSEGV".into());
         let result = JobResult {
-            key: ResultKey::Job { id: b"\"x\"".to_vec().into(), line: 1 },
+            key: ResultKey::Job {
+                id: b"\"x\"".to_vec().into(),
+                line: 1,
+            },
             meta: None,
             attempts: 3,
             worker: Some(9),
@@ -196,7 +212,10 @@ mod tests {
         assert_eq!(value["ok"], false);
         assert_eq!(value["error"]["kind"], "crashed");
         assert_eq!(value["error"]["signal"], "SIGSEGV");
-        assert_eq!(value["error"]["message"], "worker 9 was killed by \"SIGSEGV\"\n");
+        assert_eq!(
+            value["error"]["message"],
+            "worker 9 was killed by \"SIGSEGV\"\n"
+        );
         assert_eq!(value["attempts"], 3);
         assert!(value.get("line").is_none());
     }
@@ -214,7 +233,13 @@ mod tests {
             line(&result),
             "{\"line\":19,\"ok\":false,\"error\":{\"kind\":\"bad_input\",\"message\":\"expected ','\"}}\n"
         );
-        let never_ran = JobResult { key: ResultKey::Job { id: b"5".to_vec().into(), line: 7 }, ..result };
+        let never_ran = JobResult {
+            key: ResultKey::Job {
+                id: b"5".to_vec().into(),
+                line: 7,
+            },
+            ..result
+        };
         assert!(line(&never_ran).starts_with("{\"id\":5,\"line\":7,\"ok\":false"));
     }
 
@@ -225,9 +250,15 @@ mod tests {
             meta: None,
             attempts: 1,
             worker: None,
-            outcome: Ok(Completed { output: b"1".to_vec(), nanos: 0 }),
+            outcome: Ok(Completed {
+                output: b"1".to_vec(),
+                nanos: 0,
+            }),
         };
-        let bad = JobResult { outcome: Err(JobError::new(ErrorKind::Panic, "p")), ..ok.clone() };
+        let bad = JobResult {
+            outcome: Err(JobError::new(ErrorKind::Panic, "p")),
+            ..ok.clone()
+        };
         let results = [ok.clone(), bad, ok];
         let mut writer = ResultWriter::new(Vec::new());
         writer.write(&results).unwrap();

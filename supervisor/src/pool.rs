@@ -20,8 +20,8 @@ use std::thread;
 use std::time::Duration;
 
 use corral_protocol::{
-    Batch, BatchDone, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, PROTOCOL_VERSION, RunningSlot, ToWorker,
-    WorkerId,
+    Batch, BatchDone, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, PROTOCOL_VERSION, RunningSlot,
+    ToWorker, WorkerId,
 };
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
@@ -30,7 +30,14 @@ use crate::scheduler::{StartFailure, WorkerExit};
 
 /// Environment variables a worker must not inherit: they belong to the supervisor's own service
 /// manager (systemd notify, watchdog and socket activation).
-const SCRUBBED_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+const SCRUBBED_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
 
 /// How to start workers.
 #[derive(Debug, Clone)]
@@ -111,7 +118,10 @@ impl Spawner {
                 }
             })
             .expect("spawning a thread");
-        Spawner { requests: Some(requests), thread: Some(thread) }
+        Spawner {
+            requests: Some(requests),
+            thread: Some(thread),
+        }
     }
 
     /// Asks for a worker to be started under `worker`.
@@ -159,7 +169,11 @@ impl WorkerHandle {
                 let _ = sender.send(ToWorker::Shutdown);
             })
             .expect("spawning a thread");
-        let handle = WorkerHandle { pid: started.pid, running: started.running, batches: Some(batches) };
+        let handle = WorkerHandle {
+            pid: started.pid,
+            running: started.running,
+            batches: Some(batches),
+        };
         (started.worker, started.tasks, handle)
     }
 
@@ -201,14 +215,28 @@ pub fn describe_exit(status: ExitStatus) -> WorkerExit {
     }
 }
 
-fn start_worker(config: &PoolConfig, worker: WorkerId, events: &Sender<PoolEvent>) -> Result<StartedWorker, StartFailure> {
+fn start_worker(
+    config: &PoolConfig,
+    worker: WorkerId,
+    events: &Sender<PoolEvent>,
+) -> Result<StartedWorker, StartFailure> {
     let program = config.program.display().to_string();
-    let transient = |message: String| StartFailure { fatal: false, message };
-    let fatal = |message: String| StartFailure { fatal: true, message };
+    let transient = |message: String| StartFailure {
+        fatal: false,
+        message,
+    };
+    let fatal = |message: String| StartFailure {
+        fatal: true,
+        message,
+    };
 
-    let (server, server_name) = IpcOneShotServer::<FromWorker>::new()
-        .map_err(|err| transient(format!("cannot create the bootstrap socket: {err} (is $TMPDIR writable?)")))?;
-    let nonce = getrandom::u64().map_err(|err| transient(format!("no randomness for the nonce: {err}")))?;
+    let (server, server_name) = IpcOneShotServer::<FromWorker>::new().map_err(|err| {
+        transient(format!(
+            "cannot create the bootstrap socket: {err} (is $TMPDIR writable?)"
+        ))
+    })?;
+    let nonce =
+        getrandom::u64().map_err(|err| transient(format!("no randomness for the nonce: {err}")))?;
 
     let mut command = Command::new(&config.program);
     command
@@ -246,11 +274,20 @@ fn start_worker(config: &PoolConfig, worker: WorkerId, events: &Sender<PoolEvent
         Err(err) => {
             let message = match err.kind() {
                 std::io::ErrorKind::NotFound => format!("worker binary {program} not found"),
-                std::io::ErrorKind::PermissionDenied => format!("worker binary {program} is not executable"),
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("worker binary {program} is not executable")
+                }
                 _ => format!("cannot start worker binary {program}: {err}"),
             };
-            let fatal_kind = matches!(err.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied);
-            return Err(if fatal_kind { fatal(message) } else { transient(message) });
+            let fatal_kind = matches!(
+                err.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            );
+            return Err(if fatal_kind {
+                fatal(message)
+            } else {
+                transient(message)
+            });
         }
     };
     let pid = child.id();
@@ -282,16 +319,29 @@ fn start_worker(config: &PoolConfig, worker: WorkerId, events: &Sender<PoolEvent
         kill_group(pid);
         // Unblock the accept thread if it still waits: connect and hang up.
         let _ = IpcSender::<FromWorker>::connect(server_name.clone());
-        StartFailure { fatal: is_fatal, message }
+        StartFailure {
+            fatal: is_fatal,
+            message,
+        }
     };
     let (receiver, first) = match accepted {
         Ok(Ok(pair)) => pair,
-        Ok(Err(err)) => return Err(failed(format!("worker {pid} ({program}) failed the handshake: {err}"), false)),
+        Ok(Err(err)) => {
+            return Err(failed(
+                format!("worker {pid} ({program}) failed the handshake: {err}"),
+                false,
+            ));
+        }
         Err(message) => return Err(failed(message, false)),
     };
     let hello: Hello = match first {
         FromWorker::Hello(hello) => hello,
-        FromWorker::Done(_) => return Err(failed(format!("worker {pid} ({program}) did not start with hello"), true)),
+        FromWorker::Done(_) => {
+            return Err(failed(
+                format!("worker {pid} ({program}) did not start with hello"),
+                true,
+            ));
+        }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(failed(
@@ -303,14 +353,26 @@ fn start_worker(config: &PoolConfig, worker: WorkerId, events: &Sender<PoolEvent
         ));
     }
     if hello.nonce != nonce {
-        return Err(failed(format!("worker {pid} ({program}) answered with the wrong nonce"), true));
+        return Err(failed(
+            format!("worker {pid} ({program}) answered with the wrong nonce"),
+            true,
+        ));
     }
     let Some(running) = RunningSlot::from_shared(hello.running) else {
-        return Err(failed(format!("worker {pid} ({program}) sent a running-word region of the wrong size"), true));
+        return Err(failed(
+            format!("worker {pid} ({program}) sent a running-word region of the wrong size"),
+            true,
+        ));
     };
     tracing::debug!(pid, worker = worker.0, tasks = ?hello.tasks, "worker started");
     receive_in_background(worker, pid, receiver, exits, events.clone());
-    Ok(StartedWorker { worker, pid, tasks: hello.tasks, sender: hello.sender, running })
+    Ok(StartedWorker {
+        worker,
+        pid,
+        tasks: hello.tasks,
+        sender: hello.sender,
+        running,
+    })
 }
 
 /// Waits for `child` on a thread of its own; once reaped, kills what is left of its process
@@ -391,7 +453,7 @@ fn log_worker_stdout(pid: u32, stdout: std::process::ChildStdout) {
         .spawn(move || {
             for line in BufReader::new(stdout).split(b'\n') {
                 let Ok(line) = line else { return };
-                tracing::info!(pid, "worker stdout: {}", String::from_utf8_lossy(&line));
+                tracing::warn!(pid, "worker stdout: {}", String::from_utf8_lossy(&line));
             }
         })
         .expect("spawning a thread");

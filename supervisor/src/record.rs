@@ -84,7 +84,12 @@ pub struct JobError {
 impl JobError {
     /// An error with only a kind and a message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> JobError {
-        JobError { kind, message: message.into(), signal: None, exit_code: None }
+        JobError {
+            kind,
+            message: message.into(),
+            signal: None,
+            exit_code: None,
+        }
     }
 }
 

@@ -108,7 +108,11 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let (events_tx, events_rx) = unbounded::<PoolEvent>();
     let spawner = Spawner::new(config.pool.clone(), events_tx);
     let mut runtime = Runtime {
-        scheduler: Scheduler::new(config.scheduler.clone(), Instant::now(), getrandom::u64().unwrap_or(1)),
+        scheduler: Scheduler::new(
+            config.scheduler.clone(),
+            Instant::now(),
+            getrandom::u64().unwrap_or(1),
+        ),
         spawner,
         handles: HashMap::new(),
         results: results_tx,
@@ -116,17 +120,24 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         input_error: None,
         finished: false,
     };
-    runtime.step(Event::Tick { running: Vec::new() });
+    runtime.step(Event::Tick {
+        running: Vec::new(),
+    });
     runtime.event_loop(&input_rx, &events_rx, &output_failed);
 
-    let end = runtime.end.take().or_else(|| runtime.input_error.take().map(RunEnd::InputFailed));
+    let end = runtime
+        .end
+        .take()
+        .or_else(|| runtime.input_error.take().map(RunEnd::InputFailed));
     if !runtime.finished {
         // Stopped early: take every worker down now.
         for handle in runtime.handles.values() {
             handle.kill();
         }
     }
-    let Runtime { results, spawner, .. } = runtime;
+    let Runtime {
+        results, spawner, ..
+    } = runtime;
     drop(results);
     drop(spawner);
     let (tally, write_error) = writer.join().expect("the output thread does not panic");
@@ -135,7 +146,11 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         (None, Some(err)) => RunEnd::OutputFailed(err.kind(), err.to_string()),
         (None, None) => RunEnd::Completed,
     };
-    RunReport { tally, end, elapsed: started.elapsed() }
+    RunReport {
+        tally,
+        end,
+        elapsed: started.elapsed(),
+    }
 }
 
 struct Runtime {
@@ -150,7 +165,12 @@ struct Runtime {
 }
 
 impl Runtime {
-    fn event_loop(&mut self, input_rx: &Receiver<InputMsg>, events_rx: &Receiver<PoolEvent>, output_failed: &AtomicBool) {
+    fn event_loop(
+        &mut self,
+        input_rx: &Receiver<InputMsg>,
+        events_rx: &Receiver<PoolEvent>,
+        output_failed: &AtomicBool,
+    ) {
         let ticker = tick(TICK);
         let no_input = never();
         let mut input_open = true;
@@ -158,7 +178,11 @@ impl Runtime {
             if output_failed.load(Ordering::Relaxed) {
                 return;
             }
-            let input = if input_open && self.scheduler.wants_input() { input_rx } else { &no_input };
+            let input = if input_open && self.scheduler.wants_input() {
+                input_rx
+            } else {
+                &no_input
+            };
             let event = select! {
                 recv(events_rx) -> event => match event {
                     Ok(event) => self.pool_event(event),
@@ -194,15 +218,27 @@ impl Runtime {
                 Event::WorkerReady { worker, pid, tasks }
             }
             PoolEvent::StartFailed { worker, failure } => {
-                tracing::warn!(worker = worker.0, "worker failed to start: {}", failure.message);
+                tracing::warn!(
+                    worker = worker.0,
+                    "worker failed to start: {}",
+                    failure.message
+                );
                 Event::WorkerStartFailed { worker, failure }
             }
             PoolEvent::Done { worker, done } => Event::BatchDone { worker, done },
             PoolEvent::Gone { worker, exit, note } => {
-                let handle = self.handles.remove(&worker).expect("gone workers were started");
+                let handle = self
+                    .handles
+                    .remove(&worker)
+                    .expect("gone workers were started");
                 let running = handle.running.load();
                 tracing::debug!(pid = handle.pid, %exit, "worker gone");
-                Event::WorkerGone { worker, exit, running, note }
+                Event::WorkerGone {
+                    worker,
+                    exit,
+                    running,
+                    note,
+                }
             }
         }
     }
@@ -247,7 +283,10 @@ fn read_inputs(sources: Vec<Source>, format: InputFormat, tx: Sender<InputMsg>) 
             Source::File(path) => match File::open(path) {
                 Ok(file) => Box::new(file),
                 Err(err) => {
-                    let _ = tx.send(InputMsg::Failed(format!("cannot open {}: {err}", path.display())));
+                    let _ = tx.send(InputMsg::Failed(format!(
+                        "cannot open {}: {err}",
+                        path.display()
+                    )));
                     return;
                 }
             },
@@ -266,7 +305,10 @@ fn read_inputs(sources: Vec<Source>, format: InputFormat, tx: Sender<InputMsg>) 
             Ok(false) => return,
             Err(err) => {
                 let _ = tx.send(InputMsg::Items(chunk));
-                let _ = tx.send(InputMsg::Failed(format!("cannot read {}: {err}", source.name())));
+                let _ = tx.send(InputMsg::Failed(format!(
+                    "cannot read {}: {err}",
+                    source.name()
+                )));
                 return;
             }
         }
@@ -278,7 +320,11 @@ fn read_inputs(sources: Vec<Source>, format: InputFormat, tx: Sender<InputMsg>) 
 
 /// Writes results until the runtime hangs up. After a write error, results are still counted
 /// but no longer written; a broken pipe is flagged so that the run stops.
-fn write_results(rx: Receiver<Vec<JobResult>>, sink: Box<dyn Write + Send>, failed: &AtomicBool) -> (Tally, Option<io::Error>) {
+fn write_results(
+    rx: Receiver<Vec<JobResult>>,
+    sink: Box<dyn Write + Send>,
+    failed: &AtomicBool,
+) -> (Tally, Option<io::Error>) {
     let mut writer = ResultWriter::new(sink);
     let mut tally = Tally::default();
     let mut error = None;
@@ -287,7 +333,13 @@ fn write_results(rx: Receiver<Vec<JobResult>>, sink: Box<dyn Write + Send>, fail
         if error.is_some() {
             continue;
         }
-        let written = writer.write(&results).and_then(|()| if rx.is_empty() { writer.flush() } else { Ok(()) });
+        let written = writer.write(&results).and_then(|()| {
+            if rx.is_empty() {
+                writer.flush()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(err) = written {
             failed.store(true, Ordering::Relaxed);
             error = Some(err);

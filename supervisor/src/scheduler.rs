@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use corral_protocol::{Batch, BatchDone, BatchId, JobRequest, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId};
+use corral_protocol::{
+    Batch, BatchDone, BatchId, JobRequest, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
+};
 
 use crate::record::{Completed, ErrorKind, InputItem, Job, JobError, JobResult, ResultKey};
 
@@ -98,13 +100,21 @@ pub struct RestartBudget {
 impl RestartBudget {
     /// A budget with nothing spent.
     pub fn new(policy: RestartPolicy) -> RestartBudget {
-        RestartBudget { policy, recent: VecDeque::new(), over: 0 }
+        RestartBudget {
+            policy,
+            recent: VecDeque::new(),
+            over: 0,
+        }
     }
 
     /// Records a restart at `now`; returns how long it must wait. `jitter` in `[0, 1)` spreads
     /// the delay over its upper half.
     pub fn delay(&mut self, now: Instant, jitter: f64) -> Duration {
-        while self.recent.front().is_some_and(|&t| now.duration_since(t) >= self.policy.period) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= self.policy.period)
+        {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
@@ -112,7 +122,10 @@ impl RestartBudget {
             self.over = 0;
             return Duration::ZERO;
         }
-        let exp = self.policy.backoff_base.saturating_mul(1 << self.over.min(20));
+        let exp = self
+            .policy
+            .backoff_base
+            .saturating_mul(1 << self.over.min(20));
         self.over += 1;
         exp.min(self.policy.backoff_max).mul_f64(0.5 + jitter / 2.0)
     }
@@ -309,9 +322,16 @@ impl Scheduler {
                 Event::Input(items) => self.on_input(items),
                 Event::InputEnded => self.input_ended = true,
                 Event::WorkerReady { worker, pid, tasks } => self.on_ready(worker, pid, tasks),
-                Event::WorkerStartFailed { worker, failure } => self.on_start_failed(now, worker, failure),
+                Event::WorkerStartFailed { worker, failure } => {
+                    self.on_start_failed(now, worker, failure)
+                }
                 Event::BatchDone { worker, done } => self.on_batch_done(worker, done),
-                Event::WorkerGone { worker, exit, running, note } => self.on_gone(now, worker, exit, running, note),
+                Event::WorkerGone {
+                    worker,
+                    exit,
+                    running,
+                    note,
+                } => self.on_gone(now, worker, exit, running, note),
                 Event::Tick { running } => self.on_tick(now, running),
             }
         }
@@ -340,7 +360,9 @@ impl Scheduler {
     }
 
     fn on_ready(&mut self, worker: WorkerId, pid: u32, tasks: Vec<String>) {
-        let Some(slot) = self.workers.get_mut(&worker) else { return };
+        let Some(slot) = self.workers.get_mut(&worker) else {
+            return;
+        };
         slot.phase = Phase::Ready;
         slot.pid = pid;
         slot.tasks = tasks
@@ -364,20 +386,30 @@ impl Scheduler {
                 self.start_failures, failure.message
             ));
         } else {
-            let delay = self.cfg.restart.backoff_base.saturating_mul(1 << self.start_failures.min(16));
-            self.spawns_due.push(now + delay.min(self.cfg.restart.backoff_max));
+            let delay = self
+                .cfg
+                .restart
+                .backoff_base
+                .saturating_mul(1 << self.start_failures.min(16));
+            self.spawns_due
+                .push(now + delay.min(self.cfg.restart.backoff_max));
         }
     }
 
     fn on_batch_done(&mut self, worker: WorkerId, done: BatchDone) {
-        let Some(slot) = self.workers.get_mut(&worker) else { return };
+        let Some(slot) = self.workers.get_mut(&worker) else {
+            return;
+        };
         let matches = slot
             .in_flight
             .front()
             .is_some_and(|b| b.id == done.batch && b.jobs.len() == done.outcomes.len());
         if !matches {
             if slot.violation.is_none() {
-                slot.violation = Some(format!("worker {} answered a batch it was not running", slot.pid));
+                slot.violation = Some(format!(
+                    "worker {} answered a batch it was not running",
+                    slot.pid
+                ));
                 self.actions.push(Action::Kill(worker));
             }
             return;
@@ -398,13 +430,19 @@ impl Scheduler {
         self.outstanding -= n;
         for (job, outcome) in batch.jobs.into_iter().zip(done.outcomes) {
             let result = match outcome.result {
-                TaskResult::Ok(output) => Ok(Completed { output: output.0, nanos: outcome.nanos }),
+                TaskResult::Ok(output) => Ok(Completed {
+                    output: output.0,
+                    nanos: outcome.nanos,
+                }),
                 TaskResult::TaskError(message) => Err(JobError::new(ErrorKind::TaskError, message)),
                 TaskResult::BadInput(message) => Err(JobError::new(ErrorKind::BadInput, message)),
                 TaskResult::Panic(message) => Err(JobError::new(ErrorKind::Panic, message)),
             };
             self.emitted.push(JobResult {
-                key: ResultKey::Job { id: job.id, line: job.line },
+                key: ResultKey::Job {
+                    id: job.id,
+                    line: job.line,
+                },
                 meta: job.meta,
                 attempts: job.failed_attempts + 1,
                 worker: Some(pid),
@@ -413,8 +451,17 @@ impl Scheduler {
         }
     }
 
-    fn on_gone(&mut self, now: Instant, worker: WorkerId, exit: WorkerExit, running: RunningWord, note: Option<String>) {
-        let Some(slot) = self.workers.remove(&worker) else { return };
+    fn on_gone(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        exit: WorkerExit,
+        running: RunningWord,
+        note: Option<String>,
+    ) {
+        let Some(slot) = self.workers.remove(&worker) else {
+            return;
+        };
         let timed_out = slot.timed_out.is_some();
         let culprit = slot.timed_out.unwrap_or(running);
         let note = note.or(slot.violation);
@@ -435,7 +482,10 @@ impl Scheduler {
                 let error = self.attempt_error(&job, slot.pid, &exit, timed_out, note.as_deref());
                 self.outstanding -= 1;
                 self.emitted.push(JobResult {
-                    key: ResultKey::Job { id: job.id, line: job.line },
+                    key: ResultKey::Job {
+                        id: job.id,
+                        line: job.line,
+                    },
                     meta: job.meta,
                     attempts: job.failed_attempts,
                     worker: Some(slot.pid),
@@ -466,13 +516,30 @@ impl Scheduler {
         self.spawns_due.push(now + delay);
     }
 
-    fn attempt_error(&self, job: &Job, pid: u32, exit: &WorkerExit, timed_out: bool, note: Option<&str>) -> JobError {
-        let attempts = format!("attempt {} of {}", job.failed_attempts, self.cfg.retries + 1);
+    fn attempt_error(
+        &self,
+        job: &Job,
+        pid: u32,
+        exit: &WorkerExit,
+        timed_out: bool,
+        note: Option<&str>,
+    ) -> JobError {
+        let attempts = format!(
+            "attempt {} of {}",
+            job.failed_attempts,
+            self.cfg.retries + 1
+        );
         if timed_out {
-            let limit = self.cfg.timeout.map(|t| humantime::format_duration(t).to_string()).unwrap_or_default();
+            let limit = self
+                .cfg
+                .timeout
+                .map(|t| humantime::format_duration(t).to_string())
+                .unwrap_or_default();
             return JobError::new(
                 ErrorKind::Timeout,
-                format!("ran longer than {limit}; worker {pid} and its process group were killed ({attempts})"),
+                format!(
+                    "ran longer than {limit}; worker {pid} and its process group were killed ({attempts})"
+                ),
             );
         }
         let mut message = format!("worker {pid} {exit} while running this job ({attempts})");
@@ -489,9 +556,13 @@ impl Scheduler {
     }
 
     fn on_tick(&mut self, now: Instant, running: Vec<(WorkerId, RunningWord)>) {
-        let Some(timeout) = self.cfg.timeout else { return };
+        let Some(timeout) = self.cfg.timeout else {
+            return;
+        };
         for (worker, word) in running {
-            let Some(slot) = self.workers.get_mut(&worker) else { continue };
+            let Some(slot) = self.workers.get_mut(&worker) else {
+                continue;
+            };
             if slot.phase != Phase::Ready || slot.timed_out.is_some() {
                 continue;
             }
@@ -500,7 +571,10 @@ impl Scheduler {
                 slot.word_since = now;
             } else if word != RunningWord::IDLE
                 && now.duration_since(slot.word_since) >= timeout
-                && slot.in_flight.iter().any(|b| (0..b.jobs.len()).any(|i| word.is(b.id, i)))
+                && slot
+                    .in_flight
+                    .iter()
+                    .any(|b| (0..b.jobs.len()).any(|i| word.is(b.id, i)))
             {
                 slot.timed_out = Some(word);
                 self.actions.push(Action::Kill(worker));
@@ -526,7 +600,8 @@ impl Scheduler {
             }
             return;
         }
-        let (due, later): (Vec<Instant>, Vec<Instant>) = self.spawns_due.iter().partition(|&&t| t <= now);
+        let (due, later): (Vec<Instant>, Vec<Instant>) =
+            self.spawns_due.iter().partition(|&&t| t <= now);
         self.spawns_due = later;
         for _ in due {
             let id = WorkerId(self.next_worker);
@@ -587,8 +662,18 @@ impl Scheduler {
         let mut size = by_time.clamp(1, self.cfg.max_batch_jobs.min(RunningWord::MAX_BATCH_JOBS));
         if self.input_ended {
             // Near the end, spread what is left over every worker instead of loading one.
-            let ready = self.workers.values().filter(|s| s.phase == Phase::Ready).count().max(1);
-            size = size.min(self.pending.len().div_ceil(ready * self.cfg.batches_in_flight).max(1));
+            let ready = self
+                .workers
+                .values()
+                .filter(|s| s.phase == Phase::Ready)
+                .count()
+                .max(1);
+            size = size.min(
+                self.pending
+                    .len()
+                    .div_ceil(ready * self.cfg.batches_in_flight)
+                    .max(1),
+            );
         }
         size
     }
@@ -596,23 +681,37 @@ impl Scheduler {
     /// Builds and sends one batch to `worker`; false when nothing could be sent.
     fn send_batch(&mut self, worker: WorkerId) -> bool {
         let size = self.batch_size();
-        let slot = self.workers.get_mut(&worker).expect("dispatch passes live workers");
+        let slot = self
+            .workers
+            .get_mut(&worker)
+            .expect("dispatch passes live workers");
         let mut jobs = Vec::with_capacity(size.min(self.pending.len()));
         let mut requests = Vec::with_capacity(jobs.capacity());
         let mut bytes = 0;
         while let Some(next) = self.pending.front() {
             let alone = next.failed_attempts > 0;
-            if !jobs.is_empty() && (jobs.len() >= size || bytes + next.input.len() > self.cfg.max_batch_bytes || alone) {
+            if !jobs.is_empty()
+                && (jobs.len() >= size
+                    || bytes + next.input.len() > self.cfg.max_batch_bytes
+                    || alone)
+            {
                 break;
             }
             let job = self.pending.pop_front().expect("front exists");
             let Some(&task) = slot.tasks.get(&*job.task) else {
                 let mut names: Vec<&str> = slot.tasks.keys().map(|k| &**k).collect();
                 names.sort_unstable();
-                let message = format!("unknown task {:?}; the worker serves: {}", &*job.task, names.join(", "));
+                let message = format!(
+                    "unknown task {:?}; the worker serves: {}",
+                    &*job.task,
+                    names.join(", ")
+                );
                 self.outstanding -= 1;
                 self.emitted.push(JobResult {
-                    key: ResultKey::Job { id: job.id, line: job.line },
+                    key: ResultKey::Job {
+                        id: job.id,
+                        line: job.line,
+                    },
                     meta: job.meta,
                     attempts: 0,
                     worker: None,
@@ -621,7 +720,10 @@ impl Scheduler {
                 continue;
             };
             bytes += job.input.len();
-            requests.push(JobRequest { task, input: RawJson(job.input.clone()) });
+            requests.push(JobRequest {
+                task,
+                input: RawJson(job.input.clone()),
+            });
             jobs.push(job);
             if alone {
                 break;
@@ -633,7 +735,10 @@ impl Scheduler {
         let id = BatchId(self.next_batch);
         self.next_batch += 1;
         slot.in_flight.push_back(InFlight { id, jobs });
-        self.actions.push(Action::Send { worker, batch: Batch { id, jobs: requests } });
+        self.actions.push(Action::Send {
+            worker,
+            batch: Batch { id, jobs: requests },
+        });
         true
     }
 
@@ -650,7 +755,6 @@ impl Scheduler {
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 }
-
 
 #[cfg(test)]
 mod tests;

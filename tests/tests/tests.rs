@@ -1,1 +1,9 @@
+//! The integration tests of corral: one test binary that runs the real `corral`,
+//! `corral-worker` and `corral-fault-worker` binaries.
 
+mod util;
+
+mod bad_input;
+mod batch;
+mod startup;
+mod supervision;

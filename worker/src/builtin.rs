@@ -87,7 +87,11 @@ fn sha256(input: HashInput) -> Result<String, String> {
             }
         }
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Keeps one CPU busy for `ms` milliseconds and returns `ms`: a job of known cost.
@@ -119,7 +123,11 @@ mod tests {
 
     #[test]
     fn primes_counts_like_a_naive_count() {
-        let naive = |n: u64| (2..n).filter(|&k| (2..k).take_while(|d| d * d <= k).all(|d| k % d != 0)).count() as u64;
+        let naive = |n: u64| {
+            (2..n)
+                .filter(|&k| (2..k).take_while(|d| d * d <= k).all(|d| k % d != 0))
+                .count() as u64
+        };
         for n in 0..300 {
             assert_eq!(primes(n), Ok(naive(n)), "n = {n}");
         }
@@ -130,14 +138,27 @@ mod tests {
     #[test]
     fn sha256_of_text_and_file() {
         let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert_eq!(sha256(HashInput::Text { text: String::new() }).unwrap(), empty);
+        assert_eq!(
+            sha256(HashInput::Text {
+                text: String::new()
+            })
+            .unwrap(),
+            empty
+        );
         let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         assert_eq!(sha256(HashInput::Text { text: "abc".into() }).unwrap(), abc);
         let dir = std::env::temp_dir().join(format!("corral-sha-{}", std::process::id()));
         std::fs::write(&dir, "abc").unwrap();
-        assert_eq!(sha256(HashInput::Path(dir.display().to_string())).unwrap(), abc);
+        assert_eq!(
+            sha256(HashInput::Path(dir.display().to_string())).unwrap(),
+            abc
+        );
         std::fs::remove_file(&dir).unwrap();
-        assert!(sha256(HashInput::Path("/nonexistent/corral".into())).unwrap_err().contains("/nonexistent/corral"));
+        assert!(
+            sha256(HashInput::Path("/nonexistent/corral".into()))
+                .unwrap_err()
+                .contains("/nonexistent/corral")
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use corral_protocol::{
-    BatchDone, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, Outcome, PROTOCOL_VERSION, RawJson, RunningSlot,
-    RunningWord, TaskResult, ToWorker,
+    BatchDone, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, Outcome, PROTOCOL_VERSION, RawJson,
+    RunningSlot, RunningWord, TaskResult, ToWorker,
 };
 use ipc_channel::ipc::{self, IpcSender};
 
@@ -43,12 +43,18 @@ fn ipc_err(context: &'static str) -> impl FnOnce(ipc_channel::IpcError) -> Serve
 pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
     let server = std::env::var(ENV_BOOTSTRAP).map_err(|_| ServeError::NotSupervised)?;
     let nonce_text = std::env::var(ENV_NONCE).unwrap_or_default();
-    let nonce = u64::from_str_radix(&nonce_text, 16).map_err(|_| ServeError::BadNonce(nonce_text.clone()))?;
+    let nonce = u64::from_str_radix(&nonce_text, 16)
+        .map_err(|_| ServeError::BadNonce(nonce_text.clone()))?;
 
-    let to_supervisor: IpcSender<FromWorker> = IpcSender::connect(server)
-        .map_err(|source| ServeError::Ipc { context: "connecting to the supervisor", source })?;
-    let (sender, inbox) =
-        ipc::channel::<ToWorker>().map_err(|source| ServeError::Ipc { context: "creating a channel", source })?;
+    let to_supervisor: IpcSender<FromWorker> =
+        IpcSender::connect(server).map_err(|source| ServeError::Ipc {
+            context: "connecting to the supervisor",
+            source,
+        })?;
+    let (sender, inbox) = ipc::channel::<ToWorker>().map_err(|source| ServeError::Ipc {
+        context: "creating a channel",
+        source,
+    })?;
     let (slot, running) = RunningSlot::create();
     to_supervisor
         .send(FromWorker::Hello(Hello {
@@ -81,10 +87,19 @@ pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
                     TaskResult::TaskError(failure.to_string())
                 }
             };
-            outcomes.push(Outcome { nanos: started.elapsed().as_nanos() as u64, result });
+            outcomes.push(Outcome {
+                nanos: started.elapsed().as_nanos() as u64,
+                result,
+            });
         }
         slot.store(RunningWord::IDLE);
-        if to_supervisor.send(FromWorker::Done(BatchDone { batch: batch.id, outcomes })).is_err() {
+        if to_supervisor
+            .send(FromWorker::Done(BatchDone {
+                batch: batch.id,
+                outcomes,
+            }))
+            .is_err()
+        {
             // The supervisor is gone; nobody is left to serve.
             return Ok(());
         }

@@ -71,7 +71,12 @@ impl Registry {
 
     /// Runs task `index` on `input`, appending its JSON output to `out`. On failure `out` is
     /// left as it was.
-    pub(crate) fn run(&self, index: usize, input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailure> {
+    pub(crate) fn run(
+        &self,
+        index: usize,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), TaskFailure> {
         let Some((_, task)) = self.tasks.get(index) else {
             return Err(TaskFailure::UnknownTask(format!("#{index}")));
         };
@@ -101,12 +106,18 @@ mod tests {
 
     fn registry() -> Registry {
         let mut registry = Registry::default();
-        registry.insert("sum", BoxedTask::new(|v: Vec<i64>| -> Result<i64, String> { Ok(v.iter().sum()) }));
+        registry.insert(
+            "sum",
+            BoxedTask::new(|v: Vec<i64>| -> Result<i64, String> { Ok(v.iter().sum()) }),
+        );
         registry.insert(
             "boom",
             BoxedTask::new(|_: serde_json::Value| -> Result<(), String> { panic!("kaboom") }),
         );
-        registry.insert("fail", BoxedTask::new(|s: String| -> Result<(), String> { Err(format!("no {s}")) }));
+        registry.insert(
+            "fail",
+            BoxedTask::new(|s: String| -> Result<(), String> { Err(format!("no {s}")) }),
+        );
         registry
     }
 
@@ -116,17 +127,32 @@ mod tests {
         let mut out = b"prefix".to_vec();
         registry.run(0, b"[1,2,3]", &mut out).unwrap();
         assert_eq!(out, b"prefix6");
-        assert_eq!(registry.run(1, b"null", &mut out), Err(TaskFailure::Panic("kaboom".into())));
-        assert_eq!(registry.run(2, b"\"way\"", &mut out), Err(TaskFailure::TaskError("no way".into())));
-        assert!(matches!(registry.run(0, b"\"x\"", &mut out), Err(TaskFailure::BadInput(_))));
-        assert!(matches!(registry.run(9, b"1", &mut out), Err(TaskFailure::UnknownTask(_))));
+        assert_eq!(
+            registry.run(1, b"null", &mut out),
+            Err(TaskFailure::Panic("kaboom".into()))
+        );
+        assert_eq!(
+            registry.run(2, b"\"way\"", &mut out),
+            Err(TaskFailure::TaskError("no way".into()))
+        );
+        assert!(matches!(
+            registry.run(0, b"\"x\"", &mut out),
+            Err(TaskFailure::BadInput(_))
+        ));
+        assert!(matches!(
+            registry.run(9, b"1", &mut out),
+            Err(TaskFailure::UnknownTask(_))
+        ));
         assert_eq!(out, b"prefix6", "failures leave the buffer untouched");
     }
 
     #[test]
     fn later_registration_replaces_earlier() {
         let mut registry = registry();
-        registry.insert("sum", BoxedTask::new(|_: Vec<i64>| -> Result<i64, String> { Ok(0) }));
+        registry.insert(
+            "sum",
+            BoxedTask::new(|_: Vec<i64>| -> Result<i64, String> { Ok(0) }),
+        );
         assert_eq!(registry.names(), ["sum", "boom", "fail"]);
         let mut out = Vec::new();
         registry.run(0, b"[1]", &mut out).unwrap();

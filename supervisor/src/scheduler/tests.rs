@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_protocol::{Batch, BatchDone, JobSeq, Outcome, RawJson, RunningWord, TaskResult, WorkerId};
+use corral_protocol::{
+    Batch, BatchDone, JobSeq, Outcome, RawJson, RunningWord, TaskResult, WorkerId,
+};
 
 use super::{Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartFailure, WorkerExit};
 use crate::record::{ErrorKind, InputItem, Job, JobResult, ResultKey};
@@ -34,7 +36,10 @@ fn job(seq: u64, task: &str) -> Job {
 }
 
 fn ok_outcome(nanos: u64) -> Outcome {
-    Outcome { nanos, result: TaskResult::Ok(RawJson(b"1".to_vec())) }
+    Outcome {
+        nanos,
+        result: TaskResult::Ok(RawJson(b"1".to_vec())),
+    }
 }
 
 impl Harness {
@@ -78,7 +83,11 @@ impl Harness {
     }
 
     fn ready(&mut self, worker: WorkerId, pid: u32) {
-        self.feed(Event::WorkerReady { worker, pid, tasks: vec!["t".into(), "u".into()] });
+        self.feed(Event::WorkerReady {
+            worker,
+            pid,
+            tasks: vec!["t".into(), "u".into()],
+        });
     }
 
     fn take_sends(&mut self) -> Vec<(WorkerId, Batch)> {
@@ -88,11 +97,22 @@ impl Harness {
     /// Answers `batch` with every job ok, each taking `nanos`.
     fn complete(&mut self, worker: WorkerId, batch: &Batch, nanos: u64) {
         let outcomes = batch.jobs.iter().map(|_| ok_outcome(nanos)).collect();
-        self.feed(Event::BatchDone { worker, done: BatchDone { batch: batch.id, outcomes } });
+        self.feed(Event::BatchDone {
+            worker,
+            done: BatchDone {
+                batch: batch.id,
+                outcomes,
+            },
+        });
     }
 
     fn die(&mut self, worker: WorkerId, exit: WorkerExit, running: RunningWord) {
-        self.feed(Event::WorkerGone { worker, exit, running, note: None });
+        self.feed(Event::WorkerGone {
+            worker,
+            exit,
+            running,
+            note: None,
+        });
     }
 
     /// Completes every batch sent until nothing more goes out.
@@ -119,7 +139,10 @@ impl Harness {
 }
 
 fn config(workers: usize) -> SchedulerConfig {
-    SchedulerConfig { workers, ..SchedulerConfig::default() }
+    SchedulerConfig {
+        workers,
+        ..SchedulerConfig::default()
+    }
 }
 
 fn sigsegv() -> WorkerExit {
@@ -128,14 +151,23 @@ fn sigsegv() -> WorkerExit {
 
 #[test]
 fn starts_the_configured_workers_and_batches_grow_with_measured_speed() {
-    let mut h = Harness::new(SchedulerConfig { max_batch_jobs: 64, ..config(2) });
+    let mut h = Harness::new(SchedulerConfig {
+        max_batch_jobs: 64,
+        ..config(2)
+    });
     assert_eq!(h.spawns, [WorkerId(1), WorkerId(2)]);
     h.input((0..1000).map(|i| job(i, "t")));
-    assert!(h.sends.is_empty(), "nothing goes out before a worker is ready");
+    assert!(
+        h.sends.is_empty(),
+        "nothing goes out before a worker is ready"
+    );
     h.ready(WorkerId(1), 101);
     let first = h.take_sends();
     assert_eq!(first.len(), 2, "two batches in flight per worker");
-    assert!(first.iter().all(|(_, b)| b.jobs.len() == 1), "unmeasured jobs go one at a time");
+    assert!(
+        first.iter().all(|(_, b)| b.jobs.len() == 1),
+        "unmeasured jobs go one at a time"
+    );
     // 1 µs per job and a 4 ms target: the next batch is as large as allowed.
     h.complete(WorkerId(1), &first[0].1, 1_000);
     let next = h.take_sends();
@@ -148,7 +180,10 @@ fn starts_the_configured_workers_and_batches_grow_with_measured_speed() {
     h.feed(Event::InputEnded);
     assert_eq!(h.results.len(), 1000);
     assert!(h.results.iter().all(|r| r.is_ok() && r.attempts == 1));
-    assert_eq!(h.ids(), (1..=1000).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        h.ids(),
+        (1..=1000).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
     assert_eq!(h.retires, [WorkerId(1), WorkerId(2)]);
     assert!(!h.finished, "finished only once the workers are gone");
     h.die(WorkerId(1), WorkerExit::Code(0), RunningWord::IDLE);
@@ -176,23 +211,38 @@ fn slow_jobs_go_one_per_batch_and_the_tail_is_spread() {
 
 #[test]
 fn a_crash_blames_the_running_job_and_requeues_the_rest_without_penalty() {
-    let mut h = Harness::new(SchedulerConfig { max_batch_jobs: 5, ..config(1) });
+    let mut h = Harness::new(SchedulerConfig {
+        max_batch_jobs: 5,
+        ..config(1)
+    });
     h.input((0..6).map(|i| job(i, "t")));
     h.ready(WorkerId(1), 101);
     let first = h.take_sends();
     h.complete(WorkerId(1), &first[0].1, 1_000); // job 0 done, measured
     let sends = h.take_sends();
     // In flight now: [1] from the first round and a batch of 4 (2..=5).
-    let big = sends.iter().find(|(_, b)| b.jobs.len() == 4).expect("a batch of four").1.clone();
+    let big = sends
+        .iter()
+        .find(|(_, b)| b.jobs.len() == 4)
+        .expect("a batch of four")
+        .1
+        .clone();
     assert_eq!(h.results.len(), 1);
     // The worker dies while running index 1 of the big batch: job 3.
     h.die(WorkerId(1), sigsegv(), RunningWord::running(big.id, 1));
     assert_eq!(h.results.len(), 1, "nothing is failed on a first crash");
-    assert_eq!(h.spawns, [WorkerId(1), WorkerId(2)], "the worker is replaced at once");
+    assert_eq!(
+        h.spawns,
+        [WorkerId(1), WorkerId(2)],
+        "the worker is replaced at once"
+    );
     h.ready(WorkerId(2), 102);
     let resend = h.take_sends();
     // Job 1 (never blamed) and job 2 go together; job 3 has failed once and goes alone.
-    let sizes: Vec<Vec<u8>> = resend.iter().map(|(_, b)| b.jobs.iter().map(|j| j.input.0[1]).collect()).collect();
+    let sizes: Vec<Vec<u8>> = resend
+        .iter()
+        .map(|(_, b)| b.jobs.iter().map(|j| j.input.0[1]).collect())
+        .collect();
     assert_eq!(sizes, [vec![b'1', b'2'], vec![b'3']]);
     for (worker, batch) in &resend {
         h.complete(*worker, batch, 1_000);
@@ -200,7 +250,17 @@ fn a_crash_blames_the_running_job_and_requeues_the_rest_without_penalty() {
     h.drain(1_000);
     assert_eq!(h.results.len(), 6);
     let attempts: Vec<u32> = h.results.iter().map(|r| r.attempts).collect();
-    let blamed = h.results.iter().find(|r| r.key == ResultKey::Job { id: b"4".to_vec().into(), line: 4 }).unwrap();
+    let blamed = h
+        .results
+        .iter()
+        .find(|r| {
+            r.key
+                == ResultKey::Job {
+                    id: b"4".to_vec().into(),
+                    line: 4,
+                }
+        })
+        .unwrap();
     assert_eq!(blamed.attempts, 2, "job 3 (id 4) ran twice: {attempts:?}");
     assert!(h.results.iter().all(|r| r.is_ok()));
     assert_eq!(h.results.iter().filter(|r| r.attempts == 1).count(), 5);
@@ -208,7 +268,10 @@ fn a_crash_blames_the_running_job_and_requeues_the_rest_without_penalty() {
 
 #[test]
 fn a_poison_pill_fails_after_one_plus_retries_attempts_and_the_pool_goes_on() {
-    let mut h = Harness::new(SchedulerConfig { retries: 2, ..config(1) });
+    let mut h = Harness::new(SchedulerConfig {
+        retries: 2,
+        ..config(1)
+    });
     h.input([job(0, "t"), job(1, "t")]);
     h.feed(Event::InputEnded);
     let mut worker = WorkerId(1);
@@ -217,10 +280,21 @@ fn a_poison_pill_fails_after_one_plus_retries_attempts_and_the_pool_goes_on() {
         pid += 1;
         h.ready(worker, pid);
         let sends = h.take_sends();
-        let (_, poison) = sends.iter().find(|(_, b)| b.jobs.iter().any(|j| j.input.0 == b"[0]")).unwrap();
-        let index = poison.jobs.iter().position(|j| j.input.0 == b"[0]").unwrap();
+        let (_, poison) = sends
+            .iter()
+            .find(|(_, b)| b.jobs.iter().any(|j| j.input.0 == b"[0]"))
+            .unwrap();
+        let index = poison
+            .jobs
+            .iter()
+            .position(|j| j.input.0 == b"[0]")
+            .unwrap();
         h.die(worker, sigsegv(), RunningWord::running(poison.id, index));
-        assert_eq!(h.results.len(), usize::from(attempt == 3), "attempt {attempt}");
+        assert_eq!(
+            h.results.len(),
+            usize::from(attempt == 3),
+            "attempt {attempt}"
+        );
         worker = *h.spawns.last().unwrap();
     }
     let failed = &h.results[0];
@@ -228,7 +302,11 @@ fn a_poison_pill_fails_after_one_plus_retries_attempts_and_the_pool_goes_on() {
     assert_eq!(error.kind, ErrorKind::Crashed);
     assert_eq!(error.signal.as_deref(), Some("SIGSEGV"));
     assert_eq!(failed.attempts, 3);
-    assert!(error.message.contains("attempt 3 of 3"), "{}", error.message);
+    assert!(
+        error.message.contains("attempt 3 of 3"),
+        "{}",
+        error.message
+    );
     // The other job still runs on the fourth worker.
     h.ready(worker, 200);
     h.drain(1_000);
@@ -243,7 +321,11 @@ fn a_job_that_crashes_once_succeeds_on_retry() {
     h.input([job(0, "t")]);
     h.ready(WorkerId(1), 101);
     let sends = h.take_sends();
-    h.die(WorkerId(1), WorkerExit::Code(3), RunningWord::running(sends[0].1.id, 0));
+    h.die(
+        WorkerId(1),
+        WorkerExit::Code(3),
+        RunningWord::running(sends[0].1.id, 0),
+    );
     h.ready(WorkerId(2), 102);
     h.drain(1_000);
     assert_eq!(h.results.len(), 1);
@@ -255,19 +337,31 @@ fn a_job_that_crashes_once_succeeds_on_retry() {
 #[test]
 fn a_job_past_its_deadline_gets_its_worker_killed_and_fails_with_timeout() {
     let timeout = Duration::from_millis(500);
-    let mut h = Harness::new(SchedulerConfig { retries: 0, timeout: Some(timeout), ..config(1) });
+    let mut h = Harness::new(SchedulerConfig {
+        retries: 0,
+        timeout: Some(timeout),
+        ..config(1)
+    });
     h.input([job(0, "t")]);
     h.ready(WorkerId(1), 101);
     let sends = h.take_sends();
     let word = RunningWord::running(sends[0].1.id, 0);
-    h.feed(Event::Tick { running: vec![(WorkerId(1), word)] });
+    h.feed(Event::Tick {
+        running: vec![(WorkerId(1), word)],
+    });
     h.advance(Duration::from_millis(499));
-    h.feed(Event::Tick { running: vec![(WorkerId(1), word)] });
+    h.feed(Event::Tick {
+        running: vec![(WorkerId(1), word)],
+    });
     assert!(h.kills.is_empty(), "not yet");
     h.advance(Duration::from_millis(1));
-    h.feed(Event::Tick { running: vec![(WorkerId(1), word)] });
+    h.feed(Event::Tick {
+        running: vec![(WorkerId(1), word)],
+    });
     assert_eq!(h.kills, [WorkerId(1)]);
-    h.feed(Event::Tick { running: vec![(WorkerId(1), word)] });
+    h.feed(Event::Tick {
+        running: vec![(WorkerId(1), word)],
+    });
     assert_eq!(h.kills.len(), 1, "killed once");
     h.die(WorkerId(1), WorkerExit::Signal("SIGKILL".into()), word);
     assert_eq!(h.results.len(), 1);
@@ -278,17 +372,26 @@ fn a_job_past_its_deadline_gets_its_worker_killed_and_fails_with_timeout() {
 
 #[test]
 fn a_job_that_keeps_changing_is_not_timed_out() {
-    let mut h = Harness::new(SchedulerConfig { timeout: Some(Duration::from_millis(100)), ..config(1) });
+    let mut h = Harness::new(SchedulerConfig {
+        timeout: Some(Duration::from_millis(100)),
+        ..config(1)
+    });
     h.input((0..3).map(|i| job(i, "t")));
     h.ready(WorkerId(1), 101);
     let sends = h.take_sends();
-    for i in 0..2 {
-        h.feed(Event::Tick { running: vec![(WorkerId(1), RunningWord::running(sends[i].1.id, 0))] });
+    for (_, batch) in &sends[..2] {
+        h.feed(Event::Tick {
+            running: vec![(WorkerId(1), RunningWord::running(batch.id, 0))],
+        });
         h.advance(Duration::from_millis(90));
     }
-    h.feed(Event::Tick { running: vec![(WorkerId(1), RunningWord::IDLE)] });
+    h.feed(Event::Tick {
+        running: vec![(WorkerId(1), RunningWord::IDLE)],
+    });
     h.advance(Duration::from_secs(10));
-    h.feed(Event::Tick { running: vec![(WorkerId(1), RunningWord::IDLE)] });
+    h.feed(Event::Tick {
+        running: vec![(WorkerId(1), RunningWord::IDLE)],
+    });
     assert!(h.kills.is_empty());
 }
 
@@ -300,7 +403,11 @@ fn restarts_over_budget_wait_with_growing_backoff() {
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
     };
-    let mut h = Harness::new(SchedulerConfig { restart: policy, max_batch_jobs: 1, ..config(1) });
+    let mut h = Harness::new(SchedulerConfig {
+        restart: policy,
+        max_batch_jobs: 1,
+        ..config(1)
+    });
     h.input((0..100).map(|i| job(i, "t")));
     let mut delays = Vec::new();
     for round in 0..5 {
@@ -326,7 +433,10 @@ fn restarts_over_budget_wait_with_growing_backoff() {
     // Then 100 ms, 200 ms, 400 ms, each with jitter in its upper half.
     for (delay, full) in delays[2..].iter().zip([100u64, 200, 400]) {
         let full = Duration::from_millis(full);
-        assert!(*delay >= full / 2 && *delay <= full + Duration::from_millis(10), "{delays:?}");
+        assert!(
+            *delay >= full / 2 && *delay <= full + Duration::from_millis(10),
+            "{delays:?}"
+        );
     }
     assert!(h.fatal.is_none());
 }
@@ -335,10 +445,20 @@ fn restarts_over_budget_wait_with_growing_backoff() {
 fn a_fatal_start_failure_stops_the_run_at_once() {
     let mut h = Harness::new(config(2));
     h.input([job(0, "t")]);
-    let failure = StartFailure { fatal: true, message: "cannot run /nope: not found".into() };
-    h.feed(Event::WorkerStartFailed { worker: WorkerId(1), failure });
+    let failure = StartFailure {
+        fatal: true,
+        message: "cannot run /nope: not found".into(),
+    };
+    h.feed(Event::WorkerStartFailed {
+        worker: WorkerId(1),
+        failure,
+    });
     assert_eq!(h.fatal.as_deref(), Some("cannot run /nope: not found"));
-    h.feed(Event::WorkerReady { worker: WorkerId(2), pid: 5, tasks: vec!["t".into()] });
+    h.feed(Event::WorkerReady {
+        worker: WorkerId(2),
+        pid: 5,
+        tasks: vec!["t".into()],
+    });
     assert!(h.sends.is_empty(), "a stopped scheduler does nothing more");
 }
 
@@ -348,7 +468,10 @@ fn repeated_start_failures_give_up_but_a_finished_batch_resets_the_count() {
     h.input((0..10).map(|i| job(i, "t")));
     let fail = |h: &mut Harness| {
         let worker = *h.spawns.last().unwrap();
-        let failure = StartFailure { fatal: false, message: "no hello within 5s".into() };
+        let failure = StartFailure {
+            fatal: false,
+            message: "no hello within 5s".into(),
+        };
         h.feed(Event::WorkerStartFailed { worker, failure });
         h.advance(Duration::from_secs(3));
         h.feed(Event::Tick { running: vec![] });
@@ -367,7 +490,10 @@ fn repeated_start_failures_give_up_but_a_finished_batch_resets_the_count() {
     assert!(h.fatal.is_none());
     fail(&mut h);
     let message = h.fatal.expect("three in a row end the run");
-    assert!(message.contains("3 times in a row") && message.contains("no hello"), "{message}");
+    assert!(
+        message.contains("3 times in a row") && message.contains("no hello"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -382,7 +508,11 @@ fn workers_that_die_before_any_work_end_the_run() {
         h.advance(Duration::from_secs(1));
         h.feed(Event::Tick { running: vec![] });
     }
-    assert!(h.fatal.unwrap().contains("died before finishing any work 3 times"));
+    assert!(
+        h.fatal
+            .unwrap()
+            .contains("died before finishing any work 3 times")
+    );
 }
 
 #[test]
@@ -396,13 +526,20 @@ fn unknown_tasks_get_their_own_result_and_the_rest_run() {
     let unknown = h.results.iter().find(|r| !r.is_ok()).unwrap();
     let error = unknown.outcome.as_ref().unwrap_err();
     assert_eq!(error.kind, ErrorKind::UnknownTask);
-    assert!(error.message.contains("\"nope\"") && error.message.contains("t, u"), "{}", error.message);
+    assert!(
+        error.message.contains("\"nope\"") && error.message.contains("t, u"),
+        "{}",
+        error.message
+    );
     assert_eq!(unknown.attempts, 0);
 }
 
 #[test]
 fn a_full_queue_stops_asking_for_input() {
-    let mut h = Harness::new(SchedulerConfig { max_queued: 10, ..config(1) });
+    let mut h = Harness::new(SchedulerConfig {
+        max_queued: 10,
+        ..config(1)
+    });
     assert!(h.scheduler.wants_input());
     h.input((0..10).map(|i| job(i, "t")));
     assert!(!h.scheduler.wants_input());
@@ -419,10 +556,20 @@ fn an_answer_to_the_wrong_batch_kills_the_worker_and_nothing_is_lost() {
     h.feed(Event::InputEnded);
     h.ready(WorkerId(1), 101);
     let sends = h.take_sends();
-    let bogus = BatchDone { batch: corral_protocol::BatchId(999), outcomes: vec![ok_outcome(1)] };
-    h.feed(Event::BatchDone { worker: WorkerId(1), done: bogus });
+    let bogus = BatchDone {
+        batch: corral_protocol::BatchId(999),
+        outcomes: vec![ok_outcome(1)],
+    };
+    h.feed(Event::BatchDone {
+        worker: WorkerId(1),
+        done: bogus,
+    });
     assert_eq!(h.kills, [WorkerId(1)]);
-    h.die(WorkerId(1), WorkerExit::Signal("SIGKILL".into()), RunningWord::running(sends[0].1.id, 0));
+    h.die(
+        WorkerId(1),
+        WorkerExit::Signal("SIGKILL".into()),
+        RunningWord::running(sends[0].1.id, 0),
+    );
     h.ready(WorkerId(2), 102);
     h.drain(1_000);
     assert_eq!(h.results.len(), 1);
@@ -437,7 +584,10 @@ fn rejected_lines_are_emitted_at_once() {
         meta: None,
         attempts: 0,
         worker: None,
-        outcome: Err(crate::record::JobError::new(ErrorKind::BadInput, "not JSON")),
+        outcome: Err(crate::record::JobError::new(
+            ErrorKind::BadInput,
+            "not JSON",
+        )),
     };
     h.feed(Event::Input(vec![InputItem::Rejected(rejected.clone())]));
     assert_eq!(h.results, [rejected]);
