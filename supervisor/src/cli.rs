@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::scheduler::HaltRule;
+
 /// corral: run batches of CPU jobs on a supervised pool of worker processes.
 ///
 /// Jobs are JSON lines in, results are JSON lines out, exactly one result per job line, in the
@@ -27,9 +29,22 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CORRAL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
@@ -58,9 +73,14 @@ Examples:
   find . -name '*.png' | corral run --lines --task sha256
   corral run --worker target/release/my-worker --retries 0 jobs.jsonl
 
-Exit status: 0 every job succeeded; 1 some jobs failed (see their result lines);
-2 usage or configuration error (bad flag, unreadable input, worker binary missing or
-failing at start-up).";
+Stopping: the first SIGINT/SIGTERM/SIGHUP stops reading input and lets the batches in
+flight finish (at most --grace); a second one kills the workers at once. Jobs that did not
+run have no result line: run again with -o FILE --resume to finish them.
+
+Exit status: 0 every job succeeded; 1 some jobs failed (see their result lines), or
+--halt stopped the run; 2 usage or configuration error (bad flag, unreadable input, worker
+binary missing or failing at start-up, workers dying beyond the restart budget);
+128+N stopped by signal N (130 for SIGINT, 143 for SIGTERM).";
 
 /// Options of `corral run`.
 #[derive(Debug, Args)]
@@ -69,43 +89,112 @@ pub struct RunArgs {
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
 
-    /// Write results to this file instead of standard output (it is truncated).
-    #[arg(short, long, value_name = "OUT")]
+    /// Write results to this file instead of standard output (it is truncated, unless
+    /// --resume).
+    #[arg(short, long, value_name = "OUT", help_heading = "Output")]
     pub output: Option<PathBuf>,
 
+    /// Skip the jobs that already have a result in the -o file and append the rest. A torn
+    /// last line (from a crash) is dropped and its job run again. Ids must be unique.
+    #[arg(long, requires = "output", help_heading = "Output")]
+    pub resume: bool,
+
+    /// Write results in input order rather than completion order. Only jobs within
+    /// --order-window of the oldest unfinished one run, so one slow job holds back the rest.
+    #[arg(long, help_heading = "Output")]
+    pub keep_order: bool,
+
+    /// With --keep-order: how many jobs may run or wait ahead of the oldest unfinished one.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16_384,
+        help_heading = "Output"
+    )]
+    pub order_window: usize,
+
+    /// Draw a progress bar on stderr even when it is not a terminal.
+    #[arg(long, help_heading = "Output")]
+    pub progress: bool,
+
+    /// Also write the end-of-run summary as JSON to this file.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub stats: Option<PathBuf>,
+
     /// Worker processes [default: the CPUs available to this process, cgroup quota included].
-    #[arg(short = 'j', long, value_name = "N", env = "CORRAL_JOBS", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(short = 'j', long, value_name = "N", env = "CORRAL_JOBS", value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Workers")]
     pub jobs: Option<u32>,
 
     /// The worker binary: any program built on the corral-worker library
     /// [default: corral-worker next to corral].
-    #[arg(long, value_name = "PATH", env = "CORRAL_WORKER")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "CORRAL_WORKER",
+        help_heading = "Workers"
+    )]
     pub worker: Option<PathBuf>,
 
     /// Task for job lines that name none (required with --lines).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Input")]
     pub task: Option<String>,
 
     /// Treat each input line as a plain string input rather than a JSON job.
-    #[arg(long, requires = "task")]
+    #[arg(long, requires = "task", help_heading = "Input")]
     pub lines: bool,
 
     /// Kill a job's worker (and its process group) when the job runs longer than this, and
     /// fail the job with `timeout` once its retries are spent. E.g. 500ms, 30s, 2m.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, help_heading = "Failures")]
     pub timeout: Option<Duration>,
 
     /// Extra attempts for a job that crashes its worker or times out. Task errors and panics
     /// are not retried.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(long, value_name = "N", default_value_t = 2, help_heading = "Failures")]
     pub retries: u32,
 
+    /// Stop after failures, like GNU parallel: `soon,fail=N` lets running jobs finish,
+    /// `now,fail=N` kills them; `fail=P%` counts a share of the jobs read so far.
+    #[arg(long, value_name = "RULE", help_heading = "Failures")]
+    pub halt: Option<HaltRule>,
+
+    /// After the first stop signal, how long the batches in flight may take to finish.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, help_heading = "Failures")]
+    pub grace: Duration,
+
+    /// Restarts allowed within --restart-period without delay; beyond, restarts back off
+    /// exponentially, and if workers keep dying the run stops (status 2).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        help_heading = "Failures"
+    )]
+    pub max_restarts: u32,
+
+    /// The window of --max-restarts.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, help_heading = "Failures")]
+    pub restart_period: Duration,
+
     /// Longest job line accepted; a longer one gets a `too_large` result. E.g. 64KiB, 16MiB.
-    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size, help_heading = "Limits")]
     pub max_job_bytes: u64,
 
+    /// Replace a worker with a fresh one after it has run this many jobs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    pub max_jobs_per_worker: Option<u64>,
+
+    /// Replace a worker, between batches, once its resident memory passes this. E.g. 512MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Limits")]
+    pub max_rss: Option<u64>,
+
+    /// Hard cap on each worker's heap (RLIMIT_DATA). A job that allocates past it fails as
+    /// `crashed`, with a message naming the limit. E.g. 1GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Limits")]
+    pub memory_limit: Option<u64>,
+
     /// How long a starting worker may take to say hello before it counts as failed.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, help_heading = "Workers")]
     pub start_timeout: Duration,
 }
 
@@ -136,5 +225,13 @@ mod tests {
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("big").is_err());
+        let rule: HaltRule = "now,fail=10%".parse().unwrap();
+        assert_eq!(rule.to_string(), "now,fail=10%");
+        assert_eq!(
+            "fail=3".parse::<HaltRule>().unwrap().to_string(),
+            "soon,fail=3"
+        );
+        assert!("later,fail=3".parse::<HaltRule>().is_err());
+        assert!("soon,fail=0".parse::<HaltRule>().is_err());
     }
 }

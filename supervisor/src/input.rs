@@ -6,7 +6,7 @@
 //! but counted.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::record::{ErrorKind, InputItem, Job, JobError, JobResult, ResultKey};
+use crate::resume::{ResultKeyText, id_key, line_key};
 
 /// How lines become jobs.
 #[derive(Debug, Clone)]
@@ -122,6 +123,21 @@ pub struct JobParser {
     next_seq: u64,
     /// Task names seen so far, shared between the jobs that name them.
     tasks: HashMap<Box<str>, Arc<str>>,
+    resume: Option<ResumeFilter>,
+}
+
+/// With `--resume`: results already written, and every id seen so far with its line, so that
+/// finished jobs are skipped and a repeated id is reported instead of merged.
+#[derive(Debug)]
+struct ResumeFilter {
+    finished: HashSet<ResultKeyText>,
+    seen: HashMap<ResultKeyText, u64>,
+}
+
+enum Verdict {
+    Run,
+    Skip,
+    Duplicate(u64),
 }
 
 impl JobParser {
@@ -132,6 +148,35 @@ impl JobParser {
             line: 0,
             next_seq: 0,
             tasks: HashMap::new(),
+            resume: None,
+        }
+    }
+
+    /// Skips lines whose result is among `finished` (keys from [`crate::resume`]), and
+    /// reports repeated ids as `bad_input` results keyed by line.
+    pub fn resume(&mut self, finished: HashSet<ResultKeyText>) {
+        self.resume = Some(ResumeFilter {
+            finished,
+            seen: HashMap::new(),
+        });
+    }
+
+    fn verdict(&mut self, id: Option<&[u8]>) -> Verdict {
+        let Some(filter) = &mut self.resume else {
+            return Verdict::Run;
+        };
+        let key = match id {
+            Some(raw) => id_key(raw).unwrap_or_else(|| line_key(self.line)),
+            None => format!("i:{}", self.line),
+        };
+        if let Some(&first) = filter.seen.get(&key) {
+            return Verdict::Duplicate(first);
+        }
+        filter.seen.insert(key.clone(), self.line);
+        if filter.finished.contains(&key) {
+            Verdict::Skip
+        } else {
+            Verdict::Run
         }
     }
 
@@ -173,10 +218,20 @@ impl JobParser {
         if line.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
+        if let Some(filter) = &self.resume
+            && filter.finished.contains(&line_key(self.line))
+        {
+            return None;
+        }
         if self.format.plain_lines {
             let Ok(text) = std::str::from_utf8(line) else {
                 return Some(self.rejected(ErrorKind::BadInput, "line is not valid UTF-8".into()));
             };
+            match self.verdict(None) {
+                Verdict::Run => {}
+                Verdict::Skip => return None,
+                Verdict::Duplicate(first) => return Some(self.duplicate(first)),
+            }
             let input = serde_json::to_vec(text).expect("a string serializes");
             let task = self
                 .format
@@ -207,6 +262,11 @@ impl JobParser {
                 ));
             }
         };
+        match self.verdict(id) {
+            Verdict::Run => {}
+            Verdict::Skip => return None,
+            Verdict::Duplicate(first) => return Some(self.duplicate(first)),
+        }
         let task = match (&parsed.task, &self.format.default_task) {
             (Some(task), _) => task.as_ref(),
             (None, Some(task)) => task.as_str(),
@@ -251,11 +311,17 @@ impl JobParser {
         })
     }
 
-    fn rejected(&self, kind: ErrorKind, message: String) -> InputItem {
+    fn duplicate(&mut self, first: u64) -> InputItem {
+        let message =
+            format!("duplicate id: line {first} has the same id; ids must be unique to resume");
+        self.rejected(ErrorKind::BadInput, message)
+    }
+
+    fn rejected(&mut self, kind: ErrorKind, message: String) -> InputItem {
         self.rejected_job(None, kind, message)
     }
 
-    fn rejected_job(&self, id: Option<&[u8]>, kind: ErrorKind, message: String) -> InputItem {
+    fn rejected_job(&mut self, id: Option<&[u8]>, kind: ErrorKind, message: String) -> InputItem {
         let key = match id {
             Some(id) => ResultKey::Job {
                 id: id.into(),
@@ -263,7 +329,10 @@ impl JobParser {
             },
             None => ResultKey::Line(self.line),
         };
+        let seq = JobSeq(self.next_seq);
+        self.next_seq += 1;
         InputItem::Rejected(JobResult {
+            seq,
             key,
             meta: None,
             attempts: 0,
@@ -395,6 +464,40 @@ mod tests {
             (&ResultKey::Line(4), ErrorKind::TooLarge)
         );
         assert!(matches!(&items[4], InputItem::Job(job) if job.line == 5));
+    }
+
+    #[test]
+    fn resume_skips_finished_jobs_and_reports_duplicates() {
+        let mut items = Vec::new();
+        let mut parser = JobParser::new(InputFormat {
+            default_task: Some("t".into()),
+            ..format()
+        });
+        parser.resume(HashSet::from([
+            "i:\"a\"".to_owned(),
+            "l:3".to_owned(),
+            "i:4".to_owned(),
+        ]));
+        let text = b"{\"id\":\"a\"}\n{\"id\":\"b\"}\nbroken\n{}\n{\"id\":\"\\u0062\"}\n{}\n";
+        parser
+            .read_all(&mut io::BufReader::new(&text[..]), |item, _| {
+                items.push(item);
+                true
+            })
+            .unwrap();
+        // a: finished; b: runs; line 3: finished; line 4 (id 4): finished; line 5 repeats b;
+        // line 6 (id 6): runs.
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert!(
+            matches!(&items[0], InputItem::Job(job) if &*job.id == b"\"b\"" && job.seq == JobSeq(0))
+        );
+        assert_eq!(
+            error_of(&items[1]),
+            (&ResultKey::Line(5), ErrorKind::BadInput)
+        );
+        assert!(
+            matches!(&items[2], InputItem::Job(job) if &*job.id == b"6" && job.seq == JobSeq(2))
+        );
     }
 
     #[test]

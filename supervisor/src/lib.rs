@@ -4,7 +4,7 @@
 //! The parts, from the core out:
 //! - [`scheduler`]: the pure state machine that decides everything;
 //! - [`pool`]: worker processes, their handshake, threads and deaths;
-//! - [`input`] and [`output`]: job lines in, result lines out;
+//! - [`input`] and [`output`]: job lines in, result lines out; [`resume`] for `--resume`;
 //! - [`run`]: the runtime that wires them together for `corral run`;
 //! - [`cli`]: the command-line definitions.
 
@@ -12,6 +12,8 @@ pub mod cli;
 pub mod input;
 pub mod output;
 pub mod pool;
+pub mod progress;
 pub mod record;
+pub mod resume;
 pub mod run;
 pub mod scheduler;

@@ -172,6 +172,7 @@ mod tests {
     #[test]
     fn ok_results_splice_raw_json() {
         let result = JobResult {
+            seq: corral_protocol::JobSeq(0),
             key: ResultKey::Job {
                 id: b"17".to_vec().into(),
                 line: 3,
@@ -197,6 +198,7 @@ mod tests {
         let mut error = JobError::new(ErrorKind::Crashed, "worker 9 was killed by \"SIGSEGV\"\n");
         error.signal = Some("SIGSEGV".into());
         let result = JobResult {
+            seq: corral_protocol::JobSeq(0),
             key: ResultKey::Job {
                 id: b"\"x\"".to_vec().into(),
                 line: 1,
@@ -223,6 +225,7 @@ mod tests {
     #[test]
     fn line_errors_name_the_line() {
         let result = JobResult {
+            seq: corral_protocol::JobSeq(0),
             key: ResultKey::Line(19),
             meta: None,
             attempts: 0,
@@ -234,6 +237,7 @@ mod tests {
             "{\"line\":19,\"ok\":false,\"error\":{\"kind\":\"bad_input\",\"message\":\"expected ','\"}}\n"
         );
         let never_ran = JobResult {
+            seq: corral_protocol::JobSeq(0),
             key: ResultKey::Job {
                 id: b"5".to_vec().into(),
                 line: 7,
@@ -246,6 +250,7 @@ mod tests {
     #[test]
     fn writer_writes_every_line_and_tally_counts_by_kind() {
         let ok = JobResult {
+            seq: corral_protocol::JobSeq(0),
             key: ResultKey::Line(1),
             meta: None,
             attempts: 1,

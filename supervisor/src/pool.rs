@@ -16,6 +16,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -48,6 +50,8 @@ pub struct PoolConfig {
     pub args: Vec<OsString>,
     /// How long a worker may take to say hello.
     pub handshake_timeout: Duration,
+    /// Cap on each worker's data segment (heap and private mappings), in bytes: `RLIMIT_DATA`.
+    pub memory_limit: Option<u64>,
 }
 
 /// What the pool's threads report to the runtime.
@@ -97,6 +101,7 @@ pub struct StartedWorker {
 /// thread).
 pub struct Spawner {
     requests: Option<Sender<WorkerId>>,
+    closing: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -104,10 +109,15 @@ impl Spawner {
     /// Starts the spawner thread; it reports on `events`.
     pub fn new(config: PoolConfig, events: Sender<PoolEvent>) -> Spawner {
         let (requests, inbox) = unbounded::<WorkerId>();
+        let closing = Arc::new(AtomicBool::new(false));
+        let stop = closing.clone();
         let thread = thread::Builder::new()
             .name("corral-spawner".into())
             .spawn(move || {
                 for worker in inbox {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
                     let event = match start_worker(&config, worker, &events) {
                         Ok(started) => PoolEvent::Started(started),
                         Err(failure) => PoolEvent::StartFailed { worker, failure },
@@ -120,6 +130,7 @@ impl Spawner {
             .expect("spawning a thread");
         Spawner {
             requests: Some(requests),
+            closing,
             thread: Some(thread),
         }
     }
@@ -135,6 +146,8 @@ impl Spawner {
 
 impl Drop for Spawner {
     fn drop(&mut self) {
+        // Requests still queued are for a run that is over.
+        self.closing.store(true, Ordering::Relaxed);
         self.requests.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -189,6 +202,11 @@ impl WorkerHandle {
         self.batches.take();
     }
 
+    /// Whether [`WorkerHandle::retire`] was called.
+    pub fn retired(&self) -> bool {
+        self.batches.is_none()
+    }
+
     /// Kills the worker and its process group.
     pub fn kill(&self) {
         kill_group(self.pid);
@@ -201,6 +219,15 @@ pub fn kill_group(pgid: u32) {
     unsafe {
         libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
     }
+}
+
+/// Resident memory of a process in bytes, from `/proc/PID/statm`; `None` if it is gone.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 /// Describes how a process ended.
@@ -244,13 +271,17 @@ fn start_worker(
         .env(ENV_BOOTSTRAP, &server_name)
         .env(ENV_NONCE, format!("{nonce:016x}"))
         .stdin(Stdio::null())
-        // The supervisor's stdout is the results stream: a worker's stdout goes to the log.
+        // The supervisor's stdout is the results stream: a worker's output goes to the log.
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     for name in SCRUBBED_ENV {
         command.env_remove(name);
     }
     let supervisor = std::process::id() as libc::pid_t;
+    let memory_limit = config.memory_limit.map(|bytes| libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    });
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions.
     unsafe {
         command.pre_exec(move || {
@@ -265,6 +296,12 @@ fn start_worker(
             // The supervisor may have died before PDEATHSIG was armed.
             if libc::getppid() != supervisor {
                 libc::_exit(1);
+            }
+            // A hard cap, so that one job's runaway allocation fails in its own worker.
+            if let Some(limit) = &memory_limit
+                && libc::setrlimit(libc::RLIMIT_DATA, limit) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -292,7 +329,10 @@ fn start_worker(
     };
     let pid = child.id();
     if let Some(stdout) = child.stdout.take() {
-        log_worker_stdout(pid, stdout);
+        log_worker_output(pid, "stdout", stdout);
+    }
+    if let Some(stderr) = child.stderr.take() {
+        log_worker_output(pid, "stderr", stderr);
     }
     let exits = reap_in_background(child);
 
@@ -364,7 +404,7 @@ fn start_worker(
             true,
         ));
     };
-    tracing::debug!(pid, worker = worker.0, tasks = ?hello.tasks, "worker started");
+    tracing::info!(pid, "worker started");
     receive_in_background(worker, pid, receiver, exits, events.clone());
     Ok(StartedWorker {
         worker,
@@ -446,14 +486,15 @@ fn receive_in_background(
         .expect("spawning a thread");
 }
 
-/// Logs each line a worker prints on stdout, with its pid, so it never mixes with results.
-fn log_worker_stdout(pid: u32, stdout: std::process::ChildStdout) {
+/// Logs each line a worker prints, with its pid: stdout never mixes with results, and stderr
+/// lines can be told apart between workers.
+fn log_worker_output(pid: u32, stream: &'static str, output: impl std::io::Read + Send + 'static) {
     thread::Builder::new()
-        .name(format!("corral-out-{pid}"))
+        .name(format!("corral-{stream}-{pid}"))
         .spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n') {
+            for line in BufReader::new(output).split(b'\n') {
                 let Ok(line) = line else { return };
-                tracing::warn!(pid, "worker stdout: {}", String::from_utf8_lossy(&line));
+                tracing::warn!(pid, "worker {stream}: {}", String::from_utf8_lossy(&line));
             }
         })
         .expect("spawning a thread");

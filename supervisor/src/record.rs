@@ -110,6 +110,8 @@ pub enum ResultKey {
 /// The one result of one job line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobResult {
+    /// The answered item's place in the input (jobs and rejected lines share one count).
+    pub seq: JobSeq,
     /// Which job.
     pub key: ResultKey,
     /// The job's `meta`, echoed.

@@ -1,7 +1,11 @@
-//! The runtime of `corral run`: wires the edges (input reader, pool, result writer, timer) to
-//! the scheduler on one thread, and carries out the scheduler's actions.
+//! The runtime of `corral run`: wires the edges (input reader, pool, result writer, signals,
+//! timer, progress bar) to the scheduler on one thread, and carries out the scheduler's actions.
+//!
+//! Signals: the first SIGINT, SIGTERM or SIGHUP drains the run (no new jobs; batches in flight
+//! finish within the grace period and their results are written). A second signal, or the end
+//! of the grace period, kills the workers at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -15,13 +19,15 @@ use crossbeam_channel::{Receiver, Sender, bounded, never, select, tick, unbounde
 
 use crate::input::{InputFormat, JobParser};
 use crate::output::{ResultWriter, Tally};
-use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle};
+use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
+use crate::progress::Progress;
 use crate::record::{InputItem, JobResult};
-use crate::scheduler::{Action, Event, Scheduler, SchedulerConfig};
+use crate::resume::ResultKeyText;
+use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
 
 /// Items handed from the reader to the scheduler at once, at most.
 const INPUT_CHUNK: usize = 1024;
-/// How often deadlines and delayed restarts are checked.
+/// How often deadlines, delayed restarts and the grace period are checked.
 const TICK: Duration = Duration::from_millis(20);
 
 /// Where jobs are read from.
@@ -53,6 +59,12 @@ pub struct RunConfig {
     pub format: InputFormat,
     /// Inputs, read in order.
     pub sources: Vec<Source>,
+    /// How long batches in flight may take to finish after the first stop signal.
+    pub grace: Duration,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// Keys of results already written (`--resume`); those jobs are skipped.
+    pub finished: Option<HashSet<ResultKeyText>>,
 }
 
 /// How a run ended.
@@ -60,6 +72,10 @@ pub struct RunConfig {
 pub enum RunEnd {
     /// Every job has its result.
     Completed,
+    /// Stopped by a signal (its number); jobs not run have no result line.
+    Interrupted(i32),
+    /// Stopped by `--halt`; the message says why.
+    Halted(String),
     /// The workers could not be run (configuration error); the message says why.
     Fatal(String),
     /// An input could not be read to its end; the jobs read before the error have results.
@@ -73,6 +89,10 @@ pub enum RunEnd {
 pub struct RunReport {
     /// Results written, by outcome.
     pub tally: Tally,
+    /// Restarts, recycles, jobs not run.
+    pub counters: RunCounters,
+    /// Whether all input was read.
+    pub input_complete: bool,
     /// How it ended.
     pub end: RunEnd,
     /// Wall time.
@@ -90,9 +110,10 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let (input_tx, input_rx) = bounded::<InputMsg>(4);
     let sources = config.sources.clone();
     let format = config.format.clone();
+    let finished = config.finished.clone();
     thread::Builder::new()
         .name("corral-input".into())
-        .spawn(move || read_inputs(sources, format, input_tx))
+        .spawn(move || read_inputs(sources, format, finished, input_tx))
         .expect("spawning a thread");
 
     let output_failed = Arc::new(AtomicBool::new(false));
@@ -105,36 +126,58 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
             .expect("spawning a thread")
     };
 
+    let (signals_tx, signals_rx) = unbounded::<i32>();
+    let signals = forward_signals(signals_tx);
+
     let (events_tx, events_rx) = unbounded::<PoolEvent>();
     let spawner = Spawner::new(config.pool.clone(), events_tx);
+    let seed = getrandom::u64().unwrap_or(1);
     let mut runtime = Runtime {
-        scheduler: Scheduler::new(
-            config.scheduler.clone(),
-            Instant::now(),
-            getrandom::u64().unwrap_or(1),
-        ),
+        scheduler: Scheduler::new(config.scheduler.clone(), Instant::now(), seed),
         spawner,
         handles: HashMap::new(),
         results: results_tx,
+        measure_rss: config.scheduler.max_rss.is_some(),
+        grace: config.grace,
+        progress: config.progress.then(Progress::new),
         end: None,
         input_error: None,
+        input_complete: false,
+        read: 0,
+        interrupted: None,
+        grace_until: None,
         finished: false,
     };
     runtime.step(Event::Tick {
         running: Vec::new(),
     });
-    runtime.event_loop(&input_rx, &events_rx, &output_failed);
+    runtime.event_loop(&input_rx, &events_rx, &signals_rx, &output_failed);
+    if let Some(handle) = signals {
+        handle.close();
+    }
 
-    let end = runtime
-        .end
-        .take()
-        .or_else(|| runtime.input_error.take().map(RunEnd::InputFailed));
     if !runtime.finished {
         // Stopped early: take every worker down now.
         for handle in runtime.handles.values() {
             handle.kill();
         }
     }
+    if let Some(progress) = &runtime.progress {
+        progress.finish();
+    }
+    let counters = runtime.scheduler.counters();
+    let end = runtime
+        .end
+        .take()
+        .or_else(|| runtime.interrupted.map(RunEnd::Interrupted))
+        .or_else(|| {
+            runtime
+                .scheduler
+                .halt_reason()
+                .map(|r| RunEnd::Halted(r.to_owned()))
+        })
+        .or_else(|| runtime.input_error.take().map(RunEnd::InputFailed));
+    let input_complete = runtime.input_complete;
     let Runtime {
         results, spawner, ..
     } = runtime;
@@ -148,6 +191,8 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     };
     RunReport {
         tally,
+        counters,
+        input_complete,
         end,
         elapsed: started.elapsed(),
     }
@@ -158,9 +203,18 @@ struct Runtime {
     spawner: Spawner,
     handles: HashMap<WorkerId, WorkerHandle>,
     results: Sender<Vec<JobResult>>,
+    measure_rss: bool,
+    grace: Duration,
+    progress: Option<Progress>,
     end: Option<RunEnd>,
     /// Why input stopped early, if it did; the jobs read before still run.
     input_error: Option<String>,
+    input_complete: bool,
+    /// Items read so far, for the progress bar's total.
+    read: u64,
+    /// The first stop signal, once received.
+    interrupted: Option<i32>,
+    grace_until: Option<Instant>,
     finished: bool,
 }
 
@@ -169,6 +223,7 @@ impl Runtime {
         &mut self,
         input_rx: &Receiver<InputMsg>,
         events_rx: &Receiver<PoolEvent>,
+        signals_rx: &Receiver<i32>,
         output_failed: &AtomicBool,
     ) {
         let ticker = tick(TICK);
@@ -189,7 +244,10 @@ impl Runtime {
                     Err(_) => unreachable!("the spawner holds a sender while the runtime lives"),
                 },
                 recv(input) -> msg => match msg {
-                    Ok(InputMsg::Items(items)) => Event::Input(items),
+                    Ok(InputMsg::Items(items)) => {
+                        self.read += items.len() as u64;
+                        Event::Input(items)
+                    }
                     Ok(InputMsg::Failed(message)) => {
                         tracing::error!("{message}");
                         self.input_error = Some(message);
@@ -198,15 +256,43 @@ impl Runtime {
                     }
                     Err(_) => {
                         input_open = false;
+                        self.input_complete = true;
+                        if let Some(progress) = &self.progress {
+                            progress.set_total(self.read);
+                        }
                         Event::InputEnded
                     }
                 },
-                recv(ticker) -> _ => Event::Tick {
-                    running: self.handles.iter().map(|(&id, h)| (id, h.running.load())).collect(),
+                recv(signals_rx) -> signal => match self.on_signal(signal.expect("the signal thread outlives the loop")) {
+                    Some(event) => event,
+                    None => return,
                 },
+                recv(ticker) -> _ => {
+                    if self.grace_until.is_some_and(|until| Instant::now() >= until) {
+                        tracing::warn!("grace period over: killing the workers");
+                        return;
+                    }
+                    Event::Tick { running: self.handles.iter().map(|(&id, h)| (id, h.running.load())).collect() }
+                }
             };
             self.step(event);
         }
+    }
+
+    /// The first stop signal drains; a second one ends the loop (the caller kills the workers).
+    fn on_signal(&mut self, signal: i32) -> Option<Event> {
+        let name = nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
+        if self.interrupted.is_some() {
+            tracing::warn!("{name} again: killing the workers");
+            return None;
+        }
+        self.interrupted = Some(signal);
+        self.grace_until = Some(Instant::now() + self.grace);
+        tracing::warn!(
+            "{name}: finishing the batches in flight (at most {}), then stopping; send it again to stop at once",
+            humantime::format_duration(self.grace)
+        );
+        Some(Event::Drain)
     }
 
     fn pool_event(&mut self, event: PoolEvent) -> Event {
@@ -218,21 +304,30 @@ impl Runtime {
                 Event::WorkerReady { worker, pid, tasks }
             }
             PoolEvent::StartFailed { worker, failure } => {
-                tracing::warn!(
-                    worker = worker.0,
-                    "worker failed to start: {}",
-                    failure.message
-                );
+                tracing::warn!("worker failed to start: {}", failure.message);
                 Event::WorkerStartFailed { worker, failure }
             }
-            PoolEvent::Done { worker, done } => Event::BatchDone { worker, done },
+            PoolEvent::Done { worker, done } => {
+                let rss = if self.measure_rss {
+                    self.handles
+                        .get(&worker)
+                        .and_then(|h| resident_bytes(h.pid))
+                } else {
+                    None
+                };
+                Event::BatchDone { worker, done, rss }
+            }
             PoolEvent::Gone { worker, exit, note } => {
                 let handle = self
                     .handles
                     .remove(&worker)
                     .expect("gone workers were started");
                 let running = handle.running.load();
-                tracing::debug!(pid = handle.pid, %exit, "worker gone");
+                if handle.retired() {
+                    tracing::info!(pid = handle.pid, "worker {exit}");
+                } else {
+                    tracing::warn!(pid = handle.pid, "worker {exit}");
+                }
                 Event::WorkerGone {
                     worker,
                     exit,
@@ -252,30 +347,70 @@ impl Runtime {
                         handle.send(batch);
                     }
                 }
-                Action::Kill(worker) => {
+                Action::Kill { worker, why } => {
                     if let Some(handle) = self.handles.get(&worker) {
-                        tracing::warn!(pid = handle.pid, "killing worker");
+                        tracing::warn!(pid = handle.pid, "killing worker: {why}");
                         handle.kill();
                     }
                 }
-                Action::Retire(worker) => {
+                Action::Retire { worker, recycled } => {
                     if let Some(handle) = self.handles.get_mut(&worker) {
+                        if let Some(why) = recycled {
+                            tracing::info!(pid = handle.pid, "recycling worker: {why}");
+                        }
                         handle.retire();
                     }
                 }
+                Action::Note(message) => tracing::warn!("{message}"),
                 Action::Emit(results) => {
+                    if let Some(progress) = &self.progress {
+                        progress.record(&results, self.scheduler.counters().restarts);
+                    }
                     // The output thread only stops after this sender is dropped.
                     let _ = self.results.send(results);
                 }
                 Action::Fatal(message) => self.end = Some(RunEnd::Fatal(message)),
+                Action::Abort(message) => self.end = Some(RunEnd::Halted(message)),
                 Action::Finished => self.finished = true,
             }
         }
     }
 }
 
-fn read_inputs(sources: Vec<Source>, format: InputFormat, tx: Sender<InputMsg>) {
+/// Forwards SIGINT, SIGTERM and SIGHUP to the runtime. Returns a handle to stop forwarding.
+fn forward_signals(tx: Sender<i32>) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(err) => {
+            tracing::warn!("cannot handle stop signals: {err}");
+            return None;
+        }
+    };
+    let handle = signals.handle();
+    thread::Builder::new()
+        .name("corral-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(signal).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawning a thread");
+    Some(handle)
+}
+
+fn read_inputs(
+    sources: Vec<Source>,
+    format: InputFormat,
+    finished: Option<HashSet<ResultKeyText>>,
+    tx: Sender<InputMsg>,
+) {
     let mut parser = JobParser::new(format);
+    if let Some(finished) = finished {
+        parser.resume(finished);
+    }
     let mut chunk = Vec::with_capacity(INPUT_CHUNK);
     for source in sources {
         let reader: Box<dyn Read> = match &source {
@@ -319,7 +454,7 @@ fn read_inputs(sources: Vec<Source>, format: InputFormat, tx: Sender<InputMsg>) 
 }
 
 /// Writes results until the runtime hangs up. After a write error, results are still counted
-/// but no longer written; a broken pipe is flagged so that the run stops.
+/// but no longer written; the error is flagged so that the run stops.
 fn write_results(
     rx: Receiver<Vec<JobResult>>,
     sink: Box<dyn Write + Send>,

@@ -11,6 +11,14 @@
 //!
 //! Timeouts are enforced on the timer tick: a worker whose word names the same job for longer
 //! than the timeout is killed, so a job is stopped between `timeout` and `timeout + tick`.
+//!
+//! Stopping early (a signal, or `--halt soon`) drains: no new batch goes out, the batches in
+//! flight finish and their results are written, and jobs still queued get no result line (a
+//! `--resume` run picks them up). `--halt now` kills the workers at once instead.
+//!
+//! With `keep_order`, results are released in input order. Only jobs within `window` of the
+//! oldest unanswered one are dispatched, so memory stays bounded; one slow job at the head of
+//! the window holds back the jobs behind it until it finishes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -44,6 +52,17 @@ pub struct SchedulerConfig {
     pub restart: RestartPolicy,
     /// Start-up failures in a row, with no batch completed in between, that end the run.
     pub max_start_failures: u32,
+    /// Emit results in input order, dispatching at most this many jobs past the oldest
+    /// unanswered one.
+    pub keep_order: Option<usize>,
+    /// Stop the run after failures.
+    pub halt: Option<HaltRule>,
+    /// Replace a worker after it has run this many jobs.
+    pub max_jobs_per_worker: Option<u64>,
+    /// Replace a worker, between batches, once its resident memory passes this many bytes.
+    pub max_rss: Option<u64>,
+    /// The per-worker memory cap in force, in bytes; only used to explain crashes.
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for SchedulerConfig {
@@ -59,13 +78,19 @@ impl Default for SchedulerConfig {
             batches_in_flight: 2,
             restart: RestartPolicy::default(),
             max_start_failures: 3,
+            keep_order: None,
+            halt: None,
+            max_jobs_per_worker: None,
+            max_rss: None,
+            memory_limit: None,
         }
     }
 }
 
 /// OTP-style restart intensity: up to `max_restarts` replacements in any `period` go ahead at
 /// once; past that each replacement waits, with exponential backoff and jitter, until the rate
-/// falls back under the budget.
+/// falls back under the budget. After `give_up_after` replacements in a row over budget the run
+/// stops: workers that keep dying that fast are a fault, not bad luck.
 #[derive(Debug, Clone)]
 pub struct RestartPolicy {
     /// Restarts allowed per period without delay.
@@ -76,6 +101,8 @@ pub struct RestartPolicy {
     pub backoff_base: Duration,
     /// Longest backoff delay.
     pub backoff_max: Duration,
+    /// Replacements in a row over budget after which the run stops.
+    pub give_up_after: u32,
 }
 
 impl Default for RestartPolicy {
@@ -85,6 +112,7 @@ impl Default for RestartPolicy {
             period: Duration::from_secs(10),
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_secs(2),
+            give_up_after: 10,
         }
     }
 }
@@ -107,9 +135,9 @@ impl RestartBudget {
         }
     }
 
-    /// Records a restart at `now`; returns how long it must wait. `jitter` in `[0, 1)` spreads
-    /// the delay over its upper half.
-    pub fn delay(&mut self, now: Instant, jitter: f64) -> Duration {
+    /// Records a restart at `now`; returns how long it must wait, or `None` when the budget is
+    /// spent beyond recovery. `jitter` in `[0, 1)` spreads the delay over its upper half.
+    pub fn delay(&mut self, now: Instant, jitter: f64) -> Option<Duration> {
         while self
             .recent
             .front()
@@ -120,15 +148,87 @@ impl RestartBudget {
         self.recent.push_back(now);
         if self.recent.len() <= self.policy.max_restarts as usize {
             self.over = 0;
-            return Duration::ZERO;
+            return Some(Duration::ZERO);
+        }
+        if self.over >= self.policy.give_up_after {
+            return None;
         }
         let exp = self
             .policy
             .backoff_base
             .saturating_mul(1 << self.over.min(20));
         self.over += 1;
-        exp.min(self.policy.backoff_max).mul_f64(0.5 + jitter / 2.0)
+        Some(exp.min(self.policy.backoff_max).mul_f64(0.5 + jitter / 2.0))
     }
+}
+
+/// When to stop a run because jobs fail, like GNU parallel's `--halt`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HaltRule {
+    /// Kill running jobs at once (`now`) or let them finish (`soon`).
+    pub now: bool,
+    /// How many failures trigger it.
+    pub threshold: HaltThreshold,
+}
+
+/// The failure count that triggers a [`HaltRule`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HaltThreshold {
+    /// This many failed jobs.
+    Count(u64),
+    /// This percentage of the jobs read so far failed.
+    Percent(f64),
+}
+
+impl std::str::FromStr for HaltRule {
+    type Err = String;
+
+    /// Parses `soon,fail=N`, `now,fail=N`, `soon,fail=P%`, or `fail=...` (meaning `soon`).
+    fn from_str(text: &str) -> Result<HaltRule, String> {
+        let usage = || format!("{text:?}: expected soon,fail=N, now,fail=N or soon,fail=P%");
+        let (when, rest) = match text.split_once(',') {
+            Some((when, rest)) => (when, rest),
+            None => ("soon", text),
+        };
+        let now = match when {
+            "soon" => false,
+            "now" => true,
+            _ => return Err(usage()),
+        };
+        let value = rest.strip_prefix("fail=").ok_or_else(usage)?;
+        let threshold = match value.strip_suffix('%') {
+            Some(percent) => match percent.parse::<f64>() {
+                Ok(p) if p > 0.0 && p <= 100.0 => HaltThreshold::Percent(p),
+                _ => return Err(usage()),
+            },
+            None => match value.parse::<u64>() {
+                Ok(n) if n > 0 => HaltThreshold::Count(n),
+                _ => return Err(usage()),
+            },
+        };
+        Ok(HaltRule { now, threshold })
+    }
+}
+
+impl std::fmt::Display for HaltRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let when = if self.now { "now" } else { "soon" };
+        match self.threshold {
+            HaltThreshold::Count(n) => write!(f, "{when},fail={n}"),
+            HaltThreshold::Percent(p) => write!(f, "{when},fail={p}%"),
+        }
+    }
+}
+
+/// Counters of a run, for the summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunCounters {
+    /// Workers replaced after an unexpected death.
+    pub restarts: u64,
+    /// Workers replaced by `max_jobs_per_worker` or `max_rss`.
+    pub recycled: u64,
+    /// Jobs read that have no result yet (at the end: not run because the run stopped early).
+    pub not_run: u64,
 }
 
 /// How a worker process ended.
@@ -187,7 +287,11 @@ pub enum Event {
         worker: WorkerId,
         /// Its answer.
         done: BatchDone,
+        /// Its resident memory in bytes, measured just after, when recycling by memory is on.
+        rss: Option<u64>,
     },
+    /// Stop early: run nothing new, let the batches in flight finish.
+    Drain,
     /// A worker's process is gone and all its messages have been delivered.
     WorkerGone {
         /// Which worker.
@@ -219,13 +323,27 @@ pub enum Action {
         batch: Batch,
     },
     /// Kill a worker and its process group now.
-    Kill(WorkerId),
+    Kill {
+        /// Which worker.
+        worker: WorkerId,
+        /// Why, for the log.
+        why: String,
+    },
+    /// Something worth a line in the log (which job a crash is blamed on).
+    Note(String),
     /// Let a worker finish and exit: close its channel.
-    Retire(WorkerId),
+    Retire {
+        /// Which worker.
+        worker: WorkerId,
+        /// Why, when it is recycled rather than retired at the end of the run.
+        recycled: Option<String>,
+    },
     /// Write these results.
     Emit(Vec<JobResult>),
     /// The run cannot go on (configuration error); stop everything.
     Fatal(String),
+    /// `--halt now` triggered: kill every worker and end the run; the message says why.
+    Abort(String),
     /// Every job has its result and every worker is gone.
     Finished,
 }
@@ -257,6 +375,50 @@ struct WorkerSlot {
     timed_out: Option<RunningWord>,
     /// Set when the worker was killed for breaking the protocol.
     violation: Option<String>,
+    /// Jobs answered by this worker.
+    jobs_done: u64,
+    /// Why it is being recycled; it takes no new batch and retires once idle.
+    recycle: Option<String>,
+    /// Whether `Retire` was sent.
+    retire_sent: bool,
+}
+
+impl WorkerSlot {
+    fn new(now: Instant) -> WorkerSlot {
+        WorkerSlot {
+            phase: Phase::Starting,
+            pid: 0,
+            tasks: HashMap::new(),
+            in_flight: VecDeque::new(),
+            word: RunningWord::IDLE,
+            word_since: now,
+            batches_done: 0,
+            timed_out: None,
+            violation: None,
+            jobs_done: 0,
+            recycle: None,
+            retire_sent: false,
+        }
+    }
+
+    fn takes_batches(&self) -> bool {
+        self.phase == Phase::Ready
+            && self.timed_out.is_none()
+            && self.violation.is_none()
+            && self.recycle.is_none()
+    }
+
+    fn jobs_in_flight(&self) -> u64 {
+        self.in_flight.iter().map(|b| b.jobs.len() as u64).sum()
+    }
+}
+
+/// Holds results back until every earlier job has its result (`keep_order`).
+#[derive(Debug)]
+struct Reorder {
+    next: u64,
+    window: u64,
+    held: BTreeMap<u64, JobResult>,
 }
 
 /// The state machine. See the module documentation.
@@ -278,6 +440,14 @@ pub struct Scheduler {
     per_job_nanos: Option<f64>,
     rng: u64,
     stopped: bool,
+    /// Stopping early: nothing new is dispatched.
+    draining: bool,
+    halt_reason: Option<String>,
+    reorder: Option<Reorder>,
+    /// Items read (jobs and rejected lines) and failed results so far, for `--halt`.
+    read: u64,
+    failed: u64,
+    counters: RunCounters,
     actions: Vec<Action>,
     emitted: Vec<JobResult>,
 }
@@ -286,6 +456,11 @@ impl Scheduler {
     /// A scheduler about to start `cfg.workers` workers. `seed` drives backoff jitter.
     pub fn new(cfg: SchedulerConfig, now: Instant, seed: u64) -> Scheduler {
         let spawns_due = vec![now; cfg.workers.max(1)];
+        let cfg_reorder = cfg.keep_order.map(|window| Reorder {
+            next: 0,
+            window: window.max(1) as u64,
+            held: BTreeMap::new(),
+        });
         Scheduler {
             budget: RestartBudget::new(cfg.restart.clone()),
             cfg,
@@ -300,6 +475,12 @@ impl Scheduler {
             per_job_nanos: None,
             rng: seed | 1,
             stopped: false,
+            draining: false,
+            halt_reason: None,
+            reorder: cfg_reorder,
+            read: 0,
+            failed: 0,
+            counters: RunCounters::default(),
             actions: Vec::new(),
             emitted: Vec::new(),
         }
@@ -307,7 +488,23 @@ impl Scheduler {
 
     /// Whether the input reader should be asked for more lines.
     pub fn wants_input(&self) -> bool {
-        !self.input_ended && !self.stopped && self.pending.len() < self.cfg.max_queued
+        !self.input_ended
+            && !self.stopped
+            && !self.draining
+            && self.pending.len() < self.cfg.max_queued
+    }
+
+    /// Why the run was halted by `--halt`, if it was.
+    pub fn halt_reason(&self) -> Option<&str> {
+        self.halt_reason.as_deref()
+    }
+
+    /// The run's counters so far.
+    pub fn counters(&self) -> RunCounters {
+        RunCounters {
+            not_run: self.outstanding,
+            ..self.counters
+        }
     }
 
     /// Jobs waiting for a worker.
@@ -325,7 +522,10 @@ impl Scheduler {
                 Event::WorkerStartFailed { worker, failure } => {
                     self.on_start_failed(now, worker, failure)
                 }
-                Event::BatchDone { worker, done } => self.on_batch_done(worker, done),
+                Event::BatchDone { worker, done, rss } => {
+                    self.on_batch_done(now, worker, done, rss)
+                }
+                Event::Drain => self.draining = true,
                 Event::WorkerGone {
                     worker,
                     exit,
@@ -337,6 +537,13 @@ impl Scheduler {
         }
         if !self.stopped {
             self.advance(now);
+        }
+        if self.stopped
+            && let Some(reorder) = &mut self.reorder
+        {
+            // The run is over: what is held back goes out, still in input order.
+            self.emitted
+                .extend(std::mem::take(&mut reorder.held).into_values());
         }
         if !self.emitted.is_empty() {
             let results = std::mem::take(&mut self.emitted);
@@ -351,10 +558,14 @@ impl Scheduler {
         for item in items {
             match item {
                 InputItem::Job(job) => {
+                    self.read += 1;
                     self.outstanding += 1;
                     self.pending.push_back(job);
                 }
-                InputItem::Rejected(result) => self.emitted.push(result),
+                InputItem::Rejected(result) => {
+                    self.read += 1;
+                    self.emit(result);
+                }
             }
         }
     }
@@ -396,7 +607,7 @@ impl Scheduler {
         }
     }
 
-    fn on_batch_done(&mut self, worker: WorkerId, done: BatchDone) {
+    fn on_batch_done(&mut self, now: Instant, worker: WorkerId, done: BatchDone, rss: Option<u64>) {
         let Some(slot) = self.workers.get_mut(&worker) else {
             return;
         };
@@ -406,18 +617,37 @@ impl Scheduler {
             .is_some_and(|b| b.id == done.batch && b.jobs.len() == done.outcomes.len());
         if !matches {
             if slot.violation.is_none() {
-                slot.violation = Some(format!(
-                    "worker {} answered a batch it was not running",
-                    slot.pid
-                ));
-                self.actions.push(Action::Kill(worker));
+                let why = format!("worker {} answered a batch it was not running", slot.pid);
+                slot.violation = Some(why.clone());
+                self.actions.push(Action::Kill { worker, why });
             }
             return;
         }
         let batch = slot.in_flight.pop_front().expect("checked above");
         slot.batches_done += 1;
+        slot.jobs_done += batch.jobs.len() as u64;
         let pid = slot.pid;
         self.start_failures = 0;
+        if slot.recycle.is_none() {
+            let why = match (self.cfg.max_jobs_per_worker, self.cfg.max_rss, rss) {
+                (Some(max), _, _) if slot.jobs_done >= max => Some(format!(
+                    "it ran {} jobs (--max-jobs-per-worker {max})",
+                    slot.jobs_done
+                )),
+                (_, Some(max), Some(rss)) if rss > max => Some(format!(
+                    "its memory reached {} (--max-rss {})",
+                    bytesize::ByteSize(rss).display().iec(),
+                    bytesize::ByteSize(max).display().iec()
+                )),
+                _ => None,
+            };
+            if let Some(why) = why {
+                slot.recycle = Some(why);
+                self.counters.recycled += 1;
+                // The replacement starts now, outside the restart budget: recycling is planned.
+                self.spawns_due.push(now);
+            }
+        }
 
         let n = batch.jobs.len() as u64;
         let total: u64 = done.outcomes.iter().map(|o| o.nanos).sum();
@@ -438,7 +668,8 @@ impl Scheduler {
                 TaskResult::BadInput(message) => Err(JobError::new(ErrorKind::BadInput, message)),
                 TaskResult::Panic(message) => Err(JobError::new(ErrorKind::Panic, message)),
             };
-            self.emitted.push(JobResult {
+            self.emit(JobResult {
+                seq: job.seq,
                 key: ResultKey::Job {
                     id: job.id,
                     line: job.line,
@@ -475,13 +706,23 @@ impl Scheduler {
                 }
                 attributed = true;
                 job.failed_attempts += 1;
+                self.actions.push(Action::Note(format!(
+                    "job {} (line {}) {} worker {} ({exit}); attempt {} of {}",
+                    String::from_utf8_lossy(&job.id),
+                    job.line,
+                    if timed_out { "timed out on" } else { "crashed" },
+                    slot.pid,
+                    job.failed_attempts,
+                    self.cfg.retries + 1
+                )));
                 if job.failed_attempts <= self.cfg.retries {
                     requeue.push(job);
                     continue;
                 }
                 let error = self.attempt_error(&job, slot.pid, &exit, timed_out, note.as_deref());
                 self.outstanding -= 1;
-                self.emitted.push(JobResult {
+                self.emit(JobResult {
+                    seq: job.seq,
                     key: ResultKey::Job {
                         id: job.id,
                         line: job.line,
@@ -496,7 +737,8 @@ impl Scheduler {
         for job in requeue.into_iter().rev() {
             self.pending.push_front(job);
         }
-        if slot.phase == Phase::Retiring || self.finishing() {
+        if slot.phase == Phase::Retiring || slot.recycle.is_some() || self.finishing() {
+            // Retired at the end, or recycled (its replacement is already on the way).
             return;
         }
         // A worker that died on its own before finishing anything, with no job to blame, is
@@ -512,7 +754,17 @@ impl Scheduler {
             }
         }
         let jitter = self.next_jitter();
-        let delay = self.budget.delay(now, jitter);
+        let Some(delay) = self.budget.delay(now, jitter) else {
+            let policy = &self.cfg.restart;
+            self.fatal(format!(
+                "workers keep dying: more than {} restarts within {}, even with backoff (the last one, pid {}, {exit}); see --max-restarts and --restart-period",
+                policy.max_restarts,
+                humantime::format_duration(policy.period),
+                slot.pid
+            ));
+            return;
+        };
+        self.counters.restarts += 1;
         self.spawns_due.push(now + delay);
     }
 
@@ -547,6 +799,13 @@ impl Scheduler {
             message.push_str(": ");
             message.push_str(note);
         }
+        let memory_signal = matches!(exit, WorkerExit::Signal(s) if ["SIGABRT", "SIGSEGV", "SIGBUS", "SIGKILL"].contains(&s.as_str()));
+        if let (Some(limit), true) = (self.cfg.memory_limit, memory_signal) {
+            message.push_str(&format!(
+                "; workers run under --memory-limit {}, which this job may have exceeded",
+                bytesize::ByteSize(limit).display().iec()
+            ));
+        }
         let mut error = JobError::new(ErrorKind::Crashed, message);
         match exit {
             WorkerExit::Code(code) => error.exit_code = Some(*code),
@@ -577,23 +836,46 @@ impl Scheduler {
                     .any(|b| (0..b.jobs.len()).any(|i| word.is(b.id, i)))
             {
                 slot.timed_out = Some(word);
-                self.actions.push(Action::Kill(worker));
+                let job = slot
+                    .in_flight
+                    .iter()
+                    .find_map(|b| {
+                        (0..b.jobs.len())
+                            .find(|&i| word.is(b.id, i))
+                            .map(|i| &b.jobs[i])
+                    })
+                    .expect("checked above");
+                let why = format!(
+                    "job {} ran longer than {}",
+                    String::from_utf8_lossy(&job.id),
+                    humantime::format_duration(timeout)
+                );
+                self.actions.push(Action::Kill { worker, why });
             }
         }
     }
 
     /// Starts due workers, hands out work and notices the end of the run.
     fn advance(&mut self, now: Instant) {
-        if self.finishing() {
+        let finishing = self.finishing();
+        if finishing {
             self.spawns_due.clear();
-            let mut retire = Vec::new();
-            for (&id, slot) in &mut self.workers {
-                if slot.phase == Phase::Ready {
-                    slot.phase = Phase::Retiring;
-                    retire.push(Action::Retire(id));
-                }
+        }
+        let mut retire = Vec::new();
+        for (&id, slot) in &mut self.workers {
+            let idle_recycled = slot.recycle.is_some() && slot.in_flight.is_empty();
+            let done = finishing && slot.phase == Phase::Ready && slot.in_flight.is_empty();
+            if (idle_recycled || done) && !slot.retire_sent {
+                slot.phase = Phase::Retiring;
+                slot.retire_sent = true;
+                retire.push(Action::Retire {
+                    worker: id,
+                    recycled: slot.recycle.clone().filter(|_| !finishing),
+                });
             }
-            self.actions.extend(retire);
+        }
+        self.actions.extend(retire);
+        if finishing {
             if self.workers.is_empty() {
                 self.stopped = true;
                 self.actions.push(Action::Finished);
@@ -606,32 +888,64 @@ impl Scheduler {
         for _ in due {
             let id = WorkerId(self.next_worker);
             self.next_worker += 1;
-            self.workers.insert(
-                id,
-                WorkerSlot {
-                    phase: Phase::Starting,
-                    pid: 0,
-                    tasks: HashMap::new(),
-                    in_flight: VecDeque::new(),
-                    word: RunningWord::IDLE,
-                    word_since: now,
-                    batches_done: 0,
-                    timed_out: None,
-                    violation: None,
-                },
-            );
+            self.workers.insert(id, WorkerSlot::new(now));
             self.actions.push(Action::Spawn(id));
         }
         self.dispatch();
     }
 
+    /// The run has nothing more to do: all input answered, or draining and nothing in flight.
     fn finishing(&self) -> bool {
-        self.input_ended && self.outstanding == 0
+        (self.input_ended && self.outstanding == 0)
+            || (self.draining && self.workers.values().all(|s| s.in_flight.is_empty()))
+    }
+
+    /// Sends a result on its way: counted for `--halt`, and held back under `keep_order`
+    /// until every earlier job has its result.
+    fn emit(&mut self, result: JobResult) {
+        if !result.is_ok() {
+            self.failed += 1;
+            self.check_halt();
+        }
+        match &mut self.reorder {
+            None => self.emitted.push(result),
+            Some(reorder) => {
+                reorder.held.insert(result.seq.0, result);
+                while let Some(next) = reorder.held.remove(&reorder.next) {
+                    self.emitted.push(next);
+                    reorder.next += 1;
+                }
+            }
+        }
+    }
+
+    fn check_halt(&mut self) {
+        let Some(rule) = self.cfg.halt else { return };
+        if self.halt_reason.is_some() {
+            return;
+        }
+        let triggered = match rule.threshold {
+            HaltThreshold::Count(n) => self.failed >= n,
+            HaltThreshold::Percent(p) => self.failed as f64 * 100.0 >= p * self.read as f64,
+        };
+        if !triggered {
+            return;
+        }
+        let reason = format!("halted after {} failed jobs (--halt {rule})", self.failed);
+        self.halt_reason = Some(reason.clone());
+        self.draining = true;
+        if rule.now {
+            self.stopped = true;
+            self.actions.push(Action::Abort(reason));
+        }
     }
 
     /// Hands batches to ready workers, one per worker per round, until the queue is empty or
     /// every worker has its fill.
     fn dispatch(&mut self) {
+        if self.draining {
+            return;
+        }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         loop {
             let mut sent = false;
@@ -640,11 +954,7 @@ impl Scheduler {
                     return;
                 }
                 let slot = &self.workers[&id];
-                if slot.phase == Phase::Ready
-                    && slot.timed_out.is_none()
-                    && slot.violation.is_none()
-                    && slot.in_flight.len() < self.cfg.batches_in_flight
-                {
+                if slot.takes_batches() && slot.in_flight.len() < self.cfg.batches_in_flight {
                     sent |= self.send_batch(id);
                 }
             }
@@ -680,15 +990,28 @@ impl Scheduler {
 
     /// Builds and sends one batch to `worker`; false when nothing could be sent.
     fn send_batch(&mut self, worker: WorkerId) -> bool {
-        let size = self.batch_size();
+        let mut size = self.batch_size();
         let slot = self
             .workers
             .get_mut(&worker)
             .expect("dispatch passes live workers");
+        if let Some(max) = self.cfg.max_jobs_per_worker {
+            // Never hand a worker more than it may run before it is recycled.
+            let room = max.saturating_sub(slot.jobs_done + slot.jobs_in_flight());
+            size = size.min(room as usize);
+            if size == 0 {
+                return false;
+            }
+        }
+        let order_limit = self.reorder.as_ref().map(|r| r.next + r.window);
         let mut jobs = Vec::with_capacity(size.min(self.pending.len()));
         let mut requests = Vec::with_capacity(jobs.capacity());
         let mut bytes = 0;
+        let mut unknown = Vec::new();
         while let Some(next) = self.pending.front() {
+            if order_limit.is_some_and(|limit| next.seq.0 >= limit) {
+                break;
+            }
             let alone = next.failed_attempts > 0;
             if !jobs.is_empty()
                 && (jobs.len() >= size
@@ -707,7 +1030,8 @@ impl Scheduler {
                     names.join(", ")
                 );
                 self.outstanding -= 1;
-                self.emitted.push(JobResult {
+                unknown.push(JobResult {
+                    seq: job.seq,
                     key: ResultKey::Job {
                         id: job.id,
                         line: job.line,
@@ -729,9 +1053,15 @@ impl Scheduler {
                 break;
             }
         }
-        if jobs.is_empty() {
-            return false;
+        let answered = !unknown.is_empty();
+        for result in unknown {
+            self.emit(result);
         }
+        if jobs.is_empty() {
+            // Unknown tasks were answered: the caller may try again.
+            return answered;
+        }
+        let slot = self.workers.get_mut(&worker).expect("still live");
         let id = BatchId(self.next_batch);
         self.next_batch += 1;
         slot.in_flight.push_back(InFlight { id, jobs });

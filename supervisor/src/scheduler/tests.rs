@@ -20,6 +20,9 @@ struct Harness {
     kills: Vec<WorkerId>,
     retires: Vec<WorkerId>,
     fatal: Option<String>,
+    aborted: Option<String>,
+    recycled: Vec<String>,
+    notes: Vec<String>,
     finished: bool,
 }
 
@@ -54,6 +57,9 @@ impl Harness {
             kills: Vec::new(),
             retires: Vec::new(),
             fatal: None,
+            aborted: None,
+            recycled: Vec::new(),
+            notes: Vec::new(),
             finished: false,
         };
         h.feed(Event::Tick { running: vec![] });
@@ -65,8 +71,13 @@ impl Harness {
             match action {
                 Action::Spawn(w) => self.spawns.push(w),
                 Action::Send { worker, batch } => self.sends.push((worker, batch)),
-                Action::Kill(w) => self.kills.push(w),
-                Action::Retire(w) => self.retires.push(w),
+                Action::Kill { worker, .. } => self.kills.push(worker),
+                Action::Retire { worker, recycled } => {
+                    self.retires.push(worker);
+                    self.recycled.extend(recycled);
+                }
+                Action::Note(note) => self.notes.push(note),
+                Action::Abort(message) => self.aborted = Some(message),
                 Action::Emit(results) => self.results.extend(results),
                 Action::Fatal(message) => self.fatal = Some(message),
                 Action::Finished => self.finished = true,
@@ -103,6 +114,7 @@ impl Harness {
                 batch: batch.id,
                 outcomes,
             },
+            rss: None,
         });
     }
 
@@ -402,6 +414,7 @@ fn restarts_over_budget_wait_with_growing_backoff() {
         period: Duration::from_secs(10),
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
+        give_up_after: 3,
     };
     let mut h = Harness::new(SchedulerConfig {
         restart: policy,
@@ -439,6 +452,17 @@ fn restarts_over_budget_wait_with_growing_backoff() {
         );
     }
     assert!(h.fatal.is_none());
+    assert_eq!(h.scheduler.counters().restarts, 5);
+    // A sixth death, still over budget after three backoffs: the run stops.
+    let worker = *h.spawns.last().unwrap();
+    h.ready(worker, 999);
+    h.take_sends();
+    h.die(worker, sigsegv(), RunningWord::IDLE);
+    let message = h.fatal.expect("workers that keep dying stop the run");
+    assert!(
+        message.contains("keep dying") && message.contains("--max-restarts"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -563,6 +587,7 @@ fn an_answer_to_the_wrong_batch_kills_the_worker_and_nothing_is_lost() {
     h.feed(Event::BatchDone {
         worker: WorkerId(1),
         done: bogus,
+        rss: None,
     });
     assert_eq!(h.kills, [WorkerId(1)]);
     h.die(
@@ -580,6 +605,7 @@ fn an_answer_to_the_wrong_batch_kills_the_worker_and_nothing_is_lost() {
 fn rejected_lines_are_emitted_at_once() {
     let mut h = Harness::new(config(1));
     let rejected = JobResult {
+        seq: corral_protocol::JobSeq(0),
         key: ResultKey::Line(3),
         meta: None,
         attempts: 0,
@@ -594,4 +620,212 @@ fn rejected_lines_are_emitted_at_once() {
     h.feed(Event::InputEnded);
     h.ready(WorkerId(1), 1);
     assert_eq!(h.retires, [WorkerId(1)]);
+}
+
+#[test]
+fn drain_lets_batches_in_flight_finish_and_runs_nothing_new() {
+    let mut h = Harness::new(config(1));
+    h.input((0..10).map(|i| job(i, "t")));
+    h.ready(WorkerId(1), 101);
+    let sends = h.take_sends();
+    assert_eq!(sends.len(), 2);
+    h.feed(Event::Drain);
+    assert!(!h.scheduler.wants_input());
+    h.complete(WorkerId(1), &sends[0].1, 1_000);
+    assert!(h.sends.is_empty(), "no new batch while draining");
+    assert!(h.retires.is_empty(), "one batch is still in flight");
+    h.complete(WorkerId(1), &sends[1].1, 1_000);
+    assert_eq!(h.retires, [WorkerId(1)]);
+    h.die(WorkerId(1), WorkerExit::Code(0), RunningWord::IDLE);
+    assert!(h.finished);
+    assert_eq!(h.results.len(), 2);
+    assert_eq!(h.scheduler.counters().not_run, 8);
+}
+
+#[test]
+fn keep_order_releases_results_in_input_order_within_a_window() {
+    let mut h = Harness::new(SchedulerConfig {
+        keep_order: Some(3),
+        max_batch_jobs: 1,
+        ..config(2)
+    });
+    h.input((0..6).map(|i| job(i, "t")));
+    h.feed(Event::InputEnded);
+    h.ready(WorkerId(1), 101);
+    h.ready(WorkerId(2), 102);
+    let sends = h.take_sends();
+    // Jobs 0, 1, 2 fit the window; job 3 waits for job 0.
+    assert_eq!(sends.len(), 3, "{sends:?}");
+    // Job 2 (on worker 2) finishes first: held back.
+    assert_eq!(sends[2].0, WorkerId(2));
+    h.complete(sends[2].0, &sends[2].1, 1_000);
+    assert!(h.results.is_empty());
+    assert!(h.sends.is_empty(), "the window is full until job 0 is done");
+    h.complete(sends[0].0, &sends[0].1, 1_000);
+    assert_eq!(h.ids(), ["1"], "job 2 still waits for job 1");
+    assert_eq!(h.sends.len(), 1, "the window moved by one");
+    h.complete(sends[1].0, &sends[1].1, 1_000);
+    h.drain(1_000);
+    let order: Vec<String> = h
+        .results
+        .iter()
+        .map(|r| match &r.key {
+            ResultKey::Job { id, .. } => String::from_utf8(id.to_vec()).unwrap(),
+            ResultKey::Line(_) => unreachable!(),
+        })
+        .collect();
+    assert_eq!(order, ["1", "2", "3", "4", "5", "6"]);
+}
+
+#[test]
+fn halt_soon_drains_after_the_failure_count_and_halt_now_aborts() {
+    let crash_all = |h: &mut Harness, rule: &str| {
+        h.input((0..10).map(|i| job(i, "t")));
+        h.ready(WorkerId(1), 101);
+        let sends = h.take_sends();
+        let outcomes = |b: &Batch| {
+            b.jobs
+                .iter()
+                .map(|_| Outcome {
+                    nanos: 1,
+                    result: TaskResult::TaskError("no".into()),
+                })
+                .collect()
+        };
+        h.feed(Event::BatchDone {
+            worker: WorkerId(1),
+            done: BatchDone {
+                batch: sends[0].1.id,
+                outcomes: outcomes(&sends[0].1),
+            },
+            rss: None,
+        });
+        let _ = rule;
+        sends
+    };
+    let mut soon = Harness::new(SchedulerConfig {
+        halt: Some("soon,fail=1".parse().unwrap()),
+        ..config(1)
+    });
+    let sends = crash_all(&mut soon, "soon");
+    assert!(soon.sends.is_empty(), "halted: nothing new goes out");
+    assert!(
+        soon.scheduler
+            .halt_reason()
+            .unwrap()
+            .contains("--halt soon,fail=1")
+    );
+    soon.complete(WorkerId(1), &sends[1].1, 1);
+    assert_eq!(soon.retires, [WorkerId(1)], "the batch in flight finished");
+
+    let mut now = Harness::new(SchedulerConfig {
+        halt: Some("now,fail=10%".parse().unwrap()),
+        ..config(1)
+    });
+    crash_all(&mut now, "now");
+    assert!(now.aborted.unwrap().contains("halted after 1 failed jobs"));
+}
+
+#[test]
+fn workers_are_recycled_after_max_jobs_or_max_rss_without_losing_work() {
+    let mut h = Harness::new(SchedulerConfig {
+        max_jobs_per_worker: Some(3),
+        max_batch_jobs: 2,
+        ..config(1)
+    });
+    h.input((0..6).map(|i| job(i, "t")));
+    h.feed(Event::InputEnded);
+    h.ready(WorkerId(1), 101);
+    let mut sizes = Vec::new();
+    while !h.sends.is_empty() {
+        for (worker, batch) in h.take_sends() {
+            if worker == WorkerId(1) {
+                sizes.push(batch.jobs.len());
+            }
+            h.complete(worker, &batch, 1_000);
+        }
+    }
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        3,
+        "worker 1 runs exactly 3 jobs: {sizes:?}"
+    );
+    assert_eq!(h.retires, [WorkerId(1)]);
+    assert!(
+        h.recycled[0].contains("--max-jobs-per-worker 3"),
+        "{:?}",
+        h.recycled
+    );
+    assert_eq!(
+        h.spawns,
+        [WorkerId(1), WorkerId(2)],
+        "the replacement starts at once"
+    );
+    h.die(WorkerId(1), WorkerExit::Code(0), RunningWord::IDLE);
+    assert_eq!(
+        h.spawns.len(),
+        2,
+        "a recycled worker's exit is not a restart"
+    );
+    h.ready(WorkerId(2), 102);
+    h.drain(1_000);
+    assert_eq!(h.results.len(), 6);
+    assert_eq!(
+        h.scheduler.counters().recycled,
+        2,
+        "worker 2 reached its 3 jobs too"
+    );
+    assert_eq!(h.scheduler.counters().restarts, 0);
+
+    let mut m = Harness::new(SchedulerConfig {
+        max_rss: Some(100 << 20),
+        ..config(1)
+    });
+    m.input((0..4).map(|i| job(i, "t")));
+    m.ready(WorkerId(1), 101);
+    let sends = m.take_sends();
+    m.feed(Event::BatchDone {
+        worker: WorkerId(1),
+        done: BatchDone {
+            batch: sends[0].1.id,
+            outcomes: vec![ok_outcome(1_000)],
+        },
+        rss: Some(200 << 20),
+    });
+    assert!(
+        m.sends.is_empty(),
+        "a worker over --max-rss takes no new batch"
+    );
+    m.complete(WorkerId(1), &sends[1].1, 1_000);
+    assert_eq!(m.retires, [WorkerId(1)]);
+    assert!(m.recycled[0].contains("200.0 MiB"), "{:?}", m.recycled);
+}
+
+#[test]
+fn a_crash_under_a_memory_limit_says_so() {
+    let mut h = Harness::new(SchedulerConfig {
+        retries: 0,
+        memory_limit: Some(64 << 20),
+        ..config(1)
+    });
+    h.input([job(0, "t")]);
+    h.ready(WorkerId(1), 101);
+    let sends = h.take_sends();
+    h.die(
+        WorkerId(1),
+        WorkerExit::Signal("SIGABRT".into()),
+        RunningWord::running(sends[0].1.id, 0),
+    );
+    let error = h.results[0].outcome.as_ref().unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Crashed);
+    assert!(
+        error.message.contains("--memory-limit 64.0 MiB"),
+        "{}",
+        error.message
+    );
+    assert!(
+        h.notes[0].contains("job 1 (line 1) crashed worker 101"),
+        "{:?}",
+        h.notes
+    );
 }
