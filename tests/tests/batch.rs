@@ -140,11 +140,18 @@ fn task_errors_and_panics_are_results_and_the_worker_keeps_serving() {
         .map(|r| r["worker"].as_u64().unwrap())
         .collect();
     assert_eq!(pids.len(), 1, "one worker served every job: {pids:?}");
-    assert!(
-        out.stderr.contains("to stdout"),
-        "worker stdout is logged: {}",
-        out.stderr
-    );
+    let pid = pids.iter().next().unwrap();
+    for logged in [
+        "worker stdout: to stdout",
+        "worker stderr: note on stderr: to stdout",
+    ] {
+        let line = out.stderr.lines().find(|l| l.contains(logged));
+        let line = line.unwrap_or_else(|| out.fail(&format!("{logged:?} is not logged")));
+        assert!(
+            line.contains(&format!("pid={pid}")),
+            "logged with the worker's pid: {line}"
+        );
+    }
 }
 
 #[test]

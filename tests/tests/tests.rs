@@ -5,5 +5,6 @@ mod util;
 
 mod bad_input;
 mod batch;
+mod operate;
 mod startup;
 mod supervision;

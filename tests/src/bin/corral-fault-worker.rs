@@ -25,6 +25,9 @@ struct HangIn {
     pidfile: String,
 }
 
+/// What `leak` keeps.
+static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
 fn main() -> ExitCode {
     match std::env::var("CORRAL_FAULT_START").as_deref() {
         Ok("exit") => std::process::exit(3),
@@ -81,7 +84,18 @@ fn main() -> ExitCode {
         .task("print", |text: String| -> Result<String, String> {
             println!("{text}");
             println!("{{\"id\": \"forged\", \"ok\": true}}");
+            eprintln!("note on stderr: {text}");
             Ok(text)
+        })
+        .task("leak", |mib: usize| -> Result<usize, String> {
+            // Keeps (and touches) `mib` MiB for the life of the process.
+            let block = vec![1u8; mib << 20];
+            LEAKED.lock().map_err(|e| e.to_string())?.push(block);
+            Ok(mib)
+        })
+        .task("alloc", |mib: usize| -> Result<usize, String> {
+            let block = vec![1u8; mib << 20];
+            Ok(std::hint::black_box(block).len() >> 20)
         })
         .run()
 }

@@ -1,0 +1,423 @@
+//! Operating a run: signals, resume after interruption or SIGKILL, ordering, halting, limits,
+//! progress and stats.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::{
+    ChildGuard, Lcg, Run, alive, bin, children_of, fault_worker, signal, temp_dir, wait_for,
+    write_jobs,
+};
+
+fn square_jobs(n: u64, spin_us: u64) -> impl Iterator<Item = String> {
+    (0..n).map(move |i| {
+        format!(r#"{{"id": {i}, "task": "square", "input": {{"n": {i}, "spin_us": {spin_us}}}}}"#)
+    })
+}
+
+/// Reads a results file: every line must be a well-formed result.
+fn read_results(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line)
+                .unwrap_or_else(|e| panic!("malformed line {line:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Asserts that `results` answer jobs 0..n exactly once each, all correct squares.
+fn assert_exactly_once_squares(results: &[Value], n: u64) {
+    let mut seen: HashMap<u64, &Value> = HashMap::new();
+    for result in results {
+        let id = result["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no id: {result}"));
+        assert!(seen.insert(id, result).is_none(), "id {id} appears twice");
+        assert_eq!(result["ok"], true, "{result}");
+        assert_eq!(result["output"].as_u64(), Some(id * id), "{result}");
+    }
+    assert_eq!(seen.len() as u64, n, "every id has a result");
+}
+
+fn line_count(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigterm_drains_with_status_143_and_resume_completes_each_id_once() {
+    let dir = temp_dir();
+    let n = 100_000;
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(n, 20));
+    let results = dir.path().join("results.jsonl");
+    let worker = fault_worker();
+    let run_args = |resume: bool| {
+        let mut args = vec![
+            "run".into(),
+            "-j".into(),
+            "2".into(),
+            "--worker".into(),
+            worker.clone().into_os_string(),
+        ];
+        args.extend([
+            jobs.clone().into_os_string(),
+            "-o".into(),
+            results.clone().into_os_string(),
+        ]);
+        if resume {
+            args.push("--resume".into());
+        }
+        args
+    };
+    let running = Run::corral(run_args(false)).start(dir.path());
+    wait_for(Duration::from_secs(30), || {
+        (line_count(&results) > 1000).then_some(())
+    })
+    .expect("results start flowing");
+    signal(running.pid(), libc::SIGTERM);
+    let out = running.wait(Duration::from_secs(30));
+    out.expect_code(143);
+    assert!(
+        out.stderr.contains("stopped by SIGTERM") && out.stderr.contains("--resume"),
+        "{}",
+        out.stderr
+    );
+    let first = read_results(&results);
+    assert!(first.len() < n as usize, "the run was interrupted");
+    let out = Run::corral(run_args(true)).output();
+    out.expect_code(0);
+    assert_exactly_once_squares(&read_results(&results), n);
+}
+
+#[test]
+fn sigkill_at_random_moments_then_resume_gives_each_id_exactly_once() {
+    let dir = temp_dir();
+    let n = 30_000;
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(n, 10));
+    let results = dir.path().join("results.jsonl");
+    let worker = fault_worker();
+    let args = [
+        "run".as_ref(),
+        "-j".as_ref(),
+        "2".as_ref(),
+        "--worker".as_ref(),
+        worker.as_os_str(),
+        jobs.as_os_str(),
+        "-o".as_ref(),
+        results.as_os_str(),
+        "--resume".as_ref(),
+    ];
+    let mut rng = Lcg(99);
+    for _ in 0..20 {
+        let running = Run::corral(args).start(dir.path());
+        std::thread::sleep(Duration::from_millis(20 + rng.below(120)));
+        let workers = children_of(running.pid());
+        signal(running.pid(), libc::SIGKILL);
+        running.wait(Duration::from_secs(10));
+        let gone = wait_for(Duration::from_secs(2), || {
+            workers.iter().all(|&w| !alive(w)).then_some(())
+        });
+        assert!(gone.is_some(), "workers outlived a SIGKILLed supervisor");
+    }
+    let partial = std::fs::read_to_string(&results).unwrap();
+    assert!(
+        partial.lines().count() < n as usize,
+        "the kills came before the end"
+    );
+    let out = Run::corral(args).output();
+    out.expect_code(0);
+    assert_exactly_once_squares(&read_results(&results), n);
+}
+
+#[test]
+fn a_closed_stdout_ends_the_run_quietly() {
+    let dir = temp_dir();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(200_000, 0));
+    let worker = fault_worker();
+    let mut child = ChildGuard(
+        Command::new(bin("corral"))
+            .args([
+                "run".as_ref(),
+                "--worker".as_ref(),
+                worker.as_os_str(),
+                jobs.as_os_str(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    drop(stdout);
+    let status =
+        wait_for(Duration::from_secs(20), || child.0.try_wait().unwrap()).expect("corral ends");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(stderr, "", "no error message");
+}
+
+#[test]
+fn keep_order_writes_results_in_input_order() {
+    let mut rng = Lcg(5);
+    let lines: Vec<String> = (0..3000)
+        .map(|i| {
+            let spin = if rng.below(50) == 0 {
+                3000
+            } else {
+                rng.below(100)
+            };
+            format!(r#"{{"id": {i}, "task": "square", "input": {{"n": {i}, "spin_us": {spin}}}}}"#)
+        })
+        .collect();
+    let worker = fault_worker();
+    let out = Run::corral([
+        "run",
+        "-j",
+        "2",
+        "--keep-order",
+        "--order-window",
+        "64",
+        "--worker",
+    ])
+    .args([worker.as_os_str()])
+    .stdin(lines.join("\n"))
+    .output();
+    out.expect_code(0);
+    let ids: Vec<u64> = out
+        .results()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (0..3000).collect::<Vec<u64>>());
+}
+
+#[test]
+fn halt_stops_after_failures() {
+    let lines: Vec<String> = (0..2000)
+        .map(|i| format!(r#"{{"id": {i}, "task": "fail", "input": "no"}}"#))
+        .collect();
+    let worker = fault_worker();
+    for (rule, expected) in [
+        ("now,fail=5", "--halt now,fail=5"),
+        ("soon,fail=50%", "--halt soon,fail=50%"),
+    ] {
+        let out = Run::corral(["run", "-j", "2", "--halt", rule, "--worker"])
+            .args([worker.as_os_str()])
+            .stdin(lines.join("\n"))
+            .output();
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains(expected) && out.stderr.contains("halted after"),
+            "{}",
+            out.stderr
+        );
+        let results = out.results();
+        assert!(
+            !results.is_empty() && results.len() < 2000,
+            "{} results",
+            results.len()
+        );
+        assert!(results.iter().all(|r| r["error"]["kind"] == "task_error"));
+    }
+}
+
+#[test]
+fn max_rss_recycles_a_leaking_worker_and_stats_count_it() {
+    let dir = temp_dir();
+    let stats = dir.path().join("stats.json");
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"id": {i}, "task": "leak", "input": 8}}"#))
+        .collect();
+    let worker = fault_worker();
+    let out = Run::corral(["run", "-j", "1", "--max-rss", "48MiB", "-v", "--worker"])
+        .args([worker.as_os_str(), "--stats".as_ref(), stats.as_os_str()])
+        .stdin(lines.join("\n"))
+        .output();
+    out.expect_code(0);
+    assert_eq!(out.results().len(), 40);
+    let pids: std::collections::HashSet<u64> = out
+        .results()
+        .iter()
+        .map(|r| r["worker"].as_u64().unwrap())
+        .collect();
+    assert!(pids.len() >= 3, "leaking workers were replaced: {pids:?}");
+    assert!(
+        out.stderr.contains("recycling worker") && out.stderr.contains("--max-rss"),
+        "{}",
+        out.stderr
+    );
+    let stats: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(stats["end"], "completed");
+    assert_eq!(stats["ok"], 40);
+    assert!(stats["recycled"].as_u64().unwrap() >= 2, "{stats}");
+    assert_eq!(stats["restarts"], 0, "recycling is not restarting");
+}
+
+#[test]
+fn max_jobs_per_worker_recycles_workers() {
+    let lines: Vec<String> = square_jobs(100, 0).collect();
+    let worker = fault_worker();
+    let out = Run::corral(["run", "-j", "1", "--max-jobs-per-worker", "10", "--worker"])
+        .args([worker.as_os_str()])
+        .stdin(lines.join("\n"))
+        .output();
+    out.expect_code(0);
+    let mut per_worker: HashMap<u64, u32> = HashMap::new();
+    for result in out.results() {
+        *per_worker
+            .entry(result["worker"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(per_worker.len(), 10, "{per_worker:?}");
+    assert!(per_worker.values().all(|&n| n == 10));
+}
+
+#[test]
+fn a_job_past_the_memory_limit_fails_as_crashed_naming_the_limit() {
+    let lines = [
+        r#"{"id": "big", "task": "alloc", "input": 1024}"#,
+        r#"{"id": "small", "task": "alloc", "input": 1}"#,
+        r#"{"id": "echo", "task": "echo", "input": 1}"#,
+    ];
+    let worker = fault_worker();
+    let out = Run::corral([
+        "run",
+        "-j",
+        "1",
+        "--retries",
+        "0",
+        "--memory-limit",
+        "256MiB",
+        "--worker",
+    ])
+    .args([worker.as_os_str()])
+    .stdin(lines.join("\n"))
+    .output();
+    out.expect_code(1);
+    let results = out.results_by_id();
+    let big = &results["\"big\""];
+    assert_eq!(big["error"]["kind"], "crashed", "{big}");
+    assert!(
+        big["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--memory-limit 256.0 MiB"),
+        "{big}"
+    );
+    assert_eq!(results["\"small\""]["output"], 1);
+    assert_eq!(results["\"echo\""]["output"], 1);
+}
+
+#[test]
+fn terminal_sigint_reaches_only_the_supervisor_which_drains() {
+    // Like Ctrl-C in a terminal: SIGINT to corral's whole foreground process group.
+    let dir = temp_dir();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(20, 300_000));
+    let worker = fault_worker();
+    let mut command = Command::new(bin("corral"));
+    command
+        .args([
+            "run".as_ref(),
+            "-j".as_ref(),
+            "2".as_ref(),
+            "--worker".as_ref(),
+            worker.as_os_str(),
+            jobs.as_os_str(),
+        ])
+        .stdout(std::fs::File::create(dir.path().join("out")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
+        .process_group(0);
+    let mut child = ChildGuard(command.spawn().unwrap());
+    let pid = child.0.id();
+    wait_for(Duration::from_secs(10), || {
+        (children_of(pid).len() == 2).then_some(())
+    })
+    .expect("workers start");
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(-(pid as i32), libc::SIGINT) };
+    let status =
+        wait_for(Duration::from_secs(20), || child.0.try_wait().unwrap()).expect("corral ends");
+    let stderr = std::fs::read_to_string(dir.path().join("err")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let results = read_results(&dir.path().join("out"));
+    assert!(!results.is_empty(), "the jobs in flight finished: {stderr}");
+    assert!(
+        results.iter().all(|r| r["ok"] == true),
+        "no worker was interrupted: {results:?}"
+    );
+    assert!(results.len() < 20);
+}
+
+#[test]
+fn a_second_signal_or_the_end_of_grace_kills_the_workers_at_once() {
+    let dir = temp_dir();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(10, 30_000_000));
+    let worker = fault_worker();
+    for (grace, signals) in [("1h", 2), ("200ms", 1)] {
+        let running = Run::corral(["run", "-j", "2", "--grace", grace, "--worker"])
+            .args([worker.as_os_str(), jobs.as_os_str()])
+            .start(dir.path());
+        let pid = running.pid();
+        let workers = wait_for(Duration::from_secs(10), || {
+            let w = children_of(pid);
+            (w.len() == 2).then_some(w)
+        })
+        .expect("workers start");
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..signals {
+            signal(pid, libc::SIGTERM);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = running.wait(Duration::from_secs(5));
+        out.expect_code(143);
+        assert_eq!(out.stdout, "", "no job finished");
+        let gone = wait_for(Duration::from_secs(2), || {
+            workers.iter().all(|&w| !alive(w)).then_some(())
+        });
+        assert!(gone.is_some(), "workers survived");
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let worker = fault_worker();
+    let out = Run::corral([
+        "run",
+        "-v",
+        "--log-format",
+        "json",
+        "--retries",
+        "0",
+        "--worker",
+    ])
+    .args([worker.as_os_str()])
+    .stdin("{\"task\": \"abort\"}\n{\"task\": \"echo\", \"input\": 2}\n")
+    .output();
+    out.expect_code(1);
+    let logs: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("corral:"))
+        .collect();
+    assert!(!logs.is_empty());
+    for line in logs {
+        let value: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| out.fail(&format!("{line:?}: {e}")));
+        assert!(value.get("level").is_some(), "{line}");
+    }
+    assert!(out.stderr.contains("worker started"));
+    assert!(out.stderr.contains("crashed worker"));
+}
