@@ -237,8 +237,23 @@ fn write_stats(path: &Path, report: &RunReport) -> anyhow::Result<()> {
         "restarts": report.counters.restarts,
         "recycled": report.counters.recycled,
         "wall_seconds": secs,
+        "peak_rss_bytes": peak_rss_bytes(),
         "jobs_per_second": total as f64 / secs.max(1e-9),
     });
     let text = serde_json::to_string_pretty(&stats).expect("JSON values serialize");
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// This process's own peak resident memory (not its workers'), from `getrusage(RUSAGE_SELF)`.
+fn peak_rss_bytes() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given and has no other preconditions.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return None;
+        }
+        usage.assume_init()
+    };
+    // Linux reports ru_maxrss in KiB.
+    u64::try_from(usage.ru_maxrss).ok().map(|kib| kib * 1024)
 }

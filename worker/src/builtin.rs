@@ -1,12 +1,14 @@
-//! The built-in tasks of `corral-worker`. Each is a plain function so that it can be tested
-//! without a supervisor.
+//! The built-in tasks of the default `corral-worker` binary. Each is a plain public function,
+//! so that it can be tested without a supervisor and reused (the benchmarks' single-process
+//! baseline runs exactly these).
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-use corral_worker::Worker;
 use serde::Deserialize;
+
+use crate::Worker;
 use sha2::{Digest, Sha256};
 
 /// Largest `n` that `primes` accepts: its sieve takes n/16 bytes.
@@ -14,7 +16,7 @@ const PRIMES_MAX: u64 = 1 << 36;
 /// Longest `spin` accepted, in milliseconds.
 const SPIN_MAX_MS: u64 = 3_600_000;
 
-/// Adds the built-in tasks to `worker`.
+/// Adds the built-in tasks (`sum_squares`, `primes`, `sha256`, `spin`) to `worker`.
 pub fn register(worker: Worker) -> Worker {
     worker
         .task("sum_squares", sum_squares)
@@ -24,7 +26,7 @@ pub fn register(worker: Worker) -> Worker {
 }
 
 /// Sum of the squares of an array of integers; an error if it overflows 64 bits.
-fn sum_squares(values: Vec<i64>) -> Result<i64, String> {
+pub fn sum_squares(values: Vec<i64>) -> Result<i64, String> {
     values.iter().try_fold(0i64, |acc, &v| {
         v.checked_mul(v)
             .and_then(|sq| acc.checked_add(sq))
@@ -33,7 +35,7 @@ fn sum_squares(values: Vec<i64>) -> Result<i64, String> {
 }
 
 /// How many primes are below `n`, by an odd-only sieve of Eratosthenes.
-fn primes(n: u64) -> Result<u64, String> {
+pub fn primes(n: u64) -> Result<u64, String> {
     if n > PRIMES_MAX {
         return Err(format!("n must be at most {PRIMES_MAX}"));
     }
@@ -64,13 +66,18 @@ fn primes(n: u64) -> Result<u64, String> {
 /// What `sha256` hashes: a file named by its path, or a text given inline.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum HashInput {
+pub enum HashInput {
+    /// A file to hash.
     Path(String),
-    Text { text: String },
+    /// A text to hash.
+    Text {
+        /// The text.
+        text: String,
+    },
 }
 
 /// SHA-256 of a file (input: its path) or of a text (input: `{"text": ...}`), as hex.
-fn sha256(input: HashInput) -> Result<String, String> {
+pub fn sha256(input: HashInput) -> Result<String, String> {
     let mut hasher = Sha256::new();
     match input {
         HashInput::Text { text } => hasher.update(text.as_bytes()),
@@ -95,7 +102,7 @@ fn sha256(input: HashInput) -> Result<String, String> {
 }
 
 /// Keeps one CPU busy for `ms` milliseconds and returns `ms`: a job of known cost.
-fn spin(ms: u64) -> Result<u64, String> {
+pub fn spin(ms: u64) -> Result<u64, String> {
     if ms > SPIN_MAX_MS {
         return Err(format!("ms must be at most {SPIN_MAX_MS}"));
     }

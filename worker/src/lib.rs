@@ -19,6 +19,7 @@
 //! and the worker goes on serving. The binary is started by `corral run --worker PATH`; run by
 //! hand it explains that and exits with status 2.
 
+pub mod builtin;
 mod native;
 mod task;
 
@@ -66,12 +67,21 @@ impl Worker {
     /// Runs one job by hand, outside any supervisor: what the worker would answer for `input`
     /// (JSON text) given to `task`. Useful in a worker's own unit tests.
     pub fn call(&self, task: &str, input: &str) -> Result<String, TaskFailure> {
-        let Some(index) = self.registry.index_of(task) else {
-            return Err(TaskFailure::UnknownTask(task.to_owned()));
-        };
+        let index = self.task_index(task).ok_or_else(|| TaskFailure::UnknownTask(task.to_owned()))?;
         let mut out = Vec::new();
-        self.registry.run(index, input.as_bytes(), &mut out)?;
+        self.run_task(index, input.as_bytes(), &mut out)?;
         Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
+    }
+
+    /// The index of task `name`, for [`Worker::run_task`].
+    pub fn task_index(&self, name: &str) -> Option<usize> {
+        self.registry.index_of(name)
+    }
+
+    /// Runs task `index` on `input` (JSON bytes), appending its JSON output to `out`; panics
+    /// are caught. This is what the worker does for each job of a batch.
+    pub fn run_task(&self, index: usize, input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailure> {
+        self.registry.run(index, input, out)
     }
 
     /// Serves the supervisor that started this process until it says to stop, and returns the

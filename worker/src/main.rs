@@ -3,9 +3,7 @@
 
 use std::process::ExitCode;
 
-use corral_worker::Worker;
-
-mod builtin;
+use corral_worker::{Worker, builtin};
 
 fn main() -> ExitCode {
     builtin::register(Worker::new()).run()

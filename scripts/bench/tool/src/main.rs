@@ -1,0 +1,127 @@
+//! `corral-bench`: helpers for `scripts/bench/run`.
+//!
+//! - `corral-bench gen tiny N`: N `sum_squares` jobs of 8 integers, deterministic, on stdout.
+//! - `corral-bench gen primes N LIMIT`: N `primes` jobs counting primes below LIMIT.
+//! - `corral-bench floor`: the single-process baseline: reads job lines on stdin and writes the
+//!   same result lines corral would, with corral's own parser, tasks and formatter, in one
+//!   process with no IPC.
+
+use std::io::{self, BufReader, BufWriter, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use corral::input::{InputFormat, JobParser};
+use corral::output::format_result;
+use corral::record::{Completed, ErrorKind, InputItem, JobError, JobResult, ResultKey};
+use corral_worker::{TaskFailure, Worker, builtin};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["gen", "tiny", n] => generate(n.parse().expect("N"), |rng, i, out| {
+            write!(out, "{{\"id\":{i},\"task\":\"sum_squares\",\"input\":[")?;
+            for k in 0..8 {
+                let v = (rng.next() % 2001) as i64 - 1000;
+                write!(out, "{}{v}", if k == 0 { "" } else { "," })?;
+            }
+            writeln!(out, "]}}")
+        }),
+        ["gen", "primes", n, limit] => {
+            let limit: u64 = limit.parse().expect("LIMIT");
+            generate(n.parse().expect("N"), move |_, i, out| {
+                writeln!(out, "{{\"id\":{i},\"task\":\"primes\",\"input\":{}}}", limit + i % 7)
+            })
+        }
+        ["floor"] => floor(),
+        _ => {
+            eprintln!("usage: corral-bench gen tiny N | gen primes N LIMIT | floor");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("corral-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A 64-bit linear congruential generator: the same jobs on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+fn generate(n: u64, mut line: impl FnMut(&mut Lcg, u64, &mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut rng = Lcg(42);
+    for i in 1..=n {
+        line(&mut rng, i, &mut out)?;
+    }
+    out.flush()
+}
+
+fn floor() -> io::Result<()> {
+    let worker = builtin::register(Worker::new());
+    let pid = std::process::id();
+    let format = InputFormat { plain_lines: false, default_task: None, max_line_bytes: 16 << 20 };
+    let mut parser = JobParser::new(format);
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 17, stdout.lock());
+    let mut line = Vec::with_capacity(256);
+    let mut task_cache: Option<(std::sync::Arc<str>, Option<usize>)> = None;
+    let mut error = None;
+    parser.read_all(&mut BufReader::with_capacity(1 << 18, io::stdin()), |item, _| {
+        let result = match item {
+            InputItem::Rejected(result) => result,
+            InputItem::Job(job) => {
+                let index = match &task_cache {
+                    Some((name, index)) if std::sync::Arc::ptr_eq(name, &job.task) => *index,
+                    _ => {
+                        let index = worker.task_index(&job.task);
+                        task_cache = Some((job.task.clone(), index));
+                        index
+                    }
+                };
+                let started = Instant::now();
+                let mut output = Vec::new();
+                let outcome = match index {
+                    None => Err(JobError::new(ErrorKind::UnknownTask, format!("unknown task {:?}", &*job.task))),
+                    Some(index) => match worker.run_task(index, &job.input, &mut output) {
+                        Ok(()) => Ok(Completed { output, nanos: started.elapsed().as_nanos() as u64 }),
+                        Err(TaskFailure::BadInput(m)) => Err(JobError::new(ErrorKind::BadInput, m)),
+                        Err(TaskFailure::Panic(m)) => Err(JobError::new(ErrorKind::Panic, m)),
+                        Err(other) => Err(JobError::new(ErrorKind::TaskError, other.to_string())),
+                    },
+                };
+                JobResult {
+                    seq: job.seq,
+                    key: ResultKey::Job { id: job.id, line: job.line },
+                    meta: job.meta,
+                    attempts: 1,
+                    worker: Some(pid),
+                    outcome,
+                }
+            }
+        };
+        line.clear();
+        format_result(&result, &mut line);
+        if let Err(err) = out.write_all(&line) {
+            error = Some(err);
+            return false;
+        }
+        true
+    })?;
+    if let Some(err) = error {
+        return Err(err);
+    }
+    out.flush()
+}
