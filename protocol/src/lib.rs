@@ -16,7 +16,7 @@ use ipc_channel::ipc::{IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. The supervisor refuses a worker whose `Hello` carries another.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Environment variable holding the name of the supervisor's one-shot bootstrap server.
 pub const ENV_BOOTSTRAP: &str = "CORRAL_BOOTSTRAP";
@@ -40,7 +40,9 @@ pub struct WorkerId(pub u64);
 pub struct JobSeq(pub u64);
 
 /// One batch sent to a worker. Unique within a supervisor run.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct BatchId(pub u64);
 
 /// Index of a task in the list a worker announced in its `Hello`.
@@ -180,31 +182,79 @@ pub enum ToWorker {
     Shutdown,
 }
 
-/// Jobs a worker runs in order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Jobs a worker runs in order. Inputs travel in one buffer, so that a batch of thousands of
+/// small jobs is a handful of allocations rather than one per job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Batch {
     /// Echoed in the answer and written into the [`RunningWord`].
     pub id: BatchId,
     /// The jobs; at most [`RunningWord::MAX_BATCH_JOBS`].
     pub jobs: Vec<JobRequest>,
+    /// The jobs' `input`s, as JSON, one after the other.
+    pub inputs: RawJson,
+}
+
+impl Batch {
+    /// Appends a job.
+    pub fn push(&mut self, task: TaskIndex, input: &[u8]) {
+        self.inputs.0.extend_from_slice(input);
+        let input_end = u32::try_from(self.inputs.0.len()).expect("batches stay far below 4 GiB");
+        self.jobs.push(JobRequest { task, input_end });
+    }
+
+    /// Each job's task and input, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (TaskIndex, &[u8])> {
+        let mut start = 0;
+        self.jobs.iter().map(move |job| {
+            let end = job.input_end as usize;
+            let input = self.inputs.0.get(start..end).unwrap_or_default();
+            start = end;
+            (job.task, input)
+        })
+    }
 }
 
 /// One job inside a batch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct JobRequest {
     /// Which task runs it.
     pub task: TaskIndex,
-    /// The job's `input`, as JSON.
-    pub input: RawJson,
+    /// Where its input ends in [`Batch::inputs`]; it starts where the previous one ended.
+    pub input_end: u32,
 }
 
 /// A worker's answer to a [`Batch`].
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct BatchDone {
     /// The batch answered.
     pub batch: BatchId,
     /// One outcome per job, in the batch's order.
     pub outcomes: Vec<Outcome>,
+    /// The outputs of the jobs, as JSON, one after the other (failures add nothing).
+    pub outputs: RawJson,
+}
+
+impl BatchDone {
+    /// Appends an outcome whose output (empty for a failure) was appended to `outputs`.
+    pub fn push(&mut self, nanos: u64, result: TaskResult) {
+        let output_end = u32::try_from(self.outputs.0.len()).expect("answers stay far below 4 GiB");
+        self.outcomes.push(Outcome {
+            nanos,
+            output_end,
+            result,
+        });
+    }
+
+    /// Each outcome with its output bytes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Outcome, std::ops::Range<usize>)> {
+        let mut start = 0;
+        self.outcomes.iter().map(move |outcome| {
+            let end = (outcome.output_end as usize).max(start);
+            let range = start..end;
+            start = end;
+            (outcome, range)
+        })
+    }
 }
 
 /// The result of running one job.
@@ -212,15 +262,17 @@ pub struct BatchDone {
 pub struct Outcome {
     /// Time spent in the task, in nanoseconds.
     pub nanos: u64,
+    /// Where its output ends in [`BatchDone::outputs`].
+    pub output_end: u32,
     /// What the task produced.
     pub result: TaskResult,
 }
 
 /// What a task produced.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskResult {
-    /// The task's output, as JSON.
-    Ok(RawJson),
+    /// The task's output is in [`BatchDone::outputs`].
+    Ok,
     /// The task returned an error; the message is its `Display`.
     TaskError(String),
     /// The job's input did not match the task's input type.
@@ -241,6 +293,30 @@ mod tests {
         writer.store(word);
         assert_eq!(reader.load(), word);
         assert!(RunningSlot::from_shared(IpcSharedMemory::from_byte(0, 3)).is_none());
+    }
+
+    #[test]
+    fn batches_and_answers_pack_bytes_back_to_back() {
+        let mut batch = Batch::default();
+        batch.push(TaskIndex(1), b"[1,2]");
+        batch.push(TaskIndex(0), b"null");
+        let jobs: Vec<(TaskIndex, &[u8])> = batch.iter().collect();
+        assert_eq!(
+            jobs,
+            [(TaskIndex(1), &b"[1,2]"[..]), (TaskIndex(0), &b"null"[..])]
+        );
+
+        let mut done = BatchDone::default();
+        done.outputs.0.extend_from_slice(b"5");
+        done.push(10, TaskResult::Ok);
+        done.push(20, TaskResult::Panic("p".into()));
+        done.outputs.0.extend_from_slice(b"\"x\"");
+        done.push(30, TaskResult::Ok);
+        let outputs: Vec<&[u8]> = done
+            .iter()
+            .map(|(_, range)| &done.outputs.0[range])
+            .collect();
+        assert_eq!(outputs, [&b"5"[..], b"", b"\"x\""]);
     }
 
     #[test]

@@ -14,7 +14,9 @@ use corral_protocol::JobSeq;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::record::{ErrorKind, InputItem, Job, JobError, JobResult, ResultKey};
+use crate::record::{
+    ErrorKind, InputItem, Job, JobError, JobId, JobResult, ResultKey, SharedBytes,
+};
 use crate::resume::{ResultKeyText, id_key, line_key};
 
 /// How lines become jobs.
@@ -123,6 +125,12 @@ pub struct JobParser {
     next_seq: u64,
     /// Task names seen so far, shared between the jobs that name them.
     tasks: HashMap<Box<str>, Arc<str>>,
+    /// The task named last, checked first.
+    last_task: Option<Arc<str>>,
+    /// The task of jobs that name none.
+    default_task: Option<Arc<str>>,
+    /// The input of jobs that give none.
+    null: SharedBytes,
     resume: Option<ResumeFilter>,
 }
 
@@ -144,10 +152,13 @@ impl JobParser {
     /// A parser at line 1.
     pub fn new(format: InputFormat) -> JobParser {
         JobParser {
+            default_task: format.default_task.as_deref().map(Arc::from),
             format,
             line: 0,
             next_seq: 0,
             tasks: HashMap::new(),
+            last_task: None,
+            null: SharedBytes::from(&b"null"[..]),
             resume: None,
         }
     }
@@ -232,13 +243,9 @@ impl JobParser {
                 Verdict::Skip => return None,
                 Verdict::Duplicate(first) => return Some(self.duplicate(first)),
             }
-            let input = serde_json::to_vec(text).expect("a string serializes");
-            let task = self
-                .format
-                .default_task
-                .clone()
-                .expect("--lines requires --task");
-            return Some(self.job(None, &task, input, None));
+            let input = SharedBytes::from(serde_json::to_vec(text).expect("a string serializes"));
+            let task = self.default_task.clone().expect("--lines requires --task");
+            return Some(self.job(None, task, input, None));
         }
         let parsed: JobLine = match serde_json::from_slice(line) {
             Ok(parsed) => parsed,
@@ -267,43 +274,61 @@ impl JobParser {
             Verdict::Skip => return None,
             Verdict::Duplicate(first) => return Some(self.duplicate(first)),
         }
-        let task = match (&parsed.task, &self.format.default_task) {
-            (Some(task), _) => task.as_ref(),
-            (None, Some(task)) => task.as_str(),
+        let task = match (&parsed.task, &self.default_task) {
+            (Some(name), _) => self.intern(name),
+            (None, Some(task)) => task.clone(),
             (None, None) => {
                 let message = "no \"task\" in the line and no --task given".to_owned();
                 return Some(self.rejected_job(id, ErrorKind::BadInput, message));
             }
         };
-        let task = task.to_owned();
-        let input = parsed
-            .input
-            .map_or_else(|| b"null".to_vec(), |raw| raw.get().as_bytes().to_vec());
-        let meta = parsed.meta.map(|raw| raw.get().as_bytes().into());
-        Some(self.job(id, &task, input, meta))
+        // One copy of the line holds the job's input and meta.
+        let text: Arc<[u8]> = Arc::from(line);
+        let span = |raw: &RawValue| {
+            let start = raw.get().as_ptr() as usize - line.as_ptr() as usize;
+            SharedBytes::new(text.clone(), start..start + raw.get().len())
+        };
+        let input = parsed.input.map_or_else(|| self.null.clone(), span);
+        let meta = parsed.meta.map(span);
+        Some(self.job(id, task, input, meta))
+    }
+
+    /// The shared name of task `name`; most jobs name the task the previous one named.
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(last) = &self.last_task
+            && **last == *name
+        {
+            return last.clone();
+        }
+        let shared = match self.tasks.get(name) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = Arc::from(name);
+                self.tasks.insert(name.into(), shared.clone());
+                shared
+            }
+        };
+        self.last_task = Some(shared.clone());
+        shared
     }
 
     fn job(
         &mut self,
         id: Option<&[u8]>,
-        task: &str,
-        input: Vec<u8>,
-        meta: Option<Box<[u8]>>,
+        task: Arc<str>,
+        input: SharedBytes,
+        meta: Option<SharedBytes>,
     ) -> InputItem {
-        let task = match self.tasks.get(task) {
-            Some(shared) => shared.clone(),
-            None => {
-                let shared: Arc<str> = Arc::from(task);
-                self.tasks.insert(task.into(), shared.clone());
-                shared
-            }
-        };
         let seq = JobSeq(self.next_seq);
         self.next_seq += 1;
+        let id = match id {
+            Some(id) => JobId::from(id),
+            None => JobId::from(self.line.to_string().into_bytes()),
+        };
         InputItem::Job(Job {
             seq,
             line: self.line,
-            id: id.map_or_else(|| self.line.to_string().into_bytes().into(), Into::into),
+            id,
             task,
             input,
             meta,
@@ -324,7 +349,7 @@ impl JobParser {
     fn rejected_job(&mut self, id: Option<&[u8]>, kind: ErrorKind, message: String) -> InputItem {
         let key = match id {
             Some(id) => ResultKey::Job {
-                id: id.into(),
+                id: JobId::from(id),
                 line: self.line,
             },
             None => ResultKey::Line(self.line),
@@ -418,15 +443,18 @@ mod tests {
         let InputItem::Job(first) = &items[0] else {
             panic!()
         };
-        assert_eq!(&*first.id, b"\"a\"");
-        assert_eq!(first.input, b"[1, 2]");
-        assert_eq!(first.meta.as_deref(), Some(&b"{\"k\": 1}"[..]));
+        assert_eq!(first.id.as_bytes(), b"\"a\"");
+        assert_eq!(first.input.as_bytes(), b"[1, 2]");
+        assert_eq!(
+            first.meta.as_ref().map(SharedBytes::as_bytes),
+            Some(&b"{\"k\": 1}"[..])
+        );
         assert_eq!((first.seq, first.line), (JobSeq(0), 1));
         let InputItem::Job(second) = &items[1] else {
             panic!()
         };
-        assert_eq!(&*second.id, b"3", "blank line 2 is counted");
-        assert_eq!(second.input, b"null");
+        assert_eq!(second.id.as_bytes(), b"3", "blank line 2 is counted");
+        assert_eq!(second.input.as_bytes(), b"null");
         assert!(
             Arc::ptr_eq(&first.task, &second.task),
             "task names are shared"
@@ -489,14 +517,14 @@ mod tests {
         // line 6 (id 6): runs.
         assert_eq!(items.len(), 3, "{items:?}");
         assert!(
-            matches!(&items[0], InputItem::Job(job) if &*job.id == b"\"b\"" && job.seq == JobSeq(0))
+            matches!(&items[0], InputItem::Job(job) if job.id.as_bytes() == b"\"b\"" && job.seq == JobSeq(0))
         );
         assert_eq!(
             error_of(&items[1]),
             (&ResultKey::Line(5), ErrorKind::BadInput)
         );
         assert!(
-            matches!(&items[2], InputItem::Job(job) if &*job.id == b"6" && job.seq == JobSeq(2))
+            matches!(&items[2], InputItem::Job(job) if job.id.as_bytes() == b"6" && job.seq == JobSeq(2))
         );
     }
 
@@ -516,7 +544,7 @@ mod tests {
         let InputItem::Job(job) = &items[0] else {
             panic!()
         };
-        assert_eq!(job.input, br#""a \"quoted\" path""#);
-        assert_eq!(&*job.id, b"1");
+        assert_eq!(job.input.as_bytes(), br#""a \"quoted\" path""#);
+        assert_eq!(job.id.as_bytes(), b"1");
     }
 }

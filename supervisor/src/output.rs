@@ -15,7 +15,7 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
     match &result.key {
         ResultKey::Job { id, line } => {
             out.extend_from_slice(b"\"id\":");
-            out.extend_from_slice(id);
+            out.extend_from_slice(id.as_bytes());
             if result.attempts == 0 {
                 write_field_u64(out, "line", *line);
             }
@@ -28,7 +28,7 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
     match &result.outcome {
         Ok(done) => {
             out.extend_from_slice(b",\"ok\":true,\"output\":");
-            out.extend_from_slice(&done.output);
+            out.extend_from_slice(done.output.as_bytes());
         }
         Err(error) => {
             out.extend_from_slice(b",\"ok\":false,\"error\":{\"kind\":\"");
@@ -68,7 +68,7 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
     }
     if let Some(meta) = &result.meta {
         out.extend_from_slice(b",\"meta\":");
-        out.extend_from_slice(meta);
+        out.extend_from_slice(meta.as_bytes());
     }
     out.extend_from_slice(b"}\n");
 }
@@ -181,7 +181,7 @@ mod tests {
             attempts: 1,
             worker: Some(4242),
             outcome: Ok(Completed {
-                output: b"14".to_vec(),
+                output: b"14".to_vec().into(),
                 nanos: 812_345,
             }),
         };
@@ -256,7 +256,7 @@ mod tests {
             attempts: 1,
             worker: None,
             outcome: Ok(Completed {
-                output: b"1".to_vec(),
+                output: b"1".to_vec().into(),
                 nanos: 0,
             }),
         };

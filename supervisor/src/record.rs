@@ -2,11 +2,15 @@
 //! result every job line ends with.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use corral_protocol::JobSeq;
 
 /// A job read from input, waiting for or under execution.
+///
+/// A job costs one allocation for its line (`input` and `meta` are slices of it) and none for
+/// a short id, which matters at a million jobs a second.
 #[derive(Debug, Clone)]
 pub struct Job {
     /// Its place in the input, from 0.
@@ -14,15 +18,134 @@ pub struct Job {
     /// The 1-based line it came from, counted across all inputs.
     pub line: u64,
     /// The job's `id` as raw JSON (a string or a number).
-    pub id: Box<[u8]>,
+    pub id: JobId,
     /// The task that runs it.
     pub task: Arc<str>,
     /// The job's `input` as raw JSON.
-    pub input: Vec<u8>,
+    pub input: SharedBytes,
     /// The job's `meta` as raw JSON, echoed in its result.
-    pub meta: Option<Box<[u8]>>,
+    pub meta: Option<SharedBytes>,
     /// Attempts that ended in a crash or a timeout so far.
     pub failed_attempts: u32,
+}
+
+/// A slice of a shared buffer: part of a job's line, or of the outputs of a batch.
+#[derive(Clone)]
+pub struct SharedBytes {
+    buf: Arc<[u8]>,
+    start: u32,
+    end: u32,
+}
+
+impl SharedBytes {
+    /// The bytes of `buf` in `range`.
+    pub fn new(buf: Arc<[u8]>, range: Range<usize>) -> SharedBytes {
+        assert!(
+            range.start <= range.end && range.end <= buf.len(),
+            "range within the buffer"
+        );
+        let to_u32 = |n: usize| u32::try_from(n).expect("buffers stay below 4 GiB");
+        SharedBytes {
+            start: to_u32(range.start),
+            end: to_u32(range.end),
+            buf,
+        }
+    }
+
+    /// The bytes themselves.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start as usize..self.end as usize]
+    }
+}
+
+impl From<&[u8]> for SharedBytes {
+    fn from(bytes: &[u8]) -> SharedBytes {
+        SharedBytes::new(Arc::from(bytes), 0..bytes.len())
+    }
+}
+
+impl From<Vec<u8>> for SharedBytes {
+    fn from(bytes: Vec<u8>) -> SharedBytes {
+        let len = bytes.len();
+        SharedBytes::new(Arc::from(bytes), 0..len)
+    }
+}
+
+impl PartialEq for SharedBytes {
+    fn eq(&self, other: &SharedBytes) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// A job's id as raw JSON, stored inline when it is short (as ids usually are).
+#[derive(Clone)]
+pub enum JobId {
+    /// Up to 22 bytes, in place.
+    Inline {
+        /// How many bytes of `bytes` are used.
+        len: u8,
+        /// The bytes.
+        bytes: [u8; 22],
+    },
+    /// A longer id.
+    Heap(Box<[u8]>),
+}
+
+impl JobId {
+    /// The id's JSON text.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            JobId::Inline { len, bytes } => &bytes[..*len as usize],
+            JobId::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl From<&[u8]> for JobId {
+    fn from(text: &[u8]) -> JobId {
+        if text.len() <= 22 {
+            let mut bytes = [0; 22];
+            bytes[..text.len()].copy_from_slice(text);
+            JobId::Inline {
+                len: text.len() as u8,
+                bytes,
+            }
+        } else {
+            JobId::Heap(text.into())
+        }
+    }
+}
+
+impl From<Vec<u8>> for JobId {
+    fn from(text: Vec<u8>) -> JobId {
+        JobId::from(&text[..])
+    }
+}
+
+impl PartialEq for JobId {
+    fn eq(&self, other: &JobId) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for JobId {}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobId({self})")
+    }
 }
 
 /// The kinds of failure a result can carry.
@@ -99,7 +222,7 @@ pub enum ResultKey {
     /// A job that was read: its raw JSON id, and the line it came from.
     Job {
         /// Raw JSON id.
-        id: Box<[u8]>,
+        id: JobId,
         /// 1-based input line.
         line: u64,
     },
@@ -115,7 +238,7 @@ pub struct JobResult {
     /// Which job.
     pub key: ResultKey,
     /// The job's `meta`, echoed.
-    pub meta: Option<Box<[u8]>>,
+    pub meta: Option<SharedBytes>,
     /// How many times the job ran (0 when it never did).
     pub attempts: u32,
     /// The pid of the worker that ran the last attempt, if any.
@@ -128,7 +251,7 @@ pub struct JobResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completed {
     /// The task's output, raw JSON.
-    pub output: Vec<u8>,
+    pub output: SharedBytes,
     /// Time the task took, in nanoseconds.
     pub nanos: u64,
 }

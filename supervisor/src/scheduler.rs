@@ -21,13 +21,16 @@
 //! the window holds back the jobs behind it until it finishes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_protocol::{
-    Batch, BatchDone, BatchId, JobRequest, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
+    Batch, BatchDone, BatchId, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
 };
 
-use crate::record::{Completed, ErrorKind, InputItem, Job, JobError, JobResult, ResultKey};
+use crate::record::{
+    Completed, ErrorKind, InputItem, Job, JobError, JobResult, ResultKey, SharedBytes,
+};
 
 /// The scheduler's settings.
 #[derive(Debug, Clone)]
@@ -607,14 +610,24 @@ impl Scheduler {
         }
     }
 
-    fn on_batch_done(&mut self, now: Instant, worker: WorkerId, done: BatchDone, rss: Option<u64>) {
+    fn on_batch_done(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        mut done: BatchDone,
+        rss: Option<u64>,
+    ) {
         let Some(slot) = self.workers.get_mut(&worker) else {
             return;
         };
         let matches = slot
             .in_flight
             .front()
-            .is_some_and(|b| b.id == done.batch && b.jobs.len() == done.outcomes.len());
+            .is_some_and(|b| b.id == done.batch && b.jobs.len() == done.outcomes.len())
+            && done
+                .outcomes
+                .iter()
+                .all(|o| o.output_end as usize <= done.outputs.0.len());
         if !matches {
             if slot.violation.is_none() {
                 let why = format!("worker {} answered a batch it was not running", slot.pid);
@@ -658,15 +671,20 @@ impl Scheduler {
         });
 
         self.outstanding -= n;
-        for (job, outcome) in batch.jobs.into_iter().zip(done.outcomes) {
-            let result = match outcome.result {
-                TaskResult::Ok(output) => Ok(Completed {
-                    output: output.0,
+        let outputs: Arc<[u8]> = Arc::from(std::mem::take(&mut done.outputs.0));
+        for (job, (outcome, range)) in batch.jobs.into_iter().zip(done.iter()) {
+            let result = match &outcome.result {
+                TaskResult::Ok => Ok(Completed {
+                    output: SharedBytes::new(outputs.clone(), range),
                     nanos: outcome.nanos,
                 }),
-                TaskResult::TaskError(message) => Err(JobError::new(ErrorKind::TaskError, message)),
-                TaskResult::BadInput(message) => Err(JobError::new(ErrorKind::BadInput, message)),
-                TaskResult::Panic(message) => Err(JobError::new(ErrorKind::Panic, message)),
+                TaskResult::TaskError(message) => {
+                    Err(JobError::new(ErrorKind::TaskError, message.clone()))
+                }
+                TaskResult::BadInput(message) => {
+                    Err(JobError::new(ErrorKind::BadInput, message.clone()))
+                }
+                TaskResult::Panic(message) => Err(JobError::new(ErrorKind::Panic, message.clone())),
             };
             self.emit(JobResult {
                 seq: job.seq,
@@ -708,7 +726,7 @@ impl Scheduler {
                 job.failed_attempts += 1;
                 self.actions.push(Action::Note(format!(
                     "job {} (line {}) {} worker {} ({exit}); attempt {} of {}",
-                    String::from_utf8_lossy(&job.id),
+                    job.id,
                     job.line,
                     if timed_out { "timed out on" } else { "crashed" },
                     slot.pid,
@@ -847,7 +865,7 @@ impl Scheduler {
                     .expect("checked above");
                 let why = format!(
                     "job {} ran longer than {}",
-                    String::from_utf8_lossy(&job.id),
+                    job.id,
                     humantime::format_duration(timeout)
                 );
                 self.actions.push(Action::Kill { worker, why });
@@ -1004,10 +1022,15 @@ impl Scheduler {
             }
         }
         let order_limit = self.reorder.as_ref().map(|r| r.next + r.window);
-        let mut jobs = Vec::with_capacity(size.min(self.pending.len()));
-        let mut requests = Vec::with_capacity(jobs.capacity());
-        let mut bytes = 0;
+        let mut jobs: Vec<Job> = Vec::with_capacity(size.min(self.pending.len()));
+        let mut batch = Batch {
+            id: BatchId(self.next_batch),
+            jobs: Vec::with_capacity(jobs.capacity()),
+            inputs: RawJson(Vec::with_capacity(jobs.capacity() * 32)),
+        };
         let mut unknown = Vec::new();
+        // Jobs mostly name the task the previous one named: skip the lookup then.
+        let mut last_task: Option<(Arc<str>, TaskIndex)> = None;
         while let Some(next) = self.pending.front() {
             if order_limit.is_some_and(|limit| next.seq.0 >= limit) {
                 break;
@@ -1015,13 +1038,18 @@ impl Scheduler {
             let alone = next.failed_attempts > 0;
             if !jobs.is_empty()
                 && (jobs.len() >= size
-                    || bytes + next.input.len() > self.cfg.max_batch_bytes
+                    || batch.inputs.0.len() + next.input.as_bytes().len()
+                        > self.cfg.max_batch_bytes
                     || alone)
             {
                 break;
             }
             let job = self.pending.pop_front().expect("front exists");
-            let Some(&task) = slot.tasks.get(&*job.task) else {
+            let known = match &last_task {
+                Some((name, index)) if Arc::ptr_eq(name, &job.task) => Some(*index),
+                _ => slot.tasks.get(&*job.task).copied(),
+            };
+            let Some(task) = known else {
                 let mut names: Vec<&str> = slot.tasks.keys().map(|k| &**k).collect();
                 names.sort_unstable();
                 let message = format!(
@@ -1043,11 +1071,8 @@ impl Scheduler {
                 });
                 continue;
             };
-            bytes += job.input.len();
-            requests.push(JobRequest {
-                task,
-                input: RawJson(job.input.clone()),
-            });
+            last_task = Some((job.task.clone(), task));
+            batch.push(task, job.input.as_bytes());
             jobs.push(job);
             if alone {
                 break;
@@ -1062,13 +1087,9 @@ impl Scheduler {
             return answered;
         }
         let slot = self.workers.get_mut(&worker).expect("still live");
-        let id = BatchId(self.next_batch);
         self.next_batch += 1;
-        slot.in_flight.push_back(InFlight { id, jobs });
-        self.actions.push(Action::Send {
-            worker,
-            batch: Batch { id, jobs: requests },
-        });
+        slot.in_flight.push_back(InFlight { id: batch.id, jobs });
+        self.actions.push(Action::Send { worker, batch });
         true
     }
 

@@ -67,7 +67,9 @@ impl Worker {
     /// Runs one job by hand, outside any supervisor: what the worker would answer for `input`
     /// (JSON text) given to `task`. Useful in a worker's own unit tests.
     pub fn call(&self, task: &str, input: &str) -> Result<String, TaskFailure> {
-        let index = self.task_index(task).ok_or_else(|| TaskFailure::UnknownTask(task.to_owned()))?;
+        let index = self
+            .task_index(task)
+            .ok_or_else(|| TaskFailure::UnknownTask(task.to_owned()))?;
         let mut out = Vec::new();
         self.run_task(index, input.as_bytes(), &mut out)?;
         Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
@@ -80,7 +82,12 @@ impl Worker {
 
     /// Runs task `index` on `input` (JSON bytes), appending its JSON output to `out`; panics
     /// are caught. This is what the worker does for each job of a batch.
-    pub fn run_task(&self, index: usize, input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailure> {
+    pub fn run_task(
+        &self,
+        index: usize,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), TaskFailure> {
         self.registry.run(index, input, out)
     }
 

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use corral_protocol::{
-    BatchDone, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, Outcome, PROTOCOL_VERSION, RawJson,
-    RunningSlot, RunningWord, TaskResult, ToWorker,
+    BatchDone, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, PROTOCOL_VERSION, RawJson, RunningSlot,
+    RunningWord, TaskResult, ToWorker,
 };
 use ipc_channel::ipc::{self, IpcSender};
 
@@ -67,6 +67,8 @@ pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
         }))
         .map_err(ipc_err("sending hello"))?;
 
+    // Capacity for the next batch's outputs: about what the last one needed.
+    let mut output_hint = 0;
     loop {
         let batch = match inbox.recv() {
             Ok(ToWorker::Batch(batch)) => batch,
@@ -74,32 +76,30 @@ pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
             Ok(ToWorker::Shutdown) | Err(ipc_channel::IpcError::Disconnected) => return Ok(()),
             Err(err) => return Err(ipc_err("receiving a batch")(err)),
         };
-        let mut outcomes = Vec::with_capacity(batch.jobs.len());
-        for (index, job) in batch.jobs.iter().enumerate() {
+        let mut done = BatchDone {
+            batch: batch.id,
+            outcomes: Vec::with_capacity(batch.jobs.len()),
+            outputs: RawJson(Vec::with_capacity(output_hint)),
+        };
+        // One clock reading per job: each job's time runs from the end of the previous one.
+        let mut mark = Instant::now();
+        for (index, (task, input)) in batch.iter().enumerate() {
             slot.store(RunningWord::running(batch.id, index));
-            let started = Instant::now();
-            let mut out = Vec::new();
-            let result = match registry.run(job.task.0 as usize, &job.input.0, &mut out) {
-                Ok(()) => TaskResult::Ok(RawJson(out)),
+            let result = match registry.run(task.0 as usize, input, &mut done.outputs.0) {
+                Ok(()) => TaskResult::Ok,
                 Err(TaskFailure::BadInput(message)) => TaskResult::BadInput(message),
                 Err(TaskFailure::Panic(message)) => TaskResult::Panic(message),
                 Err(failure @ (TaskFailure::TaskError(_) | TaskFailure::UnknownTask(_))) => {
                     TaskResult::TaskError(failure.to_string())
                 }
             };
-            outcomes.push(Outcome {
-                nanos: started.elapsed().as_nanos() as u64,
-                result,
-            });
+            let now = Instant::now();
+            done.push(now.duration_since(mark).as_nanos() as u64, result);
+            mark = now;
         }
+        output_hint = done.outputs.0.len();
         slot.store(RunningWord::IDLE);
-        if to_supervisor
-            .send(FromWorker::Done(BatchDone {
-                batch: batch.id,
-                outcomes,
-            }))
-            .is_err()
-        {
+        if to_supervisor.send(FromWorker::Done(done)).is_err() {
             // The supervisor is gone; nobody is left to serve.
             return Ok(());
         }

@@ -3,12 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_protocol::{
-    Batch, BatchDone, JobSeq, Outcome, RawJson, RunningWord, TaskResult, WorkerId,
-};
+use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult, WorkerId};
 
 use super::{Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartFailure, WorkerExit};
-use crate::record::{ErrorKind, InputItem, Job, JobResult, ResultKey};
+use crate::record::{ErrorKind, InputItem, Job, JobId, JobResult, ResultKey, SharedBytes};
 
 /// A scheduler with a clock that only moves when told, and everything it emitted.
 struct Harness {
@@ -30,19 +28,31 @@ fn job(seq: u64, task: &str) -> Job {
     Job {
         seq: JobSeq(seq),
         line: seq + 1,
-        id: (seq + 1).to_string().into_bytes().into_boxed_slice(),
+        id: JobId::from((seq + 1).to_string().into_bytes()),
         task: Arc::from(task),
-        input: format!("[{seq}]").into_bytes(),
+        input: SharedBytes::from(format!("[{seq}]").into_bytes()),
         meta: None,
         failed_attempts: 0,
     }
 }
 
-fn ok_outcome(nanos: u64) -> Outcome {
-    Outcome {
-        nanos,
-        result: TaskResult::Ok(RawJson(b"1".to_vec())),
+/// A worker's answer to `batch`: one outcome per result, each ok one with output `1`.
+fn answer(batch: BatchId, results: impl IntoIterator<Item = TaskResult>, nanos: u64) -> BatchDone {
+    let mut done = BatchDone {
+        batch,
+        ..BatchDone::default()
+    };
+    for result in results {
+        if result == TaskResult::Ok {
+            done.outputs.0.push(b'1');
+        }
+        done.push(nanos, result);
     }
+    done
+}
+
+fn all_ok(n: usize) -> impl Iterator<Item = TaskResult> {
+    (0..n).map(|_| TaskResult::Ok)
 }
 
 impl Harness {
@@ -107,13 +117,9 @@ impl Harness {
 
     /// Answers `batch` with every job ok, each taking `nanos`.
     fn complete(&mut self, worker: WorkerId, batch: &Batch, nanos: u64) {
-        let outcomes = batch.jobs.iter().map(|_| ok_outcome(nanos)).collect();
         self.feed(Event::BatchDone {
             worker,
-            done: BatchDone {
-                batch: batch.id,
-                outcomes,
-            },
+            done: answer(batch.id, all_ok(batch.jobs.len()), nanos),
             rss: None,
         });
     }
@@ -141,7 +147,7 @@ impl Harness {
             .results
             .iter()
             .map(|r| match &r.key {
-                ResultKey::Job { id, .. } => String::from_utf8(id.to_vec()).unwrap(),
+                ResultKey::Job { id, .. } => id.to_string(),
                 ResultKey::Line(line) => format!("line {line}"),
             })
             .collect();
@@ -253,7 +259,7 @@ fn a_crash_blames_the_running_job_and_requeues_the_rest_without_penalty() {
     // Job 1 (never blamed) and job 2 go together; job 3 has failed once and goes alone.
     let sizes: Vec<Vec<u8>> = resend
         .iter()
-        .map(|(_, b)| b.jobs.iter().map(|j| j.input.0[1]).collect())
+        .map(|(_, b)| b.iter().map(|(_, input)| input[1]).collect())
         .collect();
     assert_eq!(sizes, [vec![b'1', b'2'], vec![b'3']]);
     for (worker, batch) in &resend {
@@ -294,12 +300,11 @@ fn a_poison_pill_fails_after_one_plus_retries_attempts_and_the_pool_goes_on() {
         let sends = h.take_sends();
         let (_, poison) = sends
             .iter()
-            .find(|(_, b)| b.jobs.iter().any(|j| j.input.0 == b"[0]"))
+            .find(|(_, b)| b.iter().any(|(_, input)| input == b"[0]"))
             .unwrap();
         let index = poison
-            .jobs
             .iter()
-            .position(|j| j.input.0 == b"[0]")
+            .position(|(_, input)| input == b"[0]")
             .unwrap();
         h.die(worker, sigsegv(), RunningWord::running(poison.id, index));
         assert_eq!(
@@ -580,10 +585,7 @@ fn an_answer_to_the_wrong_batch_kills_the_worker_and_nothing_is_lost() {
     h.feed(Event::InputEnded);
     h.ready(WorkerId(1), 101);
     let sends = h.take_sends();
-    let bogus = BatchDone {
-        batch: corral_protocol::BatchId(999),
-        outcomes: vec![ok_outcome(1)],
-    };
+    let bogus = answer(BatchId(999), all_ok(1), 1);
     h.feed(Event::BatchDone {
         worker: WorkerId(1),
         done: bogus,
@@ -670,7 +672,7 @@ fn keep_order_releases_results_in_input_order_within_a_window() {
         .results
         .iter()
         .map(|r| match &r.key {
-            ResultKey::Job { id, .. } => String::from_utf8(id.to_vec()).unwrap(),
+            ResultKey::Job { id, .. } => id.to_string(),
             ResultKey::Line(_) => unreachable!(),
         })
         .collect();
@@ -683,21 +685,10 @@ fn halt_soon_drains_after_the_failure_count_and_halt_now_aborts() {
         h.input((0..10).map(|i| job(i, "t")));
         h.ready(WorkerId(1), 101);
         let sends = h.take_sends();
-        let outcomes = |b: &Batch| {
-            b.jobs
-                .iter()
-                .map(|_| Outcome {
-                    nanos: 1,
-                    result: TaskResult::TaskError("no".into()),
-                })
-                .collect()
-        };
+        let failures = (0..sends[0].1.jobs.len()).map(|_| TaskResult::TaskError("no".into()));
         h.feed(Event::BatchDone {
             worker: WorkerId(1),
-            done: BatchDone {
-                batch: sends[0].1.id,
-                outcomes: outcomes(&sends[0].1),
-            },
+            done: answer(sends[0].1.id, failures, 1),
             rss: None,
         });
         let _ = rule;
@@ -786,10 +777,7 @@ fn workers_are_recycled_after_max_jobs_or_max_rss_without_losing_work() {
     let sends = m.take_sends();
     m.feed(Event::BatchDone {
         worker: WorkerId(1),
-        done: BatchDone {
-            batch: sends[0].1.id,
-            outcomes: vec![ok_outcome(1_000)],
-        },
+        done: answer(sends[0].1.id, all_ok(1), 1_000),
         rss: Some(200 << 20),
     });
     assert!(

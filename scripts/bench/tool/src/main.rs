@@ -30,7 +30,11 @@ fn main() -> ExitCode {
         ["gen", "primes", n, limit] => {
             let limit: u64 = limit.parse().expect("LIMIT");
             generate(n.parse().expect("N"), move |_, i, out| {
-                writeln!(out, "{{\"id\":{i},\"task\":\"primes\",\"input\":{}}}", limit + i % 7)
+                writeln!(
+                    out,
+                    "{{\"id\":{i},\"task\":\"primes\",\"input\":{}}}",
+                    limit + i % 7
+                )
             })
         }
         ["floor"] => floor(),
@@ -54,12 +58,18 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
 
-fn generate(n: u64, mut line: impl FnMut(&mut Lcg, u64, &mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+fn generate(
+    n: u64,
+    mut line: impl FnMut(&mut Lcg, u64, &mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut rng = Lcg(42);
@@ -72,54 +82,78 @@ fn generate(n: u64, mut line: impl FnMut(&mut Lcg, u64, &mut dyn Write) -> io::R
 fn floor() -> io::Result<()> {
     let worker = builtin::register(Worker::new());
     let pid = std::process::id();
-    let format = InputFormat { plain_lines: false, default_task: None, max_line_bytes: 16 << 20 };
+    let format = InputFormat {
+        plain_lines: false,
+        default_task: None,
+        max_line_bytes: 16 << 20,
+    };
     let mut parser = JobParser::new(format);
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 17, stdout.lock());
     let mut line = Vec::with_capacity(256);
     let mut task_cache: Option<(std::sync::Arc<str>, Option<usize>)> = None;
     let mut error = None;
-    parser.read_all(&mut BufReader::with_capacity(1 << 18, io::stdin()), |item, _| {
-        let result = match item {
-            InputItem::Rejected(result) => result,
-            InputItem::Job(job) => {
-                let index = match &task_cache {
-                    Some((name, index)) if std::sync::Arc::ptr_eq(name, &job.task) => *index,
-                    _ => {
-                        let index = worker.task_index(&job.task);
-                        task_cache = Some((job.task.clone(), index));
-                        index
+    parser.read_all(
+        &mut BufReader::with_capacity(1 << 18, io::stdin()),
+        |item, _| {
+            let result = match item {
+                InputItem::Rejected(result) => result,
+                InputItem::Job(job) => {
+                    let index = match &task_cache {
+                        Some((name, index)) if std::sync::Arc::ptr_eq(name, &job.task) => *index,
+                        _ => {
+                            let index = worker.task_index(&job.task);
+                            task_cache = Some((job.task.clone(), index));
+                            index
+                        }
+                    };
+                    let started = Instant::now();
+                    let mut output = Vec::new();
+                    let outcome = match index {
+                        None => Err(JobError::new(
+                            ErrorKind::UnknownTask,
+                            format!("unknown task {:?}", &*job.task),
+                        )),
+                        Some(index) => {
+                            match worker.run_task(index, job.input.as_bytes(), &mut output) {
+                                Ok(()) => Ok(Completed {
+                                    output: output.into(),
+                                    nanos: started.elapsed().as_nanos() as u64,
+                                }),
+                                Err(TaskFailure::BadInput(m)) => {
+                                    Err(JobError::new(ErrorKind::BadInput, m))
+                                }
+                                Err(TaskFailure::Panic(m)) => {
+                                    Err(JobError::new(ErrorKind::Panic, m))
+                                }
+                                Err(other) => {
+                                    Err(JobError::new(ErrorKind::TaskError, other.to_string()))
+                                }
+                            }
+                        }
+                    };
+                    JobResult {
+                        seq: job.seq,
+                        key: ResultKey::Job {
+                            id: job.id,
+                            line: job.line,
+                        },
+                        meta: job.meta,
+                        attempts: 1,
+                        worker: Some(pid),
+                        outcome,
                     }
-                };
-                let started = Instant::now();
-                let mut output = Vec::new();
-                let outcome = match index {
-                    None => Err(JobError::new(ErrorKind::UnknownTask, format!("unknown task {:?}", &*job.task))),
-                    Some(index) => match worker.run_task(index, &job.input, &mut output) {
-                        Ok(()) => Ok(Completed { output, nanos: started.elapsed().as_nanos() as u64 }),
-                        Err(TaskFailure::BadInput(m)) => Err(JobError::new(ErrorKind::BadInput, m)),
-                        Err(TaskFailure::Panic(m)) => Err(JobError::new(ErrorKind::Panic, m)),
-                        Err(other) => Err(JobError::new(ErrorKind::TaskError, other.to_string())),
-                    },
-                };
-                JobResult {
-                    seq: job.seq,
-                    key: ResultKey::Job { id: job.id, line: job.line },
-                    meta: job.meta,
-                    attempts: 1,
-                    worker: Some(pid),
-                    outcome,
                 }
+            };
+            line.clear();
+            format_result(&result, &mut line);
+            if let Err(err) = out.write_all(&line) {
+                error = Some(err);
+                return false;
             }
-        };
-        line.clear();
-        format_result(&result, &mut line);
-        if let Err(err) = out.write_all(&line) {
-            error = Some(err);
-            return false;
-        }
-        true
-    })?;
+            true
+        },
+    )?;
     if let Some(err) = error {
         return Err(err);
     }
