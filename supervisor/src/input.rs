@@ -62,7 +62,7 @@ pub fn read_line_limited(
             }
             break;
         }
-        let (chunk, done) = match memchr(available) {
+        let (chunk, done) = match memchr::memchr(b'\n', available) {
             Some(i) => (&available[..i], Some(i + 1)),
             None => (available, None),
         };
@@ -98,10 +98,6 @@ pub fn read_line_limited(
         return Ok(Some(Line::TooLong(total)));
     }
     Ok(Some(Line::Text))
-}
-
-fn memchr(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
 }
 
 /// The fields of a JSON job line, borrowed from the line.
@@ -247,7 +243,11 @@ impl JobParser {
             let task = self.default_task.clone().expect("--lines requires --task");
             return Some(self.job(None, task, input, None));
         }
-        let parsed: JobLine = match serde_json::from_slice(line) {
+        // Validating UTF-8 once for the whole line is faster than string by string.
+        let Ok(text) = std::str::from_utf8(line) else {
+            return Some(self.rejected(ErrorKind::BadInput, "line is not valid UTF-8".into()));
+        };
+        let parsed: JobLine = match serde_json::from_str(text) {
             Ok(parsed) => parsed,
             Err(err) => {
                 return Some(self.rejected(ErrorKind::BadInput, format!("not a JSON job: {err}")));

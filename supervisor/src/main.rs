@@ -244,16 +244,18 @@ fn write_stats(path: &Path, report: &RunReport) -> anyhow::Result<()> {
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// This process's own peak resident memory (not its workers'), from `getrusage(RUSAGE_SELF)`.
+/// This process's own peak resident memory (not its workers'): `VmHWM` from
+/// `/proc/self/status`. (`getrusage`'s `ru_maxrss` would not do: Linux carries it across
+/// `execve`, so it can report the memory of whatever process forked corral.)
 fn peak_rss_bytes() -> Option<u64> {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct it is given and has no other preconditions.
-    let usage = unsafe {
-        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
-            return None;
-        }
-        usage.assume_init()
-    };
-    // Linux reports ru_maxrss in KiB.
-    u64::try_from(usage.ru_maxrss).ok().map(|kib| kib * 1024)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }

@@ -1,7 +1,8 @@
 //! `corral-bench`: helpers for `scripts/bench/run`.
 //!
 //! - `corral-bench gen tiny N`: N `sum_squares` jobs of 8 integers, deterministic, on stdout.
-//! - `corral-bench gen primes N LIMIT`: N `primes` jobs counting primes below LIMIT.
+//! - `corral-bench gen primes N LIMIT`: N `primes` jobs counting primes below about LIMIT.
+//! - `corral-bench gen spin N MS`: N `spin` jobs of MS milliseconds each.
 //! - `corral-bench floor`: the single-process baseline: reads job lines on stdin and writes the
 //!   same result lines corral would, with corral's own parser, tasks and formatter, in one
 //!   process with no IPC.
@@ -37,9 +38,17 @@ fn main() -> ExitCode {
                 )
             })
         }
+        ["gen", "spin", n, ms] => {
+            let ms: u64 = ms.parse().expect("MS");
+            generate(n.parse().expect("N"), move |_, i, out| {
+                writeln!(out, "{{\"id\":{i},\"task\":\"spin\",\"input\":{ms}}}")
+            })
+        }
         ["floor"] => floor(),
         _ => {
-            eprintln!("usage: corral-bench gen tiny N | gen primes N LIMIT | floor");
+            eprintln!(
+                "usage: corral-bench gen tiny N | gen primes N LIMIT | gen spin N MS | floor"
+            );
             return ExitCode::from(2);
         }
     };
