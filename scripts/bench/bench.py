@@ -3,7 +3,7 @@
 Run it through scripts/bench/run, which builds the release binaries first. Scenarios:
   1. tiny jobs: 1,000,000 sum_squares jobs, corral -j 2 against Python's multiprocessing.Pool
      (spawn, best of chunksizes 64/256/1024) and the single-process Rust baseline;
-  2. CPU-bound: 400 primes jobs of about 25 ms, corral -j 1 and -j 2 against the serial time;
+  2. CPU-bound: 400 spin jobs of 25 ms of CPU time, corral -j 1 and -j 2 against the serial time;
   3. memory: corral's own peak RSS on 1M and 10M tiny jobs streamed from a pipe;
   4. recovery: worker death to replacement hello (median of 200 kills), and tiny-jobs
      throughput while a worker is SIGKILLed every 100 ms.
@@ -123,13 +123,8 @@ def scenario_tiny(runs, py_runs):
 
 
 def scenario_cpu(runs):
-    log("== CPU-bound: 400 primes jobs of about 25 ms")
-    # Calibrate the sieve size so that one job takes about 25 ms on this machine.
-    probe = generate(os.path.join(WORK, "primes-probe.jsonl"), "primes", "20", "10000000")
-    per_job = run_timed([TOOL, "floor"], stdin_path=probe) / 20
-    limit = int(10_000_000 * 0.025 / per_job)
-    jobs = os.path.join(WORK, f"primes-400-{limit}.jsonl")
-    generate(jobs, "primes", "400", str(limit))
+    log("== CPU-bound: 400 spin jobs of 25 ms of CPU time each")
+    jobs = generate(os.path.join(WORK, "spin-400-25.jsonl"), "spin", "400", "25")
     times = {"serial (single process)": [], "corral -j 1": [], "corral -j 2": []}
     for r in range(runs):
         times["serial (single process)"].append(run_timed([TOOL, "floor"], stdin_path=jobs))
@@ -137,7 +132,7 @@ def scenario_cpu(runs):
         times["corral -j 2"].append(run_timed([CORRAL, "run", "-j", "2", "-q", jobs]))
         log(f"   round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     medians = {name: statistics.median(ts) for name, ts in times.items()}
-    return medians, limit
+    return medians
 
 
 def scenario_memory():
@@ -261,7 +256,7 @@ def main():
     usable = len(os.sched_getaffinity(0))
     started = time.time()
     tiny, tiny_all = scenario_tiny(args.runs, args.py_runs)
-    cpu, limit = scenario_cpu(max(3, args.runs - 2))
+    cpu = scenario_cpu(max(3, args.runs - 2))
     memory = scenario_memory()
     latency, latencies = scenario_recovery_latency(args.kills)
     storm, storm_kills = scenario_kill_storm(3, tiny["corral -j 2"])
@@ -322,7 +317,7 @@ def main():
             for name, t in tiny.items()
         ],
         "",
-        f"## CPU-bound: 400 `primes` jobs (sieve below {limit:,}), about 25 ms each",
+        "## CPU-bound: 400 `spin` jobs, each burning 25 ms of its thread's CPU time",
         "",
         "| contender | median wall time | |",
         "| --- | --- | --- |",

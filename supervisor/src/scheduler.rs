@@ -43,6 +43,9 @@ pub struct SchedulerConfig {
     pub timeout: Option<Duration>,
     /// Most jobs held in the queue before input reading pauses.
     pub max_queued: usize,
+    /// Most bytes of job lines held in the queue before input reading pauses (a single line
+    /// larger than this is still taken, alone).
+    pub max_queued_bytes: usize,
     /// How much work one batch should hold, judged from the measured time per job.
     pub batch_target: Duration,
     /// Most jobs in one batch.
@@ -74,7 +77,8 @@ impl Default for SchedulerConfig {
             workers: 1,
             retries: 2,
             timeout: None,
-            max_queued: 65_536,
+            max_queued: 16_384,
+            max_queued_bytes: 64 << 20,
             batch_target: Duration::from_millis(4),
             max_batch_jobs: 4096,
             max_batch_bytes: 4 << 20,
@@ -429,6 +433,8 @@ struct Reorder {
 pub struct Scheduler {
     cfg: SchedulerConfig,
     pending: VecDeque<Job>,
+    /// Input bytes of the jobs in `pending`.
+    pending_bytes: usize,
     input_ended: bool,
     /// Jobs read and not yet answered.
     outstanding: u64,
@@ -468,6 +474,7 @@ impl Scheduler {
             budget: RestartBudget::new(cfg.restart.clone()),
             cfg,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             input_ended: false,
             outstanding: 0,
             workers: BTreeMap::new(),
@@ -495,6 +502,7 @@ impl Scheduler {
             && !self.stopped
             && !self.draining
             && self.pending.len() < self.cfg.max_queued
+            && self.pending_bytes < self.cfg.max_queued_bytes
     }
 
     /// Why the run was halted by `--halt`, if it was.
@@ -563,6 +571,7 @@ impl Scheduler {
                 InputItem::Job(job) => {
                     self.read += 1;
                     self.outstanding += 1;
+                    self.pending_bytes += job.input.as_bytes().len();
                     self.pending.push_back(job);
                 }
                 InputItem::Rejected(result) => {
@@ -753,6 +762,7 @@ impl Scheduler {
             }
         }
         for job in requeue.into_iter().rev() {
+            self.pending_bytes += job.input.as_bytes().len();
             self.pending.push_front(job);
         }
         if slot.phase == Phase::Retiring || slot.recycle.is_some() || self.finishing() {
@@ -1045,6 +1055,7 @@ impl Scheduler {
                 break;
             }
             let job = self.pending.pop_front().expect("front exists");
+            self.pending_bytes -= job.input.as_bytes().len();
             let known = match &last_task {
                 Some((name, index)) if Arc::ptr_eq(name, &job.task) => Some(*index),
                 _ => slot.tasks.get(&*job.task).copied(),

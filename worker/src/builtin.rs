@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -101,19 +101,36 @@ pub fn sha256(input: HashInput) -> Result<String, String> {
         .collect())
 }
 
-/// Keeps one CPU busy for `ms` milliseconds and returns `ms`: a job of known cost.
+/// Burns `ms` milliseconds of this thread's CPU time and returns `ms`: a job of known cost.
+///
+/// It counts CPU time, not wall time, so a job that has to share its core takes longer, as real
+/// work would: that is what makes it a fair measure of parallel efficiency.
 pub fn spin(ms: u64) -> Result<u64, String> {
     if ms > SPIN_MAX_MS {
         return Err(format!("ms must be at most {SPIN_MAX_MS}"));
     }
-    let until = Instant::now() + Duration::from_millis(ms);
+    let budget = Duration::from_millis(ms);
+    let start = thread_cpu_time();
     let mut x = 0u64;
-    while Instant::now() < until {
+    while thread_cpu_time().saturating_sub(start) < budget {
         for _ in 0..1000 {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
     }
     Ok(ms)
+}
+
+/// CPU time consumed by the calling thread.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_THREAD_CPUTIME_ID always exists
+    // on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]
@@ -169,8 +186,10 @@ mod tests {
     }
 
     #[test]
-    fn spin_returns_its_argument() {
-        assert_eq!(spin(1), Ok(1));
+    fn spin_burns_cpu_time_and_returns_its_argument() {
+        let before = thread_cpu_time();
+        assert_eq!(spin(20), Ok(20));
+        assert!(thread_cpu_time() - before >= Duration::from_millis(20));
         assert!(spin(SPIN_MAX_MS + 1).is_err());
     }
 }

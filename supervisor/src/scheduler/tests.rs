@@ -564,6 +564,20 @@ fn unknown_tasks_get_their_own_result_and_the_rest_run() {
 }
 
 #[test]
+fn a_queue_full_of_bytes_stops_asking_for_input() {
+    let mut h = Harness::new(SchedulerConfig {
+        max_queued_bytes: 10,
+        ..config(1)
+    });
+    h.input((0..2).map(|i| job(i, "t"))); // "[0]" and "[1]": 6 bytes
+    assert!(h.scheduler.wants_input());
+    h.input((2..4).map(|i| job(i, "t")));
+    assert!(!h.scheduler.wants_input(), "12 bytes queued");
+    h.ready(WorkerId(1), 101);
+    assert!(h.scheduler.wants_input(), "dispatch made room");
+}
+
+#[test]
 fn a_full_queue_stops_asking_for_input() {
     let mut h = Harness::new(SchedulerConfig {
         max_queued: 10,
