@@ -16,8 +16,6 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -101,7 +99,8 @@ pub struct StartedWorker {
 /// thread).
 pub struct Spawner {
     requests: Option<Sender<WorkerId>>,
-    closing: Arc<AtomicBool>,
+    /// Dropped to cancel: queued requests are skipped and a handshake in progress is abandoned.
+    cancel: Option<Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -109,16 +108,15 @@ impl Spawner {
     /// Starts the spawner thread; it reports on `events`.
     pub fn new(config: PoolConfig, events: Sender<PoolEvent>) -> Spawner {
         let (requests, inbox) = unbounded::<WorkerId>();
-        let closing = Arc::new(AtomicBool::new(false));
-        let stop = closing.clone();
+        let (cancel, cancelled) = bounded::<()>(0);
         let thread = thread::Builder::new()
             .name("corral-spawner".into())
             .spawn(move || {
                 for worker in inbox {
-                    if stop.load(Ordering::Relaxed) {
+                    if cancelled.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
                         return;
                     }
-                    let event = match start_worker(&config, worker, &events) {
+                    let event = match start_worker(&config, worker, &events, &cancelled) {
                         Ok(started) => PoolEvent::Started(started),
                         Err(failure) => PoolEvent::StartFailed { worker, failure },
                     };
@@ -130,7 +128,7 @@ impl Spawner {
             .expect("spawning a thread");
         Spawner {
             requests: Some(requests),
-            closing,
+            cancel: Some(cancel),
             thread: Some(thread),
         }
     }
@@ -146,8 +144,8 @@ impl Spawner {
 
 impl Drop for Spawner {
     fn drop(&mut self) {
-        // Requests still queued are for a run that is over.
-        self.closing.store(true, Ordering::Relaxed);
+        // Requests still queued, and a handshake under way, are for a run that is over.
+        self.cancel.take();
         self.requests.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -246,6 +244,7 @@ fn start_worker(
     config: &PoolConfig,
     worker: WorkerId,
     events: &Sender<PoolEvent>,
+    cancelled: &Receiver<()>,
 ) -> Result<StartedWorker, StartFailure> {
     let program = config.program.display().to_string();
     let transient = |message: String| StartFailure {
@@ -350,6 +349,7 @@ fn start_worker(
             Ok(status) => format!("worker {pid} ({program}) {} before saying hello", describe_exit(status)),
             Err(_) => format!("worker {pid} ({program}) vanished before saying hello"),
         }),
+        recv(cancelled) -> _ => Err(format!("worker {pid} ({program}) was abandoned: the run is over")),
         default(config.handshake_timeout) => Err(format!(
             "worker {pid} ({program}) did not say hello within {}",
             humantime::format_duration(config.handshake_timeout)
