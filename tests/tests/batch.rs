@@ -116,11 +116,7 @@ fn task_errors_and_panics_are_results_and_the_worker_keeps_serving() {
         r#"{"id": 5, "task": "print", "input": "to stdout"}"#,
     ]
     .join("\n");
-    let worker = crate::util::fault_worker();
-    let out = Run::corral(["run", "-j", "1", "--worker"])
-        .args([worker.as_os_str()])
-        .stdin(jobs)
-        .output();
+    let out = Run::corral_faulty(["run", "-j", "1"]).stdin(jobs).output();
     out.expect_code(1);
     let results = out.results_by_id();
     assert_eq!(

@@ -11,15 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::util::{
-    ChildGuard, Lcg, Run, alive, bin, children_of, fault_worker, signal, temp_dir, wait_for,
-    write_jobs,
+    ChildGuard, Lcg, Run, alive, bin, children_of, fault_worker, signal, square_jobs, temp_dir,
+    wait_for, write_jobs,
 };
-
-fn square_jobs(n: u64, spin_us: u64) -> impl Iterator<Item = String> {
-    (0..n).map(move |i| {
-        format!(r#"{{"id": {i}, "task": "square", "input": {{"n": {i}, "spin_us": {spin_us}}}}}"#)
-    })
-}
 
 /// Reads a results file: every line must be a well-formed result.
 fn read_results(path: &Path) -> Vec<Value> {
@@ -58,26 +52,15 @@ fn sigterm_drains_with_status_143_and_resume_completes_each_id_once() {
     let n = 100_000;
     let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(n, 20));
     let results = dir.path().join("results.jsonl");
-    let worker = fault_worker();
-    let run_args = |resume: bool| {
-        let mut args = vec![
-            "run".into(),
-            "-j".into(),
-            "2".into(),
-            "--worker".into(),
-            worker.clone().into_os_string(),
-        ];
-        args.extend([
-            jobs.clone().into_os_string(),
-            "-o".into(),
-            results.clone().into_os_string(),
-        ]);
-        if resume {
-            args.push("--resume".into());
-        }
-        args
-    };
-    let running = Run::corral(run_args(false)).start(dir.path());
+    let args = [
+        "run".as_ref(),
+        "-j".as_ref(),
+        "2".as_ref(),
+        jobs.as_os_str(),
+        "-o".as_ref(),
+        results.as_os_str(),
+    ];
+    let running = Run::corral_faulty(args).start(dir.path());
     wait_for(Duration::from_secs(30), || {
         (line_count(&results) > 1000).then_some(())
     })
@@ -92,7 +75,7 @@ fn sigterm_drains_with_status_143_and_resume_completes_each_id_once() {
     );
     let first = read_results(&results);
     assert!(first.len() < n as usize, "the run was interrupted");
-    let out = Run::corral(run_args(true)).output();
+    let out = Run::corral_faulty(args).args(["--resume"]).output();
     out.expect_code(0);
     assert_exactly_once_squares(&read_results(&results), n);
 }
@@ -103,13 +86,10 @@ fn sigkill_at_random_moments_then_resume_gives_each_id_exactly_once() {
     let n = 30_000;
     let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(n, 10));
     let results = dir.path().join("results.jsonl");
-    let worker = fault_worker();
     let args = [
         "run".as_ref(),
         "-j".as_ref(),
         "2".as_ref(),
-        "--worker".as_ref(),
-        worker.as_os_str(),
         jobs.as_os_str(),
         "-o".as_ref(),
         results.as_os_str(),
@@ -117,7 +97,7 @@ fn sigkill_at_random_moments_then_resume_gives_each_id_exactly_once() {
     ];
     let mut rng = Lcg(99);
     for _ in 0..20 {
-        let running = Run::corral(args).start(dir.path());
+        let running = Run::corral_faulty(args).start(dir.path());
         std::thread::sleep(Duration::from_millis(20 + rng.below(120)));
         let workers = children_of(running.pid());
         signal(running.pid(), libc::SIGKILL);
@@ -132,7 +112,7 @@ fn sigkill_at_random_moments_then_resume_gives_each_id_exactly_once() {
         partial.lines().count() < n as usize,
         "the kills came before the end"
     );
-    let out = Run::corral(args).output();
+    let out = Run::corral_faulty(args).output();
     out.expect_code(0);
     assert_exactly_once_squares(&read_results(&results), n);
 }
@@ -181,19 +161,9 @@ fn keep_order_writes_results_in_input_order() {
             format!(r#"{{"id": {i}, "task": "square", "input": {{"n": {i}, "spin_us": {spin}}}}}"#)
         })
         .collect();
-    let worker = fault_worker();
-    let out = Run::corral([
-        "run",
-        "-j",
-        "2",
-        "--keep-order",
-        "--order-window",
-        "64",
-        "--worker",
-    ])
-    .args([worker.as_os_str()])
-    .stdin(lines.join("\n"))
-    .output();
+    let out = Run::corral_faulty(["run", "-j", "2", "--keep-order", "--order-window", "64"])
+        .stdin(lines.join("\n"))
+        .output();
     out.expect_code(0);
     let ids: Vec<u64> = out
         .results()
@@ -208,13 +178,11 @@ fn halt_stops_after_failures() {
     let lines: Vec<String> = (0..2000)
         .map(|i| format!(r#"{{"id": {i}, "task": "fail", "input": "no"}}"#))
         .collect();
-    let worker = fault_worker();
     for (rule, expected) in [
         ("now,fail=5", "--halt now,fail=5"),
         ("soon,fail=50%", "--halt soon,fail=50%"),
     ] {
-        let out = Run::corral(["run", "-j", "2", "--halt", rule, "--worker"])
-            .args([worker.as_os_str()])
+        let out = Run::corral_faulty(["run", "-j", "2", "--halt", rule])
             .stdin(lines.join("\n"))
             .output();
         out.expect_code(1);
@@ -240,9 +208,8 @@ fn max_rss_recycles_a_leaking_worker_and_stats_count_it() {
     let lines: Vec<String> = (0..40)
         .map(|i| format!(r#"{{"id": {i}, "task": "leak", "input": 8}}"#))
         .collect();
-    let worker = fault_worker();
-    let out = Run::corral(["run", "-j", "1", "--max-rss", "48MiB", "-v", "--worker"])
-        .args([worker.as_os_str(), "--stats".as_ref(), stats.as_os_str()])
+    let out = Run::corral_faulty(["run", "-j", "1", "--max-rss", "48MiB", "-v"])
+        .args(["--stats".as_ref(), stats.as_os_str()])
         .stdin(lines.join("\n"))
         .output();
     out.expect_code(0);
@@ -268,9 +235,7 @@ fn max_rss_recycles_a_leaking_worker_and_stats_count_it() {
 #[test]
 fn max_jobs_per_worker_recycles_workers() {
     let lines: Vec<String> = square_jobs(100, 0).collect();
-    let worker = fault_worker();
-    let out = Run::corral(["run", "-j", "1", "--max-jobs-per-worker", "10", "--worker"])
-        .args([worker.as_os_str()])
+    let out = Run::corral_faulty(["run", "-j", "1", "--max-jobs-per-worker", "10"])
         .stdin(lines.join("\n"))
         .output();
     out.expect_code(0);
@@ -291,8 +256,7 @@ fn a_job_past_the_memory_limit_fails_as_crashed_naming_the_limit() {
         r#"{"id": "small", "task": "alloc", "input": 1}"#,
         r#"{"id": "echo", "task": "echo", "input": 1}"#,
     ];
-    let worker = fault_worker();
-    let out = Run::corral([
+    let out = Run::corral_faulty([
         "run",
         "-j",
         "1",
@@ -300,9 +264,7 @@ fn a_job_past_the_memory_limit_fails_as_crashed_naming_the_limit() {
         "0",
         "--memory-limit",
         "256MiB",
-        "--worker",
     ])
-    .args([worker.as_os_str()])
     .stdin(lines.join("\n"))
     .output();
     out.expect_code(1);
@@ -365,10 +327,9 @@ fn terminal_sigint_reaches_only_the_supervisor_which_drains() {
 fn a_second_signal_or_the_end_of_grace_kills_the_workers_at_once() {
     let dir = temp_dir();
     let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(10, 30_000_000));
-    let worker = fault_worker();
     for (grace, signals) in [("1h", 2), ("200ms", 1)] {
-        let running = Run::corral(["run", "-j", "2", "--grace", grace, "--worker"])
-            .args([worker.as_os_str(), jobs.as_os_str()])
+        let running = Run::corral_faulty(["run", "-j", "2", "--grace", grace])
+            .args([jobs.as_os_str()])
             .start(dir.path());
         let pid = running.pid();
         let workers = wait_for(Duration::from_secs(10), || {
@@ -393,19 +354,9 @@ fn a_second_signal_or_the_end_of_grace_kills_the_workers_at_once() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let worker = fault_worker();
-    let out = Run::corral([
-        "run",
-        "-v",
-        "--log-format",
-        "json",
-        "--retries",
-        "0",
-        "--worker",
-    ])
-    .args([worker.as_os_str()])
-    .stdin("{\"task\": \"abort\"}\n{\"task\": \"echo\", \"input\": 2}\n")
-    .output();
+    let out = Run::corral_faulty(["run", "-v", "--log-format", "json", "--retries", "0"])
+        .stdin("{\"task\": \"abort\"}\n{\"task\": \"echo\", \"input\": 2}\n")
+        .output();
     out.expect_code(1);
     let logs: Vec<&str> = out
         .stderr

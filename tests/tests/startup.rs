@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
-use crate::util::{Run, fault_worker};
+use crate::util::Run;
 
 const JOBS: &str = "{\"task\": \"echo\", \"input\": 1}\n{\"task\": \"echo\", \"input\": 2}\n";
 
 fn with_fault(mode: &str, extra: &[&str]) -> crate::util::Output {
-    let worker = fault_worker();
-    Run::corral(["run", "-j", "2", "--worker"])
-        .args([worker.as_os_str()])
+    Run::corral_faulty(["run", "-j", "2"])
         .args(extra)
         .env("CORRAL_FAULT_START", mode)
         .stdin(JOBS)

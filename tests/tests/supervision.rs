@@ -4,25 +4,18 @@
 use std::time::Duration;
 
 use crate::util::{
-    Lcg, Run, alive, children_of, fault_worker, process_state, signal, temp_dir, wait_for,
+    Lcg, Run, alive, children_of, process_state, signal, square_jobs, temp_dir, wait_for,
     write_jobs,
 };
-
-fn square_jobs(n: u64, spin_us: u64) -> impl Iterator<Item = String> {
-    (0..n).map(move |i| {
-        format!(r#"{{"id": {i}, "task": "square", "input": {{"n": {i}, "spin_us": {spin_us}}}}}"#)
-    })
-}
 
 #[test]
 fn workers_killed_at_random_moments_lose_nothing_and_duplicate_nothing() {
     let dir = temp_dir();
     let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(50_000, 40));
-    let worker = fault_worker();
     // Generous retries: an outside kill blames the job that was running, and this test is about
     // exactly-once delivery, not the poison-pill limit.
-    let running = Run::corral(["run", "-j", "2", "--retries", "50", "--worker"])
-        .args([worker.as_os_str(), jobs.as_os_str()])
+    let running = Run::corral_faulty(["run", "-j", "2", "--retries", "50"])
+        .args([jobs.as_os_str()])
         .start(dir.path());
     let supervisor = running.pid();
     let mut rng = Lcg(2024);
@@ -63,9 +56,7 @@ fn a_poison_pill_fails_after_one_plus_retries_attempts_and_everything_else_succe
         100,
         r#"{"id": "poison", "task": "segfault", "input": null}"#.to_owned(),
     );
-    let worker = fault_worker();
-    let out = Run::corral(["run", "-j", "2", "--retries", "2", "--worker"])
-        .args([worker.as_os_str()])
+    let out = Run::corral_faulty(["run", "-j", "2", "--retries", "2"])
         .stdin(lines.join("\n"))
         .output();
     out.expect_code(1);
@@ -84,9 +75,7 @@ fn a_poison_pill_fails_after_one_plus_retries_attempts_and_everything_else_succe
 #[test]
 fn abort_and_exit_are_crashes_with_their_signal_or_status() {
     let jobs = "{\"id\": \"a\", \"task\": \"abort\"}\n{\"id\": \"e\", \"task\": \"exit\", \"input\": 7}\n{\"id\": \"ok\", \"task\": \"echo\", \"input\": 1}\n";
-    let worker = fault_worker();
-    let out = Run::corral(["run", "-j", "1", "--retries", "0", "--worker"])
-        .args([worker.as_os_str()])
+    let out = Run::corral_faulty(["run", "-j", "1", "--retries", "0"])
         .stdin(jobs)
         .output();
     out.expect_code(1);
@@ -107,21 +96,10 @@ fn a_hanging_job_times_out_and_its_workers_children_are_gone_too() {
         pidfile.display().to_string(),
         square_jobs(20, 0).collect::<Vec<_>>().join("\n")
     );
-    let worker = fault_worker();
-    let out = Run::corral([
-        "run",
-        "-j",
-        "2",
-        "--timeout",
-        "300ms",
-        "--retries",
-        "0",
-        "--worker",
-    ])
-    .args([worker.as_os_str()])
-    .stdin(jobs)
-    .deadline(Duration::from_secs(30))
-    .output();
+    let out = Run::corral_faulty(["run", "-j", "2", "--timeout", "300ms", "--retries", "0"])
+        .stdin(jobs)
+        .deadline(Duration::from_secs(30))
+        .output();
     out.expect_code(1);
     let results = out.results_by_id();
     assert_eq!(results.len(), 21);
@@ -147,9 +125,8 @@ fn a_hanging_job_times_out_and_its_workers_children_are_gone_too() {
 fn sigkill_of_the_supervisor_leaves_no_worker_behind() {
     let dir = temp_dir();
     let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(100_000, 1000));
-    let worker = fault_worker();
-    let running = Run::corral(["run", "-j", "2", "--worker"])
-        .args([worker.as_os_str(), jobs.as_os_str()])
+    let running = Run::corral_faulty(["run", "-j", "2"])
+        .args([jobs.as_os_str()])
         .start(dir.path());
     let supervisor = running.pid();
     let workers = wait_for(Duration::from_secs(10), || {

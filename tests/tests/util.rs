@@ -148,6 +148,11 @@ impl Run {
         }
     }
 
+    /// `corral` with these arguments and `--worker` naming the fault-injection worker.
+    pub fn corral_faulty<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Run {
+        Run::corral(args).args(["--worker".as_ref(), fault_worker().as_os_str()])
+    }
+
     /// Any program.
     pub fn program(path: &Path) -> Run {
         Run {
@@ -390,6 +395,13 @@ pub fn write_jobs(dir: &Path, name: &str, lines: impl IntoIterator<Item = String
     }
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Job lines for the fault worker's `square` task: ids 0..n, each spinning `spin_us` first.
+pub fn square_jobs(n: u64, spin_us: u64) -> impl Iterator<Item = String> {
+    (0..n).map(move |i| {
+        format!(r#"{{"id": {i}, "task": "square", "input": {{"n": {i}, "spin_us": {spin_us}}}}}"#)
+    })
 }
 
 /// A small deterministic pseudo-random sequence, so failures can be reproduced.
