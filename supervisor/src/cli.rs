@@ -193,8 +193,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Limits")]
     pub memory_limit: Option<u64>,
 
-    /// How long a starting worker may take to say hello before it counts as failed.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, help_heading = "Workers")]
+    /// How long a starting worker may take to say hello before it counts as failed (three
+    /// failed starts in a row end the run).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration, help_heading = "Workers")]
     pub start_timeout: Duration,
 }
 
