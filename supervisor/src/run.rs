@@ -117,7 +117,7 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         .expect("spawning a thread");
 
     let output_failed = Arc::new(AtomicBool::new(false));
-    let (results_tx, results_rx) = bounded::<Vec<JobResult>>(8);
+    let (results_tx, results_rx) = bounded::<Vec<JobResult>>(2);
     let writer = {
         let failed = output_failed.clone();
         thread::Builder::new()
