@@ -272,11 +272,16 @@ def rss_over_time(series):
     """A sentence on how resident memory moved during the 10M runs, by stretch of the run."""
     if not series:
         return ""
-    end = max(t for t, _ in series)
-    thirds = [[rss for t, rss in series if k * end / 3 <= t <= (k + 1) * end / 3] for k in range(3)]
+    # The first half second is start-up (the process image is still loading).
+    series = [(t, rss) for t, rss in series if t >= 0.5]
+    if not series:
+        return ""
+    start, end = min(t for t, _ in series), max(t for t, _ in series)
+    span = (end - start) / 3
+    thirds = [[rss for t, rss in series if start + k * span <= t <= start + (k + 1) * span] for k in range(3)]
     parts = [f"{min(x) / 2**20:.1f}-{max(x) / 2**20:.1f} MiB" for x in thirds if x]
     return (
-        "Resident memory sampled every 250 ms during the 10M runs, by third of the run: "
+        "Resident memory sampled every 250 ms during the 10M runs (after the first half second), by third of the run: "
         + ", then ".join(parts)
         + ". It does not grow with the jobs done; the peaks differ by how full the bounded queues happen to be."
     )
