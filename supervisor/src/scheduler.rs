@@ -769,13 +769,14 @@ impl Scheduler {
             // Retired at the end, or recycled (its replacement is already on the way).
             return;
         }
-        // A worker that died on its own before finishing anything, with no job to blame, is
-        // what a broken build or environment looks like: count it towards giving up.
-        if !attributed && slot.batches_done == 0 && note.is_none() {
+        // A worker that died (or broke the protocol) before finishing anything, with no job to
+        // blame, is what a broken build or environment looks like: count it towards giving up.
+        if !attributed && slot.batches_done == 0 {
             self.start_failures += 1;
             if self.start_failures >= self.cfg.max_start_failures {
+                let why = note.map(|note| format!(": {note}")).unwrap_or_default();
                 self.fatal(format!(
-                    "workers died before finishing any work {} times in a row; the last one (pid {}) {exit}",
+                    "workers died before finishing any work {} times in a row; the last one (pid {}) {exit}{why}",
                     self.start_failures, slot.pid
                 ));
                 return;

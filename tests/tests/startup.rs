@@ -69,3 +69,11 @@ fn a_wrong_nonce_stops_the_run_at_once() {
     out.expect_code(2);
     assert!(out.stderr.contains("wrong nonce"), "{}", out.stderr);
 }
+
+#[test]
+fn a_worker_that_sends_garbage_is_killed_and_a_broken_worker_ends_the_run() {
+    let out = with_fault("garbage", &[]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("malformed message"), "{}", out.stderr);
+    assert!(out.stderr.contains("3 times in a row"), "{}", out.stderr);
+}

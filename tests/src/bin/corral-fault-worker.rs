@@ -1,8 +1,9 @@
 //! `corral-fault-worker`: a worker built on the corral-worker library whose tasks misbehave on
 //! purpose (panic, abort, segfault, exit, hang, print to stdout), for the integration tests.
 //!
-//! `CORRAL_FAULT_START` makes it fail before serving: `exit` (exit 3 before hello), `hang`
-//! (never say hello), `bad-version` and `bad-nonce` (say a wrong hello).
+//! `CORRAL_FAULT_START` makes it misbehave instead of serving: `exit` (exit 3 before hello),
+//! `hang` (never say hello), `bad-version` and `bad-nonce` (say a wrong hello), `garbage` (say
+//! a good hello, then answer its first batch with bytes that are no message at all).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ fn main() -> ExitCode {
         Ok("hang") => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
-        Ok(mode @ ("bad-version" | "bad-nonce")) => return wrong_hello(mode),
+        Ok(mode @ ("bad-version" | "bad-nonce" | "garbage")) => return wrong_hello(mode),
         _ => {}
     }
     Worker::new()
@@ -100,7 +101,8 @@ fn main() -> ExitCode {
         .run()
 }
 
-/// Connects like a real worker but says a hello the supervisor must refuse.
+/// Connects like a real worker but says a hello the supervisor must refuse, or (`garbage`) a
+/// good hello followed by a malformed answer.
 fn wrong_hello(mode: &str) -> ExitCode {
     use corral_protocol::{
         ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, PROTOCOL_VERSION, RunningSlot,
@@ -109,7 +111,8 @@ fn wrong_hello(mode: &str) -> ExitCode {
     let nonce = u64::from_str_radix(&std::env::var(ENV_NONCE).expect("started by corral"), 16)
         .expect("hex nonce");
     let sender = ipc_channel::ipc::IpcSender::<FromWorker>::connect(server).expect("connect");
-    let (to_worker, _inbox) = ipc_channel::ipc::channel().expect("channel");
+    let (to_worker, inbox) =
+        ipc_channel::ipc::channel::<corral_protocol::ToWorker>().expect("channel");
     let (_slot, running) = RunningSlot::create();
     let hello = Hello {
         protocol_version: if mode == "bad-version" {
@@ -128,6 +131,13 @@ fn wrong_hello(mode: &str) -> ExitCode {
         running,
     };
     sender.send(FromWorker::Hello(hello)).expect("send hello");
+    if mode == "garbage" {
+        let _batch = inbox.recv();
+        // The same channel, carrying a type the supervisor does not expect: an enum tag it has
+        // no variant for.
+        let raw: ipc_channel::ipc::IpcSender<(u32, u64)> = sender.to_opaque().to();
+        let _ = raw.send((u32::MAX, 7));
+    }
     std::thread::sleep(Duration::from_secs(30));
     ExitCode::SUCCESS
 }
