@@ -16,6 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -333,46 +334,61 @@ fn start_worker(
     if let Some(stderr) = child.stderr.take() {
         log_worker_output(pid, "stderr", stderr);
     }
-    let exits = reap_in_background(child);
+    let (exits_during_handshake, exits) = reap_in_background(child);
 
-    let (hellos, hello) = bounded(1);
-    thread::Builder::new()
-        .name(format!("corral-accept-{pid}"))
-        .spawn(move || {
-            let _ = hellos.send(server.accept());
-        })
-        .expect("spawning a thread");
-
-    let accepted = select! {
-        recv(hello) -> accepted => Ok(accepted.expect("the accept thread always answers")),
-        recv(exits) -> exit => Err(match exit {
-            Ok(status) => format!("worker {pid} ({program}) {} before saying hello", describe_exit(status)),
-            Err(_) => format!("worker {pid} ({program}) vanished before saying hello"),
-        }),
-        recv(cancelled) -> _ => Err(format!("worker {pid} ({program}) was abandoned: the run is over")),
-        default(config.handshake_timeout) => Err(format!(
-            "worker {pid} ({program}) did not say hello within {}",
-            humantime::format_duration(config.handshake_timeout)
-        )),
-    };
+    // The spawner itself waits in accept(), which has no timeout of its own; a watchdog thread
+    // ends the wait (by connecting and hanging up) if the child exits first, the deadline
+    // passes or the run is over. On the common path nothing hands the hello over between
+    // threads, which keeps a replacement's start short.
+    let (handshake_over, watch) = bounded::<()>(1);
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    {
+        let exits = exits_during_handshake;
+        let (cancelled, failure, server_name) =
+            (cancelled.clone(), failure.clone(), server_name.clone());
+        let timeout = config.handshake_timeout;
+        let program = program.clone();
+        thread::Builder::new()
+            .name(format!("corral-handshake-{pid}"))
+            .spawn(move || {
+                let reason = select! {
+                    recv(watch) -> _ => return,
+                    recv(exits) -> exit => match exit {
+                        Ok(status) => format!("worker {pid} ({program}) {} before saying hello", describe_exit(status)),
+                        Err(_) => format!("worker {pid} ({program}) vanished before saying hello"),
+                    },
+                    recv(cancelled) -> _ => format!("worker {pid} ({program}) was abandoned: the run is over"),
+                    default(timeout) => format!(
+                        "worker {pid} ({program}) did not say hello within {}",
+                        humantime::format_duration(timeout)
+                    ),
+                };
+                *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                // Ends the accept() below if it still waits.
+                let _ = IpcSender::<FromWorker>::connect(server_name);
+            })
+            .expect("spawning a thread");
+    }
+    let accepted = server.accept();
+    let _ = handshake_over.send(());
     let failed = |message: String, is_fatal: bool| {
         kill_group(pid);
-        // Unblock the accept thread if it still waits: connect and hang up.
-        let _ = IpcSender::<FromWorker>::connect(server_name.clone());
         StartFailure {
             fatal: is_fatal,
             message,
         }
     };
+    if let Some(reason) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(failed(reason, false));
+    }
     let (receiver, first) = match accepted {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(err)) => {
+        Ok(pair) => pair,
+        Err(err) => {
             return Err(failed(
                 format!("worker {pid} ({program}) failed the handshake: {err}"),
                 false,
             ));
         }
-        Err(message) => return Err(failed(message, false)),
     };
     let hello: Hello = match first {
         FromWorker::Hello(hello) => hello,
@@ -416,9 +432,11 @@ fn start_worker(
 }
 
 /// Waits for `child` on a thread of its own; once reaped, kills what is left of its process
-/// group and reports the status.
-fn reap_in_background(mut child: Child) -> Receiver<ExitStatus> {
+/// group and reports the status twice: to the handshake watchdog and to the receiver thread,
+/// each of which may or may not still be listening.
+fn reap_in_background(mut child: Child) -> (Receiver<ExitStatus>, Receiver<ExitStatus>) {
     let (tx, rx) = bounded(1);
+    let (handshake_tx, handshake_rx) = bounded(1);
     let pid = child.id();
     thread::Builder::new()
         .name(format!("corral-wait-{pid}"))
@@ -434,10 +452,11 @@ fn reap_in_background(mut child: Child) -> Receiver<ExitStatus> {
                 }
             };
             kill_group(pid);
+            let _ = handshake_tx.send(status);
             let _ = tx.send(status);
         })
         .expect("spawning a thread");
-    rx
+    (handshake_rx, rx)
 }
 
 /// Forwards a worker's messages to the runtime until its channel closes, then waits for its
