@@ -24,6 +24,11 @@ pub const ENV_BOOTSTRAP: &str = "CORRAL_BOOTSTRAP";
 /// Environment variable holding the nonce the worker must echo in its `Hello`, as 16 hex digits.
 pub const ENV_NONCE: &str = "CORRAL_NONCE";
 
+/// Environment variable holding the supervisor's pid. A worker arms `PR_SET_PDEATHSIG` at
+/// start-up and exits at once if its parent is no longer this process (the supervisor died
+/// before the signal was armed).
+pub const ENV_SUPERVISOR_PID: &str = "CORRAL_SUPERVISOR_PID";
+
 /// Largest serialized message either side sends, in bytes. Batches are cut below it.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 

@@ -178,3 +178,20 @@ fn a_worker_run_by_hand_explains_itself() {
     assert!(out.stderr.contains("corral run --worker"), "{}", out.stderr);
     assert!(out.stderr.contains("sum_squares"), "{}", out.stderr);
 }
+
+#[test]
+fn a_worker_whose_supervisor_is_gone_exits_at_once() {
+    // Started as if by a supervisor that is not (or no longer) its parent: it must not linger.
+    let out = Run::program(&bin("corral-worker"))
+        .env("CORRAL_BOOTSTRAP", "/nonexistent/socket")
+        .env("CORRAL_NONCE", "0000000000000001")
+        .env("CORRAL_SUPERVISOR_PID", "1")
+        .deadline(std::time::Duration::from_secs(10))
+        .output();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("supervisor (pid 1) is gone"),
+        "{}",
+        out.stderr
+    );
+}

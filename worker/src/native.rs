@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use corral_protocol::{
-    BatchDone, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, PROTOCOL_VERSION, RawJson, RunningSlot,
-    RunningWord, TaskResult, ToWorker,
+    BatchDone, ENV_BOOTSTRAP, ENV_NONCE, ENV_SUPERVISOR_PID, FromWorker, Hello, PROTOCOL_VERSION,
+    RawJson, RunningSlot, RunningWord, TaskResult, ToWorker,
 };
 use ipc_channel::ipc::{self, IpcSender};
 
@@ -20,6 +20,9 @@ pub enum ServeError {
     /// The nonce variable is malformed.
     #[error("{ENV_NONCE} is not 16 hex digits: {0:?}")]
     BadNonce(String),
+    /// The supervisor that started this process is already gone.
+    #[error("the supervisor (pid {0}) is gone")]
+    SupervisorGone(String),
     /// Connecting to or talking with the supervisor failed.
     #[error("{context}: {source}")]
     Ipc {
@@ -40,8 +43,25 @@ fn ipc_err(context: &'static str) -> impl FnOnce(ipc_channel::IpcError) -> Serve
     }
 }
 
+/// Arms `PR_SET_PDEATHSIG(SIGKILL)`, so that this worker dies with the supervisor thread that
+/// started it even if the supervisor is SIGKILLed, then checks that the supervisor did not die
+/// before that: a worker must never outlive its supervisor.
+fn die_with_supervisor() -> Result<(), ServeError> {
+    let expected = std::env::var(ENV_SUPERVISOR_PID).unwrap_or_default();
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid have no memory-safety preconditions.
+    let parent = unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        libc::getppid()
+    };
+    match expected.parse::<libc::pid_t>() {
+        Ok(pid) if pid == parent => Ok(()),
+        _ => Err(ServeError::SupervisorGone(expected)),
+    }
+}
+
 pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
     let server = std::env::var(ENV_BOOTSTRAP).map_err(|_| ServeError::NotSupervised)?;
+    die_with_supervisor()?;
     let nonce_text = std::env::var(ENV_NONCE).unwrap_or_default();
     let nonce = u64::from_str_radix(&nonce_text, 16)
         .map_err(|_| ServeError::BadNonce(nonce_text.clone()))?;
