@@ -283,7 +283,8 @@ def rss_over_time(series):
     return (
         "Resident memory sampled every 250 ms during the 10M runs (after the first half second), by third of the run: "
         + ", then ".join(parts)
-        + ". It does not grow with the jobs done; the peaks differ by how full the bounded queues happen to be."
+        + ". The resident set stays in one band however many jobs are done; a longer run's high-water mark is"
+        " higher because it catches more of the brief allocation spikes (a MiB or two) of batches in flight."
     )
 
 
@@ -374,8 +375,8 @@ def main():
         "",
         "## Memory: corral's own peak RSS (VmHWM, from `--stats`), jobs streamed from a pipe",
         "",
-        "Medians of 3 runs each; the peak of a run varies by a MiB or two with timing (how far the",
-        "bounded queues happen to fill), not with the number of jobs.",
+        "Medians of 3 runs each. The peak is a high-water mark: it records the largest brief spike of",
+        "a run, so a ten times longer run records a somewhat higher one (see the series below).",
         "",
         "| jobs | median peak RSS | every run | median wall time |",
         "| --- | --- | --- | --- |",
