@@ -518,11 +518,6 @@ impl Scheduler {
         }
     }
 
-    /// Jobs waiting for a worker.
-    pub fn queued(&self) -> usize {
-        self.pending.len()
-    }
-
     /// Feeds one event at time `now`; returns what to do, in order.
     pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         if !self.stopped {
