@@ -5,15 +5,14 @@
 //! `id` takes its line number. Empty lines (also `\r\n` and whitespace-only ones) are skipped
 //! but counted.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read};
+use std::ops::Range;
 use std::sync::Arc;
 
 use corral_protocol::JobSeq;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
+use crate::jobline;
 use crate::record::{
     ErrorKind, InputItem, Job, JobError, JobId, JobResult, ResultKey, SharedBytes,
 };
@@ -98,19 +97,6 @@ pub fn read_line_limited(
         return Ok(Some(Line::TooLong(total)));
     }
     Ok(Some(Line::Text))
-}
-
-/// The fields of a JSON job line, borrowed from the line.
-#[derive(Deserialize)]
-struct JobLine<'a> {
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    task: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    input: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    meta: Option<&'a RawValue>,
 }
 
 /// Turns lines into [`InputItem`]s, numbering lines and jobs.
@@ -247,21 +233,15 @@ impl JobParser {
         let Ok(text) = std::str::from_utf8(line) else {
             return Some(self.rejected(ErrorKind::BadInput, "line is not valid UTF-8".into()));
         };
-        let parsed: JobLine = match serde_json::from_str(text) {
+        let parsed = match jobline::scan(text) {
             Ok(parsed) => parsed,
             Err(err) => {
                 return Some(self.rejected(ErrorKind::BadInput, format!("not a JSON job: {err}")));
             }
         };
-        let id = match parsed.id {
+        let id = match parsed.id.map(|span| &line[span]) {
             None => None,
-            Some(raw)
-                if raw
-                    .get()
-                    .starts_with(['"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) =>
-            {
-                Some(raw.get().as_bytes())
-            }
+            Some(raw) if matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9')) => Some(raw),
             Some(_) => {
                 return Some(self.rejected(
                     ErrorKind::BadInput,
@@ -284,10 +264,7 @@ impl JobParser {
         };
         // One copy of the line holds the job's input and meta.
         let text: Arc<[u8]> = Arc::from(line);
-        let span = |raw: &RawValue| {
-            let start = raw.get().as_ptr() as usize - line.as_ptr() as usize;
-            SharedBytes::new(text.clone(), start..start + raw.get().len())
-        };
+        let span = |range: Range<usize>| SharedBytes::new(text.clone(), range);
         let input = parsed.input.map_or_else(|| self.null.clone(), span);
         let meta = parsed.meta.map(span);
         Some(self.job(id, task, input, meta))

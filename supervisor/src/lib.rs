@@ -4,12 +4,14 @@
 //! The parts, from the core out:
 //! - [`scheduler`]: the pure state machine that decides everything;
 //! - [`pool`]: worker processes, their handshake, threads and deaths;
-//! - [`input`] and [`output`]: job lines in, result lines out; [`resume`] for `--resume`;
+//! - [`input`] and [`output`]: job lines in, result lines out ([`jobline`] scans each line);
+//!   [`resume`] for `--resume`;
 //! - [`run`]: the runtime that wires them together for `corral run`;
 //! - [`cli`]: the command-line definitions.
 
 pub mod cli;
 pub mod input;
+pub mod jobline;
 pub mod output;
 pub mod pool;
 pub mod progress;

@@ -6,6 +6,8 @@
 //! - `corral-bench floor`: the single-process baseline: reads job lines on stdin and writes the
 //!   same result lines corral would, with corral's own parser, tasks and formatter, in one
 //!   process with no IPC.
+//! - `corral-bench parse`: the input stage alone: reads and parses job lines on stdin as corral
+//!   does and prints how many jobs it read and how long it took, to profile the serial stage.
 
 use std::io::{self, BufReader, BufWriter, Write};
 use std::process::ExitCode;
@@ -45,9 +47,10 @@ fn main() -> ExitCode {
             })
         }
         ["floor"] => floor(),
+        ["parse"] => parse_only(),
         _ => {
             eprintln!(
-                "usage: corral-bench gen tiny N | gen primes N LIMIT | gen spin N MS | floor"
+                "usage: corral-bench gen tiny N | gen primes N LIMIT | gen spin N MS | floor | parse"
             );
             return ExitCode::from(2);
         }
@@ -167,4 +170,31 @@ fn floor() -> io::Result<()> {
         return Err(err);
     }
     out.flush()
+}
+
+/// Reads and parses job lines on stdin, doing nothing with the jobs, and reports the time.
+fn parse_only() -> io::Result<()> {
+    let format = InputFormat {
+        plain_lines: false,
+        default_task: None,
+        max_line_bytes: 16 << 20,
+    };
+    let mut parser = JobParser::new(format);
+    let (mut jobs, mut rejected) = (0u64, 0u64);
+    let started = Instant::now();
+    parser.read_all(
+        &mut BufReader::with_capacity(1 << 18, io::stdin()),
+        |item, _| {
+            match item {
+                InputItem::Job(_) => jobs += 1,
+                InputItem::Rejected(_) => rejected += 1,
+            }
+            true
+        },
+    )?;
+    eprintln!(
+        "parsed {jobs} jobs and rejected {rejected} lines in {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -1,0 +1,457 @@
+//! The job-line scanner: checks that a line is one JSON object and finds where the job's
+//! fields are in it, in one pass and without building any value.
+//!
+//! Reading job lines is the one serial stage of a run, so it must cost as little as possible
+//! per line: inputs and metas stay JSON text (the worker parses the input with the task's own
+//! type; a meta is copied into the result as it is), only a key's or the task's text is decoded,
+//! and only when it holds escapes. The grammar accepted is exactly RFC 8259's, with the same
+//! nesting limit as `serde_json`, so a line this scanner accepts is one `serde_json`
+//! accepts and the other way round; the tests check that on many generated lines. Like
+//! `serde_json` skipping a value, it does not check that a `\u` escape pairs its surrogates.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+/// The fields of a job line that corral reads; other fields are checked and skipped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct JobLine<'a> {
+    /// Where the id's JSON text is (any JSON value; the caller decides which are ids).
+    pub id: Option<Range<usize>>,
+    /// The task's name, decoded.
+    pub task: Option<Cow<'a, str>>,
+    /// Where the input's JSON text is.
+    pub input: Option<Range<usize>>,
+    /// Where the meta's JSON text is.
+    pub meta: Option<Range<usize>>,
+}
+
+/// Why a line is not a JSON job, and where (1-based byte column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanError {
+    /// What is wrong.
+    pub problem: Problem,
+    /// The 1-based byte column where the scanner noticed it.
+    pub column: usize,
+}
+
+/// What is wrong with a job line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The line is valid JSON but not an object.
+    NotAnObject,
+    /// The line ends inside a value.
+    UnexpectedEnd,
+    /// A byte that cannot start or continue what came before.
+    Unexpected(u8),
+    /// A number that breaks JSON's number grammar.
+    BadNumber,
+    /// A `\` escape that JSON does not have.
+    BadEscape,
+    /// A raw control character inside a string.
+    ControlCharacter,
+    /// Arrays and objects nested too deep.
+    TooDeep,
+    /// A field that must be a string is not.
+    NotAString(&'static str),
+    /// A field given twice.
+    Duplicate(&'static str),
+}
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.problem {
+            Problem::NotAnObject => f.write_str("a job line must be a JSON object")?,
+            Problem::UnexpectedEnd => f.write_str("the line ends inside a JSON value")?,
+            Problem::Unexpected(byte) if byte.is_ascii_graphic() => {
+                write!(f, "unexpected {:?}", char::from(*byte))?
+            }
+            Problem::Unexpected(byte) => write!(f, "unexpected byte 0x{byte:02x}")?,
+            Problem::BadNumber => f.write_str("invalid number")?,
+            Problem::BadEscape => f.write_str("invalid escape in a string")?,
+            Problem::ControlCharacter => {
+                f.write_str("control character in a string (escape it, e.g. \\n)")?
+            }
+            Problem::TooDeep => write!(f, "arrays and objects nested {MAX_DEPTH} deep")?,
+            Problem::NotAString(field) => write!(f, "\"{field}\" must be a string")?,
+            Problem::Duplicate(field) => write!(f, "\"{field}\" given twice")?,
+        }
+        write!(f, " at column {}", self.column)
+    }
+}
+
+impl std::error::Error for ScanError {}
+
+/// Arrays and objects may nest less deep than this (the line's own object counts), as in
+/// `serde_json`.
+const MAX_DEPTH: usize = 128;
+
+/// Scans one job line (without its line ending).
+pub fn scan(line: &str) -> Result<JobLine<'_>, ScanError> {
+    let mut scanner = Scanner {
+        bytes: line.as_bytes(),
+        at: 0,
+        error: None,
+    };
+    fields(&mut scanner, line).map_err(|Stop| {
+        scanner
+            .error
+            .take()
+            .expect("a scan stops with its error recorded")
+    })
+}
+
+/// The line's object, field by field.
+fn fields<'a>(scanner: &mut Scanner, line: &'a str) -> Result<JobLine<'a>, Stop> {
+    let mut job = JobLine::default();
+    let mut seen = [false; 4];
+    scanner.skip_space();
+    match scanner.peek() {
+        Some(b'{') => scanner.at += 1,
+        Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+            // Valid JSON or not, it is not a job; say what is wrong with it if anything.
+            scanner.value(0)?;
+            scanner.finish()?;
+            return Err(scanner.fail(0, Problem::NotAnObject));
+        }
+        _ => return Err(scanner.unexpected()),
+    }
+    scanner.skip_space();
+    if scanner.peek() == Some(b'}') {
+        scanner.at += 1;
+        scanner.finish()?;
+        return Ok(job);
+    }
+    loop {
+        scanner.skip_space();
+        let key_start = scanner.at;
+        let escaped = scanner.string()?;
+        let Some(key) = decode(&line[key_start..scanner.at], escaped) else {
+            return Err(scanner.fail(key_start, Problem::BadEscape));
+        };
+        scanner.skip_space();
+        scanner.expect(b':')?;
+        scanner.skip_space();
+        let start = scanner.at;
+        let field = Field::of(&key);
+        if field == Some(Field::Task) && scanner.peek() == Some(b'"') {
+            let escaped = scanner.string()?;
+            let Some(task) = decode(&line[start..scanner.at], escaped) else {
+                return Err(scanner.fail(start, Problem::BadEscape));
+            };
+            job.task = Some(task);
+        } else {
+            scanner.value(1)?;
+        }
+        if let Some(field) = field {
+            if std::mem::replace(&mut seen[field as usize], true) {
+                return Err(scanner.fail(key_start, Problem::Duplicate(field.name())));
+            }
+            // As with serde's `Option`, a field that is null is a field not given.
+            let span = Some(start..scanner.at).filter(|span| &line[span.clone()] != "null");
+            match field {
+                Field::Id => job.id = span,
+                Field::Input => job.input = span,
+                Field::Meta => job.meta = span,
+                Field::Task if job.task.is_none() && span.is_some() => {
+                    return Err(scanner.fail(start, Problem::NotAString("task")));
+                }
+                Field::Task => {}
+            }
+        }
+        scanner.skip_space();
+        match scanner.peek() {
+            Some(b',') => scanner.at += 1,
+            Some(b'}') => {
+                scanner.at += 1;
+                break;
+            }
+            _ => return Err(scanner.unexpected()),
+        }
+    }
+    scanner.finish()?;
+    Ok(job)
+}
+
+/// The fields corral reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Id,
+    Task,
+    Input,
+    Meta,
+}
+
+impl Field {
+    fn of(name: &str) -> Option<Field> {
+        match name {
+            "id" => Some(Field::Id),
+            "task" => Some(Field::Task),
+            "input" => Some(Field::Input),
+            "meta" => Some(Field::Meta),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Field::Id => "id",
+            Field::Task => "task",
+            Field::Input => "input",
+            Field::Meta => "meta",
+        }
+    }
+}
+
+/// The text of a scanned JSON string (`quoted` includes its quotes); `None` if an escape
+/// stands for no character (a lone surrogate).
+fn decode(quoted: &str, escaped: bool) -> Option<Cow<'_, str>> {
+    if escaped {
+        // Rare: keys and task names seldom hold escapes, so serde_json decodes them.
+        serde_json::from_str(quoted).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(&quoted[1..quoted.len() - 1]))
+    }
+}
+
+/// A scan stopped; the scanner holds the reason. (A one-bit error keeps the hot path lean.)
+struct Stop;
+
+/// A cursor over the line's bytes.
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    error: Option<ScanError>,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn fail(&mut self, at: usize, problem: Problem) -> Stop {
+        self.error = Some(ScanError {
+            problem,
+            column: at + 1,
+        });
+        Stop
+    }
+
+    /// Stops at the byte under the cursor, or at the end of the line.
+    #[cold]
+    fn unexpected(&mut self) -> Stop {
+        match self.peek() {
+            Some(byte) => self.fail(self.at, Problem::Unexpected(byte)),
+            None => self.fail(self.at, Problem::UnexpectedEnd),
+        }
+    }
+
+    #[inline]
+    fn skip_space(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    #[inline]
+    fn expect(&mut self, byte: u8) -> Result<(), Stop> {
+        if self.peek() == Some(byte) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(self.unexpected())
+        }
+    }
+
+    /// Only white space may follow the value.
+    fn finish(&mut self) -> Result<(), Stop> {
+        self.skip_space();
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(self.unexpected()),
+        }
+    }
+
+    /// Skips one value inside `depth` arrays and objects, checking it. Nesting is followed with
+    /// a bit per level (set for an object) rather than by recursion.
+    fn value(&mut self, depth: usize) -> Result<(), Stop> {
+        let mut levels: u32 = 0;
+        let mut objects: u128 = 0;
+        loop {
+            // A value is expected here.
+            match self.peek() {
+                Some(b'"') => {
+                    self.string()?;
+                }
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                Some(open @ (b'[' | b'{')) => {
+                    if depth + levels as usize + 1 >= MAX_DEPTH {
+                        return Err(self.fail(self.at, Problem::TooDeep));
+                    }
+                    self.at += 1;
+                    self.skip_space();
+                    let close = if open == b'[' { b']' } else { b'}' };
+                    if self.peek() == Some(close) {
+                        self.at += 1;
+                    } else {
+                        levels += 1;
+                        objects = objects << 1 | u128::from(open == b'{');
+                        if open == b'{' {
+                            self.key()?;
+                        }
+                        continue;
+                    }
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                _ => return Err(self.unexpected()),
+            }
+            // A value ended: close what it ends, or move on to the next one.
+            loop {
+                if levels == 0 {
+                    return Ok(());
+                }
+                self.skip_space();
+                let in_object = objects & 1 == 1;
+                match self.peek() {
+                    Some(b',') => {
+                        self.at += 1;
+                        self.skip_space();
+                        if in_object {
+                            self.key()?;
+                        }
+                        break;
+                    }
+                    Some(b']') if !in_object => {}
+                    Some(b'}') if in_object => {}
+                    _ => return Err(self.unexpected()),
+                }
+                self.at += 1;
+                levels -= 1;
+                objects >>= 1;
+            }
+        }
+    }
+
+    /// Skips an object's key and its colon, up to the value.
+    fn key(&mut self) -> Result<(), Stop> {
+        self.string()?;
+        self.skip_space();
+        self.expect(b':')?;
+        self.skip_space();
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), Stop> {
+        if self.bytes[self.at..].starts_with(word) {
+            self.at += word.len();
+            return Ok(());
+        }
+        for &byte in word {
+            self.expect(byte)?;
+        }
+        unreachable!("a literal that does not match stops");
+    }
+
+    /// Skips a string (the cursor on its opening quote); returns whether it holds escapes.
+    fn string(&mut self) -> Result<bool, Stop> {
+        if self.peek() != Some(b'"') {
+            return Err(self.unexpected());
+        }
+        self.at += 1;
+        let mut escaped = false;
+        loop {
+            while let Some(&byte) = self.bytes.get(self.at)
+                && byte != b'"'
+                && byte != b'\\'
+                && byte >= 0x20
+            {
+                self.at += 1;
+            }
+            match self.peek() {
+                Some(b'"') => {
+                    self.at += 1;
+                    return Ok(escaped);
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.at += 1;
+                    self.escape()?;
+                }
+                Some(_) => return Err(self.fail(self.at, Problem::ControlCharacter)),
+                None => return Err(self.unexpected()),
+            }
+        }
+    }
+
+    /// Skips what follows a backslash.
+    fn escape(&mut self) -> Result<(), Stop> {
+        match self.peek() {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                self.at += 1;
+                Ok(())
+            }
+            Some(b'u') => {
+                self.at += 1;
+                for _ in 0..4 {
+                    match self.peek() {
+                        Some(digit) if digit.is_ascii_hexdigit() => self.at += 1,
+                        None => return Err(self.unexpected()),
+                        Some(_) => return Err(self.fail(self.at, Problem::BadEscape)),
+                    }
+                }
+                Ok(())
+            }
+            None => Err(self.unexpected()),
+            Some(_) => Err(self.fail(self.at, Problem::BadEscape)),
+        }
+    }
+
+    /// Skips the digits under the cursor; returns how many there were.
+    #[inline]
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    fn number(&mut self) -> Result<(), Stop> {
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        let mut valid = match self.peek() {
+            Some(b'0') => {
+                self.at += 1;
+                true
+            }
+            _ => self.digits() > 0,
+        };
+        if valid && self.peek() == Some(b'.') {
+            self.at += 1;
+            valid = self.digits() > 0;
+        }
+        if valid && let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            valid = self.digits() > 0;
+        }
+        // A number runs into the next token only through something that cannot follow it.
+        match self.peek() {
+            _ if !valid && self.at == self.bytes.len() => Err(self.unexpected()),
+            Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') => {
+                Err(self.fail(start, Problem::BadNumber))
+            }
+            _ if !valid => Err(self.fail(start, Problem::BadNumber)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

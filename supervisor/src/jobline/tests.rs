@@ -1,0 +1,219 @@
+//! Tests of the job-line scanner: fields and spans, each problem, and agreement with
+//! `serde_json` on many generated and mutated lines.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::*;
+
+fn text<'a>(line: &'a str, span: &Option<Range<usize>>) -> Option<&'a str> {
+    span.clone().map(|span| &line[span])
+}
+
+fn problem(line: &str) -> Problem {
+    scan(line).unwrap_err().problem
+}
+
+#[test]
+fn finds_the_fields_and_keeps_values_as_text() {
+    let line = r#" { "id" : "a-1", "task":"sum", "input": [1, 2.5e3, {"x": [true]}], "meta" : {"k":null} } "#;
+    let job = scan(line).unwrap();
+    assert_eq!(text(line, &job.id), Some(r#""a-1""#));
+    assert_eq!(job.task.as_deref(), Some("sum"));
+    assert!(matches!(job.task, Some(Cow::Borrowed(_))));
+    assert_eq!(text(line, &job.input), Some(r#"[1, 2.5e3, {"x": [true]}]"#));
+    assert_eq!(text(line, &job.meta), Some(r#"{"k":null}"#));
+}
+
+#[test]
+fn missing_and_null_fields_are_not_given_and_others_are_skipped() {
+    assert_eq!(scan("{}").unwrap(), JobLine::default());
+    let line = r#"{"id":null,"task":null,"input":null,"meta":null,"other":{"id":1},"x":[]}"#;
+    assert_eq!(scan(line).unwrap(), JobLine::default());
+    let job = scan(r#"{"id":-12.5e-3}"#).unwrap();
+    assert_eq!(job.id, Some(6..14));
+}
+
+#[test]
+fn escaped_keys_and_task_names_are_decoded() {
+    let line = r#"{"t\u0061sk":"a\"b\\c\u00e9","\u0069nput":7}"#;
+    let job = scan(line).unwrap();
+    assert_eq!(job.task.as_deref(), Some("a\"b\\cé"));
+    assert_eq!(text(line, &job.input), Some("7"));
+}
+
+#[test]
+fn each_problem_is_named_with_its_column() {
+    let err = scan(r#"{"id": 1,}"#).unwrap_err();
+    assert_eq!(err.problem, Problem::Unexpected(b'}'));
+    assert_eq!(err.column, 10);
+    assert_eq!(err.to_string(), "unexpected '}' at column 10");
+    assert_eq!(problem("[1, 2]"), Problem::NotAnObject);
+    assert_eq!(problem("\"job\""), Problem::NotAnObject);
+    assert_eq!(problem("[1, 2"), Problem::UnexpectedEnd);
+    assert_eq!(problem(r#"{"input": "abc"#), Problem::UnexpectedEnd);
+    assert_eq!(problem(r#"{"input": 01}"#), Problem::BadNumber);
+    assert_eq!(problem(r#"{"input": 1.}"#), Problem::BadNumber);
+    assert_eq!(problem(r#"{"input": -}"#), Problem::BadNumber);
+    assert_eq!(problem(r#"{"input": 1e+}"#), Problem::BadNumber);
+    assert_eq!(problem(r#"{"input": "\x"}"#), Problem::BadEscape);
+    assert_eq!(problem(r#"{"input": "\u12g4"}"#), Problem::BadEscape);
+    assert_eq!(problem(r#"{"task": "\udc00"}"#), Problem::BadEscape);
+    assert_eq!(problem("{\"input\": \"a\tb\"}"), Problem::ControlCharacter);
+    assert_eq!(problem(r#"{"task": 3}"#), Problem::NotAString("task"));
+    assert_eq!(
+        problem(r#"{"id": 1, "id": null}"#),
+        Problem::Duplicate("id")
+    );
+    assert_eq!(problem(r#"{"input": tru}"#), Problem::Unexpected(b'}'));
+    assert_eq!(problem(r#"{"input": 1} x"#), Problem::Unexpected(b'x'));
+    assert_eq!(problem(""), Problem::UnexpectedEnd);
+    let deep = format!("{{\"input\": {}{}}}", "[".repeat(127), "]".repeat(127));
+    assert_eq!(problem(&deep), Problem::TooDeep);
+    let fine = format!("{{\"input\": {}{}}}", "[".repeat(126), "]".repeat(126));
+    assert!(scan(&fine).is_ok());
+}
+
+/// What the scanner replaces: serde_json reading the same fields.
+#[derive(Debug, Deserialize)]
+struct Reference<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    task: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
+}
+
+/// A deterministic generator of JSON-ish text.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, choices: &[&'a str]) -> &'a str {
+        choices[self.below(choices.len())]
+    }
+
+    fn value(&mut self, out: &mut String, depth: usize) {
+        match self.below(if depth > 3 { 4 } else { 6 }) {
+            0 => out.push_str(self.pick(&["0", "-1", "12.5", "1e9", "-0.0E-2", "7"])),
+            1 => out.push_str(self.pick(&[
+                r#""""#,
+                r#""abc""#,
+                r#""a\"b""#,
+                r#""\u00e9\n""#,
+                r#""é""#,
+                r#""\ud83d\ude00""#,
+            ])),
+            2 => out.push_str(self.pick(&["true", "false", "null"])),
+            3 => out.push_str(self.pick(&["[]", "{}", "[1]"])),
+            4 => {
+                out.push('[');
+                for i in 0..self.below(4) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(self.pick(&["", " "]));
+                    self.value(out, depth + 1);
+                }
+                out.push(']');
+            }
+            _ => self.object(out, depth + 1, &["a", "id", "b\\u0061", "x y"]),
+        }
+    }
+
+    fn object(&mut self, out: &mut String, depth: usize, keys: &[&str]) {
+        out.push('{');
+        for i in 0..self.below(5) {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(self.pick(&["", " ", "\t"]));
+            out.push('"');
+            out.push_str(self.pick(keys));
+            out.push_str(self.pick(&["\":", "\" : "]));
+            self.value(out, depth);
+        }
+        out.push('}');
+    }
+
+    /// Changes one byte-sized piece of `line`: deletes, inserts or replaces it.
+    fn mutate(&mut self, line: &mut String) {
+        let pieces = [
+            "{", "}", "[", "]", ",", ":", "\"", "\\", "-", "0", "1", ".", "e", "+", " ", "\t", "u",
+            "n", "t", "x", "\u{1}",
+        ];
+        let mut at = self.below(line.len() + 1);
+        while !line.is_char_boundary(at) {
+            at -= 1;
+        }
+        let end = (at + 1..=line.len())
+            .find(|&end| line.is_char_boundary(end))
+            .unwrap_or(at);
+        match self.below(3) {
+            0 => line.replace_range(at..end, ""),
+            1 => line.insert_str(at, self.pick(&pieces)),
+            _ => line.replace_range(at..end, self.pick(&pieces)),
+        }
+    }
+}
+
+#[test]
+fn accepts_exactly_the_lines_serde_json_accepts() {
+    let mut rng = Lcg(7);
+    let (mut accepted, mut rejected) = (0, 0);
+    for case in 0..200_000 {
+        let mut line = String::new();
+        rng.object(&mut line, 1, &["id", "task", "input", "meta", "other"]);
+        for _ in 0..case % 4 {
+            rng.mutate(&mut line);
+        }
+        let reference = serde_json::from_str::<Reference>(&line)
+            // serde also reads a struct from an array of its fields in order; a job is an object.
+            .map_err(|err| err.to_string())
+            .and_then(|fields| match line.trim_start().starts_with('{') {
+                true => Ok(fields),
+                false => Err("an array".into()),
+            });
+        let scanned = scan(&line);
+        match (&reference, &scanned) {
+            (Ok(reference), Ok(job)) => {
+                accepted += 1;
+                assert_eq!(
+                    text(&line, &job.id),
+                    reference.id.map(RawValue::get),
+                    "{line}"
+                );
+                assert_eq!(job.task.as_deref(), reference.task.as_deref(), "{line}");
+                assert_eq!(
+                    text(&line, &job.input),
+                    reference.input.map(RawValue::get),
+                    "{line}"
+                );
+                assert_eq!(
+                    text(&line, &job.meta),
+                    reference.meta.map(RawValue::get),
+                    "{line}"
+                );
+            }
+            (Err(_), Err(_)) => rejected += 1,
+            _ => panic!("serde_json says {reference:?}, the scanner {scanned:?}: {line}"),
+        }
+    }
+    // Both kinds of line were tried, many times.
+    assert!(
+        accepted > 40_000 && rejected > 40_000,
+        "{accepted} {rejected}"
+    );
+}
