@@ -6,10 +6,11 @@
 //! but counted.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes, BytesMut};
 use corral_protocol::JobSeq;
 
 use crate::jobline;
@@ -29,74 +30,135 @@ pub struct InputFormat {
     pub max_line_bytes: usize,
 }
 
+/// Bytes read at a time: the size of the blocks whose lines jobs share.
+const BLOCK_BYTES: usize = 64 * 1024;
+
 /// One physical line, or the news that it was too long.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
-    /// The line's bytes, without the line ending, in the reader's buffer.
-    Text,
+    /// The line's bytes, without the line ending.
+    Text(Bytes),
     /// The line was this many bytes long, over the limit; it was skipped.
     TooLong(u64),
 }
 
-/// Reads one line of at most `max` bytes into `buf` (cleared first), dropping `\n` or `\r\n`.
-/// Returns `None` at end of input. A longer line is consumed without being stored.
-pub fn read_line_limited(
-    reader: &mut impl BufRead,
-    buf: &mut Vec<u8>,
+/// Splits a byte stream into lines of at most `max` bytes (not counting `\n` or `\r\n`),
+/// reading a block at a time. The lines of a block share its buffer, so a line costs no copy
+/// and no allocation of its own; a longer line is consumed without being stored. A block lives
+/// until the last job read from it is answered; jobs are queued and run roughly in input order,
+/// so only a few blocks are alive at once.
+pub struct LineReader<R> {
+    reader: R,
     max: usize,
-) -> io::Result<Option<Line>> {
-    buf.clear();
-    let mut total: u64 = 0;
-    let mut too_long = false;
-    let mut ends_with_cr = false;
-    loop {
-        let available = match reader.fill_buf() {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
+    /// Read but not yet split: no complete line while `ready` is empty.
+    pending: BytesMut,
+    /// Whole lines, each with its `\n`, not handed out yet.
+    ready: Bytes,
+}
+
+impl<R: Read> LineReader<R> {
+    /// Lines of `reader`, each at most `max` bytes long.
+    pub fn new(reader: R, max: usize) -> LineReader<R> {
+        LineReader {
+            reader,
+            max,
+            pending: BytesMut::with_capacity(BLOCK_BYTES),
+            ready: Bytes::new(),
+        }
+    }
+
+    /// Whether the next line would wait for the reader.
+    pub fn would_wait(&self) -> bool {
+        self.ready.is_empty()
+    }
+
+    /// The next line; `None` at the end of the input.
+    pub fn next_line(&mut self) -> io::Result<Option<Line>> {
+        if self.ready.is_empty()
+            && let Some(line) = self.refill()?
+        {
+            return Ok(Some(line));
+        }
+        let Some(end) = memchr::memchr(b'\n', &self.ready) else {
+            return Ok(None);
         };
-        if available.is_empty() {
-            if total == 0 {
+        let mut line = self.ready.split_to(end + 1);
+        line.truncate(end);
+        Ok(Some(self.limited(line)))
+    }
+
+    /// `line` without a `\r` ending, unless it is too long.
+    fn limited(&self, mut line: Bytes) -> Line {
+        if line.last() == Some(&b'\r') {
+            line.truncate(line.len() - 1);
+        }
+        if line.len() > self.max {
+            Line::TooLong(line.len() as u64)
+        } else {
+            Line::Text(line)
+        }
+    }
+
+    /// Reads until there is a whole line, and moves every whole line read to `ready`. Returns
+    /// a line itself when it is too long to keep, or is the last one and has no `\n`.
+    fn refill(&mut self) -> io::Result<Option<Line>> {
+        // Bytes at the start of `pending` known to hold no `\n`.
+        let mut searched = 0;
+        // Inside a line too long to keep: how many of its bytes were dropped, and the last one.
+        let mut dropped: Option<(u64, u8)> = None;
+        loop {
+            let fresh = &self.pending[searched..];
+            if let Some((count, last)) = dropped {
+                if let Some(i) = memchr::memchr(b'\n', fresh) {
+                    let before = if i > 0 { fresh[i - 1] } else { last };
+                    let len = count + i as u64 - u64::from(before == b'\r');
+                    self.pending.advance(i + 1);
+                    return Ok(Some(Line::TooLong(len)));
+                }
+                let last = fresh.last().copied().unwrap_or(last);
+                dropped = Some((count + fresh.len() as u64, last));
+                self.pending.clear();
+            } else if let Some(i) = memchr::memrchr(b'\n', fresh) {
+                self.ready = self.pending.split_to(searched + i + 1).freeze();
                 return Ok(None);
-            }
-            break;
-        }
-        let (chunk, done) = match memchr::memchr(b'\n', available) {
-            Some(i) => (&available[..i], Some(i + 1)),
-            None => (available, None),
-        };
-        total += chunk.len() as u64;
-        if let Some(&last) = chunk.last() {
-            ends_with_cr = last == b'\r';
-        }
-        if !too_long {
-            if buf.len() + chunk.len() > max + 1 {
+            } else if self.pending.len() > self.max + 1 {
                 // One spare byte for a '\r' that a CRLF ending may put past the limit.
-                too_long = true;
-                buf.clear();
-            } else {
-                buf.extend_from_slice(chunk);
+                let last = self.pending.last().copied().unwrap_or(0);
+                dropped = Some((self.pending.len() as u64, last));
+                self.pending.clear();
+            }
+            searched = self.pending.len();
+            if self.read_block()? == 0 {
+                return Ok(match dropped {
+                    Some((count, last)) => Some(Line::TooLong(count - u64::from(last == b'\r'))),
+                    None if self.pending.is_empty() => None,
+                    None => {
+                        let last = self.pending.split().freeze();
+                        Some(self.limited(last))
+                    }
+                });
             }
         }
-        let used = done.unwrap_or(chunk.len());
-        reader.consume(used);
-        if done.is_some() {
-            if total == 0 {
-                // An empty line: report it as such.
-                return Ok(Some(Line::Text));
+    }
+
+    /// Appends up to a block from the reader to `pending`; 0 at the end of the input.
+    fn read_block(&mut self) -> io::Result<usize> {
+        let len = self.pending.len();
+        self.pending.resize(len + BLOCK_BYTES, 0);
+        loop {
+            match self.reader.read(&mut self.pending[len..]) {
+                Ok(n) => {
+                    self.pending.truncate(len + n);
+                    return Ok(n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    self.pending.truncate(len);
+                    return Err(err);
+                }
             }
-            break;
         }
     }
-    if ends_with_cr {
-        buf.pop();
-        total -= 1;
-    }
-    if too_long || buf.len() > max {
-        buf.clear();
-        return Ok(Some(Line::TooLong(total)));
-    }
-    Ok(Some(Line::Text))
 }
 
 /// Turns lines into [`InputItem`]s, numbering lines and jobs.
@@ -173,18 +235,18 @@ impl JobParser {
         }
     }
 
-    /// Reads all of `reader`, passing each item to `sink` together with whether the reader has
-    /// nothing more buffered (the next line would wait for I/O: a good moment to hand over what
-    /// was read). Stops early when `sink` returns false. Returns whether it read to the end.
+    /// Reads all of `reader`, passing each item to `sink` together with whether the next line
+    /// would wait for I/O (a good moment to hand over what was read). Stops early when `sink`
+    /// returns false. Returns whether it read to the end.
     pub fn read_all<R: Read>(
         &mut self,
-        reader: &mut BufReader<R>,
+        reader: R,
         mut sink: impl FnMut(InputItem, bool) -> bool,
     ) -> io::Result<bool> {
-        let mut buf = Vec::with_capacity(1024);
-        while let Some(line) = read_line_limited(reader, &mut buf, self.format.max_line_bytes)? {
+        let mut lines = LineReader::new(reader, self.format.max_line_bytes);
+        while let Some(line) = lines.next_line()? {
             let item = match line {
-                Line::Text => self.parse(&buf),
+                Line::Text(text) => self.parse(&text),
                 Line::TooLong(len) => {
                     self.line += 1;
                     Some(self.rejected(
@@ -197,7 +259,7 @@ impl JobParser {
                 }
             };
             if let Some(item) = item
-                && !sink(item, reader.buffer().is_empty())
+                && !sink(item, lines.would_wait())
             {
                 return Ok(false);
             }
@@ -206,7 +268,7 @@ impl JobParser {
     }
 
     /// Parses one line (without its ending). `None` for a blank line.
-    pub fn parse(&mut self, line: &[u8]) -> Option<InputItem> {
+    pub fn parse(&mut self, line: &Bytes) -> Option<InputItem> {
         self.line += 1;
         if line.iter().all(u8::is_ascii_whitespace) {
             return None;
@@ -262,9 +324,7 @@ impl JobParser {
                 return Some(self.rejected_job(id, ErrorKind::BadInput, message));
             }
         };
-        // One copy of the line holds the job's input and meta.
-        let text: Arc<[u8]> = Arc::from(line);
-        let span = |range: Range<usize>| SharedBytes::new(text.clone(), range);
+        let span = |range: Range<usize>| SharedBytes::new(line, range);
         let input = parsed.input.map_or_else(|| self.null.clone(), span);
         let meta = parsed.meta.map(span);
         Some(self.job(id, task, input, meta))
@@ -360,7 +420,7 @@ mod tests {
         let mut items = Vec::new();
         let mut parser = JobParser::new(format);
         parser
-            .read_all(&mut io::BufReader::with_capacity(8, text), |item, _| {
+            .read_all(text, |item, _| {
                 items.push(item);
                 true
             })
@@ -375,41 +435,81 @@ mod tests {
         }
     }
 
+    /// Every line of `text`, as text or as its length when too long, read through a reader
+    /// that returns at most `step` bytes at a time.
+    fn lines(text: &[u8], max: usize, step: usize) -> Vec<Result<String, u64>> {
+        struct Trickle<'a>(&'a [u8], usize);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.1).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut reader = LineReader::new(Trickle(text, step), max);
+        let mut lines = Vec::new();
+        while let Some(line) = reader.next_line().unwrap() {
+            lines.push(match line {
+                Line::Text(bytes) => Ok(String::from_utf8(bytes.to_vec()).unwrap()),
+                Line::TooLong(len) => Err(len),
+            });
+        }
+        lines
+    }
+
     #[test]
     fn line_reader_splits_strips_crlf_and_caps_length() {
         let text = b"abc\r\n\nxyz\n0123456789\nlast";
-        let mut reader = io::BufReader::with_capacity(4, &text[..]);
-        let mut buf = Vec::new();
-        let mut lines = Vec::new();
-        while let Some(line) = read_line_limited(&mut reader, &mut buf, 5).unwrap() {
-            lines.push((line, String::from_utf8(buf.clone()).unwrap()));
+        let expected = [
+            Ok("abc".to_owned()),
+            Ok("".to_owned()),
+            Ok("xyz".to_owned()),
+            Err(10),
+            Ok("last".to_owned()),
+        ];
+        for step in [1, 2, 3, 4, 7, 100, BLOCK_BYTES] {
+            assert_eq!(
+                lines(text, 5, step),
+                expected,
+                "reading {step} bytes at a time"
+            );
         }
-        assert_eq!(
-            lines,
-            [
-                (Line::Text, "abc".into()),
-                (Line::Text, "".into()),
-                (Line::Text, "xyz".into()),
-                (Line::TooLong(10), "".into()),
-                (Line::Text, "last".into()),
-            ]
-        );
     }
 
     #[test]
     fn a_line_at_the_limit_with_crlf_fits() {
-        let mut reader = io::BufReader::new(&b"12345\r\n123456\r\n"[..]);
-        let mut buf = Vec::new();
+        for step in [1, 5, 6, 7, 100] {
+            assert_eq!(
+                lines(b"12345\r\n123456\r\n1234567\r", 5, step),
+                [Ok("12345".to_owned()), Err(6), Err(7)],
+                "reading {step} bytes at a time"
+            );
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_a_block_are_read_whole_or_skipped() {
+        let long = "x".repeat(3 * BLOCK_BYTES + 5);
+        let text = format!("a\n{long}\r\nb\n{long}");
         assert_eq!(
-            read_line_limited(&mut reader, &mut buf, 5).unwrap(),
-            Some(Line::Text)
+            lines(text.as_bytes(), 4 * BLOCK_BYTES, BLOCK_BYTES),
+            [
+                Ok("a".into()),
+                Ok(long.clone()),
+                Ok("b".into()),
+                Ok(long.clone())
+            ]
         );
-        assert_eq!(buf, b"12345");
-        assert_eq!(
-            read_line_limited(&mut reader, &mut buf, 5).unwrap(),
-            Some(Line::TooLong(6))
-        );
-        assert_eq!(read_line_limited(&mut reader, &mut buf, 5).unwrap(), None);
+        let len = long.len() as u64;
+        for step in [1000, BLOCK_BYTES] {
+            assert_eq!(
+                lines(text.as_bytes(), 100, step),
+                [Ok("a".into()), Err(len), Ok("b".into()), Err(len)]
+            );
+        }
+        assert_eq!(lines(b"", 5, 1), []);
+        assert_eq!(lines(b"\n", 5, 1), [Ok(String::new())]);
     }
 
     #[test]
@@ -485,7 +585,7 @@ mod tests {
         ]));
         let text = b"{\"id\":\"a\"}\n{\"id\":\"b\"}\nbroken\n{}\n{\"id\":\"\\u0062\"}\n{}\n";
         parser
-            .read_all(&mut io::BufReader::new(&text[..]), |item, _| {
+            .read_all(&text[..], |item, _| {
                 items.push(item);
                 true
             })

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -426,8 +426,7 @@ fn read_inputs(
                 }
             },
         };
-        let mut reader = BufReader::with_capacity(256 * 1024, reader);
-        let read = parser.read_all(&mut reader, |item, would_wait| {
+        let read = parser.read_all(reader, |item, would_wait| {
             chunk.push(item);
             if chunk.len() >= INPUT_CHUNK || would_wait {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(INPUT_CHUNK));

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use corral_protocol::{
     Batch, BatchDone, BatchId, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
 };
@@ -675,11 +676,11 @@ impl Scheduler {
         });
 
         self.outstanding -= n;
-        let outputs: Arc<[u8]> = Arc::from(std::mem::take(&mut done.outputs.0));
+        let outputs = Bytes::from(std::mem::take(&mut done.outputs.0));
         for (job, (outcome, range)) in batch.jobs.into_iter().zip(done.iter()) {
             let result = match &outcome.result {
                 TaskResult::Ok => Ok(Completed {
-                    output: SharedBytes::new(outputs.clone(), range),
+                    output: SharedBytes::new(&outputs, range),
                     nanos: outcome.nanos,
                 }),
                 TaskResult::TaskError(message) => {

@@ -9,7 +9,7 @@
 //! - `corral-bench parse`: the input stage alone: reads and parses job lines on stdin as corral
 //!   does and prints how many jobs it read and how long it took, to profile the serial stage.
 
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -105,67 +105,62 @@ fn floor() -> io::Result<()> {
     let mut line = Vec::with_capacity(256);
     let mut task_cache: Option<(std::sync::Arc<str>, Option<usize>)> = None;
     let mut error = None;
-    parser.read_all(
-        &mut BufReader::with_capacity(1 << 18, io::stdin()),
-        |item, _| {
-            let result = match item {
-                InputItem::Rejected(result) => result,
-                InputItem::Job(job) => {
-                    let index = match &task_cache {
-                        Some((name, index)) if std::sync::Arc::ptr_eq(name, &job.task) => *index,
-                        _ => {
-                            let index = worker.task_index(&job.task);
-                            task_cache = Some((job.task.clone(), index));
-                            index
-                        }
-                    };
-                    let started = Instant::now();
-                    let mut output = Vec::new();
-                    let outcome = match index {
-                        None => Err(JobError::new(
-                            ErrorKind::UnknownTask,
-                            format!("unknown task {:?}", &*job.task),
-                        )),
-                        Some(index) => {
-                            match worker.run_task(index, job.input.as_bytes(), &mut output) {
-                                Ok(()) => Ok(Completed {
-                                    output: output.into(),
-                                    nanos: started.elapsed().as_nanos() as u64,
-                                }),
-                                Err(TaskFailure::BadInput(m)) => {
-                                    Err(JobError::new(ErrorKind::BadInput, m))
-                                }
-                                Err(TaskFailure::Panic(m)) => {
-                                    Err(JobError::new(ErrorKind::Panic, m))
-                                }
-                                Err(other) => {
-                                    Err(JobError::new(ErrorKind::TaskError, other.to_string()))
-                                }
+    parser.read_all(io::stdin().lock(), |item, _| {
+        let result = match item {
+            InputItem::Rejected(result) => result,
+            InputItem::Job(job) => {
+                let index = match &task_cache {
+                    Some((name, index)) if std::sync::Arc::ptr_eq(name, &job.task) => *index,
+                    _ => {
+                        let index = worker.task_index(&job.task);
+                        task_cache = Some((job.task.clone(), index));
+                        index
+                    }
+                };
+                let started = Instant::now();
+                let mut output = Vec::new();
+                let outcome = match index {
+                    None => Err(JobError::new(
+                        ErrorKind::UnknownTask,
+                        format!("unknown task {:?}", &*job.task),
+                    )),
+                    Some(index) => {
+                        match worker.run_task(index, job.input.as_bytes(), &mut output) {
+                            Ok(()) => Ok(Completed {
+                                output: output.into(),
+                                nanos: started.elapsed().as_nanos() as u64,
+                            }),
+                            Err(TaskFailure::BadInput(m)) => {
+                                Err(JobError::new(ErrorKind::BadInput, m))
+                            }
+                            Err(TaskFailure::Panic(m)) => Err(JobError::new(ErrorKind::Panic, m)),
+                            Err(other) => {
+                                Err(JobError::new(ErrorKind::TaskError, other.to_string()))
                             }
                         }
-                    };
-                    JobResult {
-                        seq: job.seq,
-                        key: ResultKey::Job {
-                            id: job.id,
-                            line: job.line,
-                        },
-                        meta: job.meta,
-                        attempts: 1,
-                        worker: Some(pid),
-                        outcome,
                     }
+                };
+                JobResult {
+                    seq: job.seq,
+                    key: ResultKey::Job {
+                        id: job.id,
+                        line: job.line,
+                    },
+                    meta: job.meta,
+                    attempts: 1,
+                    worker: Some(pid),
+                    outcome,
                 }
-            };
-            line.clear();
-            format_result(&result, &mut line);
-            if let Err(err) = out.write_all(&line) {
-                error = Some(err);
-                return false;
             }
-            true
-        },
-    )?;
+        };
+        line.clear();
+        format_result(&result, &mut line);
+        if let Err(err) = out.write_all(&line) {
+            error = Some(err);
+            return false;
+        }
+        true
+    })?;
     if let Some(err) = error {
         return Err(err);
     }
@@ -182,16 +177,13 @@ fn parse_only() -> io::Result<()> {
     let mut parser = JobParser::new(format);
     let (mut jobs, mut rejected) = (0u64, 0u64);
     let started = Instant::now();
-    parser.read_all(
-        &mut BufReader::with_capacity(1 << 18, io::stdin()),
-        |item, _| {
-            match item {
-                InputItem::Job(_) => jobs += 1,
-                InputItem::Rejected(_) => rejected += 1,
-            }
-            true
-        },
-    )?;
+    parser.read_all(io::stdin().lock(), |item, _| {
+        match item {
+            InputItem::Job(_) => jobs += 1,
+            InputItem::Rejected(_) => rejected += 1,
+        }
+        true
+    })?;
     eprintln!(
         "parsed {jobs} jobs and rejected {rejected} lines in {:.3} s",
         started.elapsed().as_secs_f64()
