@@ -107,7 +107,7 @@ enum InputMsg {
 /// Runs every job of `config.sources` and writes one result line per job line to `output`.
 pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let started = Instant::now();
-    let (input_tx, input_rx) = bounded::<InputMsg>(4);
+    let (input_tx, input_rx) = bounded::<InputMsg>(1);
     let sources = config.sources.clone();
     let format = config.format.clone();
     let finished = config.finished.clone();
