@@ -107,7 +107,16 @@ impl Lcg {
 
     fn value(&mut self, out: &mut String, depth: usize) {
         match self.below(if depth > 3 { 4 } else { 6 }) {
-            0 => out.push_str(self.pick(&["0", "-1", "12.5", "1e9", "-0.0E-2", "7"])),
+            0 => out.push_str(self.pick(&[
+                "0",
+                "-1",
+                "12.5",
+                "1e9",
+                "-0.0E-2",
+                "7",
+                "123456789012.25e-10",
+                "-98765432",
+            ])),
             1 => out.push_str(self.pick(&[
                 r#""""#,
                 r#""abc""#,
