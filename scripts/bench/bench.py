@@ -435,7 +435,7 @@ def main():
         f"(baseline / corral) = {python_best / floor:.1f} x {floor / corral:.2f}. Per run (medians), corral used "
         f"{corral_cpu:.2f} s of CPU, its workers included, against the baseline's {floor_cpu:.2f} s "
         f"({(corral_cpu / floor_cpu - 1) * 100:+.0f}%: the same parsing, task and formatting code, plus the "
-        f"hand-offs between processes and threads). Even with all {usable} CPUs busy from start to end, that "
+        f"hand-offs between processes and threads). Even if the {usable} CPUs were busy from start to end, that "
         f"CPU time needs {best_possible:.3f} s of wall time: at best {python_best / best_possible:.1f}x Python's "
         f"best in this run, where 20x would need {python_best / 20:.3f} s.",
         "",
