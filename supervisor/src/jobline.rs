@@ -214,6 +214,33 @@ fn decode(quoted: &str, escaped: bool) -> Option<Cow<'_, str>> {
     }
 }
 
+/// Bytes of a word, lowest first (little-endian), compared eight at a time. Each function
+/// counts the bytes before the first one that is not of its kind. The arithmetic may misjudge
+/// bytes after that first one (a borrow or carry runs upwards), never before it.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// The bytes of `word` before the first that is not an ASCII digit.
+fn digit_run(word: u64) -> usize {
+    // A digit (0x30..=0x39) has a high nibble of 3, and still has after adding 6.
+    let nibbles = 0xF0 * ONES;
+    let threes = 0x30 * ONES;
+    let not_digits =
+        ((word & nibbles) ^ threes) | ((word.wrapping_add(6 * ONES) & nibbles) ^ threes);
+    (not_digits.trailing_zeros() / 8) as usize
+}
+
+/// The bytes of `word` before the first quote, backslash or control character (below 0x20).
+fn plain_run(word: u64) -> usize {
+    // The classic test for a zero byte, applied to the word xor each byte sought, and a
+    // "less than 0x20" test that excludes bytes with the high bit set (UTF-8).
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH_BITS;
+    let special = zero_in(word ^ (u64::from(b'"') * ONES))
+        | zero_in(word ^ (u64::from(b'\\') * ONES))
+        | (word.wrapping_sub(0x20 * ONES) & !word & HIGH_BITS);
+    (special.trailing_zeros() / 8) as usize
+}
+
 /// A scan stopped; the scanner holds the reason. (A one-bit error keeps the hot path lean.)
 struct Stop;
 
@@ -278,34 +305,39 @@ impl Scanner<'_> {
         let mut levels: u32 = 0;
         let mut objects: u128 = 0;
         loop {
-            // A value is expected here.
-            match self.peek() {
-                Some(b'"') => {
-                    self.string()?;
-                }
-                Some(b'-' | b'0'..=b'9') => self.number()?,
-                Some(open @ (b'[' | b'{')) => {
-                    if depth + levels as usize + 1 >= MAX_DEPTH {
-                        return Err(self.fail(self.at, Problem::TooDeep));
+            // A value is expected here. Numbers are told apart first, without a branch on
+            // the sign, which comes and goes at random.
+            let next = self.peek().unwrap_or(0);
+            if (next == b'-') | next.is_ascii_digit() {
+                self.number()?;
+            } else {
+                match next {
+                    b'"' => {
+                        self.string()?;
                     }
-                    self.at += 1;
-                    self.skip_space();
-                    let close = if open == b'[' { b']' } else { b'}' };
-                    if self.peek() == Some(close) {
-                        self.at += 1;
-                    } else {
-                        levels += 1;
-                        objects = objects << 1 | u128::from(open == b'{');
-                        if open == b'{' {
-                            self.key()?;
+                    open @ (b'[' | b'{') => {
+                        if depth + levels as usize + 1 >= MAX_DEPTH {
+                            return Err(self.fail(self.at, Problem::TooDeep));
                         }
-                        continue;
+                        self.at += 1;
+                        self.skip_space();
+                        let close = if open == b'[' { b']' } else { b'}' };
+                        if self.peek() == Some(close) {
+                            self.at += 1;
+                        } else {
+                            levels += 1;
+                            objects = objects << 1 | u128::from(open == b'{');
+                            if open == b'{' {
+                                self.key()?;
+                            }
+                            continue;
+                        }
                     }
+                    b't' => self.literal(b"true")?,
+                    b'f' => self.literal(b"false")?,
+                    b'n' => self.literal(b"null")?,
+                    _ => return Err(self.unexpected()),
                 }
-                Some(b't') => self.literal(b"true")?,
-                Some(b'f') => self.literal(b"false")?,
-                Some(b'n') => self.literal(b"null")?,
-                _ => return Err(self.unexpected()),
             }
             // A value ended: close what it ends, or move on to the next one.
             loop {
@@ -362,6 +394,14 @@ impl Scanner<'_> {
         self.at += 1;
         let mut escaped = false;
         loop {
+            // Eight bytes at a time up to the first quote, backslash or control character.
+            while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
+                let plain = plain_run(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));
+                self.at += plain;
+                if plain < 8 {
+                    break;
+                }
+            }
             while let Some(&byte) = self.bytes.get(self.at)
                 && byte != b'"'
                 && byte != b'\\'
@@ -412,6 +452,14 @@ impl Scanner<'_> {
     #[inline]
     fn digits(&mut self) -> usize {
         let start = self.at;
+        // Eight bytes at a time: a run of digits then ends on a well-predicted branch.
+        while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
+            let run = digit_run(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));
+            self.at += run;
+            if run < 8 {
+                return self.at - start;
+            }
+        }
         while let Some(b'0'..=b'9') = self.peek() {
             self.at += 1;
         }
@@ -420,9 +468,8 @@ impl Scanner<'_> {
 
     fn number(&mut self) -> Result<(), Stop> {
         let start = self.at;
-        if self.peek() == Some(b'-') {
-            self.at += 1;
-        }
+        // Without a branch: signs come and go at random.
+        self.at += usize::from(self.peek() == Some(b'-'));
         let mut valid = match self.peek() {
             Some(b'0') => {
                 self.at += 1;

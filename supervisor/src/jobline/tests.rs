@@ -76,6 +76,39 @@ fn each_problem_is_named_with_its_column() {
     assert!(scan(&fine).is_ok());
 }
 
+#[test]
+fn word_at_a_time_runs_match_byte_at_a_time() {
+    let digit = |byte: u8| byte.is_ascii_digit();
+    let plain = |byte: u8| byte != b'"' && byte != b'\\' && byte >= 0x20;
+    let check = |bytes: [u8; 8]| {
+        let word = u64::from_le_bytes(bytes);
+        let expected = |kind: &dyn Fn(u8) -> bool| bytes.iter().take_while(|&&b| kind(b)).count();
+        assert_eq!(digit_run(word), expected(&digit), "digits of {bytes:?}");
+        assert_eq!(
+            plain_run(word),
+            expected(&plain),
+            "plain bytes of {bytes:?}"
+        );
+    };
+    // Every byte value at every place among digits, and among letters and UTF-8.
+    for byte in 0..=255u8 {
+        for at in 0..8 {
+            for filler in [b'7', b'a', 0xC3, 0xFF] {
+                let mut bytes = [filler; 8];
+                bytes[at] = byte;
+                check(bytes);
+                bytes[(at + 3) % 8] = b'"';
+                check(bytes);
+            }
+        }
+    }
+    let mut rng = Lcg(3);
+    for _ in 0..100_000 {
+        let pick = b"0123456789\"\\ \x01\x1f\x7f\x80\xc3\xa9\xffa:,";
+        check(std::array::from_fn(|_| pick[rng.below(pick.len())]));
+    }
+}
+
 /// What the scanner replaces: serde_json reading the same fields.
 #[derive(Debug, Deserialize)]
 struct Reference<'a> {
