@@ -1053,8 +1053,9 @@ impl Scheduler {
             }
             let job = self.pending.pop_front().expect("front exists");
             self.pending_bytes -= job.input.as_bytes().len();
+            let same_task = matches!(&last_task, Some((name, _)) if Arc::ptr_eq(name, &job.task));
             let known = match &last_task {
-                Some((name, index)) if Arc::ptr_eq(name, &job.task) => Some(*index),
+                Some((_, index)) if same_task => Some(*index),
                 _ => slot.tasks.get(&*job.task).copied(),
             };
             let Some(task) = known else {
@@ -1079,7 +1080,10 @@ impl Scheduler {
                 });
                 continue;
             };
-            last_task = Some((job.task.clone(), task));
+            if !same_task {
+                // Cloned only when the task changes: the count is shared with the input thread.
+                last_task = Some((job.task.clone(), task));
+            }
             batch.push(task, job.input.as_bytes());
             jobs.push(job);
             if alone {
