@@ -513,6 +513,36 @@ mod tests {
     }
 
     #[test]
+    fn lines_that_are_not_utf8_are_rejected_alone() {
+        let mut text = b"{\"task\":\"t\",\"input\":\"caf\xc3\xa9\"}\n".to_vec();
+        text.extend_from_slice(b"{\"task\":\"t\",\"input\":\"\xff\"}\n");
+        text.extend_from_slice(b"{\"task\":\"t\",\"input\":1}\n");
+        // A last line without a line ending is checked too.
+        text.extend_from_slice(b"{\"task\":\"t\xc3\"}");
+        let items = read(&text, format());
+        assert_eq!(items.len(), 4);
+        assert!(
+            matches!(&items[0], InputItem::Job(job) if job.input.as_bytes() == "\"café\"".as_bytes())
+        );
+        assert_eq!(
+            error_of(&items[1]),
+            (&ResultKey::Line(2), ErrorKind::BadInput)
+        );
+        assert!(matches!(&items[2], InputItem::Job(job) if job.line == 3));
+        assert_eq!(
+            error_of(&items[3]),
+            (&ResultKey::Line(4), ErrorKind::BadInput)
+        );
+        let InputItem::Rejected(result) = &items[1] else {
+            unreachable!()
+        };
+        assert_eq!(
+            result.outcome.as_ref().unwrap_err().message,
+            "line is not valid UTF-8"
+        );
+    }
+
+    #[test]
     fn jobs_keep_raw_json_and_default_their_id_to_the_line_number() {
         let text = b"{\"id\": \"a\", \"task\": \"t\", \"input\": [1, 2], \"meta\": {\"k\": 1}}\n\n{\"task\":\"t\"}\n";
         let items = read(text, format());
