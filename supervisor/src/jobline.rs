@@ -6,7 +6,8 @@
 //! type; a meta is copied into the result as it is), only a key's or the task's text is decoded,
 //! and only when it holds escapes. The grammar accepted is exactly RFC 8259's, with the same
 //! nesting limit as `serde_json`, so a line this scanner accepts is one `serde_json`
-//! accepts and the other way round; the tests check that on many generated lines. Like
+//! accepts and the other way round (but for an array, from which serde would read a struct's
+//! fields in order: a job is an object); the tests check that on many generated lines. Like
 //! `serde_json` skipping a value, it does not check that a `\u` escape pairs its surrogates.
 
 use std::borrow::Cow;
@@ -214,10 +215,13 @@ fn decode(quoted: &str, escaped: bool) -> Option<Cow<'_, str>> {
     }
 }
 
-/// Bytes of a word, lowest first (little-endian), compared eight at a time. Each function
-/// counts the bytes before the first one that is not of its kind. The arithmetic may misjudge
-/// bytes after that first one (a borrow or carry runs upwards), never before it.
+// Bytes of a word, lowest first (little-endian), compared eight at a time. Each function below
+// counts the bytes before the first one that is not of its kind. The arithmetic may misjudge
+// bytes after that first one (a borrow or carry runs upwards), never before it.
+
+/// 0x01 in every byte.
 const ONES: u64 = 0x0101_0101_0101_0101;
+/// 0x80 in every byte.
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
 /// The bytes of `word` before the first that is not an ASCII digit.
