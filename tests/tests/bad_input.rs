@@ -1,7 +1,9 @@
 //! Bad input: every bad line gets its own error result with its line number, and the run goes
 //! on.
 
-use crate::util::Run;
+use std::collections::HashMap;
+
+use crate::util::{Lcg, Run};
 
 #[test]
 fn malformed_unknown_and_oversized_lines_each_get_their_error_and_the_rest_succeed() {
@@ -61,6 +63,83 @@ fn malformed_unknown_and_oversized_lines_each_get_their_error_and_the_rest_succe
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn every_line_of_random_good_and_broken_lines_gets_exactly_one_result() {
+    // Lines of many lengths, some longer than a read block, some broken by a byte, some not
+    // UTF-8, some too long, some blank (blank lines get no result), with LF or CRLF endings.
+    let mut rng = Lcg(4242);
+    let pieces: &[u8] = b"{}[],:\"\\ \t0-e.\xff\x01";
+    let mut text = Vec::new();
+    let mut answered = 0;
+    let mut intact: Vec<(u64, i64)> = Vec::new();
+    for i in 0..6_000u64 {
+        let count = match rng.below(100) {
+            0 => 30_000, // about 150 KB: longer than the limit and than a read block
+            1..=3 => 2_000,
+            _ => 1 + rng.below(8),
+        };
+        let values: Vec<i64> = (0..count).map(|_| rng.below(2001) as i64 - 1000).collect();
+        let mut line =
+            format!(r#"{{"id": {i}, "task": "sum_squares", "input": {values:?}}}"#).into_bytes();
+        match rng.below(10) {
+            0 | 1 => {
+                for _ in 0..1 + rng.below(2) {
+                    let at = rng.below(line.len() as u64) as usize;
+                    let piece = pieces[rng.below(pieces.len() as u64) as usize];
+                    match rng.below(3) {
+                        0 => drop(line.remove(at)),
+                        1 => line.insert(at, piece),
+                        _ => line[at] = piece,
+                    }
+                }
+            }
+            2 if rng.below(10) == 0 => line = b"   ".to_vec(),
+            _ if count <= 2_000 => intact.push((i, values.iter().map(|v| v * v).sum())),
+            _ => {}
+        }
+        if line.iter().any(|b| !b.is_ascii_whitespace()) {
+            answered += 1;
+        }
+        text.extend_from_slice(&line);
+        text.extend_from_slice(if rng.below(4) == 0 { b"\r\n" } else { b"\n" });
+    }
+    let out = Run::corral(["run", "-j", "2", "--max-job-bytes", "64KiB"])
+        .stdin(text)
+        .output();
+    out.expect_code(1);
+    let results = out.results();
+    assert_eq!(
+        results.len(),
+        answered,
+        "one result per line that is not blank"
+    );
+    let mut outputs: HashMap<u64, Vec<i64>> = HashMap::new();
+    for result in &results {
+        if let (Some(id), Some(output)) = (result["id"].as_u64(), result["output"].as_i64()) {
+            outputs.entry(id).or_default().push(output);
+        }
+    }
+    for (id, expected) in intact {
+        assert!(
+            outputs.get(&id).is_some_and(|o| o.contains(&expected)),
+            "job {id}: expected output {expected}, got {:?}",
+            outputs.get(&id)
+        );
+    }
+    let kinds: HashMap<&str, usize> = results.iter().fold(HashMap::new(), |mut kinds, r| {
+        *kinds
+            .entry(r["error"]["kind"].as_str().unwrap_or("ok"))
+            .or_default() += 1;
+        kinds
+    });
+    for kind in ["ok", "bad_input", "too_large"] {
+        assert!(
+            kinds.get(kind).is_some_and(|&n| n > 0),
+            "no {kind} result: {kinds:?}"
+        );
+    }
 }
 
 #[test]
