@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::util::{
     ChildGuard, Lcg, Run, alive, bin, children_of, fault_worker, signal, square_jobs, temp_dir,
-    wait_for, write_jobs,
+    wait_for, wait_for_workers, write_jobs,
 };
 
 /// Reads a results file: every line must be a well-formed result.
@@ -335,11 +335,7 @@ fn a_second_signal_or_the_end_of_grace_kills_the_workers_at_once() {
             .args([jobs.as_os_str()])
             .start(dir.path());
         let pid = running.pid();
-        let workers = wait_for(Duration::from_secs(10), || {
-            let w = children_of(pid);
-            (w.len() == 2).then_some(w)
-        })
-        .expect("workers start");
+        let workers = wait_for_workers(pid, 2);
         std::thread::sleep(Duration::from_millis(100));
         for _ in 0..signals {
             signal(pid, libc::SIGTERM);

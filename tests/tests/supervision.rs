@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::util::{
     Lcg, Run, alive, children_of, process_state, signal, square_jobs, temp_dir, wait_for,
-    write_jobs,
+    wait_for_workers, write_jobs,
 };
 
 #[test]
@@ -129,11 +129,7 @@ fn sigkill_of_the_supervisor_leaves_no_worker_behind() {
         .args([jobs.as_os_str()])
         .start(dir.path());
     let supervisor = running.pid();
-    let workers = wait_for(Duration::from_secs(10), || {
-        let workers = children_of(supervisor);
-        (workers.len() == 2).then_some(workers)
-    })
-    .expect("two workers start");
+    let workers = wait_for_workers(supervisor, 2);
     for &pid in &workers {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let pgrp = stat[stat.rfind(')').unwrap() + 1..]

@@ -329,6 +329,15 @@ pub fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> 
     }
 }
 
+/// The pids of `parent`'s `n` workers, once it has that many children (10 s at most).
+pub fn wait_for_workers(parent: u32, n: usize) -> Vec<u32> {
+    wait_for(Duration::from_secs(10), || {
+        let workers = children_of(parent);
+        (workers.len() == n).then_some(workers)
+    })
+    .unwrap_or_else(|| panic!("{n} workers of {parent} did not start"))
+}
+
 /// The state letter of a process (`R`, `S`, `Z`...), or `None` when it does not exist.
 pub fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
