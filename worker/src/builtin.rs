@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::Worker;
+use crate::{TaskFailure, Worker};
 use sha2::{Digest, Sha256};
 
 /// Largest `n` that `primes` accepts: its sieve takes n/16 bytes.
@@ -19,7 +19,7 @@ const SPIN_MAX_MS: u64 = 3_600_000;
 /// Adds the built-in tasks (`sum_squares`, `primes`, `sha256`, `spin`) to `worker`.
 pub fn register(worker: Worker) -> Worker {
     worker
-        .task("sum_squares", sum_squares)
+        .raw_task("sum_squares", sum_squares_json)
         .task("primes", primes)
         .task("sha256", sha256)
         .task("spin", spin)
@@ -27,11 +27,95 @@ pub fn register(worker: Worker) -> Worker {
 
 /// Sum of the squares of an array of integers; an error if it overflows 64 bits.
 pub fn sum_squares(values: Vec<i64>) -> Result<i64, String> {
-    values.iter().try_fold(0i64, |acc, &v| {
-        v.checked_mul(v)
-            .and_then(|sq| acc.checked_add(sq))
-            .ok_or_else(|| "sum of squares overflows a 64-bit integer".to_owned())
-    })
+    values
+        .iter()
+        .try_fold(0i64, |acc, &v| add_square(acc, v))
+        .ok_or_else(overflow)
+}
+
+fn add_square(acc: i64, v: i64) -> Option<i64> {
+    v.checked_mul(v).and_then(|sq| acc.checked_add(sq))
+}
+
+fn overflow() -> String {
+    "sum of squares overflows a 64-bit integer".to_owned()
+}
+
+/// `sum_squares` as the worker runs it, on the job's JSON input. A flat array of plain
+/// integers, the usual input, is summed as it is read, with nothing allocated; any other input
+/// goes through serde as for every other task, so the answer and any error are the same as
+/// [`sum_squares`] would give.
+pub fn sum_squares_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailure> {
+    let sum = match plain_sum_squares(input) {
+        Some(sum) => sum,
+        None => {
+            let values: Vec<i64> = serde_json::from_slice(input)
+                .map_err(|err| TaskFailure::BadInput(err.to_string()))?;
+            sum_squares(values)
+        }
+    }
+    .map_err(TaskFailure::TaskError)?;
+    serde_json::to_writer(out, &sum).expect("an integer is written to a Vec without error");
+    Ok(())
+}
+
+/// The sum of squares of `input` if it is a JSON array of plain integers (see
+/// [`plain_integer`]) with optional whitespace; `None` for anything else.
+fn plain_sum_squares(input: &[u8]) -> Option<Result<i64, String>> {
+    let mut rest = skip_whitespace(skip_whitespace(input).strip_prefix(b"[")?);
+    // `None` once the sum has overflowed; the rest must still be read, as it may be malformed.
+    let mut sum = Some(0i64);
+    if let Some(after) = rest.strip_prefix(b"]") {
+        return skip_whitespace(after).is_empty().then_some(Ok(0));
+    }
+    loop {
+        let (value, after) = plain_integer(rest)?;
+        sum = sum.and_then(|acc| add_square(acc, value));
+        rest = skip_whitespace(after);
+        match rest.split_first()? {
+            (b',', after) => rest = skip_whitespace(after),
+            (b']', after) => {
+                return skip_whitespace(after)
+                    .is_empty()
+                    .then(|| sum.ok_or_else(overflow));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// A JSON integer at the start of `s` that serde reads as the same `i64`, and the rest of `s`:
+/// an optional minus, then `0` or up to 18 digits not starting with `0`, not followed by a
+/// fraction or exponent. `-0` is not one (serde reads it as a float), nor are longer numbers.
+fn plain_integer(s: &[u8]) -> Option<(i64, &[u8])> {
+    let (negative, digits) = match s.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, s),
+    };
+    let len = digits
+        .iter()
+        .take(19)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if len == 0 || len > 18 || (digits[0] == b'0' && (len > 1 || negative)) {
+        return None;
+    }
+    let (digits, rest) = digits.split_at(len);
+    if matches!(rest.first(), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    let value = digits
+        .iter()
+        .fold(0i64, |acc, &d| acc * 10 + i64::from(d - b'0'));
+    Some((if negative { -value } else { value }, rest))
+}
+
+fn skip_whitespace(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .unwrap_or(s.len());
+    &s[start..]
 }
 
 /// How many primes are below `n`, by an odd-only sieve of Eratosthenes.
@@ -143,6 +227,125 @@ mod tests {
         assert_eq!(sum_squares(vec![]), Ok(0));
         assert_eq!(sum_squares(vec![-4]), Ok(16));
         assert!(sum_squares(vec![i64::MAX]).is_err());
+    }
+
+    /// Runs `sum_squares` the way every other task runs: serde in, serde out.
+    fn through_serde(input: &[u8]) -> Result<Vec<u8>, TaskFailure> {
+        let values: Vec<i64> =
+            serde_json::from_slice(input).map_err(|err| TaskFailure::BadInput(err.to_string()))?;
+        let sum = sum_squares(values).map_err(TaskFailure::TaskError)?;
+        Ok(serde_json::to_vec(&sum).unwrap())
+    }
+
+    fn through_json(input: &[u8]) -> Result<Vec<u8>, TaskFailure> {
+        let mut out = Vec::new();
+        sum_squares_json(input, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn sum_squares_json_reads_plain_arrays_and_leaves_the_rest_to_serde() {
+        assert_eq!(through_json(b"[1,2,3]").unwrap(), b"14");
+        assert_eq!(through_json(b" [ -4 , 0 ]\n").unwrap(), b"16");
+        assert_eq!(through_json(b"[]").unwrap(), b"0");
+        assert!(plain_sum_squares(b"[1,2,3]").is_some());
+        for other in [
+            &b"[1.0]"[..],
+            b"[-0]",
+            b"[01]",
+            b"[1e2]",
+            b"[1,]",
+            b"[1] x",
+            b"{}",
+            b"3",
+        ] {
+            assert!(plain_sum_squares(other).is_none(), "{other:?}");
+        }
+        let big = format!("[{}]", i64::MAX);
+        assert!(matches!(
+            through_json(big.as_bytes()),
+            Err(TaskFailure::TaskError(m)) if m.contains("overflows")
+        ));
+        assert!(matches!(
+            through_json(b"[1,\"x\"]"),
+            Err(TaskFailure::BadInput(_))
+        ));
+    }
+
+    /// Random inputs built from plain and awkward tokens: the fast path must answer exactly as
+    /// serde does, result or error.
+    #[test]
+    fn sum_squares_json_agrees_with_serde() {
+        const TOKENS: &[&str] = &[
+            "0",
+            "7",
+            "-7",
+            "42",
+            "-999",
+            "123456789",
+            "-0",
+            "00",
+            "01",
+            "1.5",
+            "2e3",
+            "-1E2",
+            "3037000499",
+            "3037000500",
+            "999999999999999999",
+            "-999999999999999999",
+            "1000000000000000000",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "99999999999999999999",
+            ",",
+            ",",
+            ",",
+            " ",
+            "\t",
+            "\n",
+            "[",
+            "]",
+            "\"a\"",
+            "null",
+            "true",
+            "-",
+            "+1",
+            "x",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n
+        };
+        let (mut fast, mut total) = (0, 0);
+        for _ in 0..50_000 {
+            let mut input = String::from("[");
+            for k in 0..next(10) {
+                if k > 0 && next(8) != 0 {
+                    input.push(',');
+                }
+                input.push_str(TOKENS[next(TOKENS.len())]);
+                if next(6) == 0 {
+                    input.push_str(TOKENS[next(TOKENS.len())]);
+                }
+            }
+            if next(20) != 0 {
+                input.push(']');
+            }
+            total += 1;
+            fast += usize::from(plain_sum_squares(input.as_bytes()).is_some());
+            assert_eq!(
+                through_json(input.as_bytes()),
+                through_serde(input.as_bytes()),
+                "{input}"
+            );
+        }
+        assert!(fast * 10 > total, "too few plain inputs: {fast} of {total}");
+        assert!(
+            fast * 10 < total * 9,
+            "too few awkward inputs: {fast} of {total}"
+        );
     }
 
     #[test]
