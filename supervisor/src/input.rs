@@ -8,14 +8,14 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::ops::Range;
-use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use corral_protocol::JobSeq;
 
 use crate::jobline;
 use crate::record::{
-    ErrorKind, InputItem, Job, JobError, JobId, JobResult, ResultKey, SharedBytes,
+    ErrorKind, InputItem, Job, JobError, JobId, JobResult, ResultKey, SharedBytes, TaskId,
+    TaskNames,
 };
 use crate::resume::{ResultKeyText, id_key, line_key};
 
@@ -167,12 +167,12 @@ pub struct JobParser {
     format: InputFormat,
     line: u64,
     next_seq: u64,
-    /// Task names seen so far, shared between the jobs that name them.
-    tasks: HashMap<Box<str>, Arc<str>>,
-    /// The task named last, checked first.
-    last_task: Option<Arc<str>>,
+    /// The run's task names, which jobs refer to by number.
+    names: TaskNames,
+    /// The task named last, checked first: most jobs name the task the previous one named.
+    last_task: Option<(Box<str>, TaskId)>,
     /// The task of jobs that name none.
-    default_task: Option<Arc<str>>,
+    default_task: Option<TaskId>,
     /// The input of jobs that give none.
     null: SharedBytes,
     resume: Option<ResumeFilter>,
@@ -193,14 +193,18 @@ enum Verdict {
 }
 
 impl JobParser {
-    /// A parser at line 1.
-    pub fn new(format: InputFormat) -> JobParser {
+    /// A parser at line 1, numbering task names in `names`.
+    pub fn new(format: InputFormat, names: TaskNames) -> JobParser {
         JobParser {
-            default_task: format.default_task.as_deref().map(Arc::from),
+            default_task: format.default_task.as_deref().map(|name| {
+                names
+                    .intern(name)
+                    .expect("the first name of a run has room")
+            }),
             format,
             line: 0,
             next_seq: 0,
-            tasks: HashMap::new(),
+            names,
             last_task: None,
             null: SharedBytes::from(&b"null"[..]),
             resume: None,
@@ -288,7 +292,7 @@ impl JobParser {
                 Verdict::Duplicate(first) => return Some(self.duplicate(first)),
             }
             let input = SharedBytes::from(serde_json::to_vec(text).expect("a string serializes"));
-            let task = self.default_task.clone().expect("--lines requires --task");
+            let task = self.default_task.expect("--lines requires --task");
             return Some(self.job(None, task, input, None));
         }
         // Validating UTF-8 once for the whole line is faster than string by string.
@@ -316,9 +320,18 @@ impl JobParser {
             Verdict::Skip => return None,
             Verdict::Duplicate(first) => return Some(self.duplicate(first)),
         }
-        let task = match (&parsed.task, &self.default_task) {
-            (Some(name), _) => self.intern(name),
-            (None, Some(task)) => task.clone(),
+        let task = match (&parsed.task, self.default_task) {
+            (Some(name), _) => match self.intern(name) {
+                Some(task) => task,
+                None => {
+                    let message = format!(
+                        "more than {} distinct task names in one run; is \"task\" the right field?",
+                        TaskNames::MAX
+                    );
+                    return Some(self.rejected_job(id, ErrorKind::BadInput, message));
+                }
+            },
+            (None, Some(task)) => task,
             (None, None) => {
                 let message = "no \"task\" in the line and no --task given".to_owned();
                 return Some(self.rejected_job(id, ErrorKind::BadInput, message));
@@ -330,29 +343,22 @@ impl JobParser {
         Some(self.job(id, task, input, meta))
     }
 
-    /// The shared name of task `name`; most jobs name the task the previous one named.
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(last) = &self.last_task
+    /// The number of task `name`; `None` when the run has too many names.
+    fn intern(&mut self, name: &str) -> Option<TaskId> {
+        if let Some((last, id)) = &self.last_task
             && **last == *name
         {
-            return last.clone();
+            return Some(*id);
         }
-        let shared = match self.tasks.get(name) {
-            Some(shared) => shared.clone(),
-            None => {
-                let shared: Arc<str> = Arc::from(name);
-                self.tasks.insert(name.into(), shared.clone());
-                shared
-            }
-        };
-        self.last_task = Some(shared.clone());
-        shared
+        let id = self.names.intern(name)?;
+        self.last_task = Some((name.into(), id));
+        Some(id)
     }
 
     fn job(
         &mut self,
         id: Option<&[u8]>,
-        task: Arc<str>,
+        task: TaskId,
         input: SharedBytes,
         meta: Option<SharedBytes>,
     ) -> InputItem {
@@ -417,15 +423,21 @@ mod tests {
     }
 
     fn read(text: &[u8], format: InputFormat) -> Vec<InputItem> {
+        read_names(text, format).0
+    }
+
+    /// The items of `text`, and the task names they refer to.
+    fn read_names(text: &[u8], format: InputFormat) -> (Vec<InputItem>, TaskNames) {
         let mut items = Vec::new();
-        let mut parser = JobParser::new(format);
+        let names = TaskNames::default();
+        let mut parser = JobParser::new(format, names.clone());
         parser
             .read_all(text, |item, _| {
                 items.push(item);
                 true
             })
             .unwrap();
-        items
+        (items, names)
     }
 
     fn error_of(item: &InputItem) -> (&ResultKey, ErrorKind) {
@@ -562,10 +574,29 @@ mod tests {
         };
         assert_eq!(second.id.as_bytes(), b"3", "blank line 2 is counted");
         assert_eq!(second.input.as_bytes(), b"null");
-        assert!(
-            Arc::ptr_eq(&first.task, &second.task),
-            "task names are shared"
-        );
+        assert_eq!(first.task, second.task, "one name, one number");
+    }
+
+    #[test]
+    fn task_names_are_numbered_and_capped() {
+        let mut text = String::new();
+        for i in 0..=TaskNames::MAX {
+            text.push_str(&format!("{{\"id\":{i},\"task\":\"t{i}\"}}\n"));
+        }
+        text.push_str("{\"id\":\"again\",\"task\":\"t7\"}\n");
+        let (items, names) = read_names(text.as_bytes(), format());
+        assert_eq!(items.len(), TaskNames::MAX + 2);
+        let InputItem::Job(first) = &items[0] else {
+            panic!()
+        };
+        assert_eq!(&*names.name(first.task), "t0");
+        let (key, kind) = error_of(&items[TaskNames::MAX]);
+        assert_eq!(kind, ErrorKind::BadInput);
+        assert!(matches!(key, ResultKey::Job { line, .. } if *line == TaskNames::MAX as u64 + 1));
+        let InputItem::Job(again) = &items[TaskNames::MAX + 1] else {
+            panic!("a known name still works after the cap")
+        };
+        assert_eq!(&*names.name(again.task), "t7");
     }
 
     #[test]
@@ -604,10 +635,13 @@ mod tests {
     #[test]
     fn resume_skips_finished_jobs_and_reports_duplicates() {
         let mut items = Vec::new();
-        let mut parser = JobParser::new(InputFormat {
-            default_task: Some("t".into()),
-            ..format()
-        });
+        let mut parser = JobParser::new(
+            InputFormat {
+                default_task: Some("t".into()),
+                ..format()
+            },
+            TaskNames::default(),
+        );
         parser.resume(HashSet::from([
             "i:\"a\"".to_owned(),
             "l:3".to_owned(),
@@ -641,8 +675,8 @@ mod tests {
             default_task: Some("t".into()),
             ..format()
         };
-        let items = read(b"{\"input\": 1}\n", with_task.clone());
-        assert!(matches!(&items[0], InputItem::Job(job) if &*job.task == "t"));
+        let (items, names) = read_names(b"{\"input\": 1}\n", with_task.clone());
+        assert!(matches!(&items[0], InputItem::Job(job) if &*names.name(job.task) == "t"));
         let plain = InputFormat {
             plain_lines: true,
             ..with_task

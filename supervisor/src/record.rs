@@ -1,9 +1,10 @@
 //! Job and result records as the supervisor holds them: a job read from input, and the one
 //! result every job line ends with.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use corral_protocol::JobSeq;
@@ -20,14 +21,71 @@ pub struct Job {
     pub line: u64,
     /// The job's `id` as raw JSON (a string or a number).
     pub id: JobId,
-    /// The task that runs it.
-    pub task: Arc<str>,
+    /// The task that runs it, by its number in the run's [`TaskNames`].
+    pub task: TaskId,
     /// The job's `input` as raw JSON.
     pub input: SharedBytes,
     /// The job's `meta` as raw JSON, echoed in its result.
     pub meta: Option<SharedBytes>,
     /// Attempts that ended in a crash or a timeout so far.
     pub failed_attempts: u32,
+}
+
+/// A task name's number within one run (see [`TaskNames`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskId(u32);
+
+/// The task names of one run, numbered as they are first read: jobs carry the number, which
+/// costs nothing to copy or drop, where a shared name would cost two atomic operations per job
+/// on a count that the input thread and the scheduler both keep touching. The input thread
+/// adds names; the scheduler looks them up when it forms a batch.
+#[derive(Debug, Clone, Default)]
+pub struct TaskNames(Arc<RwLock<NameTable>>);
+
+#[derive(Debug, Default)]
+struct NameTable {
+    ids: HashMap<Arc<str>, TaskId>,
+    names: Vec<Arc<str>>,
+}
+
+impl TaskNames {
+    /// Most distinct task names a run may have: a worker serves a handful, so more is a sign
+    /// of input that names its tasks by mistake (a job id in the `task` field), and would only
+    /// fill memory.
+    pub const MAX: usize = 10_000;
+
+    /// The number of `name`, given it now if it has none; `None` when the run already has
+    /// [`TaskNames::MAX`] names.
+    pub fn intern(&self, name: &str) -> Option<TaskId> {
+        if let Some(&id) = self.read().ids.get(name) {
+            return Some(id);
+        }
+        let mut table = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&id) = table.ids.get(name) {
+            return Some(id);
+        }
+        if table.names.len() >= TaskNames::MAX {
+            return None;
+        }
+        let id = TaskId(table.names.len() as u32);
+        let name: Arc<str> = Arc::from(name);
+        table.names.push(name.clone());
+        table.ids.insert(name, id);
+        Some(id)
+    }
+
+    /// The name numbered `id`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not from this run's names.
+    pub fn name(&self, id: TaskId) -> Arc<str> {
+        self.read().names[id.0 as usize].clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, NameTable> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A slice of a shared buffer: part of a block of job lines, or of the outputs of a batch.

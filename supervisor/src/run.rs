@@ -21,7 +21,7 @@ use crate::input::{InputFormat, JobParser};
 use crate::output::{ResultWriter, Tally};
 use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
 use crate::progress::Progress;
-use crate::record::{InputItem, JobResult};
+use crate::record::{InputItem, JobResult, TaskNames};
 use crate::resume::ResultKeyText;
 use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
 
@@ -111,9 +111,11 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let sources = config.sources.clone();
     let format = config.format.clone();
     let finished = config.finished.clone();
+    let names = TaskNames::default();
+    let parser = JobParser::new(format, names.clone());
     thread::Builder::new()
         .name("corral-input".into())
-        .spawn(move || read_inputs(sources, format, finished, input_tx))
+        .spawn(move || read_inputs(sources, parser, finished, input_tx))
         .expect("spawning a thread");
 
     let output_failed = Arc::new(AtomicBool::new(false));
@@ -133,7 +135,7 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let spawner = Spawner::new(config.pool.clone(), events_tx);
     let seed = getrandom::u64().unwrap_or(1);
     let mut runtime = Runtime {
-        scheduler: Scheduler::new(config.scheduler.clone(), Instant::now(), seed),
+        scheduler: Scheduler::new(config.scheduler.clone(), names, Instant::now(), seed),
         spawner,
         handles: HashMap::new(),
         results: results_tx,
@@ -403,11 +405,10 @@ fn forward_signals(tx: Sender<i32>) -> Option<signal_hook::iterator::Handle> {
 
 fn read_inputs(
     sources: Vec<Source>,
-    format: InputFormat,
+    mut parser: JobParser,
     finished: Option<HashSet<ResultKeyText>>,
     tx: Sender<InputMsg>,
 ) {
-    let mut parser = JobParser::new(format);
     if let Some(finished) = finished {
         parser.resume(finished);
     }

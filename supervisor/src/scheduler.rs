@@ -21,7 +21,6 @@
 //! the window holds back the jobs behind it until it finishes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,7 +29,8 @@ use corral_protocol::{
 };
 
 use crate::record::{
-    Completed, ErrorKind, InputItem, Job, JobError, JobResult, ResultKey, SharedBytes,
+    Completed, ErrorKind, InputItem, Job, JobError, JobResult, ResultKey, SharedBytes, TaskId,
+    TaskNames,
 };
 
 /// The scheduler's settings.
@@ -433,6 +433,8 @@ struct Reorder {
 #[derive(Debug)]
 pub struct Scheduler {
     cfg: SchedulerConfig,
+    /// The run's task names, which jobs carry by number.
+    names: TaskNames,
     pending: VecDeque<Job>,
     /// Input bytes of the jobs in `pending`.
     pending_bytes: usize,
@@ -463,8 +465,9 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler about to start `cfg.workers` workers. `seed` drives backoff jitter.
-    pub fn new(cfg: SchedulerConfig, now: Instant, seed: u64) -> Scheduler {
+    /// A scheduler about to start `cfg.workers` workers, for jobs whose task numbers are from
+    /// `names`. `seed` drives backoff jitter.
+    pub fn new(cfg: SchedulerConfig, names: TaskNames, now: Instant, seed: u64) -> Scheduler {
         let spawns_due = vec![now; cfg.workers.max(1)];
         let cfg_reorder = cfg.keep_order.map(|window| Reorder {
             next: 0,
@@ -474,6 +477,7 @@ impl Scheduler {
         Scheduler {
             budget: RestartBudget::new(cfg.restart.clone()),
             cfg,
+            names,
             pending: VecDeque::new(),
             pending_bytes: 0,
             input_ended: false,
@@ -1037,7 +1041,7 @@ impl Scheduler {
         };
         let mut unknown = Vec::new();
         // Jobs mostly name the task the previous one named: skip the lookup then.
-        let mut last_task: Option<(Arc<str>, TaskIndex)> = None;
+        let mut last_task: Option<(TaskId, TaskIndex)> = None;
         while let Some(next) = self.pending.front() {
             if order_limit.is_some_and(|limit| next.seq.0 >= limit) {
                 break;
@@ -1053,17 +1057,16 @@ impl Scheduler {
             }
             let job = self.pending.pop_front().expect("front exists");
             self.pending_bytes -= job.input.as_bytes().len();
-            let same_task = matches!(&last_task, Some((name, _)) if Arc::ptr_eq(name, &job.task));
-            let known = match &last_task {
-                Some((_, index)) if same_task => Some(*index),
-                _ => slot.tasks.get(&*job.task).copied(),
+            let known = match last_task {
+                Some((id, index)) if id == job.task => Some(index),
+                _ => slot.tasks.get(&*self.names.name(job.task)).copied(),
             };
             let Some(task) = known else {
                 let mut names: Vec<&str> = slot.tasks.keys().map(|k| &**k).collect();
                 names.sort_unstable();
                 let message = format!(
                     "unknown task {:?}; the worker serves: {}",
-                    &*job.task,
+                    &*self.names.name(job.task),
                     names.join(", ")
                 );
                 self.outstanding -= 1;
@@ -1080,10 +1083,7 @@ impl Scheduler {
                 });
                 continue;
             };
-            if !same_task {
-                // Cloned only when the task changes: the count is shared with the input thread.
-                last_task = Some((job.task.clone(), task));
-            }
+            last_task = Some((job.task, task));
             batch.push(task, job.input.as_bytes());
             jobs.push(job);
             if alone {

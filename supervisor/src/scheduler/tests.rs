@@ -1,12 +1,13 @@
 //! Unit tests of the scheduler's rules, driven by hand-made events and a fake clock.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult, WorkerId};
 
 use super::{Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartFailure, WorkerExit};
-use crate::record::{ErrorKind, InputItem, Job, JobId, JobResult, ResultKey, SharedBytes};
+use crate::record::{
+    ErrorKind, InputItem, Job, JobId, JobResult, ResultKey, SharedBytes, TaskNames,
+};
 
 /// A scheduler with a clock that only moves when told, and everything it emitted.
 struct Harness {
@@ -24,12 +25,17 @@ struct Harness {
     finished: bool,
 }
 
+thread_local! {
+    /// The task names of this test's scheduler: each test runs on a thread of its own.
+    static NAMES: TaskNames = TaskNames::default();
+}
+
 fn job(seq: u64, task: &str) -> Job {
     Job {
         seq: JobSeq(seq),
         line: seq + 1,
         id: JobId::from((seq + 1).to_string().into_bytes()),
-        task: Arc::from(task),
+        task: NAMES.with(|names| names.intern(task).expect("few names")),
         input: SharedBytes::from(format!("[{seq}]").into_bytes()),
         meta: None,
         failed_attempts: 0,
@@ -59,7 +65,7 @@ impl Harness {
     fn new(cfg: SchedulerConfig) -> Harness {
         let now = Instant::now();
         let mut h = Harness {
-            scheduler: Scheduler::new(cfg, now, 42),
+            scheduler: Scheduler::new(cfg, NAMES.with(TaskNames::clone), now, 42),
             now,
             results: Vec::new(),
             sends: Vec::new(),

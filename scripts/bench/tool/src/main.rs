@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use corral::input::{InputFormat, JobParser};
 use corral::output::format_result;
-use corral::record::{Completed, ErrorKind, InputItem, JobError, JobResult, ResultKey};
+use corral::record::{
+    Completed, ErrorKind, InputItem, JobError, JobResult, ResultKey, TaskId, TaskNames,
+};
 use corral_worker::{TaskFailure, Worker, builtin};
 
 fn main() -> ExitCode {
@@ -99,21 +101,22 @@ fn floor() -> io::Result<()> {
         default_task: None,
         max_line_bytes: 16 << 20,
     };
-    let mut parser = JobParser::new(format);
+    let names = TaskNames::default();
+    let mut parser = JobParser::new(format, names.clone());
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 17, stdout.lock());
     let mut line = Vec::with_capacity(256);
-    let mut task_cache: Option<(std::sync::Arc<str>, Option<usize>)> = None;
+    let mut task_cache: Option<(TaskId, Option<usize>)> = None;
     let mut error = None;
     parser.read_all(io::stdin().lock(), |item, _| {
         let result = match item {
             InputItem::Rejected(result) => result,
             InputItem::Job(job) => {
-                let index = match &task_cache {
-                    Some((name, index)) if std::sync::Arc::ptr_eq(name, &job.task) => *index,
+                let index = match task_cache {
+                    Some((task, index)) if task == job.task => index,
                     _ => {
-                        let index = worker.task_index(&job.task);
-                        task_cache = Some((job.task.clone(), index));
+                        let index = worker.task_index(&names.name(job.task));
+                        task_cache = Some((job.task, index));
                         index
                     }
                 };
@@ -122,7 +125,7 @@ fn floor() -> io::Result<()> {
                 let outcome = match index {
                     None => Err(JobError::new(
                         ErrorKind::UnknownTask,
-                        format!("unknown task {:?}", &*job.task),
+                        format!("unknown task {:?}", &*names.name(job.task)),
                     )),
                     Some(index) => {
                         match worker.run_task(index, job.input.as_bytes(), &mut output) {
@@ -174,7 +177,7 @@ fn parse_only() -> io::Result<()> {
         default_task: None,
         max_line_bytes: 16 << 20,
     };
-    let mut parser = JobParser::new(format);
+    let mut parser = JobParser::new(format, TaskNames::default());
     let (mut jobs, mut rejected) = (0u64, 0u64);
     let started = Instant::now();
     parser.read_all(io::stdin().lock(), |item, _| {
