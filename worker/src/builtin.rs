@@ -88,26 +88,28 @@ fn plain_sum_squares(input: &[u8]) -> Option<Result<i64, String>> {
 /// an optional minus, then `0` or up to 18 digits not starting with `0`, not followed by a
 /// fraction or exponent. `-0` is not one (serde reads it as a float), nor are longer numbers.
 fn plain_integer(s: &[u8]) -> Option<(i64, &[u8])> {
-    let (negative, digits) = match s.split_first()? {
-        (b'-', rest) => (true, rest),
-        _ => (false, s),
-    };
-    let len = digits
-        .iter()
-        .take(19)
-        .take_while(|b| b.is_ascii_digit())
-        .count();
+    // No branch on the sign, which comes and goes at random in typical input.
+    let negative = s.first() == Some(&b'-');
+    let digits = &s[usize::from(negative)..];
+    // Up to 19 digits, which fit a u64; 19 is one too many for a plain integer.
+    let (mut magnitude, mut len) = (0u64, 0);
+    for &d in digits.iter().take(19) {
+        if !d.is_ascii_digit() {
+            break;
+        }
+        magnitude = magnitude * 10 + u64::from(d - b'0');
+        len += 1;
+    }
     if len == 0 || len > 18 || (digits[0] == b'0' && (len > 1 || negative)) {
         return None;
     }
-    let (digits, rest) = digits.split_at(len);
+    let rest = &digits[len..];
     if matches!(rest.first(), Some(b'.' | b'e' | b'E')) {
         return None;
     }
-    let value = digits
-        .iter()
-        .fold(0i64, |acc, &d| acc * 10 + i64::from(d - b'0'));
-    Some((if negative { -value } else { value }, rest))
+    // 0 or -1: the value is the magnitude, or its two's complement negation.
+    let sign = -i64::from(negative);
+    Some(((magnitude as i64 ^ sign) - sign, rest))
 }
 
 fn skip_whitespace(s: &[u8]) -> &[u8] {
