@@ -11,6 +11,18 @@ use crate::record::{ErrorKind, JobResult, ResultKey};
 /// Field order: `id`, `line` (only for results about the line itself), `ok`, `output` or
 /// `error`, `attempts`, `worker`, `ms`, `meta`.
 pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
+    // Room for the line at once: the raw JSON, and less than 128 bytes for the rest unless
+    // there is an error message.
+    let id_len = match &result.key {
+        ResultKey::Job { id, .. } => id.as_bytes().len(),
+        ResultKey::Line(_) => 0,
+    };
+    let output_len = result
+        .outcome
+        .as_ref()
+        .map_or(0, |done| done.output.as_bytes().len());
+    let meta_len = result.meta.as_ref().map_or(0, |meta| meta.as_bytes().len());
+    out.reserve(128 + id_len + output_len + meta_len);
     out.push(b'{');
     match &result.key {
         ResultKey::Job { id, line } => {
@@ -40,7 +52,7 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
             }
             if let Some(code) = error.exit_code {
                 out.extend_from_slice(b",\"exit_code\":");
-                out.extend_from_slice(code.to_string().as_bytes());
+                out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
             }
             out.extend_from_slice(b",\"message\":");
             write_json_str(out, &error.message);
@@ -81,18 +93,7 @@ fn write_field_u64(out: &mut Vec<u8>, name: &str, value: u64) {
 }
 
 fn write_u64(out: &mut Vec<u8>, value: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = value;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 fn write_json_str(out: &mut Vec<u8>, text: &str) {
