@@ -139,7 +139,7 @@ impl Lcg {
     }
 
     fn value(&mut self, out: &mut String, depth: usize) {
-        match self.below(if depth > 3 { 4 } else { 6 }) {
+        match self.below(if depth > 3 { 4 } else { 7 }) {
             0 => out.push_str(self.pick(&[
                 "0",
                 "-1",
@@ -168,6 +168,31 @@ impl Lcg {
                     }
                     out.push_str(self.pick(&["", " "]));
                     self.value(out, depth + 1);
+                }
+                out.push(']');
+            }
+            5 => {
+                // Numbers packed as the scanner's fast path takes them, and some it must not.
+                out.push('[');
+                let len = 1 + self.below(9);
+                // Now and then one number that is not JSON.
+                let bad = if self.below(4) == 0 {
+                    self.below(len)
+                } else {
+                    len
+                };
+                for i in 0..len {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(if i == bad {
+                        self.pick(&["01", "-01", "-", "1.", "--1", "+1"])
+                    } else {
+                        self.pick(&[
+                            "0", "7", "-7", "42", "-999", "1234567", "-1234567", "12345678", "-0",
+                            "1.5", "2e3", "10",
+                        ])
+                    });
                 }
                 out.push(']');
             }
