@@ -399,14 +399,14 @@ impl JobParser {
         };
         let seq = JobSeq(self.next_seq);
         self.next_seq += 1;
-        InputItem::Rejected(JobResult {
+        InputItem::Rejected(Box::new(JobResult {
             seq,
             key,
             meta: None,
             attempts: 0,
             worker: None,
             outcome: Err(JobError::new(kind, message)),
-        })
+        }))
     }
 }
 

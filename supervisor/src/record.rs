@@ -251,14 +251,14 @@ pub struct JobError {
 }
 
 impl JobError {
-    /// An error with only a kind and a message.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> JobError {
-        JobError {
+    /// An error with only a kind and a message, boxed as a result's outcome holds it.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Box<JobError> {
+        Box::new(JobError {
             kind,
             message: message.into(),
             signal: None,
             exit_code: None,
-        }
+        })
     }
 }
 
@@ -289,8 +289,9 @@ pub struct JobResult {
     pub attempts: u32,
     /// The pid of the worker that ran the last attempt, if any.
     pub worker: Option<u32>,
-    /// What came of it.
-    pub outcome: Result<Completed, JobError>,
+    /// What came of it. An error is boxed: errors are rare, and a result moves through
+    /// several queues, so it is kept small for the common case.
+    pub outcome: Result<Completed, Box<JobError>>,
 }
 
 /// The output of a job that succeeded.
@@ -314,6 +315,7 @@ impl JobResult {
 pub enum InputItem {
     /// A job to run.
     Job(Job),
-    /// A line that could not be read as a job, with its error result.
-    Rejected(JobResult),
+    /// A line that could not be read as a job, with its error result (boxed, as it is rare
+    /// and a job is smaller).
+    Rejected(Box<JobResult>),
 }

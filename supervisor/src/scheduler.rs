@@ -576,7 +576,7 @@ impl Scheduler {
                 }
                 InputItem::Rejected(result) => {
                     self.read += 1;
-                    self.emit(result);
+                    self.emit(*result);
                 }
             }
         }
@@ -804,7 +804,7 @@ impl Scheduler {
         exit: &WorkerExit,
         timed_out: bool,
         note: Option<&str>,
-    ) -> JobError {
+    ) -> Box<JobError> {
         let attempts = format!(
             "attempt {} of {}",
             job.failed_attempts,

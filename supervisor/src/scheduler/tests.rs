@@ -637,7 +637,9 @@ fn rejected_lines_are_emitted_at_once() {
             "not JSON",
         )),
     };
-    h.feed(Event::Input(vec![InputItem::Rejected(rejected.clone())]));
+    h.feed(Event::Input(vec![InputItem::Rejected(Box::new(
+        rejected.clone(),
+    ))]));
     assert_eq!(h.results, [rejected]);
     h.feed(Event::InputEnded);
     h.ready(WorkerId(1), 1);

@@ -110,7 +110,7 @@ fn floor() -> io::Result<()> {
     let mut error = None;
     parser.read_all(io::stdin().lock(), |item, _| {
         let result = match item {
-            InputItem::Rejected(result) => result,
+            InputItem::Rejected(result) => *result,
             InputItem::Job(job) => {
                 let index = match task_cache {
                     Some((task, index)) if task == job.task => index,
