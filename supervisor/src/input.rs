@@ -35,25 +35,58 @@ const BLOCK_BYTES: usize = 64 * 1024;
 
 /// One physical line, or the news that it was too long.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Line {
-    /// The line's bytes, without the line ending.
-    Text(Bytes),
+pub enum Line<'a> {
+    /// The line, without the line ending.
+    Text(LineRef<'a>),
     /// The line was this many bytes long, over the limit; it was skipped.
     TooLong(u64),
 }
 
+/// A line inside the block it was read with. Parts of it are cut from the block as
+/// [`SharedBytes`], without a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRef<'a> {
+    block: &'a Bytes,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> LineRef<'a> {
+    /// The line's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        &self.block[self.start..self.end]
+    }
+
+    /// The bytes of the line in `range`, sharing the block.
+    pub fn share(&self, range: Range<usize>) -> SharedBytes {
+        SharedBytes::new(self.block, self.start + range.start..self.start + range.end)
+    }
+}
+
 /// Splits a byte stream into lines of at most `max` bytes (not counting `\n` or `\r\n`),
-/// reading a block at a time. The lines of a block share its buffer, so a line costs no copy
-/// and no allocation of its own; a longer line is consumed without being stored. A block lives
-/// until the last job read from it is answered; jobs are queued and run roughly in input order,
-/// so only a few blocks are alive at once.
+/// reading a block at a time. The lines of a block are views of its buffer, so a line costs no
+/// copy, no allocation and no reference count of its own; a longer line is consumed without
+/// being stored. A block lives until the last job read from it is answered; jobs are queued and
+/// run roughly in input order, so only a few blocks are alive at once.
 pub struct LineReader<R> {
     reader: R,
     max: usize,
-    /// Read but not yet split: no complete line while `ready` is empty.
+    /// Read but not yet split: no complete line while `ready` is used up.
     pending: BytesMut,
-    /// Whole lines, each with its `\n`, not handed out yet.
+    /// Whole lines, each with its `\n` (but the input's last line, if it has none).
     ready: Bytes,
+    /// Where the lines of `ready` not handed out yet start.
+    next: usize,
+}
+
+/// What a refill found.
+enum Refill {
+    /// Lines are ready.
+    Lines,
+    /// A line too long to keep, of this many bytes.
+    TooLong(u64),
+    /// The input ended.
+    End,
 }
 
 impl<R: Read> LineReader<R> {
@@ -64,44 +97,47 @@ impl<R: Read> LineReader<R> {
             max,
             pending: BytesMut::with_capacity(BLOCK_BYTES),
             ready: Bytes::new(),
+            next: 0,
         }
     }
 
     /// Whether the next line would wait for the reader.
     pub fn would_wait(&self) -> bool {
-        self.ready.is_empty()
+        self.next == self.ready.len()
     }
 
     /// The next line; `None` at the end of the input.
-    pub fn next_line(&mut self) -> io::Result<Option<Line>> {
-        if self.ready.is_empty()
-            && let Some(line) = self.refill()?
-        {
-            return Ok(Some(line));
+    pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        if self.would_wait() {
+            match self.refill()? {
+                Refill::Lines => {}
+                Refill::TooLong(len) => return Ok(Some(Line::TooLong(len))),
+                Refill::End => return Ok(None),
+            }
         }
-        let Some(end) = memchr::memchr(b'\n', &self.ready) else {
-            return Ok(None);
+        let start = self.next;
+        let rest = &self.ready[start..];
+        let (end, after) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (start + i, start + i + 1),
+            None => (self.ready.len(), self.ready.len()),
         };
-        let mut line = self.ready.split_to(end + 1);
-        line.truncate(end);
-        Ok(Some(self.limited(line)))
-    }
-
-    /// `line` without a `\r` ending, unless it is too long.
-    fn limited(&self, mut line: Bytes) -> Line {
-        if line.last() == Some(&b'\r') {
-            line.truncate(line.len() - 1);
-        }
-        if line.len() > self.max {
-            Line::TooLong(line.len() as u64)
+        self.next = after;
+        let end = end - usize::from(end > start && self.ready[end - 1] == b'\r');
+        Ok(Some(if end - start > self.max {
+            Line::TooLong((end - start) as u64)
         } else {
-            Line::Text(line)
-        }
+            Line::Text(LineRef {
+                block: &self.ready,
+                start,
+                end,
+            })
+        }))
     }
 
-    /// Reads until there is a whole line, and moves every whole line read to `ready`. Returns
-    /// a line itself when it is too long to keep, or is the last one and has no `\n`.
-    fn refill(&mut self) -> io::Result<Option<Line>> {
+    /// Reads until there is a whole line, and moves every whole line read to `ready`; or
+    /// consumes a line too long to keep; or moves the last line of the input, which has no
+    /// `\n`, to `ready`.
+    fn refill(&mut self) -> io::Result<Refill> {
         // Bytes at the start of `pending` known to hold no `\n`.
         let mut searched = 0;
         // Inside a line too long to keep: how many of its bytes were dropped, and the last one.
@@ -113,14 +149,14 @@ impl<R: Read> LineReader<R> {
                     let before = if i > 0 { fresh[i - 1] } else { last };
                     let len = count + i as u64 - u64::from(before == b'\r');
                     self.pending.advance(i + 1);
-                    return Ok(Some(Line::TooLong(len)));
+                    return Ok(Refill::TooLong(len));
                 }
                 let last = fresh.last().copied().unwrap_or(last);
                 dropped = Some((count + fresh.len() as u64, last));
                 self.pending.clear();
             } else if let Some(i) = memchr::memrchr(b'\n', fresh) {
-                self.ready = self.pending.split_to(searched + i + 1).freeze();
-                return Ok(None);
+                self.set_ready(searched + i + 1);
+                return Ok(Refill::Lines);
             } else if self.pending.len() > self.max + 1 {
                 // One spare byte for a '\r' that a CRLF ending may put past the limit.
                 let last = self.pending.last().copied().unwrap_or(0);
@@ -130,15 +166,21 @@ impl<R: Read> LineReader<R> {
             searched = self.pending.len();
             if self.read_block()? == 0 {
                 return Ok(match dropped {
-                    Some((count, last)) => Some(Line::TooLong(count - u64::from(last == b'\r'))),
-                    None if self.pending.is_empty() => None,
+                    Some((count, last)) => Refill::TooLong(count - u64::from(last == b'\r')),
+                    None if self.pending.is_empty() => Refill::End,
                     None => {
-                        let last = self.pending.split().freeze();
-                        Some(self.limited(last))
+                        self.set_ready(self.pending.len());
+                        Refill::Lines
                     }
                 });
             }
         }
+    }
+
+    /// Moves the first `len` bytes of `pending` to `ready`.
+    fn set_ready(&mut self, len: usize) {
+        self.ready = self.pending.split_to(len).freeze();
+        self.next = 0;
     }
 
     /// Appends up to a block from the reader to `pending`; 0 at the end of the input.
@@ -250,7 +292,7 @@ impl JobParser {
         let mut lines = LineReader::new(reader, self.format.max_line_bytes);
         while let Some(line) = lines.next_line()? {
             let item = match line {
-                Line::Text(text) => self.parse(&text),
+                Line::Text(text) => self.parse(text),
                 Line::TooLong(len) => {
                     self.line += 1;
                     Some(self.rejected(
@@ -272,7 +314,8 @@ impl JobParser {
     }
 
     /// Parses one line (without its ending). `None` for a blank line.
-    pub fn parse(&mut self, line: &Bytes) -> Option<InputItem> {
+    pub fn parse(&mut self, raw: LineRef<'_>) -> Option<InputItem> {
+        let line = raw.bytes();
         self.line += 1;
         if line.iter().all(u8::is_ascii_whitespace) {
             return None;
@@ -344,7 +387,7 @@ impl JobParser {
                 return Some(self.rejected_job(id, ErrorKind::BadInput, message));
             }
         };
-        let span = |range: Range<usize>| SharedBytes::new(line, range);
+        let span = |range: Range<usize>| raw.share(range);
         let input = parsed.input.map_or_else(|| self.null.clone(), span);
         let meta = parsed.meta.map(span);
         Some(self.job(id, task, input, meta))
@@ -470,7 +513,7 @@ mod tests {
         let mut lines = Vec::new();
         while let Some(line) = reader.next_line().unwrap() {
             lines.push(match line {
-                Line::Text(bytes) => Ok(String::from_utf8(bytes.to_vec()).unwrap()),
+                Line::Text(text) => Ok(String::from_utf8(text.bytes().to_vec()).unwrap()),
                 Line::TooLong(len) => Err(len),
             });
         }
