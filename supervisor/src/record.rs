@@ -310,6 +310,36 @@ impl JobResult {
     }
 }
 
+/// Items read together, handed from the input reader to the scheduler at once. The jobs stay
+/// in one vector, in input order, so that a batch can take them all by moving it.
+#[derive(Debug, Default)]
+pub struct InputChunk {
+    /// The jobs to run.
+    pub jobs: Vec<Job>,
+    /// Lines that are not jobs, each with its result.
+    pub rejected: Vec<JobResult>,
+}
+
+impl InputChunk {
+    /// Adds an item.
+    pub fn push(&mut self, item: InputItem) {
+        match item {
+            InputItem::Job(job) => self.jobs.push(job),
+            InputItem::Rejected(result) => self.rejected.push(*result),
+        }
+    }
+
+    /// Jobs and rejected lines in it.
+    pub fn len(&self) -> usize {
+        self.jobs.len() + self.rejected.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One item the input reader produces: a job to run, or a line already answered.
 #[derive(Debug, Clone)]
 pub enum InputItem {

@@ -21,7 +21,7 @@ use crate::input::{InputFormat, JobParser};
 use crate::output::{ResultWriter, Tally};
 use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
 use crate::progress::Progress;
-use crate::record::{InputItem, JobResult, TaskNames};
+use crate::record::{InputChunk, JobResult, TaskNames};
 use crate::resume::ResultKeyText;
 use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
 
@@ -100,7 +100,7 @@ pub struct RunReport {
 }
 
 enum InputMsg {
-    Items(Vec<InputItem>),
+    Items(InputChunk),
     Failed(String),
 }
 
@@ -412,7 +412,11 @@ fn read_inputs(
     if let Some(finished) = finished {
         parser.resume(finished);
     }
-    let mut chunk = Vec::with_capacity(INPUT_CHUNK);
+    let new_chunk = || InputChunk {
+        jobs: Vec::with_capacity(INPUT_CHUNK),
+        rejected: Vec::new(),
+    };
+    let mut chunk = new_chunk();
     for source in sources {
         let reader: Box<dyn Read> = match &source {
             Source::Stdin => Box::new(io::stdin()),
@@ -430,7 +434,7 @@ fn read_inputs(
         let read = parser.read_all(reader, |item, would_wait| {
             chunk.push(item);
             if chunk.len() >= INPUT_CHUNK || would_wait {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(INPUT_CHUNK));
+                let full = std::mem::replace(&mut chunk, new_chunk());
                 return tx.send(InputMsg::Items(full)).is_ok();
             }
             true

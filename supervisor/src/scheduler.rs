@@ -29,9 +29,12 @@ use corral_protocol::{
 };
 
 use crate::record::{
-    Completed, ErrorKind, InputItem, Job, JobError, JobResult, ResultKey, SharedBytes, TaskId,
+    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, ResultKey, SharedBytes, TaskId,
     TaskNames,
 };
+
+mod queue;
+use queue::JobQueue;
 
 /// The scheduler's settings.
 #[derive(Debug, Clone)]
@@ -270,7 +273,7 @@ pub struct StartFailure {
 #[derive(Debug)]
 pub enum Event {
     /// Lines read from input.
-    Input(Vec<InputItem>),
+    Input(InputChunk),
     /// All input has been read.
     InputEnded,
     /// A worker said hello.
@@ -366,7 +369,7 @@ enum Phase {
 #[derive(Debug)]
 struct InFlight {
     id: BatchId,
-    jobs: Vec<Job>,
+    jobs: VecDeque<Job>,
 }
 
 #[derive(Debug)]
@@ -421,6 +424,27 @@ impl WorkerSlot {
     }
 }
 
+/// A worker's index for each job's task. Jobs mostly name the task the previous one named, so
+/// the last answer is kept and the name looked up only when the task changes.
+struct TaskLookup<'a> {
+    names: &'a TaskNames,
+    tasks: &'a HashMap<Box<str>, TaskIndex>,
+    last: Option<(TaskId, TaskIndex)>,
+}
+
+impl TaskLookup<'_> {
+    fn index(&mut self, task: TaskId) -> Option<TaskIndex> {
+        if let Some((id, index)) = self.last
+            && id == task
+        {
+            return Some(index);
+        }
+        let index = self.tasks.get(&*self.names.name(task)).copied()?;
+        self.last = Some((task, index));
+        Some(index)
+    }
+}
+
 /// Holds results back until every earlier job has its result (`keep_order`).
 #[derive(Debug)]
 struct Reorder {
@@ -435,9 +459,7 @@ pub struct Scheduler {
     cfg: SchedulerConfig,
     /// The run's task names, which jobs carry by number.
     names: TaskNames,
-    pending: VecDeque<Job>,
-    /// Input bytes of the jobs in `pending`.
-    pending_bytes: usize,
+    pending: JobQueue,
     input_ended: bool,
     /// Jobs read and not yet answered.
     outstanding: u64,
@@ -478,8 +500,7 @@ impl Scheduler {
             budget: RestartBudget::new(cfg.restart.clone()),
             cfg,
             names,
-            pending: VecDeque::new(),
-            pending_bytes: 0,
+            pending: JobQueue::default(),
             input_ended: false,
             outstanding: 0,
             workers: BTreeMap::new(),
@@ -507,7 +528,7 @@ impl Scheduler {
             && !self.stopped
             && !self.draining
             && self.pending.len() < self.cfg.max_queued
-            && self.pending_bytes < self.cfg.max_queued_bytes
+            && self.pending.bytes() < self.cfg.max_queued_bytes
     }
 
     /// Why the run was halted by `--halt`, if it was.
@@ -565,20 +586,12 @@ impl Scheduler {
         std::mem::take(&mut self.actions)
     }
 
-    fn on_input(&mut self, items: Vec<InputItem>) {
-        for item in items {
-            match item {
-                InputItem::Job(job) => {
-                    self.read += 1;
-                    self.outstanding += 1;
-                    self.pending_bytes += job.input.as_bytes().len();
-                    self.pending.push_back(job);
-                }
-                InputItem::Rejected(result) => {
-                    self.read += 1;
-                    self.emit(*result);
-                }
-            }
+    fn on_input(&mut self, chunk: InputChunk) {
+        self.read += chunk.len() as u64;
+        self.outstanding += chunk.jobs.len() as u64;
+        self.pending.push_back(chunk.jobs);
+        for result in chunk.rejected {
+            self.emit(result);
         }
     }
 
@@ -761,10 +774,7 @@ impl Scheduler {
                 });
             }
         }
-        for job in requeue.into_iter().rev() {
-            self.pending_bytes += job.input.as_bytes().len();
-            self.pending.push_front(job);
-        }
+        self.pending.push_front(requeue);
         if slot.phase == Phase::Retiring || slot.recycle.is_some() || self.finishing() {
             // Retired at the end, or recycled (its replacement is already on the way).
             return;
@@ -1033,15 +1043,49 @@ impl Scheduler {
             }
         }
         let order_limit = self.reorder.as_ref().map(|r| r.next + r.window);
-        let mut jobs: Vec<Job> = Vec::with_capacity(size.min(self.pending.len()));
+        let capacity = size.min(self.pending.len());
         let mut batch = Batch {
             id: BatchId(self.next_batch),
-            jobs: Vec::with_capacity(jobs.capacity()),
-            inputs: RawJson(Vec::with_capacity(jobs.capacity() * 32)),
+            jobs: Vec::with_capacity(capacity),
+            inputs: RawJson(Vec::with_capacity(capacity * 32)),
         };
+        let mut lookup = TaskLookup {
+            names: &self.names,
+            tasks: &slot.tasks,
+            last: None,
+        };
+        // A group of jobs read together that makes a batch of a good size on its own goes out
+        // whole: its vector moves, not each job.
+        let whole = self.pending.front_group().filter(|group| {
+            let n = group.jobs.len();
+            n <= size
+                && 2 * n >= size
+                && group.bytes <= self.cfg.max_batch_bytes
+                && !group.retries
+                && order_limit.is_none_or(|limit| group.jobs.iter().all(|job| job.seq.0 < limit))
+        });
+        if let Some(group) = whole {
+            let known = group.jobs.iter().all(|job| match lookup.index(job.task) {
+                Some(task) => {
+                    batch.push(task, job.input.as_bytes());
+                    true
+                }
+                None => false,
+            });
+            if known {
+                let jobs = self
+                    .pending
+                    .pop_group()
+                    .expect("the group was just seen")
+                    .jobs;
+                return self.send(worker, batch, jobs);
+            }
+            // A job names a task the worker lacks: take the jobs one by one, to answer it.
+            batch.jobs.clear();
+            batch.inputs.0.clear();
+        }
+        let mut jobs = VecDeque::with_capacity(capacity);
         let mut unknown = Vec::new();
-        // Jobs mostly name the task the previous one named: skip the lookup then.
-        let mut last_task: Option<(TaskId, TaskIndex)> = None;
         while let Some(next) = self.pending.front() {
             if order_limit.is_some_and(|limit| next.seq.0 >= limit) {
                 break;
@@ -1056,13 +1100,8 @@ impl Scheduler {
                 break;
             }
             let job = self.pending.pop_front().expect("front exists");
-            self.pending_bytes -= job.input.as_bytes().len();
-            let known = match last_task {
-                Some((id, index)) if id == job.task => Some(index),
-                _ => slot.tasks.get(&*self.names.name(job.task)).copied(),
-            };
-            let Some(task) = known else {
-                let mut names: Vec<&str> = slot.tasks.keys().map(|k| &**k).collect();
+            let Some(task) = lookup.index(job.task) else {
+                let mut names: Vec<&str> = lookup.tasks.keys().map(|k| &**k).collect();
                 names.sort_unstable();
                 let message = format!(
                     "unknown task {:?}; the worker serves: {}",
@@ -1083,9 +1122,8 @@ impl Scheduler {
                 });
                 continue;
             };
-            last_task = Some((job.task, task));
             batch.push(task, job.input.as_bytes());
-            jobs.push(job);
+            jobs.push_back(job);
             if alone {
                 break;
             }
@@ -1098,6 +1136,11 @@ impl Scheduler {
             // Unknown tasks were answered: the caller may try again.
             return answered;
         }
+        self.send(worker, batch, jobs)
+    }
+
+    /// Records `jobs` as in flight on `worker` and sends their `batch`.
+    fn send(&mut self, worker: WorkerId, batch: Batch, jobs: VecDeque<Job>) -> bool {
         let slot = self.workers.get_mut(&worker).expect("still live");
         self.next_batch += 1;
         slot.in_flight.push_back(InFlight { id: batch.id, jobs });

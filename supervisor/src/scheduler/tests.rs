@@ -6,7 +6,7 @@ use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult
 
 use super::{Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartFailure, WorkerExit};
 use crate::record::{
-    ErrorKind, InputItem, Job, JobId, JobResult, ResultKey, SharedBytes, TaskNames,
+    ErrorKind, InputChunk, Job, JobId, JobResult, ResultKey, SharedBytes, TaskNames,
 };
 
 /// A scheduler with a clock that only moves when told, and everything it emitted.
@@ -106,7 +106,10 @@ impl Harness {
     }
 
     fn input(&mut self, jobs: impl IntoIterator<Item = Job>) {
-        self.feed(Event::Input(jobs.into_iter().map(InputItem::Job).collect()));
+        self.feed(Event::Input(InputChunk {
+            jobs: jobs.into_iter().collect(),
+            rejected: Vec::new(),
+        }));
     }
 
     fn ready(&mut self, worker: WorkerId, pid: u32) {
@@ -551,6 +554,48 @@ fn workers_that_die_before_any_work_end_the_run() {
 }
 
 #[test]
+fn a_group_read_together_goes_out_whole_when_it_is_a_good_batch() {
+    let mut h = Harness::new(SchedulerConfig {
+        max_batch_jobs: 8,
+        ..config(1)
+    });
+    let sizes = |sends: &[(WorkerId, Batch)]| -> Vec<usize> {
+        sends.iter().map(|(_, b)| b.jobs.len()).collect()
+    };
+    h.input((0..2).map(|i| job(i, "t")));
+    h.ready(WorkerId(1), 101);
+    let warm = h.take_sends();
+    assert_eq!(sizes(&warm), [1, 1], "unmeasured jobs go one at a time");
+    h.input((2..8).map(|i| job(i, "t")));
+    h.input((8..13).map(|i| job(i, "t")));
+    // Batches may now hold 8 jobs; groups of 6 and 5 go as they are, not as 8 + 3.
+    h.complete(WorkerId(1), &warm[0].1, 1_000);
+    h.complete(WorkerId(1), &warm[1].1, 1_000);
+    let groups = h.take_sends();
+    assert_eq!(sizes(&groups), [6, 5]);
+    // A group with a task the worker lacks is taken job by job: the unknown one is answered
+    // and the batch fills up from the next group. A group under half a batch joins others.
+    h.input((13..21).map(|i| job(i, if i == 15 { "nope" } else { "t" })));
+    h.input((21..23).map(|i| job(i, "u")));
+    h.input((23..25).map(|i| job(i, "t")));
+    for (worker, batch) in &groups {
+        h.complete(*worker, batch, 1_000);
+    }
+    let rest = h.take_sends();
+    assert_eq!(sizes(&rest), [8, 3]);
+    for (worker, batch) in &rest {
+        h.complete(*worker, batch, 1_000);
+    }
+    assert_eq!(h.results.len(), 25);
+    let failed: Vec<_> = h.results.iter().filter(|r| !r.is_ok()).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].outcome.as_ref().unwrap_err().kind,
+        ErrorKind::UnknownTask
+    );
+}
+
+#[test]
 fn unknown_tasks_get_their_own_result_and_the_rest_run() {
     let mut h = Harness::new(config(1));
     h.input([job(0, "t"), job(1, "nope"), job(2, "u")]);
@@ -637,9 +682,10 @@ fn rejected_lines_are_emitted_at_once() {
             "not JSON",
         )),
     };
-    h.feed(Event::Input(vec![InputItem::Rejected(Box::new(
-        rejected.clone(),
-    ))]));
+    h.feed(Event::Input(InputChunk {
+        jobs: Vec::new(),
+        rejected: vec![rejected.clone()],
+    }));
     assert_eq!(h.results, [rejected]);
     h.feed(Event::InputEnded);
     h.ready(WorkerId(1), 1);
