@@ -29,7 +29,8 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
             out.extend_from_slice(b"\"id\":");
             out.extend_from_slice(id.as_bytes());
             if result.attempts == 0 {
-                write_field_u64(out, "line", *line);
+                out.extend_from_slice(b",\"line\":");
+                write_u64(out, *line);
             }
         }
         ResultKey::Line(line) => {
@@ -60,10 +61,12 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
         }
     }
     if matches!(result.key, ResultKey::Job { .. }) {
-        write_field_u64(out, "attempts", u64::from(result.attempts));
+        out.extend_from_slice(b",\"attempts\":");
+        write_u64(out, u64::from(result.attempts));
     }
     if let Some(pid) = result.worker {
-        write_field_u64(out, "worker", u64::from(pid));
+        out.extend_from_slice(b",\"worker\":");
+        write_u64(out, u64::from(pid));
     }
     if let Ok(done) = &result.outcome {
         // Milliseconds with microsecond precision, written without floating-point formatting.
@@ -83,13 +86,6 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
         out.extend_from_slice(meta.as_bytes());
     }
     out.extend_from_slice(b"}\n");
-}
-
-fn write_field_u64(out: &mut Vec<u8>, name: &str, value: u64) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-    write_u64(out, value);
 }
 
 fn write_u64(out: &mut Vec<u8>, value: u64) {
