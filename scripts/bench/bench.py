@@ -195,6 +195,10 @@ def scenario_cpu(runs):
     return medians
 
 
+# Five rather than three: a peak is the largest spike of a run, so single peaks scatter widely.
+MEMORY_RUNS = 5
+
+
 def scenario_memory(runs):
     log("== memory: supervisor peak RSS, jobs streamed from a pipe")
     samples = {1_000_000: [], 10_000_000: []}
@@ -364,7 +368,7 @@ def main():
     tiny, tiny_cpu = scenario_tiny(args.runs, args.py_runs, parallel)
     per_job = scenario_per_job_parallel(parallel, 2) if parallel else None
     cpu = scenario_cpu(max(3, args.runs - 2))
-    memory, rss_series = scenario_memory(3)
+    memory, rss_series = scenario_memory(MEMORY_RUNS)
     latency, latencies = scenario_recovery_latency(args.kills)
     storm, storm_kills = scenario_kill_storm(3, tiny["corral -j 2"])
     total = time.time() - started
@@ -464,7 +468,7 @@ def main():
         "",
         "## Memory: corral's own peak RSS (VmHWM, from `--stats`), jobs streamed from a pipe",
         "",
-        "Medians of 3 runs each. The peak is a high-water mark: it records the largest brief spike of",
+        f"Medians of {MEMORY_RUNS} runs each. The peak is a high-water mark: it records the largest brief spike of",
         "a run, so a ten times longer run records a somewhat higher one (see the series below).",
         "",
         "| jobs | median peak RSS | every run | median wall time |",
