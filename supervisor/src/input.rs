@@ -44,7 +44,7 @@ pub enum Line<'a> {
 
 /// A line inside the block it was read with. Parts of it are cut from the block as
 /// [`SharedBytes`], without a copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct LineRef<'a> {
     block: &'a Bytes,
     start: usize,
@@ -60,6 +60,13 @@ impl<'a> LineRef<'a> {
     /// The bytes of the line in `range`, sharing the block.
     pub fn share(&self, range: Range<usize>) -> SharedBytes {
         SharedBytes::new(self.block, self.start + range.start..self.start + range.end)
+    }
+}
+
+impl std::fmt::Debug for LineRef<'_> {
+    /// The line's text; not the rest of its block.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LineRef({:?})", String::from_utf8_lossy(self.bytes()))
     }
 }
 
