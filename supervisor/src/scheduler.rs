@@ -693,6 +693,8 @@ impl Scheduler {
         });
 
         self.outstanding -= n;
+        // One result per job: room for them all at once, rather than growing by doubling.
+        self.emitted.reserve(batch.jobs.len());
         let outputs = Bytes::from(std::mem::take(&mut done.outputs.0));
         for (job, (outcome, range)) in batch.jobs.into_iter().zip(done.iter()) {
             let result = match &outcome.result {
