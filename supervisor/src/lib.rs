@@ -5,7 +5,7 @@
 //! - [`scheduler`]: the pure state machine that decides everything;
 //! - [`pool`]: worker processes, their handshake, threads and deaths;
 //! - [`input`] and [`output`]: job lines in, result lines out ([`jobline`] scans each line);
-//!   [`resume`] for `--resume`;
+//!   [`resume`] for `--resume`; [`ring`] for the reused buffers that keep their memory fixed;
 //! - [`run`]: the runtime that wires them together for `corral run`;
 //! - [`cli`]: the command-line definitions.
 
@@ -17,5 +17,6 @@ pub mod pool;
 pub mod progress;
 pub mod record;
 pub mod resume;
+pub mod ring;
 pub mod run;
 pub mod scheduler;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use corral::cli::{Cli, Command, LogFormat, RunArgs};
-use corral::input::InputFormat;
+use corral::input::{InputFormat, ring_blocks};
 use corral::pool::PoolConfig;
 use corral::run::{RunConfig, RunEnd, RunReport, Source, run};
 use corral::scheduler::{RestartPolicy, SchedulerConfig};
@@ -107,6 +107,7 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             plain_lines: args.lines,
             default_task: args.task,
             max_line_bytes,
+            max_blocks: ring_blocks(workers),
         },
         sources,
         grace: args.grace,

@@ -1,13 +1,15 @@
 //! Job and result records as the supervisor holds them: a job read from input, and the one
 //! result every job line ends with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::ops::Range;
+use std::ops::{Deref, DerefMut, Range};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use corral_protocol::JobSeq;
+
+use crate::ring::{Home, Ring};
 
 /// A job read from input, waiting for or under execution.
 ///
@@ -310,12 +312,81 @@ impl JobResult {
     }
 }
 
-/// Items read together, handed from the input reader to the scheduler at once. The jobs stay
-/// in one vector, in input order, so that a batch can take them all by moving it.
+/// Jobs in input order, in a vector that goes back to the input reader's [`Ring`] of them when
+/// it is dropped (if it came from there), so that the vectors in flight are a fixed set reused
+/// in turn. The jobs read together travel in one of these from the reader through the queue to
+/// a worker's batch, so that a batch can take them all by moving it.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    jobs: VecDeque<Job>,
+    home: Option<Home<VecDeque<Job>>>,
+}
+
+impl Jobs {
+    /// An empty vector with room for `capacity` jobs, of no ring.
+    pub fn with_capacity(capacity: usize) -> Jobs {
+        Jobs {
+            jobs: VecDeque::with_capacity(capacity),
+            home: None,
+        }
+    }
+
+    /// An empty vector with room for `capacity` jobs, from `ring` (waiting while it has none).
+    pub fn from_ring(ring: &mut Ring<VecDeque<Job>>, capacity: usize) -> Jobs {
+        Jobs {
+            jobs: ring.take(|| VecDeque::with_capacity(capacity)),
+            home: Some(ring.home()),
+        }
+    }
+}
+
+impl Deref for Jobs {
+    type Target = VecDeque<Job>;
+
+    fn deref(&self) -> &VecDeque<Job> {
+        &self.jobs
+    }
+}
+
+impl DerefMut for Jobs {
+    fn deref_mut(&mut self) -> &mut VecDeque<Job> {
+        &mut self.jobs
+    }
+}
+
+impl Drop for Jobs {
+    fn drop(&mut self) {
+        if let Some(home) = &self.home {
+            let mut jobs = std::mem::take(&mut self.jobs);
+            jobs.clear();
+            home.give_back(jobs);
+        }
+    }
+}
+
+impl From<Vec<Job>> for Jobs {
+    fn from(jobs: Vec<Job>) -> Jobs {
+        Jobs {
+            jobs: VecDeque::from(jobs),
+            home: None,
+        }
+    }
+}
+
+impl FromIterator<Job> for Jobs {
+    fn from_iter<I: IntoIterator<Item = Job>>(jobs: I) -> Jobs {
+        Jobs {
+            jobs: jobs.into_iter().collect(),
+            home: None,
+        }
+    }
+}
+
+/// Items read together, handed from the input reader to the scheduler at once.
 #[derive(Debug, Default)]
 pub struct InputChunk {
     /// The jobs to run.
-    pub jobs: Vec<Job>,
+    pub jobs: Jobs,
     /// Lines that are not jobs, each with its result.
     pub rejected: Vec<JobResult>,
 }
@@ -324,7 +395,7 @@ impl InputChunk {
     /// Adds an item.
     pub fn push(&mut self, item: InputItem) {
         match item {
-            InputItem::Job(job) => self.jobs.push(job),
+            InputItem::Job(job) => self.jobs.push_back(job),
             InputItem::Rejected(result) => self.rejected.push(*result),
         }
     }
@@ -348,4 +419,44 @@ pub enum InputItem {
     /// A line that could not be read as a job, with its error result (boxed, as it is rare
     /// and a job is smaller).
     Rejected(Box<JobResult>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(seq: u64) -> Job {
+        Job {
+            seq: JobSeq(seq),
+            line: seq + 1,
+            id: JobId::from(&b"1"[..]),
+            task: TaskId(0),
+            input: SharedBytes::from(&b"null"[..]),
+            meta: None,
+            failed_attempts: 0,
+        }
+    }
+
+    #[test]
+    fn job_vectors_go_back_to_their_ring_empty_and_others_do_not() {
+        let mut ring = Ring::new(1);
+        let mut jobs = Jobs::from_ring(&mut ring, 8);
+        jobs.push_back(job(0));
+        jobs.push_back(job(1));
+        let storage = jobs.as_slices().0.as_ptr();
+        drop(jobs);
+        let again = Jobs::from_ring(&mut ring, 8);
+        assert!(again.is_empty(), "what was left in it was dropped");
+        assert_eq!(
+            again.as_slices().0.as_ptr(),
+            storage,
+            "the same storage, reused"
+        );
+        assert!(again.capacity() >= 8);
+        // A vector of no ring is only dropped: the ring's one vector is still out.
+        drop(Jobs::from(vec![job(2)]));
+        assert_eq!(ring.given_back(), 0);
+        drop(again);
+        assert_eq!(ring.given_back(), 1);
+    }
 }

@@ -21,8 +21,9 @@ use crate::input::{InputFormat, JobParser};
 use crate::output::{ResultWriter, Tally};
 use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
 use crate::progress::Progress;
-use crate::record::{InputChunk, JobResult, TaskNames};
+use crate::record::{InputChunk, JobResult, Jobs, TaskNames};
 use crate::resume::ResultKeyText;
+use crate::ring::Ring;
 use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
 
 /// Items handed from the reader to the scheduler at once, at most.
@@ -111,11 +112,12 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let sources = config.sources.clone();
     let format = config.format.clone();
     let finished = config.finished.clone();
+    let vectors = config.format.max_blocks;
     let names = TaskNames::default();
     let parser = JobParser::new(format, names.clone());
     thread::Builder::new()
         .name("corral-input".into())
-        .spawn(move || read_inputs(sources, parser, finished, input_tx))
+        .spawn(move || read_inputs(sources, parser, finished, vectors, input_tx))
         .expect("spawning a thread");
 
     let output_failed = Arc::new(AtomicBool::new(false));
@@ -407,16 +409,16 @@ fn read_inputs(
     sources: Vec<Source>,
     mut parser: JobParser,
     finished: Option<HashSet<ResultKeyText>>,
+    vectors: usize,
     tx: Sender<InputMsg>,
 ) {
     if let Some(finished) = finished {
         parser.resume(finished);
     }
-    let new_chunk = || InputChunk {
-        jobs: Vec::with_capacity(INPUT_CHUNK),
-        rejected: Vec::new(),
-    };
-    let mut chunk = new_chunk();
+    // The jobs of a chunk travel in a vector of this ring; one is taken only once the last
+    // chunk is sent, so that waiting for a vector never holds jobs back from the scheduler.
+    let mut ring = Ring::new(vectors);
+    let mut chunk: Option<InputChunk> = None;
     for source in sources {
         let reader: Box<dyn Read> = match &source {
             Source::Stdin => Box::new(io::stdin()),
@@ -432,9 +434,13 @@ fn read_inputs(
             },
         };
         let read = parser.read_all(reader, |item, would_wait| {
-            chunk.push(item);
-            if chunk.len() >= INPUT_CHUNK || would_wait {
-                let full = std::mem::replace(&mut chunk, new_chunk());
+            let filling = chunk.get_or_insert_with(|| InputChunk {
+                jobs: Jobs::from_ring(&mut ring, INPUT_CHUNK),
+                rejected: Vec::new(),
+            });
+            filling.push(item);
+            if filling.len() >= INPUT_CHUNK || would_wait {
+                let full = chunk.take().expect("just filled");
                 return tx.send(InputMsg::Items(full)).is_ok();
             }
             true
@@ -443,7 +449,9 @@ fn read_inputs(
             Ok(true) => {}
             Ok(false) => return,
             Err(err) => {
-                let _ = tx.send(InputMsg::Items(chunk));
+                if let Some(full) = chunk.take() {
+                    let _ = tx.send(InputMsg::Items(full));
+                }
                 let _ = tx.send(InputMsg::Failed(format!(
                     "cannot read {}: {err}",
                     source.name()
@@ -452,8 +460,8 @@ fn read_inputs(
             }
         }
     }
-    if !chunk.is_empty() {
-        let _ = tx.send(InputMsg::Items(chunk));
+    if let Some(full) = chunk.take().filter(|chunk| !chunk.is_empty()) {
+        let _ = tx.send(InputMsg::Items(full));
     }
 }
 

@@ -29,8 +29,8 @@ use corral_protocol::{
 };
 
 use crate::record::{
-    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, ResultKey, SharedBytes, TaskId,
-    TaskNames,
+    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, ResultKey, SharedBytes,
+    TaskId, TaskNames,
 };
 
 mod queue;
@@ -369,7 +369,7 @@ enum Phase {
 #[derive(Debug)]
 struct InFlight {
     id: BatchId,
-    jobs: VecDeque<Job>,
+    jobs: Jobs,
 }
 
 #[derive(Debug)]
@@ -696,7 +696,8 @@ impl Scheduler {
         // One result per job: room for them all at once, rather than growing by doubling.
         self.emitted.reserve(batch.jobs.len());
         let outputs = Bytes::from(std::mem::take(&mut done.outputs.0));
-        for (job, (outcome, range)) in batch.jobs.into_iter().zip(done.iter()) {
+        let mut jobs = batch.jobs;
+        for (job, (outcome, range)) in jobs.drain(..).zip(done.iter()) {
             let result = match &outcome.result {
                 TaskResult::Ok => Ok(Completed {
                     output: SharedBytes::new(&outputs, range),
@@ -740,8 +741,8 @@ impl Scheduler {
         let note = note.or(slot.violation);
         let mut requeue = Vec::new();
         let mut attributed = false;
-        for batch in slot.in_flight {
-            for (index, mut job) in batch.jobs.into_iter().enumerate() {
+        for mut batch in slot.in_flight {
+            for (index, mut job) in batch.jobs.drain(..).enumerate() {
                 if !culprit.is(batch.id, index) {
                     requeue.push(job);
                     continue;
@@ -776,7 +777,7 @@ impl Scheduler {
                 });
             }
         }
-        self.pending.push_front(requeue);
+        self.pending.push_front(requeue.into());
         if slot.phase == Phase::Retiring || slot.recycle.is_some() || self.finishing() {
             // Retired at the end, or recycled (its replacement is already on the way).
             return;
@@ -1086,7 +1087,7 @@ impl Scheduler {
             batch.jobs.clear();
             batch.inputs.0.clear();
         }
-        let mut jobs = VecDeque::with_capacity(capacity);
+        let mut jobs = Jobs::with_capacity(capacity);
         let mut unknown = Vec::new();
         while let Some(next) = self.pending.front() {
             if order_limit.is_some_and(|limit| next.seq.0 >= limit) {
@@ -1142,7 +1143,7 @@ impl Scheduler {
     }
 
     /// Records `jobs` as in flight on `worker` and sends their `batch`.
-    fn send(&mut self, worker: WorkerId, batch: Batch, jobs: VecDeque<Job>) -> bool {
+    fn send(&mut self, worker: WorkerId, batch: Batch, jobs: Jobs) -> bool {
         let slot = self.workers.get_mut(&worker).expect("still live");
         self.next_batch += 1;
         slot.in_flight.push_back(InFlight { id: batch.id, jobs });

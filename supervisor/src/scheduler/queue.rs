@@ -3,13 +3,13 @@
 
 use std::collections::VecDeque;
 
-use crate::record::Job;
+use crate::record::{Job, Jobs};
 
 /// Jobs read together, in order.
 #[derive(Debug)]
 pub(super) struct Group {
     /// The jobs not taken yet.
-    pub(super) jobs: VecDeque<Job>,
+    pub(super) jobs: Jobs,
     /// Their input bytes.
     pub(super) bytes: usize,
     /// Whether one of them has failed before (and so must run alone).
@@ -40,20 +40,20 @@ impl JobQueue {
     }
 
     /// Queues `jobs` behind every other.
-    pub(super) fn push_back(&mut self, jobs: Vec<Job>) {
+    pub(super) fn push_back(&mut self, jobs: Jobs) {
         if let Some(group) = self.group(jobs) {
             self.groups.push_back(group);
         }
     }
 
     /// Queues `jobs`, in their order, ahead of every other.
-    pub(super) fn push_front(&mut self, jobs: Vec<Job>) {
+    pub(super) fn push_front(&mut self, jobs: Jobs) {
         if let Some(group) = self.group(jobs) {
             self.groups.push_front(group);
         }
     }
 
-    fn group(&mut self, jobs: Vec<Job>) -> Option<Group> {
+    fn group(&mut self, jobs: Jobs) -> Option<Group> {
         if jobs.is_empty() {
             return None;
         }
@@ -62,7 +62,7 @@ impl JobQueue {
         self.len += jobs.len();
         self.bytes += bytes;
         Some(Group {
-            jobs: VecDeque::from(jobs),
+            jobs,
             bytes,
             retries,
         })
@@ -131,10 +131,10 @@ mod tests {
     #[test]
     fn jobs_come_out_in_order_with_counts_kept() {
         let mut queue = JobQueue::default();
-        queue.push_back(jobs(2..4, 0));
-        queue.push_back(Vec::new());
-        queue.push_back(jobs(4..5, 0));
-        queue.push_front(jobs(0..2, 1));
+        queue.push_back(jobs(2..4, 0).into());
+        queue.push_back(Jobs::default());
+        queue.push_back(jobs(4..5, 0).into());
+        queue.push_front(jobs(0..2, 1).into());
         assert_eq!((queue.len(), queue.bytes()), (5, 1 + 2 + 3 + 4 + 5));
         assert!(queue.front_group().unwrap().retries);
         assert_eq!(queue.pop_front().unwrap().seq, JobSeq(0));
@@ -146,8 +146,8 @@ mod tests {
     #[test]
     fn a_group_goes_whole_with_what_is_left_of_it() {
         let mut queue = JobQueue::default();
-        queue.push_back(jobs(0..3, 0));
-        queue.push_back(jobs(3..5, 0));
+        queue.push_back(jobs(0..3, 0).into());
+        queue.push_back(jobs(3..5, 0).into());
         queue.pop_front();
         let group = queue.pop_group().unwrap();
         assert_eq!(group.jobs.len(), 2);

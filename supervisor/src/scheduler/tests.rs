@@ -6,7 +6,7 @@ use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult
 
 use super::{Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartFailure, WorkerExit};
 use crate::record::{
-    ErrorKind, InputChunk, Job, JobId, JobResult, ResultKey, SharedBytes, TaskNames,
+    ErrorKind, InputChunk, Job, JobId, JobResult, Jobs, ResultKey, SharedBytes, TaskNames,
 };
 
 /// A scheduler with a clock that only moves when told, and everything it emitted.
@@ -683,7 +683,7 @@ fn rejected_lines_are_emitted_at_once() {
         )),
     };
     h.feed(Event::Input(InputChunk {
-        jobs: Vec::new(),
+        jobs: Jobs::default(),
         rejected: vec![rejected.clone()],
     }));
     assert_eq!(h.results, [rejected]);

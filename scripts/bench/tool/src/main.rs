@@ -13,7 +13,7 @@ use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use corral::input::{InputFormat, JobParser};
+use corral::input::{InputFormat, JobParser, ring_blocks};
 use corral::output::format_result;
 use corral::record::{
     Completed, ErrorKind, InputItem, JobError, JobResult, ResultKey, TaskId, TaskNames,
@@ -100,6 +100,7 @@ fn floor() -> io::Result<()> {
         plain_lines: false,
         default_task: None,
         max_line_bytes: 16 << 20,
+        max_blocks: ring_blocks(1),
     };
     let names = TaskNames::default();
     let mut parser = JobParser::new(format, names.clone());
@@ -176,6 +177,7 @@ fn parse_only() -> io::Result<()> {
         plain_lines: false,
         default_task: None,
         max_line_bytes: 16 << 20,
+        max_blocks: ring_blocks(1),
     };
     let mut parser = JobParser::new(format, TaskNames::default());
     let (mut jobs, mut rejected) = (0u64, 0u64);
