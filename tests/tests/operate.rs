@@ -174,6 +174,28 @@ fn keep_order_writes_results_in_input_order() {
 }
 
 #[test]
+fn a_slow_head_under_keep_order_holds_the_reader_back_without_wedging_it() {
+    // A slow first job, then about 6 MB of lines with a meta each: the results held back
+    // behind the slow job keep their lines' blocks alive, many more than the input ring holds,
+    // so the reader waits for blocks while the head runs, and must go on once it is answered.
+    const JOBS: u64 = 40_000;
+    let pad = "p".repeat(100);
+    let mut lines =
+        vec![r#"{"id": 0, "task": "square", "input": {"n": 0, "spin_us": 300000}}"#.to_owned()];
+    lines.extend((1..=JOBS).map(|i| {
+        format!(r#"{{"id": {i}, "task": "square", "input": {{"n": {i}}}, "meta": "{pad}"}}"#)
+    }));
+    let out = Run::corral_faulty(["run", "-j", "2", "--keep-order"])
+        .stdin(lines.join("\n"))
+        .output();
+    out.expect_code(0);
+    let results = out.results();
+    let ids: Vec<u64> = results.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (0..=JOBS).collect::<Vec<u64>>());
+    assert!(results[1..].iter().all(|r| r["meta"] == pad.as_str()));
+}
+
+#[test]
 fn halt_stops_after_failures() {
     // Far more jobs than the queue and the batches in flight can hold (about 9,000 at the
     // defaults), so that a halt always leaves some unrun, however fast the workers are.
