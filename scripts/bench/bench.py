@@ -368,8 +368,9 @@ def rss_over_time(series):
     return (
         "Resident memory sampled every 250 ms during the 10M runs (after the first half second), by third of the run: "
         + ", then ".join(parts)
-        + ". The resident set stays in one band however many jobs are done; a longer run's high-water mark is"
-        " higher because it catches more of the brief allocation spikes (a MiB or two) of batches in flight."
+        + ". The resident set stays in one band however many jobs are done: the input blocks and job vectors"
+        " come from fixed rings, reused in turn, so what varies from moment to moment is only the results and"
+        " messages of the batches in flight."
     )
 
 
@@ -490,7 +491,7 @@ def main():
         "## Memory: corral's own peak RSS (VmHWM, from `--stats`), jobs streamed from a pipe",
         "",
         f"Medians of {MEMORY_RUNS} runs each. The peak is a high-water mark: it records the largest brief spike of",
-        "a run, so a ten times longer run records a somewhat higher one (see the series below).",
+        "a run, so a ten times longer run can record a somewhat higher one (see the series below).",
         "",
         "| jobs | median peak RSS | every run | median wall time |",
         "| --- | --- | --- | --- |",
