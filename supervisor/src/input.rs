@@ -626,18 +626,21 @@ mod tests {
         }
     }
 
+    /// A reader of `.0` that returns at most `.1` bytes at a time.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     /// Every line of `text`, as text or as its length when too long, read through a reader
     /// that returns at most `step` bytes at a time.
     fn lines(text: &[u8], max: usize, step: usize) -> Vec<Result<String, u64>> {
-        struct Trickle<'a>(&'a [u8], usize);
-        impl Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                let n = buf.len().min(self.1).min(self.0.len());
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
         let mut reader = LineReader::new(Trickle(text, step), max);
         let mut lines = Vec::new();
         while let Some(line) = reader.next_line().unwrap() {
@@ -707,15 +710,6 @@ mod tests {
     /// and a reader that returns `step` bytes at a time; each line is let go once the next
     /// one is read, as the scheduler lets jobs go once they are answered.
     fn block_starts(text: &[u8], blocks: usize, step: usize) -> Vec<(String, *const u8)> {
-        struct Trickle<'a>(&'a [u8], usize);
-        impl Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                let n = buf.len().min(self.1).min(self.0.len());
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
         let ring = BlockRing::new(blocks);
         let mut reader = LineReader::with_ring(Trickle(text, step), 1 << 20, ring);
         let mut seen = Vec::new();
@@ -738,7 +732,7 @@ mod tests {
         // a block's end are moved whole into the next block.
         let lines: Vec<String> = (0..5_000).map(|i| format!("{i:099}")).collect();
         let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
-        for (blocks, step) in [(2, BLOCK_BYTES), (3, 10_000), (3, 7)] {
+        for (blocks, step) in [(2, BLOCK_BYTES), (3, 10_000), (3, 997)] {
             let seen = block_starts(text.as_bytes(), blocks, step);
             let got: Vec<&str> = seen.iter().map(|(line, _)| line.as_str()).collect();
             assert_eq!(got, lines, "ring of {blocks}, {step} bytes a read");
