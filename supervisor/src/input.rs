@@ -169,13 +169,9 @@ enum Refill {
 }
 
 impl<R: Read> LineReader<R> {
-    /// Lines of `reader`, each at most `max` bytes long, with as many blocks as it needs.
-    pub fn new(reader: R, max: usize) -> LineReader<R> {
-        LineReader::with_ring(reader, max, BlockRing::new(usize::MAX))
-    }
-
     /// Lines of `reader`, each at most `max` bytes long, read into the blocks of `ring`.
-    pub fn with_ring(reader: R, max: usize, ring: BlockRing) -> LineReader<R> {
+    /// Reading waits while every block of the ring holds a line still in use.
+    pub fn new(reader: R, max: usize, ring: BlockRing) -> LineReader<R> {
         LineReader {
             reader,
             max,
@@ -407,7 +403,7 @@ impl JobParser {
         mut sink: impl FnMut(InputItem, bool) -> bool,
     ) -> io::Result<bool> {
         let ring = self.ring.take().expect("read_all is not re-entered");
-        let mut lines = LineReader::with_ring(reader, self.format.max_line_bytes, ring);
+        let mut lines = LineReader::new(reader, self.format.max_line_bytes, ring);
         let read = self.read_lines(&mut lines, &mut sink);
         self.ring = Some(lines.into_ring());
         read
@@ -597,7 +593,8 @@ mod tests {
             plain_lines: false,
             default_task: None,
             max_line_bytes: 64,
-            max_blocks: usize::MAX,
+            // The tests keep every item they read: room for all of their input.
+            max_blocks: 64,
         }
     }
 
@@ -641,7 +638,8 @@ mod tests {
     /// Every line of `text`, as text or as its length when too long, read through a reader
     /// that returns at most `step` bytes at a time.
     fn lines(text: &[u8], max: usize, step: usize) -> Vec<Result<String, u64>> {
-        let mut reader = LineReader::new(Trickle(text, step), max);
+        // Each line is copied out at once, so two blocks are enough.
+        let mut reader = LineReader::new(Trickle(text, step), max, BlockRing::new(2));
         let mut lines = Vec::new();
         while let Some(line) = reader.next_line().unwrap() {
             lines.push(match line {
@@ -711,7 +709,7 @@ mod tests {
     /// one is read, as the scheduler lets jobs go once they are answered.
     fn block_starts(text: &[u8], blocks: usize, step: usize) -> Vec<(String, *const u8)> {
         let ring = BlockRing::new(blocks);
-        let mut reader = LineReader::with_ring(Trickle(text, step), 1 << 20, ring);
+        let mut reader = LineReader::new(Trickle(text, step), 1 << 20, ring);
         let mut seen = Vec::new();
         while let Some(line) = reader.next_line().unwrap() {
             let Line::Text(line) = line else {
