@@ -32,6 +32,10 @@ pub const ENV_SUPERVISOR_PID: &str = "CORRAL_SUPERVISOR_PID";
 /// Largest serialized message either side sends, in bytes. Batches are cut below it.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest job line a supervisor accepts (`--max-job-bytes` cannot go past it). A batch holds
+/// one such job at most, so the `u32` offsets of [`Batch`] and [`BatchDone`] cannot overflow.
+pub const MAX_JOB_BYTES: u64 = 1 << 30;
+
 /// Size in bytes of the shared-memory region a worker hands over in `Hello`: one
 /// [`RunningWord`] as a little-endian `u64`.
 pub const RUNNING_REGION_BYTES: usize = 8;

@@ -48,11 +48,16 @@ pub enum LogFormat {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of `RunArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run every job of the input files (or stdin) and write one result line per job.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Internal: the keeper process a run starts (see `corral::keeper`).
+    #[command(hide = true)]
+    Keeper,
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -176,8 +181,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, help_heading = "Failures")]
     pub restart_period: Duration,
 
-    /// Longest job line accepted; a longer one gets a `too_large` result. E.g. 64KiB, 16MiB.
-    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size, help_heading = "Limits")]
+    /// Longest job line accepted; a longer one gets a `too_large` result. E.g. 64KiB, 16MiB;
+    /// at most 1GiB.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_job_size, help_heading = "Limits")]
     pub max_job_bytes: u64,
 
     /// Replace a worker with a fresh one after it has run this many jobs.
@@ -209,6 +215,18 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|err| format!("{err} (examples: 64KiB, 16MiB, 1GB)"))
 }
 
+fn parse_job_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    let max = corral_protocol::MAX_JOB_BYTES;
+    if size > max {
+        return Err(format!(
+            "{text} is over the largest job corral carries, {}",
+            bytesize::ByteSize(max).display().iec()
+        ));
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +244,8 @@ mod tests {
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("big").is_err());
+        assert_eq!(parse_job_size("1GiB"), Ok(1 << 30));
+        assert!(parse_job_size("5GiB").unwrap_err().contains("1.0 GiB"));
         let rule: HaltRule = "now,fail=10%".parse().unwrap();
         assert_eq!(rule.to_string(), "now,fail=10%");
         assert_eq!(

@@ -10,7 +10,6 @@
 //! answered, so the memory that input takes is set by the ring's size, not by how far the
 //! workers lag.
 
-use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::ops::Range;
 
@@ -22,7 +21,7 @@ use crate::record::{
     ErrorKind, InputItem, Job, JobError, JobId, JobResult, ResultKey, SharedBytes, TaskId,
     TaskNames,
 };
-use crate::resume::{ResultKeyText, id_key, line_key};
+use crate::resume::{FinishedKeys, Meeting, id_digest, line_digest};
 use crate::ring::{Home, Ring};
 
 /// How lines become jobs.
@@ -324,17 +323,11 @@ pub struct JobParser {
     default_task: Option<TaskId>,
     /// The input of jobs that give none.
     null: SharedBytes,
-    resume: Option<ResumeFilter>,
+    /// With `--resume`: results already written, and every id met so far with its line, so
+    /// that finished jobs are skipped and a repeated id is reported instead of merged.
+    resume: Option<FinishedKeys>,
     /// The blocks every input is read into; out only while [`JobParser::read_all`] reads.
     ring: Option<BlockRing>,
-}
-
-/// With `--resume`: results already written, and every id seen so far with its line, so that
-/// finished jobs are skipped and a repeated id is reported instead of merged.
-#[derive(Debug)]
-struct ResumeFilter {
-    finished: HashSet<ResultKeyText>,
-    seen: HashMap<ResultKeyText, u64>,
 }
 
 enum Verdict {
@@ -365,29 +358,24 @@ impl JobParser {
 
     /// Skips lines whose result is among `finished` (keys from [`crate::resume`]), and
     /// reports repeated ids as `bad_input` results keyed by line.
-    pub fn resume(&mut self, finished: HashSet<ResultKeyText>) {
-        self.resume = Some(ResumeFilter {
-            finished,
-            seen: HashMap::new(),
-        });
+    pub fn resume(&mut self, finished: FinishedKeys) {
+        self.resume = Some(finished);
     }
 
     fn verdict(&mut self, id: Option<&[u8]>) -> Verdict {
-        let Some(filter) = &mut self.resume else {
+        let Some(keys) = &mut self.resume else {
             return Verdict::Run;
         };
+        // A job without an id has its line number as id, and its result says so.
         let key = match id {
-            Some(raw) => id_key(raw).unwrap_or_else(|| line_key(self.line)),
-            None => format!("i:{}", self.line),
+            Some(raw) => id_digest(raw).unwrap_or_else(|| line_digest(self.line)),
+            None => id_digest(itoa::Buffer::new().format(self.line).as_bytes())
+                .expect("a number is an id"),
         };
-        if let Some(&first) = filter.seen.get(&key) {
-            return Verdict::Duplicate(first);
-        }
-        filter.seen.insert(key.clone(), self.line);
-        if filter.finished.contains(&key) {
-            Verdict::Skip
-        } else {
-            Verdict::Run
+        match keys.meet(key, self.line) {
+            Meeting::Run => Verdict::Run,
+            Meeting::Finished => Verdict::Skip,
+            Meeting::Repeated(first) => Verdict::Duplicate(first),
         }
     }
 
@@ -444,8 +432,8 @@ impl JobParser {
         if line.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        if let Some(filter) = &self.resume
-            && filter.finished.contains(&line_key(self.line))
+        if let Some(keys) = &self.resume
+            && keys.contains(line_digest(self.line))
         {
             return None;
         }
@@ -887,11 +875,11 @@ mod tests {
             },
             TaskNames::default(),
         );
-        parser.resume(HashSet::from([
-            "i:\"a\"".to_owned(),
-            "l:3".to_owned(),
-            "i:4".to_owned(),
-        ]));
+        let mut finished = FinishedKeys::default();
+        finished.insert(id_digest(b"\"a\"").unwrap());
+        finished.insert(line_digest(3));
+        finished.insert(id_digest(b"4").unwrap());
+        parser.resume(finished);
         let text = b"{\"id\":\"a\"}\n{\"id\":\"b\"}\nbroken\n{}\n{\"id\":\"\\u0062\"}\n{}\n";
         parser
             .read_all(&text[..], |item, _| {

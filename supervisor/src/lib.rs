@@ -3,7 +3,8 @@
 //!
 //! The parts, from the core out:
 //! - [`scheduler`]: the pure state machine that decides everything;
-//! - [`pool`]: worker processes, their handshake, threads and deaths;
+//! - [`pool`]: worker processes, their handshake, threads and deaths; [`keeper`] takes their
+//!   process groups down even when corral is killed;
 //! - [`input`] and [`output`]: job lines in, result lines out ([`jobline`] scans each line);
 //!   [`resume`] for `--resume`; [`ring`] for the reused buffers that keep their memory fixed;
 //! - [`run`]: the runtime that wires them together for `corral run`;
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod input;
 pub mod jobline;
+pub mod keeper;
 pub mod output;
 pub mod pool;
 pub mod progress;

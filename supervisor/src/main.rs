@@ -3,8 +3,9 @@
 //! configuration error, 128+N stopped by signal N.
 
 use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Write};
+use std::io::{self, IsTerminal, Write};
 use std::num::NonZero;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,14 +20,24 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet, cli.log_format);
-    let result = match cli.command {
-        Command::Run(args) => run_command(args, cli.quiet),
+    let args = match cli.command {
+        Command::Keeper => {
+            corral::keeper::serve(io::stdin().lock());
+            return ExitCode::SUCCESS;
+        }
+        Command::Run(args) => args,
     };
-    result.unwrap_or_else(|err| {
-        eprintln!("corral: {err:#}");
+    init_logging(cli.verbose, cli.quiet, cli.log_format);
+    run_command(args, cli.quiet).unwrap_or_else(|err| {
+        say(format_args!("{err:#}"));
         ExitCode::from(2)
     })
+}
+
+/// A `corral:` line on stderr. A closed or hung-up stderr must not end the run (`eprintln!`
+/// would panic), so a failed write is ignored: the exit status still tells.
+fn say(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "corral: {message}");
 }
 
 fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
@@ -41,7 +52,10 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(io::stderr().is_terminal())
-        .with_writer(io::stderr);
+        .with_writer(io::stderr)
+        // Its default reports a failed write with eprintln!, which panics when stderr is a
+        // closed pipe or a hung-up terminal: logging must never take the run down.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -61,23 +75,33 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             .with_file_name("corral-worker"),
     };
     let sources = sources(&args.files)?;
-    let (output, finished): (Box<dyn Write + Send>, _) = match (&args.output, args.resume) {
-        (Some(path), true) => {
-            let (finished, file) = corral::resume::prepare(path)?;
+    if let Some(output) = &args.output {
+        refuse_input_as_output(&sources, output)?;
+    }
+    // Found unwritable now, not after the whole run.
+    let stats = args
+        .stats
+        .as_ref()
+        .map(|path| {
+            File::create(path)
+                .map(|file| (path, file))
+                .with_context(|| format!("cannot write --stats {}", path.display()))
+        })
+        .transpose()?;
+    let (output, finished): (Box<dyn Write + Send>, _) = match &args.output {
+        Some(path) => {
+            let (finished, file) = corral::resume::open_results(path, args.resume)?;
             if finished.dropped_torn_line {
                 tracing::warn!(
                     "{}: dropped a torn last line; its job runs again",
                     path.display()
                 );
             }
-            (Box::new(BufWriter::new(file)), Some(finished.keys))
+            let keys = args.resume.then_some(finished.keys);
+            // Unbuffered: the result writer buffers, and knows what reached the file.
+            (Box::new(file), keys)
         }
-        (Some(path), false) => {
-            let file =
-                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-            (Box::new(BufWriter::new(file)), None)
-        }
-        (None, _) => (Box::new(io::stdout()), None),
+        None => (Box::new(io::stdout()), None),
     };
     let max_line_bytes = usize::try_from(args.max_job_bytes).unwrap_or(usize::MAX);
     let config = RunConfig {
@@ -102,6 +126,8 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             args: Vec::new(),
             handshake_timeout: args.start_timeout,
             memory_limit: args.memory_limit,
+            // This binary is a corral: it is its own keeper.
+            keeper: std::env::current_exe().ok(),
         },
         format: InputFormat {
             plain_lines: args.lines,
@@ -115,10 +141,36 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         finished,
     };
     let report = run(config, output);
-    if let Some(path) = &args.stats {
-        write_stats(path, &report)?;
+    if let Some((path, file)) = stats {
+        write_stats(path, file, &report)?;
     }
     Ok(finish(&report, quiet))
+}
+
+/// Refuses an `-o` that is one of the input files: it would be truncated (or appended to)
+/// before its jobs are read.
+fn refuse_input_as_output(sources: &[Source], output: &Path) -> anyhow::Result<()> {
+    let Ok(out) = std::fs::metadata(output) else {
+        return Ok(());
+    };
+    for source in sources {
+        let same = match source {
+            Source::File(path) => std::fs::metadata(path).ok(),
+            Source::Stdin => std::fs::metadata("/dev/stdin").ok(),
+        }
+        .is_some_and(|input| input.dev() == out.dev() && input.ino() == out.ino());
+        if same {
+            let name = match source {
+                Source::File(path) => path.display().to_string(),
+                Source::Stdin => "standard input".into(),
+            };
+            anyhow::bail!(
+                "-o {} is also the input ({name}): its jobs would be overwritten before they are read",
+                output.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn sources(files: &[PathBuf]) -> anyhow::Result<Vec<Source>> {
@@ -148,7 +200,13 @@ fn finish(report: &RunReport, quiet: bool) -> ExitCode {
         RunEnd::Fatal(message) | RunEnd::InputFailed(message) => (Some(message.clone()), 2),
         // A reader that went away (`corral run | head -1`) is a normal way to end.
         RunEnd::OutputFailed(io::ErrorKind::BrokenPipe, _) => return ExitCode::from(failed_status),
-        RunEnd::OutputFailed(_, message) => (Some(format!("cannot write results: {message}")), 2),
+        RunEnd::OutputFailed(_, message) => (
+            Some(format!(
+                "cannot write results: {message}; {} results were not written",
+                report.unwritten
+            )),
+            2,
+        ),
         RunEnd::Interrupted(signal) => {
             let name =
                 nix::sys::signal::Signal::try_from(*signal).map_or("a signal", |s| s.as_str());
@@ -161,10 +219,10 @@ fn finish(report: &RunReport, quiet: bool) -> ExitCode {
         RunEnd::Completed => (None, failed_status),
     };
     if let Some(message) = message {
-        eprintln!("corral: {message}");
+        say(format_args!("{message}"));
     }
     if !quiet && !matches!(report.end, RunEnd::Fatal(_)) {
-        eprintln!("corral: {}", summary(report));
+        say(format_args!("{}", summary(report)));
     }
     ExitCode::from(status)
 }
@@ -175,8 +233,12 @@ fn not_run(report: &RunReport) -> String {
     } else {
         ", and input was not read to its end"
     };
+    let unwritten = match report.unwritten {
+        0 => String::new(),
+        n => format!(" and {n} results could not be written"),
+    };
     format!(
-        "{} jobs read were not run{unread}; run again with -o FILE --resume to finish them",
+        "{} jobs read were not run{unwritten}{unread}; run again with -o FILE --resume to finish them",
         report.counters.not_run
     )
 }
@@ -210,7 +272,7 @@ fn summary(report: &RunReport) -> String {
     line
 }
 
-fn write_stats(path: &Path, report: &RunReport) -> anyhow::Result<()> {
+fn write_stats(path: &Path, mut file: File, report: &RunReport) -> anyhow::Result<()> {
     let tally = &report.tally;
     let failed: serde_json::Map<String, serde_json::Value> = tally
         .failed
@@ -234,6 +296,7 @@ fn write_stats(path: &Path, report: &RunReport) -> anyhow::Result<()> {
         "failed": tally.failed_total(),
         "failed_by_kind": failed,
         "not_run": report.counters.not_run,
+        "unwritten": report.unwritten,
         "input_complete": report.input_complete,
         "restarts": report.counters.restarts,
         "recycled": report.counters.recycled,
@@ -242,7 +305,8 @@ fn write_stats(path: &Path, report: &RunReport) -> anyhow::Result<()> {
         "jobs_per_second": total as f64 / secs.max(1e-9),
     });
     let text = serde_json::to_string_pretty(&stats).expect("JSON values serialize");
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+    file.write_all((text + "\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// This process's own peak resident memory (not its workers'): `VmHWM` from

@@ -1,8 +1,10 @@
-//! Result lines: formatting a [`JobResult`] as one JSON line, and the tally of a run's
-//! outcomes. Raw JSON (ids, outputs, meta) is spliced in as it came, never re-parsed.
+//! Result lines: formatting a [`JobResult`] as one JSON line, writing them on a thread of
+//! their own, and the tally of a run's outcomes. Raw JSON (ids, outputs, meta) is spliced in as it came, never re-parsed.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::record::{ErrorKind, JobResult, ResultKey};
 
@@ -118,12 +120,30 @@ impl Tally {
     pub fn failed_total(&self) -> u64 {
         self.failed.values().sum()
     }
+
+    /// Results counted, of any outcome.
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed_total()
+    }
+
+    /// Adds another tally's counts to this one.
+    pub fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        for (kind, n) in other.failed {
+            *self.failed.entry(kind).or_default() += n;
+        }
+    }
 }
 
 /// Writes result lines to a sink, buffered; flushes when told (after each group of results).
+/// It knows which results reached the sink whole: [`ResultWriter::written`] counts only those,
+/// so that after a write error the summary does not count lines that were never written.
 pub struct ResultWriter<W: Write> {
     sink: W,
     buf: Vec<u8>,
+    /// Results formatted into `buf` and not yet handed to the sink.
+    buffered: Tally,
+    written: Tally,
 }
 
 impl<W: Write> ResultWriter<W> {
@@ -132,6 +152,8 @@ impl<W: Write> ResultWriter<W> {
         ResultWriter {
             sink,
             buf: Vec::with_capacity(256 * 1024),
+            buffered: Tally::default(),
+            written: Tally::default(),
         }
     }
 
@@ -139,9 +161,9 @@ impl<W: Write> ResultWriter<W> {
     pub fn write(&mut self, results: &[JobResult]) -> io::Result<()> {
         for result in results {
             format_result(result, &mut self.buf);
+            self.buffered.add(result);
             if self.buf.len() >= 128 * 1024 {
-                self.sink.write_all(&self.buf)?;
-                self.buf.clear();
+                self.write_out()?;
             }
         }
         Ok(())
@@ -149,10 +171,164 @@ impl<W: Write> ResultWriter<W> {
 
     /// Writes out everything buffered and flushes the sink.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.sink.write_all(&self.buf)?;
-        self.buf.clear();
+        self.write_out()?;
         self.sink.flush()
     }
+
+    /// Results whose lines were handed to the sink whole.
+    pub fn written(&self) -> &Tally {
+        &self.written
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        let written = self.sink.write_all(&self.buf);
+        self.buf.clear();
+        let buffered = std::mem::take(&mut self.buffered);
+        written?;
+        self.written.merge(buffered);
+        Ok(())
+    }
+}
+
+/// The result writer on a thread of its own, so that a slow or stalled output never blocks
+/// the scheduler's loop: results are handed over without waiting, and the loop reads
+/// [`WriterThread::backlog`] to stop taking input while too many wait to be written.
+pub struct WriterThread {
+    tx: Option<crossbeam_channel::Sender<Vec<JobResult>>>,
+    shared: Arc<WriterState>,
+    done: crossbeam_channel::Receiver<()>,
+}
+
+#[derive(Default)]
+struct WriterState {
+    /// Results handed over and not yet written (or dropped after an error).
+    backlog: AtomicUsize,
+    failed: AtomicBool,
+    /// Set once the thread has written (or dropped) everything it will ever get.
+    done: AtomicBool,
+    /// What reached the sink so far, and the write error, if one happened.
+    end: Mutex<(Tally, Option<io::Error>)>,
+}
+
+/// What the writer did, read when the run ends.
+#[derive(Debug)]
+pub struct Written {
+    /// Results written whole.
+    pub tally: Tally,
+    /// The write error that stopped writing, if any.
+    pub error: Option<io::Error>,
+    /// Whether the writer was still writing when it was read (an output stalled at the end).
+    pub abandoned: bool,
+}
+
+impl WriterThread {
+    /// Starts writing to `sink`.
+    pub fn start(sink: Box<dyn Write + Send>) -> WriterThread {
+        let (tx, rx) = crossbeam_channel::unbounded::<Vec<JobResult>>();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let shared = Arc::new(WriterState::default());
+        let state = shared.clone();
+        std::thread::Builder::new()
+            .name("corral-output".into())
+            .spawn(move || {
+                write_all_results(&rx, sink, &state);
+                state.done.store(true, Ordering::Release);
+                let _ = done_tx.send(());
+            })
+            .expect("spawning a thread");
+        WriterThread {
+            tx: Some(tx),
+            shared,
+            done,
+        }
+    }
+
+    /// Hands results over; never waits.
+    pub fn send(&self, results: Vec<JobResult>) {
+        self.shared
+            .backlog
+            .fetch_add(results.len(), Ordering::Relaxed);
+        if let Some(tx) = &self.tx {
+            // The thread only stops after `tx` is dropped.
+            let _ = tx.send(results);
+        }
+    }
+
+    /// Results handed over and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.shared.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Whether a write failed.
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
+    }
+
+    /// Says no more results come; [`WriterThread::finished`] then tells when all are written.
+    pub fn close(&mut self) {
+        self.tx.take();
+    }
+
+    /// Becomes ready once everything handed over is written (after [`WriterThread::close`]).
+    pub fn finished(&self) -> &crossbeam_channel::Receiver<()> {
+        &self.done
+    }
+
+    /// What was written. If the thread is still writing, this is what it had written so far
+    /// and the rest is abandoned (the thread stays blocked on the sink).
+    pub fn outcome(self) -> Written {
+        let abandoned = !self.shared.done.load(Ordering::Acquire);
+        let mut end = self.shared.end.lock().unwrap_or_else(|e| e.into_inner());
+        Written {
+            tally: end.0.clone(),
+            error: end.1.take(),
+            abandoned,
+        }
+    }
+}
+
+fn write_all_results(
+    rx: &crossbeam_channel::Receiver<Vec<JobResult>>,
+    sink: Box<dyn Write + Send>,
+    state: &WriterState,
+) {
+    let mut writer = ResultWriter::new(sink);
+    let mut error = None;
+    let publish = |writer: &ResultWriter<Box<dyn Write + Send>>, error: &mut Option<io::Error>| {
+        let mut end = state.end.lock().unwrap_or_else(|e| e.into_inner());
+        end.0.clone_from(writer.written());
+        if error.is_some() {
+            end.1 = error.take();
+        }
+    };
+    for results in rx.iter() {
+        let n = results.len();
+        if error.is_none() && !state.failed.load(Ordering::Relaxed) {
+            let written = writer.write(&results).and_then(|()| {
+                if rx.is_empty() {
+                    writer.flush()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(err) = written {
+                state.failed.store(true, Ordering::Relaxed);
+                error = Some(err);
+            }
+            if rx.is_empty() || error.is_some() {
+                publish(&writer, &mut error);
+            }
+        }
+        drop(results);
+        state.backlog.fetch_sub(n, Ordering::Relaxed);
+    }
+    if !state.failed.load(Ordering::Relaxed)
+        && let Err(err) = writer.flush()
+    {
+        state.failed.store(true, Ordering::Relaxed);
+        error = Some(err);
+    }
+    publish(&writer, &mut error);
 }
 
 #[cfg(test)]
@@ -271,5 +447,58 @@ mod tests {
         assert_eq!(tally.ok, 2);
         assert_eq!(tally.failed_total(), 1);
         assert_eq!(tally.failed[&ErrorKind::Panic], 1);
+        assert_eq!(writer.written(), &tally);
+    }
+
+    /// A sink that takes `room` bytes, then fails.
+    struct Filling {
+        room: usize,
+    }
+
+    impl Write for Filling {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "full"));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn after_a_write_error_only_the_results_written_whole_are_counted() {
+        let result = |i: u64| JobResult {
+            seq: corral_protocol::JobSeq(i),
+            key: ResultKey::Line(i),
+            meta: Some(vec![b'1'; 1000].into()),
+            attempts: 1,
+            worker: None,
+            outcome: Ok(Completed {
+                output: b"1".to_vec().into(),
+                nanos: 0,
+            }),
+        };
+        let results: Vec<JobResult> = (0..300).map(result).collect();
+        let mut writer = ResultWriter::new(Filling { room: 200_000 });
+        assert!(
+            writer
+                .write(&results)
+                .and_then(|()| writer.flush())
+                .is_err()
+        );
+        let line_len = {
+            let mut out = Vec::new();
+            format_result(&results[0], &mut out);
+            out.len() as u64
+        };
+        // The first 128 KiB went out whole; the second write failed.
+        let written = writer.written().ok;
+        assert!(written > 0 && written * line_len <= 200_000, "{written}");
+        assert!(written < 300);
     }
 }

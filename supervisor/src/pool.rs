@@ -1,23 +1,33 @@
 //! Worker processes: spawning (fork+exec), the bootstrap handshake with its own deadline,
-//! reaping, killing, and the per-worker threads that carry batches and results.
+//! reaping, killing, and the per-worker threads that carry batches, results and log lines.
 //!
 //! Every worker runs in its own process group, so that the terminal's Ctrl-C reaches only the
 //! supervisor (shutdown is its decision) and a kill of the group also takes the worker's own
 //! children. `PR_SET_PDEATHSIG` kills a worker when the thread that started it exits; all
-//! workers are started on the spawner thread, which lives as long as the pool, so workers die
+//! workers are forked on the spawner thread, which lives as long as the pool, so workers die
 //! with the supervisor even if it is killed with SIGKILL. The worker library arms it at
 //! start-up (so that the spawn itself can be a fast posix_spawn) and exits at once if its parent
-//! is already not the supervisor whose pid it was given.
+//! is already not the supervisor whose pid it was given. The worker's children are reached by
+//! the [`Keeper`], which kills every listed group once corral is gone.
+//!
+//! Starting is two steps: the spawner thread only forks (about a millisecond), and each
+//! worker's handshake then runs on that worker's own thread, so one slow or silent worker never
+//! delays another start or a replacement. The handshake thread goes on as the worker's receiver
+//! once the hello is accepted; since one thread reports `Started`, every `Done` and `Gone`, they
+//! always arrive in that order.
 //!
 //! Reaping: each worker has a waiter thread blocked in `waitpid` on exactly its pid, so exits
 //! are reaped at once (no zombies) without touching other children of the process. The waiter
-//! then kills the worker's process group, so no grandchild outlives it.
+//! then kills the worker's process group, so no grandchild outlives it, and ends the worker's
+//! log reader: a descendant that escaped the group and still holds the output pipes costs
+//! nothing after that.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
+use std::io::{self, PipeReader, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -29,6 +39,7 @@ use corral_protocol::{
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
 
+use crate::keeper::Keeper;
 use crate::scheduler::{StartFailure, WorkerExit};
 
 /// Environment variables a worker must not inherit: they belong to the supervisor's own service
@@ -42,6 +53,13 @@ const SCRUBBED_ENV: &[&str] = &[
     "LISTEN_FDNAMES",
 ];
 
+/// Longest line of a worker's stdout or stderr that is logged whole; the rest of a longer line
+/// is counted, not kept, so a worker that prints without newlines costs bounded memory.
+pub const MAX_LOG_LINE: usize = 8 * 1024;
+
+/// After a worker is reaped, at most this much of its output still in the pipes is logged.
+const MAX_LOG_DRAIN: usize = 1 << 20;
+
 /// How to start workers.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -53,13 +71,16 @@ pub struct PoolConfig {
     pub handshake_timeout: Duration,
     /// Cap on each worker's data segment (heap and private mappings), in bytes: `RLIMIT_DATA`.
     pub memory_limit: Option<u64>,
+    /// A corral binary to run as the [`Keeper`]; without one, a SIGKILLed corral can leave its
+    /// workers' children behind.
+    pub keeper: Option<PathBuf>,
 }
 
 /// What the pool's threads report to the runtime.
 pub enum PoolEvent {
     /// A worker said hello and is ready for batches.
     Started(StartedWorker),
-    /// A worker could not be started; nothing of it is left running.
+    /// A worker could not be started; it has been killed.
     StartFailed {
         /// Which worker.
         worker: WorkerId,
@@ -102,14 +123,27 @@ pub struct StartedWorker {
 /// thread).
 pub struct Spawner {
     requests: Option<Sender<WorkerId>>,
-    /// Dropped to cancel: queued requests are skipped and a handshake in progress is abandoned.
+    /// Dropped to cancel: queued requests are skipped and handshakes in progress are abandoned.
     cancel: Option<Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Spawner {
-    /// Starts the spawner thread; it reports on `events`.
+    /// Starts the spawner thread (and the keeper, when configured); it reports on `events`.
     pub fn new(config: PoolConfig, events: Sender<PoolEvent>) -> Spawner {
+        let keeper = config
+            .keeper
+            .as_deref()
+            .and_then(|program| match Keeper::start(program) {
+                Ok(keeper) => Some(Arc::new(keeper)),
+                Err(err) => {
+                    tracing::warn!(
+                        "cannot start the keeper ({}: {err}): workers' children may outlive a killed corral",
+                        program.display()
+                    );
+                    None
+                }
+            });
         let (requests, inbox) = unbounded::<WorkerId>();
         let (cancel, cancelled) = bounded::<()>(0);
         let thread = thread::Builder::new()
@@ -119,11 +153,15 @@ impl Spawner {
                     if cancelled.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
                         return;
                     }
-                    let event = match start_worker(&config, worker, &events, &cancelled) {
-                        Ok(started) => PoolEvent::Started(started),
-                        Err(failure) => PoolEvent::StartFailed { worker, failure },
+                    let launched = launch(&config, worker, keeper.clone());
+                    let sent = match launched {
+                        Ok(launched) => {
+                            launched.handshake(config.handshake_timeout, &events, &cancelled);
+                            Ok(())
+                        }
+                        Err(failure) => events.send(PoolEvent::StartFailed { worker, failure }),
                     };
-                    if events.send(event).is_err() {
+                    if sent.is_err() {
                         return;
                     }
                 }
@@ -147,7 +185,7 @@ impl Spawner {
 
 impl Drop for Spawner {
     fn drop(&mut self) {
-        // Requests still queued, and a handshake under way, are for a run that is over.
+        // Requests still queued, and handshakes under way, are for a run that is over.
         self.cancel.take();
         self.requests.take();
         if let Some(thread) = self.thread.take() {
@@ -171,12 +209,19 @@ impl WorkerHandle {
     pub fn new(started: StartedWorker) -> (WorkerId, Vec<String>, WorkerHandle) {
         let (batches, outbox) = unbounded::<Batch>();
         let sender = started.sender;
+        let pid = started.pid;
         thread::Builder::new()
-            .name(format!("corral-send-{}", started.pid))
+            .name(format!("corral-send-{pid}"))
             .spawn(move || {
                 for batch in outbox {
-                    if sender.send(ToWorker::Batch(batch)).is_err() {
-                        // The worker is gone; its receiver thread reports that.
+                    if let Err(err) = sender.send(ToWorker::Batch(batch)) {
+                        // Whatever the reason, a worker that cannot be sent its batch would
+                        // hold it forever: kill it, so that its death requeues the batch.
+                        tracing::warn!(
+                            pid,
+                            "cannot send a batch to the worker ({err}): killing it"
+                        );
+                        kill_group(pid);
                         return;
                     }
                 }
@@ -184,7 +229,7 @@ impl WorkerHandle {
             })
             .expect("spawning a thread");
         let handle = WorkerHandle {
-            pid: started.pid,
+            pid,
             running: started.running,
             batches: Some(batches),
         };
@@ -243,12 +288,25 @@ pub fn describe_exit(status: ExitStatus) -> WorkerExit {
     }
 }
 
-fn start_worker(
+/// A worker process that has been forked and not yet said hello.
+struct Launched {
+    worker: WorkerId,
+    pid: u32,
+    program: String,
+    server: IpcOneShotServer<FromWorker>,
+    server_name: String,
+    nonce: u64,
+    /// The waiter's report of the exit, for the handshake watchdog and then the receiver.
+    exits_during_handshake: Receiver<ExitStatus>,
+    exits: Receiver<ExitStatus>,
+}
+
+/// Forks the worker and starts its waiter and log reader; the handshake is not waited for.
+fn launch(
     config: &PoolConfig,
     worker: WorkerId,
-    events: &Sender<PoolEvent>,
-    cancelled: &Receiver<()>,
-) -> Result<StartedWorker, StartFailure> {
+    keeper: Option<Arc<Keeper>>,
+) -> Result<Launched, StartFailure> {
     let program = config.program.display().to_string();
     let transient = |message: String| StartFailure {
         fatal: false,
@@ -289,15 +347,15 @@ fn start_worker(
         Ok(child) => child,
         Err(err) => {
             let message = match err.kind() {
-                std::io::ErrorKind::NotFound => format!("worker binary {program} not found"),
-                std::io::ErrorKind::PermissionDenied => {
+                io::ErrorKind::NotFound => format!("worker binary {program} not found"),
+                io::ErrorKind::PermissionDenied => {
                     format!("worker binary {program} is not executable")
                 }
                 _ => format!("cannot start worker binary {program}: {err}"),
             };
             let fatal_kind = matches!(
                 err.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
             );
             return Err(if fatal_kind {
                 fatal(message)
@@ -307,6 +365,9 @@ fn start_worker(
         }
     };
     let pid = child.id();
+    if let Some(keeper) = &keeper {
+        keeper.watch(pid);
+    }
     if let Some(bytes) = config.memory_limit {
         // A hard cap, so that one job's runaway allocation fails in its own worker. It is set
         // from outside (prlimit) before the worker can receive any job.
@@ -324,121 +385,192 @@ fn start_worker(
             )
         } != 0
         {
-            let err = std::io::Error::last_os_error();
+            let err = io::Error::last_os_error();
             kill_group(pid);
             let _ = child.wait();
+            if let Some(keeper) = &keeper {
+                keeper.forget(pid);
+            }
             return Err(fatal(format!(
                 "cannot apply --memory-limit to worker {pid}: {err}"
             )));
         }
     }
-    if let Some(stdout) = child.stdout.take() {
-        log_worker_output(pid, "stdout", stdout);
-    }
-    if let Some(stderr) = child.stderr.take() {
-        log_worker_output(pid, "stderr", stderr);
-    }
-    let (exits_during_handshake, exits) = reap_in_background(child);
-
-    // The spawner itself waits in accept(), which has no timeout of its own; a watchdog thread
-    // ends the wait (by connecting and hanging up) if the child exits first, the deadline
-    // passes or the run is over. On the common path nothing hands the hello over between
-    // threads, which keeps a replacement's start short.
-    let (handshake_over, watch) = bounded::<()>(1);
-    let failure: Arc<Mutex<Option<String>>> = Arc::default();
-    {
-        let exits = exits_during_handshake;
-        let (cancelled, failure, server_name) =
-            (cancelled.clone(), failure.clone(), server_name.clone());
-        let timeout = config.handshake_timeout;
-        let program = program.clone();
-        thread::Builder::new()
-            .name(format!("corral-handshake-{pid}"))
-            .spawn(move || {
-                let reason = select! {
-                    recv(watch) -> _ => return,
-                    recv(exits) -> exit => match exit {
-                        Ok(status) => format!("worker {pid} ({program}) {} before saying hello", describe_exit(status)),
-                        Err(_) => format!("worker {pid} ({program}) vanished before saying hello"),
-                    },
-                    recv(cancelled) -> _ => format!("worker {pid} ({program}) was abandoned: the run is over"),
-                    default(timeout) => format!(
-                        "worker {pid} ({program}) did not say hello within {}",
-                        humantime::format_duration(timeout)
-                    ),
-                };
-                *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-                // Ends the accept() below if it still waits.
-                let _ = IpcSender::<FromWorker>::connect(server_name);
-            })
-            .expect("spawning a thread");
-    }
-    let accepted = server.accept();
-    let _ = handshake_over.send(());
-    let failed = |message: String, is_fatal: bool| {
-        kill_group(pid);
-        StartFailure {
-            fatal: is_fatal,
-            message,
-        }
-    };
-    if let Some(reason) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        return Err(failed(reason, false));
-    }
-    let (receiver, first) = match accepted {
+    let (logging_stopped, stop_logging) = match io::pipe() {
         Ok(pair) => pair,
         Err(err) => {
-            return Err(failed(
-                format!("worker {pid} ({program}) failed the handshake: {err}"),
-                false,
-            ));
+            kill_group(pid);
+            let _ = child.wait();
+            if let Some(keeper) = &keeper {
+                keeper.forget(pid);
+            }
+            return Err(transient(format!("cannot create a pipe: {err}")));
         }
     };
-    let hello: Hello = match first {
-        FromWorker::Hello(hello) => hello,
-        FromWorker::Done(_) => {
-            return Err(failed(
-                format!("worker {pid} ({program}) did not start with hello"),
-                true,
-            ));
-        }
-    };
-    if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(failed(
-            format!(
-                "worker {program} speaks protocol version {}, this corral speaks {PROTOCOL_VERSION}; rebuild it against this corral-worker",
-                hello.protocol_version
-            ),
-            true,
-        ));
+    if let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) {
+        log_worker_output(pid, stdout, stderr, logging_stopped);
     }
-    if hello.nonce != nonce {
-        return Err(failed(
-            format!("worker {pid} ({program}) answered with the wrong nonce"),
-            true,
-        ));
-    }
-    let Some(running) = RunningSlot::from_shared(hello.running) else {
-        return Err(failed(
-            format!("worker {pid} ({program}) sent a running-word region of the wrong size"),
-            true,
-        ));
-    };
-    tracing::info!(pid, "worker started");
-    receive_in_background(worker, pid, receiver, exits, events.clone());
-    Ok(StartedWorker {
+    let (exits_during_handshake, exits) = reap_in_background(child, keeper, stop_logging);
+    Ok(Launched {
         worker,
         pid,
-        tasks: hello.tasks,
-        sender: hello.sender,
-        running,
+        program,
+        server,
+        server_name,
+        nonce,
+        exits_during_handshake,
+        exits,
     })
 }
 
+impl Launched {
+    /// Runs the handshake on the worker's own thread, which then goes on as its receiver.
+    fn handshake(self, timeout: Duration, events: &Sender<PoolEvent>, cancelled: &Receiver<()>) {
+        let (events, cancelled) = (events.clone(), cancelled.clone());
+        let pid = self.pid;
+        thread::Builder::new()
+            .name(format!("corral-recv-{pid}"))
+            .spawn(move || {
+                let worker = self.worker;
+                match self.accept(timeout, &cancelled) {
+                    Ok((started, receiver, exits)) => {
+                        if events.send(PoolEvent::Started(started)).is_ok() {
+                            receive(worker, pid, receiver, exits, &events);
+                        } else {
+                            kill_group(pid);
+                        }
+                    }
+                    Err(failure) => {
+                        let _ = events.send(PoolEvent::StartFailed { worker, failure });
+                    }
+                }
+            })
+            .expect("spawning a thread");
+    }
+
+    /// Waits for the hello, checks it, and returns the started worker with its channel. On
+    /// failure the worker is killed.
+    #[allow(clippy::type_complexity)]
+    fn accept(
+        self,
+        timeout: Duration,
+        cancelled: &Receiver<()>,
+    ) -> Result<(StartedWorker, IpcReceiver<FromWorker>, Receiver<ExitStatus>), StartFailure> {
+        let Launched {
+            worker,
+            pid,
+            program,
+            server,
+            server_name,
+            nonce,
+            exits_during_handshake,
+            exits,
+        } = self;
+        // accept() has no timeout of its own, and after a connection it also waits for the
+        // first message. A watchdog ends the wait if the child exits first, the deadline passes
+        // or the run is over: it kills the worker (which ends a wait for a message on a
+        // connection it made) and connects and hangs up (which ends a wait for a connection).
+        let (handshake_over, watch) = bounded::<()>(1);
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        {
+            let (cancelled, failure, server_name) =
+                (cancelled.clone(), failure.clone(), server_name.clone());
+            let program = program.clone();
+            thread::Builder::new()
+                .name(format!("corral-handshake-{pid}"))
+                .spawn(move || {
+                    let (reason, kill) = select! {
+                        recv(watch) -> _ => return,
+                        recv(exits_during_handshake) -> exit => match exit {
+                            Ok(status) => (format!("worker {pid} ({program}) {} before saying hello", describe_exit(status)), false),
+                            Err(_) => (format!("worker {pid} ({program}) vanished before saying hello"), false),
+                        },
+                        recv(cancelled) -> _ => (format!("worker {pid} ({program}) was abandoned: the run is over"), true),
+                        default(timeout) => (format!(
+                            "worker {pid} ({program}) did not say hello within {}",
+                            humantime::format_duration(timeout)
+                        ), true),
+                    };
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                    if kill {
+                        kill_group(pid);
+                    }
+                    let _ = IpcSender::<FromWorker>::connect(server_name);
+                })
+                .expect("spawning a thread");
+        }
+        let accepted = server.accept();
+        let _ = handshake_over.send(());
+        let failed = |message: String, is_fatal: bool| {
+            kill_group(pid);
+            StartFailure {
+                fatal: is_fatal,
+                message,
+            }
+        };
+        if let Some(reason) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(failed(reason, false));
+        }
+        let (receiver, first) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                return Err(failed(
+                    format!("worker {pid} ({program}) failed the handshake: {err}"),
+                    false,
+                ));
+            }
+        };
+        let hello: Hello = match first {
+            FromWorker::Hello(hello) => hello,
+            FromWorker::Done(_) => {
+                return Err(failed(
+                    format!("worker {pid} ({program}) did not start with hello"),
+                    true,
+                ));
+            }
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(failed(
+                format!(
+                    "worker {program} speaks protocol version {}, this corral speaks {PROTOCOL_VERSION}; rebuild it against this corral-worker",
+                    hello.protocol_version
+                ),
+                true,
+            ));
+        }
+        if hello.nonce != nonce {
+            return Err(failed(
+                format!("worker {pid} ({program}) answered with the wrong nonce"),
+                true,
+            ));
+        }
+        let Some(running) = RunningSlot::from_shared(hello.running) else {
+            return Err(failed(
+                format!("worker {pid} ({program}) sent a running-word region of the wrong size"),
+                true,
+            ));
+        };
+        tracing::info!(pid, "worker started");
+        let started = StartedWorker {
+            worker,
+            pid,
+            tasks: hello.tasks,
+            sender: hello.sender,
+            running,
+        };
+        Ok((started, receiver, exits))
+    }
+}
+
 /// Waits for `child` on a thread of its own; once reaped, kills what is left of its process
-/// group and reports the status twice: to the handshake watchdog and to the receiver thread,
-/// each of which may or may not still be listening.
-fn reap_in_background(mut child: Child) -> (Receiver<ExitStatus>, Receiver<ExitStatus>) {
+/// group, takes it off the keeper's list, ends its log reader (by dropping `stop_logging`) and
+/// reports the status twice: to the handshake watchdog and to the receiver, each of which may
+/// or may not still be listening.
+fn reap_in_background(
+    mut child: Child,
+    keeper: Option<Arc<Keeper>>,
+    stop_logging: io::PipeWriter,
+) -> (Receiver<ExitStatus>, Receiver<ExitStatus>) {
     let (tx, rx) = bounded(1);
     let (handshake_tx, handshake_rx) = bounded(1);
     let pid = child.id();
@@ -448,7 +580,7 @@ fn reap_in_background(mut child: Child) -> (Receiver<ExitStatus>, Receiver<ExitS
             let status = loop {
                 match child.wait() {
                     Ok(status) => break status,
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                     Err(err) => {
                         tracing::error!(pid, "cannot wait for worker: {err}");
                         return;
@@ -456,6 +588,10 @@ fn reap_in_background(mut child: Child) -> (Receiver<ExitStatus>, Receiver<ExitS
                 }
             };
             kill_group(pid);
+            if let Some(keeper) = &keeper {
+                keeper.forget(pid);
+            }
+            drop(stop_logging);
             let _ = handshake_tx.send(status);
             let _ = tx.send(status);
         })
@@ -465,60 +601,279 @@ fn reap_in_background(mut child: Child) -> (Receiver<ExitStatus>, Receiver<ExitS
 
 /// Forwards a worker's messages to the runtime until its channel closes, then waits for its
 /// exit, so that `Gone` always comes after the worker's last result.
-fn receive_in_background(
+fn receive(
     worker: WorkerId,
     pid: u32,
     receiver: IpcReceiver<FromWorker>,
     exits: Receiver<ExitStatus>,
-    events: Sender<PoolEvent>,
+    events: &Sender<PoolEvent>,
 ) {
+    let mut note = None;
+    loop {
+        match receiver.recv() {
+            Ok(FromWorker::Done(done)) => {
+                if events.send(PoolEvent::Done { worker, done }).is_err() {
+                    return;
+                }
+            }
+            Ok(FromWorker::Hello(_)) => {
+                note = Some("it sent a second hello".to_owned());
+                kill_group(pid);
+                break;
+            }
+            Err(ipc_channel::IpcError::Disconnected) => break,
+            Err(err) => {
+                note = Some(format!("it sent a malformed message ({err})"));
+                kill_group(pid);
+                break;
+            }
+        }
+    }
+    drop(receiver);
+    let exit = match exits.recv() {
+        Ok(status) => describe_exit(status),
+        Err(_) => WorkerExit::Code(-1),
+    };
+    if let Some(note) = &note {
+        tracing::warn!(pid, "worker killed: {note}");
+    }
+    let _ = events.send(PoolEvent::Gone { worker, exit, note });
+}
+
+/// Logs each line a worker prints on stdout or stderr, with its pid: stdout never mixes with
+/// results, and stderr lines can be told apart between workers. One thread serves both pipes
+/// and ends when they close or, at the latest, once the worker is reaped (`stopped` closes).
+fn log_worker_output(pid: u32, stdout: ChildStdout, stderr: ChildStderr, stopped: PipeReader) {
     thread::Builder::new()
-        .name(format!("corral-recv-{pid}"))
+        .name(format!("corral-log-{pid}"))
         .spawn(move || {
-            let mut note = None;
+            let mut streams = [
+                LogStream::new(pid, "stdout", Box::new(stdout)),
+                LogStream::new(pid, "stderr", Box::new(stderr)),
+            ];
             loop {
-                match receiver.recv() {
-                    Ok(FromWorker::Done(done)) => {
-                        if events.send(PoolEvent::Done { worker, done }).is_err() {
-                            return;
-                        }
+                let open: Vec<usize> = (0..2).filter(|&i| streams[i].open).collect();
+                if open.is_empty() {
+                    return;
+                }
+                let fds: Vec<BorrowedFd<'_>> = open
+                    .iter()
+                    .map(|&i| streams[i].fd())
+                    .chain([stopped.as_fd()])
+                    .collect();
+                let ready = poll_readable(&fds);
+                if ready.last() == Some(&true) {
+                    // The worker was reaped: log what it left in the pipes, then stop, even if
+                    // an escaped descendant still holds them open.
+                    for stream in &mut streams {
+                        stream.drain(MAX_LOG_DRAIN);
+                        stream.finish();
                     }
-                    Ok(FromWorker::Hello(_)) => {
-                        note = Some("it sent a second hello".to_owned());
-                        kill_group(pid);
-                        break;
-                    }
-                    Err(ipc_channel::IpcError::Disconnected) => break,
-                    Err(err) => {
-                        note = Some(format!("it sent a malformed message ({err})"));
-                        kill_group(pid);
-                        break;
+                    return;
+                }
+                for (&i, &ready) in open.iter().zip(&ready) {
+                    if ready {
+                        streams[i].drain(usize::MAX);
                     }
                 }
             }
-            drop(receiver);
-            let exit = match exits.recv() {
-                Ok(status) => describe_exit(status),
-                Err(_) => WorkerExit::Code(-1),
-            };
-            if let Some(note) = &note {
-                tracing::warn!(pid, "worker killed: {note}");
-            }
-            let _ = events.send(PoolEvent::Gone { worker, exit, note });
         })
         .expect("spawning a thread");
 }
 
-/// Logs each line a worker prints, with its pid: stdout never mixes with results, and stderr
-/// lines can be told apart between workers.
-fn log_worker_output(pid: u32, stream: &'static str, output: impl std::io::Read + Send + 'static) {
-    thread::Builder::new()
-        .name(format!("corral-{stream}-{pid}"))
-        .spawn(move || {
-            for line in BufReader::new(output).split(b'\n') {
-                let Ok(line) = line else { return };
-                tracing::warn!(pid, "worker {stream}: {}", String::from_utf8_lossy(&line));
-            }
+/// Waits until any of `fds` is readable (or closed); says which.
+fn poll_readable(fds: &[BorrowedFd<'_>]) -> Vec<bool> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
         })
-        .expect("spawning a thread");
+        .collect();
+    loop {
+        // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs, and every fd in it
+        // is borrowed for the duration of the call.
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) };
+        if n >= 0 {
+            break;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    polls.iter().map(|p| p.revents != 0).collect()
+}
+
+/// One of a worker's output pipes, read without blocking and cut into bounded log lines.
+struct LogStream {
+    pid: u32,
+    name: &'static str,
+    pipe: Box<dyn ReadFd>,
+    open: bool,
+    lines: LogLines,
+}
+
+/// A pipe that is read and polled.
+trait ReadFd: Read + AsFd + Send {}
+impl<T: Read + AsFd + Send> ReadFd for T {}
+
+impl LogStream {
+    fn new(pid: u32, name: &'static str, pipe: Box<dyn ReadFd>) -> LogStream {
+        let fd = pipe.as_fd().as_raw_fd();
+        // SAFETY: fcntl on a file descriptor this stream owns; no memory is involved.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        LogStream {
+            pid,
+            name,
+            pipe,
+            open: true,
+            lines: LogLines::default(),
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.pipe.as_fd()
+    }
+
+    /// Reads what the pipe holds now (at most `limit` bytes) and logs each complete line.
+    fn drain(&mut self, limit: usize) {
+        let mut buf = [0u8; 16 * 1024];
+        let mut taken = 0;
+        while self.open && taken < limit {
+            match self.pipe.read(&mut buf) {
+                Ok(0) => {
+                    self.open = false;
+                    self.finish();
+                }
+                Ok(n) => {
+                    taken += n;
+                    let (pid, name) = (self.pid, self.name);
+                    self.lines.push(&buf[..n], |line| log_line(pid, name, line));
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.open = false,
+            }
+        }
+    }
+
+    /// Logs a last line left without its newline.
+    fn finish(&mut self) {
+        let (pid, name) = (self.pid, self.name);
+        self.lines.flush(|line| log_line(pid, name, line));
+    }
+}
+
+fn log_line(pid: u32, stream: &str, line: LogLine<'_>) {
+    let text = String::from_utf8_lossy(line.text);
+    if line.cut == 0 {
+        tracing::warn!(pid, "worker {stream}: {text}");
+    } else {
+        tracing::warn!(
+            pid,
+            "worker {stream}: {text}... ({} more bytes of this line not logged)",
+            line.cut
+        );
+    }
+}
+
+/// A line of a worker's output as logged: at most [`MAX_LOG_LINE`] bytes of it, and how many
+/// more there were.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogLine<'a> {
+    /// The start of the line.
+    pub text: &'a [u8],
+    /// Bytes of the line past [`MAX_LOG_LINE`], not kept.
+    pub cut: u64,
+}
+
+/// Cuts a stream of bytes into log lines at `\n` or `\r` (a progress bar's redraw), keeping at
+/// most [`MAX_LOG_LINE`] bytes of any one line. Empty lines are skipped.
+#[derive(Debug, Default)]
+pub struct LogLines {
+    line: Vec<u8>,
+    cut: u64,
+}
+
+impl LogLines {
+    /// Takes more bytes; calls `emit` for each line they complete.
+    pub fn push(&mut self, mut bytes: &[u8], mut emit: impl FnMut(LogLine<'_>)) {
+        while !bytes.is_empty() {
+            let end = memchr::memchr2(b'\n', b'\r', bytes);
+            let part = &bytes[..end.unwrap_or(bytes.len())];
+            let room = MAX_LOG_LINE - self.line.len();
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            self.cut += part.len().saturating_sub(room) as u64;
+            match end {
+                Some(end) => {
+                    self.flush(&mut emit);
+                    bytes = &bytes[end + 1..];
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Emits what is held as a line, if anything.
+    pub fn flush(&mut self, mut emit: impl FnMut(LogLine<'_>)) {
+        if !self.line.is_empty() || self.cut > 0 {
+            emit(LogLine {
+                text: &self.line,
+                cut: self.cut,
+            });
+        }
+        self.line.clear();
+        self.cut = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(chunks: &[&[u8]]) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let mut lines = LogLines::default();
+        for chunk in chunks {
+            lines.push(chunk, |l| {
+                out.push((String::from_utf8_lossy(l.text).into_owned(), l.cut))
+            });
+        }
+        lines.flush(|l| out.push((String::from_utf8_lossy(l.text).into_owned(), l.cut)));
+        out
+    }
+
+    #[test]
+    fn log_lines_split_at_newlines_and_carriage_returns_across_reads() {
+        assert_eq!(
+            lines(&[b"one\ntw", b"o\r\nthr", b"ee\r40%\r80%", b"\n\n", b"last"]),
+            [
+                ("one".into(), 0),
+                ("two".into(), 0),
+                ("three".into(), 0),
+                ("40%".into(), 0),
+                ("80%".into(), 0),
+                ("last".into(), 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_line_keeps_its_start_and_counts_the_rest() {
+        let long = vec![b'x'; MAX_LOG_LINE + 10];
+        let got = lines(&[&long, &long, b"\nnext"]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0.len(), MAX_LOG_LINE);
+        assert_eq!(got[0].1, (MAX_LOG_LINE + 20) as u64);
+        assert_eq!(got[1], ("next".into(), 0));
+        let mut lines = LogLines::default();
+        for _ in 0..1000 {
+            lines.push(&long, |_| {});
+        }
+        assert!(lines.line.capacity() <= 2 * MAX_LOG_LINE, "bounded memory");
+    }
 }

@@ -3,26 +3,31 @@
 //!
 //! Signals: the first SIGINT, SIGTERM or SIGHUP drains the run (no new jobs; batches in flight
 //! finish within the grace period and their results are written). A second signal, or the end
-//! of the grace period, kills the workers at once.
+//! of the grace period, kills the workers at once; results already complete (those held back
+//! for `--keep-order` too) are still written.
+//!
+//! The loop never waits on the output: results go to the writer thread without blocking, and
+//! while more than [`MAX_BACKLOG`] wait to be written no more input is taken, so a stalled
+//! reader of the results holds memory bounded and signals, timeouts and the grace period are
+//! still enforced. At the end the run waits for the writer, but not past the grace period of a
+//! stop signal, nor past [`LAST_FLUSH`] after a second one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use corral_protocol::WorkerId;
-use crossbeam_channel::{Receiver, Sender, bounded, never, select, tick, unbounded};
+use corral_protocol::{RunningWord, WorkerId};
+use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, tick, unbounded};
 
 use crate::input::{InputFormat, JobParser};
-use crate::output::{ResultWriter, Tally};
+use crate::output::{Tally, WriterThread};
 use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
 use crate::progress::Progress;
 use crate::record::{InputChunk, JobResult, Jobs, TaskNames};
-use crate::resume::ResultKeyText;
+use crate::resume::FinishedKeys;
 use crate::ring::Ring;
 use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
 
@@ -30,6 +35,11 @@ use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
 const INPUT_CHUNK: usize = 1024;
 /// How often deadlines, delayed restarts and the grace period are checked.
 const TICK: Duration = Duration::from_millis(20);
+/// Results waiting to be written past which no more input is taken.
+pub const MAX_BACKLOG: usize = 16 * 1024;
+/// How long results already complete may still take to be written once the run is stopped at
+/// once (a second signal, the end of the grace period).
+pub const LAST_FLUSH: Duration = Duration::from_secs(1);
 
 /// Where jobs are read from.
 #[derive(Debug, Clone)]
@@ -65,7 +75,7 @@ pub struct RunConfig {
     /// Draw a progress bar on stderr.
     pub progress: bool,
     /// Keys of results already written (`--resume`); those jobs are skipped.
-    pub finished: Option<HashSet<ResultKeyText>>,
+    pub finished: Option<FinishedKeys>,
 }
 
 /// How a run ended.
@@ -92,6 +102,9 @@ pub struct RunReport {
     pub tally: Tally,
     /// Restarts, recycles, jobs not run.
     pub counters: RunCounters,
+    /// Results that were complete but could not be written (a write error, or an output still
+    /// stalled when the run had to end).
+    pub unwritten: u64,
     /// Whether all input was read.
     pub input_complete: bool,
     /// How it ended.
@@ -120,15 +133,7 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         .spawn(move || read_inputs(sources, parser, finished, vectors, input_tx))
         .expect("spawning a thread");
 
-    let output_failed = Arc::new(AtomicBool::new(false));
-    let (results_tx, results_rx) = bounded::<Vec<JobResult>>(2);
-    let writer = {
-        let failed = output_failed.clone();
-        thread::Builder::new()
-            .name("corral-output".into())
-            .spawn(move || write_results(results_rx, output, &failed))
-            .expect("spawning a thread")
-    };
+    let writer = WriterThread::start(output);
 
     let (signals_tx, signals_rx) = unbounded::<i32>();
     let signals = forward_signals(signals_tx);
@@ -140,7 +145,8 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         scheduler: Scheduler::new(config.scheduler.clone(), names, Instant::now(), seed),
         spawner,
         handles: HashMap::new(),
-        results: results_tx,
+        writer,
+        emitted: 0,
         measure_rss: config.scheduler.max_rss.is_some(),
         grace: config.grace,
         progress: config.progress.then(Progress::new),
@@ -155,19 +161,25 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     runtime.step(Event::Tick {
         running: Vec::new(),
     });
-    runtime.event_loop(&input_rx, &events_rx, &signals_rx, &output_failed);
-    if let Some(handle) = signals {
-        handle.close();
-    }
+    runtime.event_loop(&input_rx, &events_rx, &signals_rx);
 
-    if !runtime.finished {
-        // Stopped early: take every worker down now.
+    let stopped_at_once = !runtime.finished;
+    if stopped_at_once {
+        // Stopped early: what is complete still goes out (in order, under --keep-order), and
+        // every worker goes down now.
+        let held = runtime.scheduler.abandon();
+        runtime.emit(held);
         for handle in runtime.handles.values() {
             handle.kill();
         }
     }
     if let Some(progress) = &runtime.progress {
         progress.finish();
+    }
+    runtime.writer.close();
+    runtime.wait_for_writer(&signals_rx, stopped_at_once);
+    if let Some(handle) = signals {
+        handle.close();
     }
     let counters = runtime.scheduler.counters();
     let end = runtime
@@ -183,19 +195,26 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         .or_else(|| runtime.input_error.take().map(RunEnd::InputFailed));
     let input_complete = runtime.input_complete;
     let Runtime {
-        results, spawner, ..
+        writer,
+        spawner,
+        emitted,
+        ..
     } = runtime;
-    drop(results);
     drop(spawner);
-    let (tally, write_error) = writer.join().expect("the output thread does not panic");
-    let end = match (end, write_error) {
+    let written = writer.outcome();
+    let unwritten = emitted - written.tally.total();
+    if written.abandoned {
+        tracing::warn!("the output is stalled: {unwritten} results complete were not written");
+    }
+    let end = match (end, written.error) {
         (Some(end), _) => end,
         (None, Some(err)) => RunEnd::OutputFailed(err.kind(), err.to_string()),
         (None, None) => RunEnd::Completed,
     };
     RunReport {
-        tally,
+        tally: written.tally,
         counters,
+        unwritten,
         input_complete,
         end,
         elapsed: started.elapsed(),
@@ -206,7 +225,9 @@ struct Runtime {
     scheduler: Scheduler,
     spawner: Spawner,
     handles: HashMap<WorkerId, WorkerHandle>,
-    results: Sender<Vec<JobResult>>,
+    writer: WriterThread,
+    /// Results handed to the writer.
+    emitted: u64,
     measure_rss: bool,
     grace: Duration,
     progress: Option<Progress>,
@@ -228,16 +249,18 @@ impl Runtime {
         input_rx: &Receiver<InputMsg>,
         events_rx: &Receiver<PoolEvent>,
         signals_rx: &Receiver<i32>,
-        output_failed: &AtomicBool,
     ) {
         let ticker = tick(TICK);
         let no_input = never();
         let mut input_open = true;
         while !self.finished && self.end.is_none() {
-            if output_failed.load(Ordering::Relaxed) {
+            if self.writer.failed() {
                 return;
             }
-            let input = if input_open && self.scheduler.wants_input() {
+            let input = if input_open
+                && self.scheduler.wants_input()
+                && self.writer.backlog() < MAX_BACKLOG
+            {
                 input_rx
             } else {
                 &no_input
@@ -253,7 +276,7 @@ impl Runtime {
                         Event::Input(items)
                     }
                     Ok(InputMsg::Failed(message)) => {
-                        tracing::error!("{message}");
+                        // Said once, at the end, as the reason the run stopped short.
                         self.input_error = Some(message);
                         input_open = false;
                         Event::InputEnded
@@ -322,16 +345,19 @@ impl Runtime {
                 Event::BatchDone { worker, done, rss }
             }
             PoolEvent::Gone { worker, exit, note } => {
-                let handle = self
-                    .handles
-                    .remove(&worker)
-                    .expect("gone workers were started");
-                let running = handle.running.load();
-                if handle.retired() {
-                    tracing::info!(pid = handle.pid, "worker {exit}");
-                } else {
-                    tracing::warn!(pid = handle.pid, "worker {exit}");
-                }
+                // A worker's Started always comes before its Gone (one thread sends both), so
+                // the handle is there; without one, nothing is known of what it ran.
+                let running = match self.handles.remove(&worker) {
+                    Some(handle) => {
+                        if handle.retired() {
+                            tracing::info!(pid = handle.pid, "worker {exit}");
+                        } else {
+                            tracing::warn!(pid = handle.pid, "worker {exit}");
+                        }
+                        handle.running.load()
+                    }
+                    None => RunningWord::IDLE,
+                };
                 Event::WorkerGone {
                     worker,
                     exit,
@@ -366,16 +392,55 @@ impl Runtime {
                     }
                 }
                 Action::Note(message) => tracing::warn!("{message}"),
-                Action::Emit(results) => {
-                    if let Some(progress) = &self.progress {
-                        progress.record(&results, self.scheduler.counters().restarts);
-                    }
-                    // The output thread only stops after this sender is dropped.
-                    let _ = self.results.send(results);
-                }
+                Action::Emit(results) => self.emit(results),
                 Action::Fatal(message) => self.end = Some(RunEnd::Fatal(message)),
                 Action::Abort(message) => self.end = Some(RunEnd::Halted(message)),
                 Action::Finished => self.finished = true,
+            }
+        }
+    }
+}
+
+impl Runtime {
+    fn emit(&mut self, results: Vec<JobResult>) {
+        if results.is_empty() {
+            return;
+        }
+        if let Some(progress) = &self.progress {
+            progress.record(&results, self.scheduler.counters().restarts);
+        }
+        self.emitted += results.len() as u64;
+        self.writer.send(results);
+    }
+
+    /// Waits until every result is written, but not past the grace period of a stop signal,
+    /// nor past [`LAST_FLUSH`] once the run was stopped at once; a further signal ends the wait.
+    fn wait_for_writer(&mut self, signals_rx: &Receiver<i32>, stopped_at_once: bool) {
+        let mut until = if stopped_at_once {
+            Some(Instant::now() + LAST_FLUSH)
+        } else {
+            self.grace_until
+        };
+        loop {
+            let deadline = until.map_or_else(never, |t| {
+                after(t.saturating_duration_since(Instant::now()))
+            });
+            select! {
+                recv(self.writer.finished()) -> _ => return,
+                recv(deadline) -> _ => return,
+                recv(signals_rx) -> signal => {
+                    let Ok(signal) = signal else { return };
+                    if self.interrupted.is_some() {
+                        return;
+                    }
+                    self.interrupted = Some(signal);
+                    let grace = Instant::now() + self.grace;
+                    until = Some(until.map_or(grace, |t| t.min(grace)));
+                    tracing::warn!(
+                        "stop signal: waiting at most {} for the results to be written",
+                        humantime::format_duration(self.grace)
+                    );
+                }
             }
         }
     }
@@ -408,7 +473,7 @@ fn forward_signals(tx: Sender<i32>) -> Option<signal_hook::iterator::Handle> {
 fn read_inputs(
     sources: Vec<Source>,
     mut parser: JobParser,
-    finished: Option<HashSet<ResultKeyText>>,
+    finished: Option<FinishedKeys>,
     vectors: usize,
     tx: Sender<InputMsg>,
 ) {
@@ -463,39 +528,4 @@ fn read_inputs(
     if let Some(full) = chunk.take().filter(|chunk| !chunk.is_empty()) {
         let _ = tx.send(InputMsg::Items(full));
     }
-}
-
-/// Writes results until the runtime hangs up. After a write error, results are still counted
-/// but no longer written; the error is flagged so that the run stops.
-fn write_results(
-    rx: Receiver<Vec<JobResult>>,
-    sink: Box<dyn Write + Send>,
-    failed: &AtomicBool,
-) -> (Tally, Option<io::Error>) {
-    let mut writer = ResultWriter::new(sink);
-    let mut tally = Tally::default();
-    let mut error = None;
-    for results in rx.iter() {
-        results.iter().for_each(|r| tally.add(r));
-        if error.is_some() {
-            continue;
-        }
-        let written = writer.write(&results).and_then(|()| {
-            if rx.is_empty() {
-                writer.flush()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(err) = written {
-            failed.store(true, Ordering::Relaxed);
-            error = Some(err);
-        }
-    }
-    if error.is_none()
-        && let Err(err) = writer.flush()
-    {
-        error = Some(err);
-    }
-    (tally, error)
 }

@@ -522,13 +522,31 @@ impl Scheduler {
         }
     }
 
-    /// Whether the input reader should be asked for more lines.
+    /// Whether the input reader should be asked for more lines. Under `keep_order`, not while
+    /// the lines read reach past the order window: rejected lines behind a slow head are held
+    /// for ordering too, and the window bounds them as it bounds the jobs.
     pub fn wants_input(&self) -> bool {
         !self.input_ended
             && !self.stopped
             && !self.draining
             && self.pending.len() < self.cfg.max_queued
             && self.pending.bytes() < self.cfg.max_queued_bytes
+            && self
+                .reorder
+                .as_ref()
+                .is_none_or(|r| self.read < r.next + r.window)
+    }
+
+    /// Ends the run at once (a second signal, the end of the grace period): nothing more is
+    /// decided, and the results held back for ordering are returned, in input order, so that
+    /// what is complete is still written.
+    pub fn abandon(&mut self) -> Vec<JobResult> {
+        self.stopped = true;
+        let mut results = std::mem::take(&mut self.emitted);
+        if let Some(reorder) = &mut self.reorder {
+            results.extend(std::mem::take(&mut reorder.held).into_values());
+        }
+        results
     }
 
     /// Why the run was halted by `--halt`, if it was.
@@ -795,6 +813,14 @@ impl Scheduler {
                 return;
             }
         }
+        self.counters.restarts += 1;
+        if attributed {
+            // The crash is the job's: its own attempts bound how often it can happen (each one
+            // costs it an attempt), so it must not spend the budget that protects everyone's
+            // run from workers that die for no job's fault.
+            self.spawns_due.push(now);
+            return;
+        }
         let jitter = self.next_jitter();
         let Some(delay) = self.budget.delay(now, jitter) else {
             let policy = &self.cfg.restart;
@@ -806,7 +832,6 @@ impl Scheduler {
             ));
             return;
         };
-        self.counters.restarts += 1;
         self.spawns_due.push(now + delay);
     }
 

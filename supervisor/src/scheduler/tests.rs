@@ -885,3 +885,93 @@ fn a_crash_under_a_memory_limit_says_so() {
         h.notes
     );
 }
+
+fn rejected(seq: u64) -> JobResult {
+    JobResult {
+        seq: JobSeq(seq),
+        key: ResultKey::Line(seq + 1),
+        meta: None,
+        attempts: 0,
+        worker: None,
+        outcome: Err(crate::record::JobError::new(ErrorKind::BadInput, "bad")),
+    }
+}
+
+#[test]
+fn keep_order_stops_reading_once_lines_read_reach_past_the_window() {
+    let mut h = Harness::new(SchedulerConfig {
+        keep_order: Some(4),
+        ..config(1)
+    });
+    h.ready(WorkerId(1), 101);
+    // A slow head job, then bad lines: each is answered at once, but held behind the head.
+    h.input([job(0, "t")]);
+    assert!(h.scheduler.wants_input());
+    h.feed(Event::Input(InputChunk {
+        jobs: Jobs::default(),
+        rejected: (1..4).map(rejected).collect(),
+    }));
+    assert!(
+        !h.scheduler.wants_input(),
+        "four items read, none released: the window is full"
+    );
+    let sends = h.take_sends();
+    h.complete(WorkerId(1), &sends[0].1, 1_000);
+    assert_eq!(h.results.len(), 4, "the head released the lines behind it");
+    assert!(h.scheduler.wants_input());
+}
+
+#[test]
+fn abandoning_a_run_hands_back_the_results_held_for_ordering_in_order() {
+    let mut h = Harness::new(SchedulerConfig {
+        keep_order: Some(100),
+        max_batch_jobs: 1,
+        batches_in_flight: 1,
+        ..config(3)
+    });
+    h.input((0..3).map(|i| job(i, "t")));
+    h.ready(WorkerId(1), 101);
+    h.ready(WorkerId(2), 102);
+    h.ready(WorkerId(3), 103);
+    let sends = h.take_sends();
+    // Jobs 1 and 2 finish; job 0 is still running when the run is abandoned.
+    let (first, second) = (&sends[1], &sends[2]);
+    h.complete(first.0, &first.1, 1_000);
+    h.complete(second.0, &second.1, 1_000);
+    assert!(h.results.is_empty(), "held behind job 0");
+    let held = h.scheduler.abandon();
+    let seqs: Vec<u64> = held.iter().map(|r| r.seq.0).collect();
+    assert_eq!(seqs, [1, 2]);
+    h.feed(Event::Tick { running: vec![] });
+    assert!(h.sends.is_empty(), "an abandoned run decides nothing more");
+}
+
+#[test]
+fn crashes_blamed_on_a_job_do_not_spend_the_restart_budget() {
+    let mut h = Harness::new(SchedulerConfig {
+        restart: RestartPolicy {
+            max_restarts: 1,
+            give_up_after: 1,
+            ..RestartPolicy::default()
+        },
+        retries: 0,
+        max_batch_jobs: 1,
+        ..config(1)
+    });
+    h.input((0..50).map(|i| job(i, "t")));
+    for round in 0..50 {
+        let worker = *h.spawns.last().unwrap();
+        h.ready(worker, 100 + round);
+        let sends = h.take_sends();
+        let (_, batch) = &sends[0];
+        h.die(worker, sigsegv(), RunningWord::running(batch.id, 0));
+        assert!(h.fatal.is_none(), "round {round}: {:?}", h.fatal);
+    }
+    assert_eq!(h.results.len(), 50);
+    assert!(h.results.iter().all(|r| {
+        r.outcome
+            .as_ref()
+            .is_err_and(|e| e.kind == ErrorKind::Crashed)
+    }));
+    assert_eq!(h.scheduler.counters().restarts, 50);
+}
