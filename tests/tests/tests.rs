@@ -5,6 +5,7 @@ mod util;
 
 mod bad_input;
 mod batch;
+mod hardening;
 mod operate;
 mod startup;
 mod supervision;

@@ -350,8 +350,32 @@ pub fn alive(pid: u32) -> bool {
     matches!(process_state(pid), Some(state) if state != 'Z' && state != 'X')
 }
 
-/// Pids of the live children of `parent`, from `/proc`.
+/// Whether `pid` is a run's keeper (`corral keeper`), the one child of corral that is not a
+/// worker.
+pub fn is_keeper(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).nth(1) == Some(&b"keeper"[..]))
+}
+
+/// The pid of `parent`'s keeper, once it has one (10 s at most).
+pub fn keeper_of(parent: u32) -> u32 {
+    wait_for(Duration::from_secs(10), || {
+        all_children_of(parent)
+            .into_iter()
+            .find(|&pid| is_keeper(pid))
+    })
+    .unwrap_or_else(|| panic!("{parent} started no keeper"))
+}
+
+/// Pids of the live workers of a corral `parent` (its children but its keeper), from `/proc`.
 pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = all_children_of(parent);
+    children.retain(|&pid| !is_keeper(pid));
+    children
+}
+
+/// Pids of the live children of `parent`, from `/proc`.
+pub fn all_children_of(parent: u32) -> Vec<u32> {
     let mut children = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return children;

@@ -2,8 +2,12 @@
 //! purpose (panic, abort, segfault, exit, hang, print to stdout), for the integration tests.
 //!
 //! `CORRAL_FAULT_START` makes it misbehave instead of serving: `exit` (exit 3 before hello),
-//! `hang` (never say hello), `bad-version` and `bad-nonce` (say a wrong hello), `garbage` (say
-//! a good hello, then answer its first batch with bytes that are no message at all).
+//! `hang` (never say hello), `connect-silent` (connect to the bootstrap socket, then say
+//! nothing), `bad-version` and `bad-nonce` (say a wrong hello), `garbage` (say a good hello,
+//! then answer its first batch with bytes that are no message at all), `hello-then-exit` (a
+//! good hello, then exit at once), `drop-inbox` (a good hello, then close the channel batches
+//! come on and stay alive), and `first-hangs:PATH` (the first worker to create PATH never says
+//! hello; the others serve).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,22 +24,55 @@ struct SquareIn {
     spin_us: u64,
 }
 
-/// Input of `hang`: where to write the pid of the child it starts before hanging.
+/// Input of `hang` and `escape`: where to write the pid of the child it starts before hanging.
 #[derive(Deserialize)]
 struct HangIn {
     pidfile: String,
+}
+
+/// Starts `sleep 3600` (in a session of its own when `escape`), writes its pid, and hangs.
+fn start_child_and_hang(input: HangIn, escape: bool) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("sleep");
+    command.arg("3600");
+    if escape {
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let child = command.spawn().map_err(|e| e.to_string())?;
+    std::fs::write(&input.pidfile, child.id().to_string()).map_err(|e| e.to_string())?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// What `leak` keeps.
 static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
 fn main() -> ExitCode {
-    match std::env::var("CORRAL_FAULT_START").as_deref() {
-        Ok("exit") => std::process::exit(3),
-        Ok("hang") => loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        },
-        Ok(mode @ ("bad-version" | "bad-nonce" | "garbage")) => return wrong_hello(mode),
+    let mode = std::env::var("CORRAL_FAULT_START").unwrap_or_default();
+    let first_hangs = mode
+        .strip_prefix("first-hangs:")
+        .is_some_and(|path| std::fs::File::create_new(path).is_ok());
+    match mode.as_str() {
+        "exit" => std::process::exit(3),
+        "hang" => hang(),
+        _ if first_hangs => hang(),
+        "connect-silent" => {
+            let server = std::env::var(corral_protocol::ENV_BOOTSTRAP).expect("started by corral");
+            let _sender =
+                ipc_channel::ipc::IpcSender::<corral_protocol::FromWorker>::connect(server)
+                    .expect("connect");
+            hang()
+        }
+        "bad-version" | "bad-nonce" | "garbage" | "hello-then-exit" | "drop-inbox" => {
+            return wrong_hello(&mode);
+        }
         _ => {}
     }
     Worker::new()
@@ -72,15 +109,18 @@ fn main() -> ExitCode {
         .task("exit", |code: i32| -> Result<(), String> {
             std::process::exit(code)
         })
-        .task("hang", |input: HangIn| -> Result<(), String> {
-            let child = std::process::Command::new("sleep")
-                .arg("3600")
-                .spawn()
-                .map_err(|e| e.to_string())?;
-            std::fs::write(&input.pidfile, child.id().to_string()).map_err(|e| e.to_string())?;
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
+        .task("hang", |input: HangIn| start_child_and_hang(input, false))
+        .task("escape", |input: HangIn| start_child_and_hang(input, true))
+        .task("print_long", |mib: usize| -> Result<usize, String> {
+            // One line of `mib` MiB, no newline: the supervisor must not keep it whole.
+            use std::io::Write;
+            let chunk = vec![b'x'; 1 << 20];
+            let mut stdout = std::io::stdout().lock();
+            for _ in 0..mib {
+                stdout.write_all(&chunk).map_err(|e| e.to_string())?;
             }
+            stdout.flush().map_err(|e| e.to_string())?;
+            Ok(mib)
         })
         .task("print", |text: String| -> Result<String, String> {
             println!("{text}");
@@ -101,8 +141,15 @@ fn main() -> ExitCode {
         .run()
 }
 
-/// Connects like a real worker but says a hello the supervisor must refuse, or (`garbage`) a
-/// good hello followed by a malformed answer.
+fn hang() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Connects like a real worker but says a hello the supervisor must refuse, or a good hello
+/// followed by a malformed answer (`garbage`), an exit (`hello-then-exit`) or a closed inbox
+/// (`drop-inbox`).
 fn wrong_hello(mode: &str) -> ExitCode {
     use corral_protocol::{
         ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, PROTOCOL_VERSION, RunningSlot,
@@ -131,6 +178,14 @@ fn wrong_hello(mode: &str) -> ExitCode {
         running,
     };
     sender.send(FromWorker::Hello(hello)).expect("send hello");
+    match mode {
+        "hello-then-exit" => std::process::exit(0),
+        "drop-inbox" => {
+            drop(inbox);
+            hang();
+        }
+        _ => {}
+    }
     if mode == "garbage" {
         let _batch = inbox.recv();
         // The same channel, carrying a type the supervisor does not expect: an enum tag it has
