@@ -407,6 +407,9 @@ impl JobParser {
                 Line::Text(text) => self.parse(text),
                 Line::TooLong(len) => {
                     self.line += 1;
+                    if self.finished_line() {
+                        continue;
+                    }
                     Some(self.rejected(
                         ErrorKind::TooLarge,
                         format!(
@@ -432,9 +435,7 @@ impl JobParser {
         if line.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        if let Some(keys) = &self.resume
-            && keys.contains(line_digest(self.line))
-        {
+        if self.finished_line() {
             return None;
         }
         if self.format.plain_lines {
@@ -503,6 +504,13 @@ impl JobParser {
         let input = parsed.input.map_or_else(|| self.null.clone(), span);
         let meta = parsed.meta.map(span);
         Some(self.job(id, task, input, meta))
+    }
+
+    /// Whether `--resume` found a result for the current line itself (one that was not a job).
+    fn finished_line(&self) -> bool {
+        self.resume
+            .as_ref()
+            .is_some_and(|keys| keys.contains(line_digest(self.line)))
     }
 
     /// The number of task `name`; `None` when the run has too many names.
@@ -900,6 +908,36 @@ mod tests {
         assert!(
             matches!(&items[2], InputItem::Job(job) if job.id.as_bytes() == b"6" && job.seq == JobSeq(2))
         );
+    }
+
+    #[test]
+    fn resume_skips_a_too_long_line_that_has_its_result() {
+        let long = format!("{{\"id\": \"{}\"}}", "x".repeat(100));
+        let text = format!("{long}\n{long}\n{{\"id\": 3}}\n");
+        let mut finished = FinishedKeys::default();
+        finished.insert(line_digest(1));
+        let mut parser = JobParser::new(
+            InputFormat {
+                default_task: Some("t".into()),
+                ..format()
+            },
+            TaskNames::default(),
+        );
+        parser.resume(finished);
+        let mut items = Vec::new();
+        parser
+            .read_all(text.as_bytes(), |item, _| {
+                items.push(item);
+                true
+            })
+            .unwrap();
+        // Line 1 was answered (too large) before; line 2 was not; line 3 runs.
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(
+            error_of(&items[0]),
+            (&ResultKey::Line(2), ErrorKind::TooLarge)
+        );
+        assert!(matches!(&items[1], InputItem::Job(job) if job.line == 3));
     }
 
     #[test]
