@@ -254,7 +254,16 @@ impl BatchDone {
         });
     }
 
-    /// Each outcome with its output bytes, in order.
+    /// Whether every output offset lies within [`BatchDone::outputs`], so that the ranges of
+    /// [`BatchDone::iter`] can be sliced. An answer that is not is a protocol violation.
+    pub fn is_well_formed(&self) -> bool {
+        self.outcomes
+            .iter()
+            .all(|o| o.output_end as usize <= self.outputs.0.len())
+    }
+
+    /// Each outcome with its output bytes, in order; the ranges are within
+    /// [`BatchDone::outputs`] when [`BatchDone::is_well_formed`].
     pub fn iter(&self) -> impl Iterator<Item = (&Outcome, std::ops::Range<usize>)> {
         let mut start = 0;
         self.outcomes.iter().map(move |outcome| {

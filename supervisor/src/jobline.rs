@@ -556,5 +556,7 @@ impl Scanner<'_> {
     }
 }
 
+#[cfg(any(test, fuzzing))]
+pub mod reference;
 #[cfg(test)]
 mod tests;

@@ -664,10 +664,7 @@ impl Scheduler {
             .in_flight
             .front()
             .is_some_and(|b| b.id == done.batch && b.jobs.len() == done.outcomes.len())
-            && done
-                .outcomes
-                .iter()
-                .all(|o| o.output_end as usize <= done.outputs.0.len());
+            && done.is_well_formed();
         if !matches {
             if slot.violation.is_none() {
                 let why = format!("worker {} answered a batch it was not running", slot.pid);
