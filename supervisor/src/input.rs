@@ -333,7 +333,7 @@ pub struct JobParser {
 enum Verdict {
     Run,
     Skip,
-    Duplicate(u64),
+    Duplicate(Option<u64>),
 }
 
 impl JobParser {
@@ -549,9 +549,10 @@ impl JobParser {
         })
     }
 
-    fn duplicate(&mut self, first: u64) -> InputItem {
+    fn duplicate(&mut self, first: Option<u64>) -> InputItem {
+        let earlier = first.map_or_else(|| "an earlier line".to_owned(), |l| format!("line {l}"));
         let message =
-            format!("duplicate id: line {first} has the same id; ids must be unique to resume");
+            format!("duplicate id: {earlier} has the same id; ids must be unique to resume");
         self.rejected(ErrorKind::BadInput, message)
     }
 

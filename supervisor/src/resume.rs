@@ -7,8 +7,9 @@
 //! `18446744073709551616` and `18446744073709551617` are two ids, and `1e400` is one), a string
 //! by the characters it spells (so `"a"` and `"\u0061"` are the same id, and a lone surrogate
 //! escape is a character like any other). Every key is kept as a 128-bit digest, so memory per
-//! id is fixed (about 50 bytes in the table, whatever the id's length); two different ids share
-//! a digest with a chance far below one in 10^18 for a billion ids.
+//! id is fixed (a 20-byte entry, 40 to 80 bytes of table with its spare room, whatever the id's
+//! length); two different ids share a digest with a chance far below one in 10^18 for a
+//! billion ids.
 //!
 //! Every result corral writes is final; the file is only ever appended to, so a supervisor
 //! killed at any moment leaves at worst one torn line at the end. The file is locked (`flock`)
@@ -24,9 +25,17 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// The digest of a result's key: an id as written, or a line number.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ResultDigest(u128);
+/// The digest of a result's key: an id as written, or a line number. 128 bits, kept as four
+/// words so that a table entry needs no 16-byte alignment.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ResultDigest([u32; 4]);
+
+impl std::hash::Hash for ResultDigest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // The digest is uniform already: 64 of its bits are the table's hash.
+        state.write_u64(u64::from(self.0[0]) | (u64::from(self.0[1]) << 32));
+    }
+}
 
 /// The digest of a job id given as raw JSON (a string or a number, as the job line wrote it);
 /// `None` if it is neither.
@@ -54,7 +63,13 @@ pub fn line_digest(line: u64) -> ResultDigest {
 }
 
 fn digest(key: &[u8]) -> ResultDigest {
-    ResultDigest(xxhash_rust::xxh3::xxh3_128(key))
+    let d = xxhash_rust::xxh3::xxh3_128(key);
+    ResultDigest([
+        d as u32,
+        (d >> 32) as u32,
+        (d >> 64) as u32,
+        (d >> 96) as u32,
+    ])
 }
 
 /// Decodes a JSON string literal (quotes included) into the bytes of the characters it
@@ -124,7 +139,7 @@ fn push_code_point(code: u32, out: &mut Vec<u8>) {
     }
 }
 
-/// Digests are uniform already: the table uses their low bits as they are.
+/// Digests are uniform already: the table uses the bits they hash as they are.
 #[derive(Default)]
 struct DigestHasher(u64);
 
@@ -134,14 +149,14 @@ impl Hasher for DigestHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u128` is used; anything else is folded in so that it still hashes.
+        // Only `write_u64` is used; anything else is folded in so that it still hashes.
         for &b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
 
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -149,11 +164,13 @@ impl Hasher for DigestHasher {
 #[derive(Debug, Default, Clone)]
 pub struct FinishedKeys {
     /// Per key: [`FINISHED`] if the results file has it, or'ed with the line where this run
-    /// first met it (0: not met yet).
-    keys: HashMap<ResultDigest, u64, BuildHasherDefault<DigestHasher>>,
+    /// first met it (0: not met yet; [`LATE_LINE`] for any line from there on). 20 bytes an
+    /// entry.
+    keys: HashMap<ResultDigest, u32, BuildHasherDefault<DigestHasher>>,
 }
 
-const FINISHED: u64 = 1 << 63;
+const FINISHED: u32 = 1 << 31;
+const LATE_LINE: u32 = FINISHED - 1;
 
 /// What [`FinishedKeys::meet`] says of a job line.
 #[derive(Debug, PartialEq, Eq)]
@@ -162,8 +179,8 @@ pub enum Meeting {
     Run,
     /// Its result is in the file: skip it.
     Finished,
-    /// This run met the same key on this earlier line.
-    Repeated(u64),
+    /// This run met the same key on this earlier line (`None`: a line past 2^31).
+    Repeated(Option<u64>),
 }
 
 impl FinishedKeys {
@@ -192,9 +209,9 @@ impl FinishedKeys {
         let entry = self.keys.entry(key).or_default();
         let first = *entry & !FINISHED;
         if first != 0 {
-            return Meeting::Repeated(first);
+            return Meeting::Repeated((first != LATE_LINE).then_some(u64::from(first)));
         }
-        *entry |= line & !FINISHED;
+        *entry |= u32::try_from(line).map_or(LATE_LINE, |l| l.min(LATE_LINE));
         if *entry & FINISHED != 0 {
             Meeting::Finished
         } else {
@@ -394,8 +411,11 @@ mod tests {
         assert!(keys.contains(a) && !keys.contains(b));
         assert_eq!(keys.meet(b, 4), Meeting::Run);
         assert_eq!(keys.meet(a, 5), Meeting::Finished);
-        assert_eq!(keys.meet(a, 9), Meeting::Repeated(5));
-        assert_eq!(keys.meet(b, 10), Meeting::Repeated(4));
+        assert_eq!(keys.meet(a, 9), Meeting::Repeated(Some(5)));
+        assert_eq!(keys.meet(b, 10), Meeting::Repeated(Some(4)));
+        let c = id_digest(b"3").unwrap();
+        assert_eq!(keys.meet(c, 1 << 40), Meeting::Run);
+        assert_eq!(keys.meet(c, (1 << 40) + 1), Meeting::Repeated(None));
         assert!(!keys.contains(b), "meeting a key does not finish it");
     }
 
