@@ -386,11 +386,7 @@ fn launch(
         } != 0
         {
             let err = io::Error::last_os_error();
-            kill_group(pid);
-            let _ = child.wait();
-            if let Some(keeper) = &keeper {
-                keeper.forget(pid);
-            }
+            discard(child, keeper.as_deref());
             return Err(fatal(format!(
                 "cannot apply --memory-limit to worker {pid}: {err}"
             )));
@@ -399,11 +395,7 @@ fn launch(
     let (logging_stopped, stop_logging) = match io::pipe() {
         Ok(pair) => pair,
         Err(err) => {
-            kill_group(pid);
-            let _ = child.wait();
-            if let Some(keeper) = &keeper {
-                keeper.forget(pid);
-            }
+            discard(child, keeper.as_deref());
             return Err(transient(format!("cannot create a pipe: {err}")));
         }
     };
@@ -421,6 +413,16 @@ fn launch(
         exits_during_handshake,
         exits,
     })
+}
+
+/// Kills and reaps a worker that will not be handed over, and takes it off the keeper's list.
+fn discard(mut child: Child, keeper: Option<&Keeper>) {
+    let pid = child.id();
+    kill_group(pid);
+    let _ = child.wait();
+    if let Some(keeper) = keeper {
+        keeper.forget(pid);
+    }
 }
 
 impl Launched {
