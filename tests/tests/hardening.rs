@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::util::{
     ChildGuard, Output, Run, alive, bin, children_of, fault_worker, keeper_of, process_state,
-    signal, square_jobs, temp_dir, wait_for, wait_for_workers, write_jobs,
+    read_results, signal, square_jobs, temp_dir, wait_for, wait_for_workers, write_jobs,
 };
 
 fn stats(path: &std::path::Path) -> Value {
@@ -18,14 +18,6 @@ fn stats(path: &std::path::Path) -> Value {
 
 fn peak_mib(stats: &Value) -> f64 {
     stats["peak_rss_bytes"].as_f64().expect("peak known") / (1 << 20) as f64
-}
-
-fn read_results(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
 }
 
 /// Item 1: A worker that connects and then says nothing is killed at the start timeout.

@@ -11,20 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::util::{
-    ChildGuard, Lcg, Run, alive, bin, children_of, fault_worker, signal, square_jobs, temp_dir,
-    wait_for, wait_for_workers, write_jobs,
+    ChildGuard, Lcg, Run, alive, bin, children_of, fault_worker, read_results, signal, square_jobs,
+    temp_dir, wait_for, wait_for_workers, write_jobs,
 };
-
-/// Reads a results file: every line must be a well-formed result.
-fn read_results(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .map(|line| {
-            serde_json::from_str::<Value>(line)
-                .unwrap_or_else(|e| panic!("malformed line {line:?}: {e}"))
-        })
-        .collect()
-}
 
 /// Asserts that `results` answer jobs 0..n exactly once each, all correct squares.
 fn assert_exactly_once_squares(results: &[Value], n: u64) {

@@ -418,6 +418,17 @@ pub fn temp_dir() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
+/// Reads a results file: every line must be a well-formed result.
+pub fn read_results(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line)
+                .unwrap_or_else(|e| panic!("malformed line {line:?}: {e}"))
+        })
+        .collect()
+}
+
 /// Writes job lines to a file in `dir`.
 pub fn write_jobs(dir: &Path, name: &str, lines: impl IntoIterator<Item = String>) -> PathBuf {
     let path = dir.join(name);
