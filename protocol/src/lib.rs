@@ -1,5 +1,6 @@
 //! Wire messages between the corral supervisor and its native workers: ids, the bootstrap
-//! handshake, batches and their outcomes. Types only; no I/O happens here.
+//! handshake, batches and their outcomes; the records of the stdio protocol are in [`stdio`].
+//! Types only; no I/O happens here.
 //!
 //! A native worker is started with two environment variables, [`ENV_BOOTSTRAP`] (the name of
 //! an `ipc_channel::ipc::IpcOneShotServer`) and [`ENV_NONCE`]. It connects, sends
@@ -10,13 +11,16 @@
 //! Job inputs and task outputs travel as raw JSON bytes ([`RawJson`]): the supervisor never
 //! parses them, it splices them into result lines.
 
+pub mod exec;
+pub mod stdio;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipc_channel::ipc::{IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. The supervisor refuses a worker whose `Hello` carries another.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Environment variable holding the name of the supervisor's one-shot bootstrap server.
 pub const ENV_BOOTSTRAP: &str = "CORRAL_BOOTSTRAP";
@@ -28,6 +32,10 @@ pub const ENV_NONCE: &str = "CORRAL_NONCE";
 /// start-up and exits at once if its parent is no longer this process (the supervisor died
 /// before the signal was armed).
 pub const ENV_SUPERVISOR_PID: &str = "CORRAL_SUPERVISOR_PID";
+
+/// Environment variable holding the worker's slot: a number from 1 that is unique among the
+/// pool's live workers and that a replacement takes over (GNU parallel's `{%}`).
+pub const ENV_WORKER_SLOT: &str = "CORRAL_WORKER_SLOT";
 
 /// Largest serialized message either side sends, in bytes. Batches are cut below it.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -201,6 +209,11 @@ pub struct Batch {
     pub jobs: Vec<JobRequest>,
     /// The jobs' `input`s, as JSON, one after the other.
     pub inputs: RawJson,
+    /// The jobs' ids, as JSON, one after the other, when the worker asked for them (a stdio
+    /// worker echoes each in its answer); empty otherwise.
+    pub ids: RawJson,
+    /// Where each id ends in [`Batch::ids`]; empty when the ids are not sent.
+    pub id_ends: Vec<u32>,
 }
 
 impl Batch {
@@ -209,6 +222,24 @@ impl Batch {
         self.inputs.0.extend_from_slice(input);
         let input_end = u32::try_from(self.inputs.0.len()).expect("batches stay far below 4 GiB");
         self.jobs.push(JobRequest { task, input_end });
+    }
+
+    /// Adds the id of the job pushed last, for a worker that asked for ids.
+    pub fn push_id(&mut self, id: &[u8]) {
+        self.ids.0.extend_from_slice(id);
+        let end = u32::try_from(self.ids.0.len()).expect("batches stay far below 4 GiB");
+        self.id_ends.push(end);
+    }
+
+    /// Each job's id, in order, if they were sent.
+    pub fn ids(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.id_ends.iter().map(move |&end| {
+            let end = end as usize;
+            let id = self.ids.0.get(start..end).unwrap_or_default();
+            start = end;
+            id
+        })
     }
 
     /// Each job's task and input, in order.
@@ -239,7 +270,8 @@ pub struct BatchDone {
     pub batch: BatchId,
     /// One outcome per job, in the batch's order.
     pub outcomes: Vec<Outcome>,
-    /// The outputs of the jobs, as JSON, one after the other (failures add nothing).
+    /// The outputs of the jobs, as JSON, one after the other. A failure adds nothing, unless
+    /// it is a task error that describes itself (a command's exit status and output).
     pub outputs: RawJson,
 }
 
@@ -291,8 +323,14 @@ pub struct Outcome {
 pub enum TaskResult {
     /// The task's output is in [`BatchDone::outputs`].
     Ok,
-    /// The task returned an error; the message is its `Display`.
-    TaskError(String),
+    /// The task returned an error.
+    TaskError {
+        /// What went wrong, in words (the error's `Display`).
+        message: String,
+        /// A name for the kind of error, when the worker gives one (a Python exception's
+        /// class, `exit_status` for a command that failed).
+        error_type: Option<String>,
+    },
     /// The job's input did not match the task's input type.
     BadInput(String),
     /// The task panicked; the message is the panic's payload.

@@ -77,6 +77,8 @@ Examples:
   corral run --task primes jobs.jsonl -o results.jsonl
   find . -name '*.png' | corral run --lines --task sha256
   corral run --worker target/release/my-worker --retries 0 jobs.jsonl
+  corral run --worker-cmd 'python3 my_worker.py' jobs.jsonl
+  ls *.wav | corral run --lines --exec 'flac -s {}' --timeout 5m
 
 Stopping: the first SIGINT/SIGTERM/SIGHUP stops reading input and lets the batches in
 flight finish (at most --grace); a second one kills the workers at once. Jobs that did not
@@ -140,13 +142,55 @@ pub struct RunArgs {
     )]
     pub worker: Option<PathBuf>,
 
-    /// Task for job lines that name none (required with --lines).
+    /// A worker in any language: the command line that starts one, split as a shell would
+    /// split it (but no shell runs unless you write `sh -c '...'`). It speaks JSON lines on
+    /// stdin and stdout, as docs/worker-protocol.md describes; Python workers use
+    /// corral_worker.py. E.g. 'python3 my_worker.py --model small'.
+    #[arg(
+        long,
+        value_name = "CMD",
+        env = "CORRAL_WORKER_CMD",
+        conflicts_with = "worker",
+        help_heading = "Workers"
+    )]
+    pub worker_cmd: Option<String>,
+
+    /// Task for job lines that name none (required with --lines, unless --exec).
     #[arg(long, value_name = "NAME", help_heading = "Input")]
     pub task: Option<String>,
 
-    /// Treat each input line as a plain string input rather than a JSON job.
-    #[arg(long, requires = "task", help_heading = "Input")]
+    /// Treat each input line as a plain string input rather than a JSON job; its result
+    /// carries the line back as `input`.
+    #[arg(long, help_heading = "Input")]
     pub lines: bool,
+
+    /// Run this command for each job (each line, with --lines) inside the workers, so that
+    /// --timeout, --retries and --halt apply to it. Placeholders as GNU parallel spells them:
+    /// {} the input, {.} without its extension, {/} its basename, {//} its directory, {/.}
+    /// the basename without extension, {#} the job number, {%} the worker slot, {1}..{n} the
+    /// columns of --colsep. Without any placeholder the input is the last argument. No shell
+    /// runs unless --shell. The output is {"status", "signal", "stdout", "stderr"}; a command
+    /// that fails is a task_error. A job file naming the task `exec` runs only with --exec.
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["worker", "worker_cmd", "task"], help_heading = "Commands")]
+    pub exec: Option<String>,
+
+    /// With --exec: run the command with `sh -c`, each replacement shell-quoted.
+    #[arg(long, requires = "exec", help_heading = "Commands")]
+    pub shell: bool,
+
+    /// With --exec: cut each input into the columns {1}..{n} at this string (`\t` is a tab).
+    #[arg(long, value_name = "SEP", requires = "exec", help_heading = "Commands")]
+    pub colsep: Option<String>,
+
+    /// With --exec: most bytes of a command's stdout, and of its stderr, kept in its result;
+    /// past it the output is counted, not kept.
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size, help_heading = "Commands")]
+    pub capture: u64,
+
+    /// With --exec: write each command's stdout and stderr to DIR/N.out and DIR/N.err (N the
+    /// job number) instead of into its result, which then names the files.
+    #[arg(long, value_name = "DIR", requires = "exec", help_heading = "Commands")]
+    pub output_dir: Option<PathBuf>,
 
     /// Kill a job's worker (and its process group) when the job runs longer than this, and
     /// fail the job with `timeout` once its retries are spent. E.g. 500ms, 30s, 2m.

@@ -31,12 +31,18 @@ pub struct InputFormat {
     pub plain_lines: bool,
     /// The task of jobs that name none.
     pub default_task: Option<String>,
+    /// Whether jobs of the [`EXEC_TASK`] may run (`--exec` was given). Without it they are
+    /// refused: a job file alone never runs a program.
+    pub exec: bool,
     /// Longest line accepted, in bytes (without its line ending).
     pub max_line_bytes: usize,
     /// Most blocks of input alive at once (see [`BlockRing`]), and most vectors of jobs read
     /// and not yet answered; [`ring_blocks`] gives the size for a pool.
     pub max_blocks: usize,
 }
+
+/// The task that runs a command per job (`--exec`).
+pub const EXEC_TASK: &str = "exec";
 
 /// Bytes read at a time: the size of the blocks whose lines jobs share.
 const BLOCK_BYTES: usize = 64 * 1024;
@@ -321,6 +327,8 @@ pub struct JobParser {
     last_task: Option<(Box<str>, TaskId)>,
     /// The task of jobs that name none.
     default_task: Option<TaskId>,
+    /// The number of [`EXEC_TASK`].
+    exec_task: TaskId,
     /// The input of jobs that give none.
     null: SharedBytes,
     /// With `--resume`: results already written, and every id met so far with its line, so
@@ -345,6 +353,9 @@ impl JobParser {
                     .intern(name)
                     .expect("the first name of a run has room")
             }),
+            exec_task: names
+                .intern(EXEC_TASK)
+                .expect("the second name of a run has room"),
             line: 0,
             next_seq: 0,
             names,
@@ -449,7 +460,9 @@ impl JobParser {
             }
             let input = SharedBytes::from(serde_json::to_vec(text).expect("a string serializes"));
             let task = self.default_task.expect("--lines requires --task");
-            return Some(self.job(None, task, input, None));
+            // The line comes back in its result, as `input`.
+            let echo = Some(input.clone());
+            return Some(self.job(None, task, input, echo));
         }
         // Validating UTF-8 once for the whole line is faster than string by string, and most
         // lines are ASCII, which is checked faster still.
@@ -529,9 +542,26 @@ impl JobParser {
         &mut self,
         id: Option<&[u8]>,
         task: TaskId,
-        input: SharedBytes,
+        mut input: SharedBytes,
         meta: Option<SharedBytes>,
     ) -> InputItem {
+        if task == self.exec_task {
+            if !self.format.exec {
+                return self.rejected_job(
+                    id,
+                    ErrorKind::UnknownTask,
+                    "the exec task runs commands only when corral itself is given --exec; a job file alone never runs a program".into(),
+                );
+            }
+            // The command's job number ({#}) is the line number: [line, input].
+            let mut wrapped = Vec::with_capacity(input.as_bytes().len() + 24);
+            wrapped.push(b'[');
+            wrapped.extend_from_slice(itoa::Buffer::new().format(self.line).as_bytes());
+            wrapped.push(b',');
+            wrapped.extend_from_slice(input.as_bytes());
+            wrapped.push(b']');
+            input = SharedBytes::from(wrapped);
+        }
         let seq = JobSeq(self.next_seq);
         self.next_seq += 1;
         let id = match id {
@@ -588,6 +618,7 @@ mod tests {
     fn format() -> InputFormat {
         InputFormat {
             plain_lines: false,
+            exec: false,
             default_task: None,
             max_line_bytes: 64,
             // The tests keep every item they read: room for all of their input.
@@ -951,6 +982,7 @@ mod tests {
         assert!(matches!(&items[0], InputItem::Job(job) if &*names.name(job.task) == "t"));
         let plain = InputFormat {
             plain_lines: true,
+            exec: false,
             ..with_task
         };
         let items = read(b"a \"quoted\" path\r\n", plain);

@@ -22,3 +22,4 @@ pub mod resume;
 pub mod ring;
 pub mod run;
 pub mod scheduler;
+pub mod transport;

@@ -2,6 +2,7 @@
 //! statuses: 0 all jobs ok, 1 some jobs failed (or `--halt` stopped the run), 2 usage or
 //! configuration error, 128+N stopped by signal N.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::num::NonZero;
@@ -9,13 +10,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
 use corral::cli::{Cli, Command, LogFormat, RunArgs};
-use corral::input::{InputFormat, ring_blocks};
+use corral::input::{EXEC_TASK, InputFormat, ring_blocks};
 use corral::pool::PoolConfig;
 use corral::run::{RunConfig, RunEnd, RunReport, Source, run};
 use corral::scheduler::{RestartPolicy, SchedulerConfig};
+use corral::transport::Transport;
+use corral_protocol::exec::{ENV_EXEC, ExecSpec};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -68,11 +71,23 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         // Rust's available_parallelism honours the affinity mask and the cgroup CPU quota.
         None => std::thread::available_parallelism().map_or(1, NonZero::get),
     };
-    let program = match args.worker {
-        Some(path) => path,
-        None => std::env::current_exe()
-            .context("cannot locate the corral binary to find corral-worker next to it")?
-            .with_file_name("corral-worker"),
+    let (program, worker_args, transport) = worker_command(&args)?;
+    let mut worker_env = Vec::new();
+    if let Some(template) = &args.exec {
+        let spec = exec_spec(template, &args)?;
+        worker_env.push((
+            ENV_EXEC.into(),
+            serde_json::to_string(&spec)
+                .expect("a spec serializes")
+                .into(),
+        ));
+    }
+    if args.lines && args.task.is_none() && args.exec.is_none() {
+        bail!("--lines needs --task NAME (the task each line is the input of) or --exec COMMAND");
+    }
+    let default_task = match &args.exec {
+        Some(_) => Some(EXEC_TASK.to_owned()),
+        None => args.task.clone(),
     };
     let sources = sources(&args.files)?;
     if let Some(output) = &args.output {
@@ -123,7 +138,9 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         },
         pool: PoolConfig {
             program,
-            args: Vec::new(),
+            args: worker_args,
+            transport,
+            env: worker_env,
             handshake_timeout: args.start_timeout,
             memory_limit: args.memory_limit,
             // This binary is a corral: it is its own keeper.
@@ -131,7 +148,8 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         },
         format: InputFormat {
             plain_lines: args.lines,
-            default_task: args.task,
+            default_task,
+            exec: args.exec.is_some(),
             max_line_bytes,
             max_blocks: ring_blocks(workers),
         },
@@ -145,6 +163,76 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         write_stats(path, file, &report)?;
     }
     Ok(finish(&report, quiet))
+}
+
+/// The worker to start: `--worker-cmd` split into words (a stdio worker), or `--worker` (a
+/// native one), or the built-in worker next to this binary.
+fn worker_command(args: &RunArgs) -> anyhow::Result<(PathBuf, Vec<OsString>, Transport)> {
+    if let Some(line) = &args.worker_cmd {
+        let words = shell_words::split(line)
+            .with_context(|| format!("cannot split --worker-cmd {line:?} into words"))?;
+        let Some((program, rest)) = words.split_first() else {
+            bail!("--worker-cmd is empty");
+        };
+        return Ok((
+            PathBuf::from(program),
+            rest.iter().map(OsString::from).collect(),
+            Transport::Stdio,
+        ));
+    }
+    let program = match &args.worker {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("cannot locate the corral binary to find corral-worker next to it")?
+            .with_file_name("corral-worker"),
+    };
+    Ok((program, Vec::new(), Transport::Native))
+}
+
+/// The `--exec` command as the built-in worker's `exec` task runs it. A program that cannot
+/// be found is refused now rather than failing every job.
+fn exec_spec(template: &str, args: &RunArgs) -> anyhow::Result<ExecSpec> {
+    let argv = if args.shell {
+        vec!["sh".to_owned(), "-c".to_owned(), template.to_owned()]
+    } else {
+        shell_words::split(template)
+            .with_context(|| format!("cannot split --exec {template:?} into words"))?
+    };
+    let Some(program) = argv.first() else {
+        bail!("--exec is empty");
+    };
+    if !program.contains('{') && !on_path(program) {
+        bail!("--exec: program {program:?} not found (on $PATH, or as a path)");
+    }
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create --output-dir {}", dir.display()))?;
+    }
+    Ok(ExecSpec {
+        argv,
+        shell: args.shell,
+        colsep: args.colsep.as_ref().map(|sep| sep.replace("\\t", "\t")),
+        capture: args.capture,
+        output_dir: args
+            .output_dir
+            .as_ref()
+            .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
+            .map(|dir| dir.display().to_string()),
+    })
+}
+
+/// Whether `program` names an executable file, as a path or on `$PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| executable(&dir.join(program)))
+    })
 }
 
 /// Refuses an `-o` that is one of the input files: it would be truncated (or appended to)

@@ -8,11 +8,22 @@ use std::sync::{Arc, Mutex};
 
 use crate::record::{ErrorKind, JobResult, ResultKey};
 
+/// What the echo a job carries back ([`JobResult::meta`]) is, and the field it is written as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Echo {
+    /// The job line's `meta`, written as `meta`.
+    #[default]
+    Meta,
+    /// In `--lines` mode, the input line itself, written as `input`.
+    Input,
+}
+
 /// Appends `result` as one JSON line (with its `\n`) to `out`.
 ///
 /// Field order: `id`, `line` (only for results about the line itself), `ok`, `output` or
-/// `error`, `attempts`, `worker`, `ms`, `meta`.
-pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
+/// `error` (then `output`, when a failed task still produced one), `attempts`, `worker`, `ms`,
+/// `meta` (or `input`, the line itself, in `--lines` mode).
+pub fn format_result(result: &JobResult, echo: Echo, out: &mut Vec<u8>) {
     // Room for the line at once: the raw JSON, and less than 128 bytes for the rest unless
     // there is an error message.
     let id_len = match &result.key {
@@ -57,9 +68,17 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
                 out.extend_from_slice(b",\"exit_code\":");
                 out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
             }
+            if let Some(error_type) = &error.error_type {
+                out.extend_from_slice(b",\"type\":");
+                write_json_str(out, error_type);
+            }
             out.extend_from_slice(b",\"message\":");
             write_json_str(out, &error.message);
             out.push(b'}');
+            if let Some(output) = &error.output {
+                out.extend_from_slice(b",\"output\":");
+                out.extend_from_slice(output.as_bytes());
+            }
         }
     }
     if matches!(result.key, ResultKey::Job { .. }) {
@@ -84,7 +103,10 @@ pub fn format_result(result: &JobResult, out: &mut Vec<u8>) {
         ]);
     }
     if let Some(meta) = &result.meta {
-        out.extend_from_slice(b",\"meta\":");
+        out.extend_from_slice(match echo {
+            Echo::Meta => b",\"meta\":",
+            Echo::Input => b",\"input\":",
+        });
         out.extend_from_slice(meta.as_bytes());
     }
     out.extend_from_slice(b"}\n");
@@ -140,6 +162,7 @@ impl Tally {
 /// so that after a write error the summary does not count lines that were never written.
 pub struct ResultWriter<W: Write> {
     sink: W,
+    echo: Echo,
     buf: Vec<u8>,
     /// Results formatted into `buf` and not yet handed to the sink.
     buffered: Tally,
@@ -147,10 +170,11 @@ pub struct ResultWriter<W: Write> {
 }
 
 impl<W: Write> ResultWriter<W> {
-    /// A writer into `sink`.
-    pub fn new(sink: W) -> ResultWriter<W> {
+    /// A writer into `sink`, writing each result's echo as `echo` says.
+    pub fn new(sink: W, echo: Echo) -> ResultWriter<W> {
         ResultWriter {
             sink,
+            echo,
             buf: Vec::with_capacity(256 * 1024),
             buffered: Tally::default(),
             written: Tally::default(),
@@ -160,7 +184,7 @@ impl<W: Write> ResultWriter<W> {
     /// Formats and buffers results, writing out whenever the buffer is large.
     pub fn write(&mut self, results: &[JobResult]) -> io::Result<()> {
         for result in results {
-            format_result(result, &mut self.buf);
+            format_result(result, self.echo, &mut self.buf);
             self.buffered.add(result);
             if self.buf.len() >= 128 * 1024 {
                 self.write_out()?;
@@ -223,7 +247,7 @@ pub struct Written {
 
 impl WriterThread {
     /// Starts writing to `sink`.
-    pub fn start(sink: Box<dyn Write + Send>) -> WriterThread {
+    pub fn start(sink: Box<dyn Write + Send>, echo: Echo) -> WriterThread {
         let (tx, rx) = crossbeam_channel::unbounded::<Vec<JobResult>>();
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let shared = Arc::new(WriterState::default());
@@ -231,7 +255,7 @@ impl WriterThread {
         std::thread::Builder::new()
             .name("corral-output".into())
             .spawn(move || {
-                write_all_results(&rx, sink, &state);
+                write_all_results(&rx, sink, echo, &state);
                 state.done.store(true, Ordering::Release);
                 let _ = done_tx.send(());
             })
@@ -290,9 +314,10 @@ impl WriterThread {
 fn write_all_results(
     rx: &crossbeam_channel::Receiver<Vec<JobResult>>,
     sink: Box<dyn Write + Send>,
+    echo: Echo,
     state: &WriterState,
 ) {
-    let mut writer = ResultWriter::new(sink);
+    let mut writer = ResultWriter::new(sink, echo);
     let mut error = None;
     let publish = |writer: &ResultWriter<Box<dyn Write + Send>>, error: &mut Option<io::Error>| {
         let mut end = state.end.lock().unwrap_or_else(|e| e.into_inner());
@@ -338,7 +363,7 @@ mod tests {
 
     fn line(result: &JobResult) -> String {
         let mut out = Vec::new();
-        format_result(result, &mut out);
+        format_result(result, Echo::Meta, &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -438,7 +463,7 @@ mod tests {
             ..ok.clone()
         };
         let results = [ok.clone(), bad, ok];
-        let mut writer = ResultWriter::new(Vec::new());
+        let mut writer = ResultWriter::new(Vec::new(), Echo::Meta);
         writer.write(&results).unwrap();
         writer.flush().unwrap();
         assert_eq!(writer.sink.iter().filter(|&&b| b == b'\n').count(), 3);
@@ -484,7 +509,7 @@ mod tests {
             }),
         };
         let results: Vec<JobResult> = (0..300).map(result).collect();
-        let mut writer = ResultWriter::new(Filling { room: 200_000 });
+        let mut writer = ResultWriter::new(Filling { room: 200_000 }, Echo::Meta);
         assert!(
             writer
                 .write(&results)
@@ -493,7 +518,7 @@ mod tests {
         );
         let line_len = {
             let mut out = Vec::new();
-            format_result(&results[0], &mut out);
+            format_result(&results[0], Echo::Meta, &mut out);
             out.len() as u64
         };
         // The first 128 KiB went out whole; the second write failed.

@@ -1,5 +1,7 @@
-//! Worker processes: spawning (fork+exec), the bootstrap handshake with its own deadline,
-//! reaping, killing, and the per-worker threads that carry batches, results and log lines.
+//! Worker processes: spawning (fork+exec), the handshake with its own deadline, reaping,
+//! killing, and the per-worker threads that carry batches, results and log lines. What goes
+//! over the wire is the worker's [`Transport`]'s business (`crate::transport`); everything
+//! about the process is here, the same for every transport.
 //!
 //! Every worker runs in its own process group, so that the terminal's Ctrl-C reaches only the
 //! supervisor (shutdown is its decision) and a kill of the group also takes the worker's own
@@ -7,8 +9,12 @@
 //! workers are forked on the spawner thread, which lives as long as the pool, so workers die
 //! with the supervisor even if it is killed with SIGKILL. The worker library arms it at
 //! start-up (so that the spawn itself can be a fast posix_spawn) and exits at once if its parent
-//! is already not the supervisor whose pid it was given. The worker's children are reached by
-//! the [`Keeper`], which kills every listed group once corral is gone.
+//! is already not the supervisor whose pid it was given; for a stdio worker, which cannot, the
+//! spawn arms it before the exec. The worker's children are reached by the [`Keeper`], which
+//! kills every listed group once corral is gone.
+//!
+//! Each live worker has a slot, a number from 1 in its environment (`CORRAL_WORKER_SLOT`):
+//! the lowest one free when it starts, freed when it is reaped.
 //!
 //! Starting is two steps: the spawner thread only forks (about a millisecond), and each
 //! worker's handshake then runs on that worker's own thread, so one slow or silent worker never
@@ -22,25 +28,25 @@
 //! log reader: a descendant that escaped the group and still holds the output pipes costs
 //! nothing after that.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io::{self, PipeReader, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
 use corral_protocol::{
-    Batch, BatchDone, ENV_BOOTSTRAP, ENV_NONCE, ENV_SUPERVISOR_PID, FromWorker, Hello,
-    PROTOCOL_VERSION, RunningSlot, ToWorker, WorkerId,
+    Batch, BatchDone, ENV_SUPERVISOR_PID, ENV_WORKER_SLOT, RunningSlot, WorkerId,
 };
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
-use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
 
 use crate::keeper::Keeper;
 use crate::scheduler::{StartFailure, WorkerExit};
+use crate::transport::{Bootstrap, Inbox, Outbox, Pipes, Received, Transport};
 
 /// Environment variables a worker must not inherit: they belong to the supervisor's own service
 /// manager (systemd notify, watchdog and socket activation).
@@ -67,6 +73,10 @@ pub struct PoolConfig {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<OsString>,
+    /// What it speaks.
+    pub transport: Transport,
+    /// More environment for it (`CORRAL_EXEC` for the built-in worker's `exec` task).
+    pub env: Vec<(OsString, OsString)>,
     /// How long a worker may take to say hello.
     pub handshake_timeout: Duration,
     /// Cap on each worker's data segment (heap and private mappings), in bytes: `RLIMIT_DATA`.
@@ -113,8 +123,10 @@ pub struct StartedWorker {
     pub pid: u32,
     /// The tasks it serves.
     pub tasks: Vec<String>,
+    /// Whether its batches must carry the jobs' ids.
+    pub job_ids: bool,
     /// Where to send its batches.
-    pub sender: IpcSender<ToWorker>,
+    pub outbox: Outbox,
     /// Its running word.
     pub running: RunningSlot,
 }
@@ -146,6 +158,7 @@ impl Spawner {
             });
         let (requests, inbox) = unbounded::<WorkerId>();
         let (cancel, cancelled) = bounded::<()>(0);
+        let slots = Slots::default();
         let thread = thread::Builder::new()
             .name("corral-spawner".into())
             .spawn(move || {
@@ -153,7 +166,7 @@ impl Spawner {
                     if cancelled.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
                         return;
                     }
-                    let launched = launch(&config, worker, keeper.clone());
+                    let launched = launch(&config, worker, keeper.clone(), &slots);
                     let sent = match launched {
                         Ok(launched) => {
                             launched.handshake(config.handshake_timeout, &events, &cancelled);
@@ -204,17 +217,17 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Takes over a started worker: its batches go out on a thread of their own, since an IPC
-    /// send blocks while the socket buffer is full.
-    pub fn new(started: StartedWorker) -> (WorkerId, Vec<String>, WorkerHandle) {
-        let (batches, outbox) = unbounded::<Batch>();
-        let sender = started.sender;
+    /// Takes over a started worker: its batches go out on a thread of their own, since a send
+    /// blocks while the socket buffer or pipe is full.
+    pub fn new(started: StartedWorker) -> (WorkerId, Vec<String>, bool, WorkerHandle) {
+        let (batches, queued) = unbounded::<Batch>();
+        let mut outbox = started.outbox;
         let pid = started.pid;
         thread::Builder::new()
             .name(format!("corral-send-{pid}"))
             .spawn(move || {
-                for batch in outbox {
-                    if let Err(err) = sender.send(ToWorker::Batch(batch)) {
+                for batch in queued {
+                    if let Err(err) = outbox.send(batch) {
                         // Whatever the reason, a worker that cannot be sent its batch would
                         // hold it forever: kill it, so that its death requeues the batch.
                         tracing::warn!(
@@ -225,7 +238,7 @@ impl WorkerHandle {
                         return;
                     }
                 }
-                let _ = sender.send(ToWorker::Shutdown);
+                outbox.shutdown();
             })
             .expect("spawning a thread");
         let handle = WorkerHandle {
@@ -233,7 +246,7 @@ impl WorkerHandle {
             running: started.running,
             batches: Some(batches),
         };
-        (started.worker, started.tasks, handle)
+        (started.worker, started.tasks, started.job_ids, handle)
     }
 
     /// Queues a batch for the worker.
@@ -293,12 +306,40 @@ struct Launched {
     worker: WorkerId,
     pid: u32,
     program: String,
-    server: IpcOneShotServer<FromWorker>,
-    server_name: String,
-    nonce: u64,
+    bootstrap: Bootstrap,
+    pipes: Pipes,
     /// The waiter's report of the exit, for the handshake watchdog and then the receiver.
     exits_during_handshake: Receiver<ExitStatus>,
     exits: Receiver<ExitStatus>,
+}
+
+/// The slots of live workers (see the module docs).
+#[derive(Clone, Default)]
+struct Slots(Arc<Mutex<SlotTable>>);
+
+#[derive(Default)]
+struct SlotTable {
+    free: BTreeSet<u32>,
+    next: u32,
+}
+
+impl Slots {
+    /// The lowest free slot, from 1.
+    fn take(&self) -> u32 {
+        let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match table.free.pop_first() {
+            Some(slot) => slot,
+            None => {
+                table.next += 1;
+                table.next
+            }
+        }
+    }
+
+    fn give_back(&self, slot: u32) {
+        let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        table.free.insert(slot);
+    }
 }
 
 /// Forks the worker and starts its waiter and log reader; the handshake is not waited for.
@@ -306,6 +347,7 @@ fn launch(
     config: &PoolConfig,
     worker: WorkerId,
     keeper: Option<Arc<Keeper>>,
+    slots: &Slots,
 ) -> Result<Launched, StartFailure> {
     let program = config.program.display().to_string();
     let transient = |message: String| StartFailure {
@@ -317,35 +359,32 @@ fn launch(
         message,
     };
 
-    let (server, server_name) = IpcOneShotServer::<FromWorker>::new().map_err(|err| {
-        transient(format!(
-            "cannot create the bootstrap socket: {err} (is $TMPDIR writable?)"
-        ))
-    })?;
-    let nonce =
-        getrandom::u64().map_err(|err| transient(format!("no randomness for the nonce: {err}")))?;
-
     let mut command = Command::new(&config.program);
     command
         .args(&config.args)
-        .env(ENV_BOOTSTRAP, &server_name)
-        .env(ENV_NONCE, format!("{nonce:016x}"))
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
         .env(ENV_SUPERVISOR_PID, std::process::id().to_string())
         .stdin(Stdio::null())
-        // The supervisor's stdout is the results stream: a worker's output goes to the log.
+        // The supervisor's stdout is the results stream: a worker's output goes to the log (or,
+        // for a stdio worker, carries its answers).
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for name in SCRUBBED_ENV {
         command.env_remove(name);
     }
     // Own process group: no terminal signals reach the worker, and killpg reaches its children.
-    // Nothing runs between fork and exec, so std can use posix_spawn (a vfork), which makes a
-    // replacement start about a millisecond sooner than fork would. The worker arms its own
-    // PR_SET_PDEATHSIG at start-up, checking that ENV_SUPERVISOR_PID is still its parent.
+    // For a native worker nothing runs between fork and exec, so std can use posix_spawn (a
+    // vfork), which makes a replacement start about a millisecond sooner than fork would; it
+    // arms its own PR_SET_PDEATHSIG at start-up, checking that ENV_SUPERVISOR_PID is still its
+    // parent. The stdio transport arms it in the child before the exec instead.
     command.process_group(0);
+    let bootstrap = config.transport.prepare(&mut command)?;
+    let slot = slots.take();
+    command.env(ENV_WORKER_SLOT, slot.to_string());
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
+            slots.give_back(slot);
             let message = match err.kind() {
                 io::ErrorKind::NotFound => format!("worker binary {program} not found"),
                 io::ErrorKind::PermissionDenied => {
@@ -368,6 +407,10 @@ fn launch(
     if let Some(keeper) = &keeper {
         keeper.watch(pid);
     }
+    let discard = |child: Child, keeper: Option<&Keeper>| {
+        discard(child, keeper);
+        slots.give_back(slot);
+    };
     if let Some(bytes) = config.memory_limit {
         // A hard cap, so that one job's runaway allocation fails in its own worker. It is set
         // from outside (prlimit) before the worker can receive any job.
@@ -392,24 +435,39 @@ fn launch(
             )));
         }
     }
-    let (logging_stopped, stop_logging) = match io::pipe() {
+    let pipe_pair =
+        io::pipe().and_then(|(reader, writer)| Ok((reader.try_clone()?, reader, writer)));
+    let (transport_stopped, logging_stopped, stop_logging) = match pipe_pair {
         Ok(pair) => pair,
         Err(err) => {
             discard(child, keeper.as_deref());
             return Err(transient(format!("cannot create a pipe: {err}")));
         }
     };
-    if let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) {
-        log_worker_output(pid, stdout, stderr, logging_stopped);
+    let mut pipes = Pipes {
+        stdin: child.stdin.take(),
+        stdout: None,
+        stopped: Some(transport_stopped),
+    };
+    let stdout = child.stdout.take();
+    let log_stdout = match config.transport {
+        Transport::Native => stdout,
+        Transport::Stdio => {
+            pipes.stdout = stdout;
+            None
+        }
+    };
+    if let Some(stderr) = child.stderr.take() {
+        log_worker_output(pid, log_stdout, stderr, logging_stopped);
     }
-    let (exits_during_handshake, exits) = reap_in_background(child, keeper, stop_logging);
+    let (exits_during_handshake, exits) =
+        reap_in_background(child, keeper, stop_logging, slots.clone(), slot);
     Ok(Launched {
         worker,
         pid,
         program,
-        server,
-        server_name,
-        nonce,
+        bootstrap,
+        pipes,
         exits_during_handshake,
         exits,
     })
@@ -435,9 +493,9 @@ impl Launched {
             .spawn(move || {
                 let worker = self.worker;
                 match self.accept(timeout, &cancelled) {
-                    Ok((started, receiver, exits)) => {
+                    Ok((started, inbox, exits)) => {
                         if events.send(PoolEvent::Started(started)).is_ok() {
-                            receive(worker, pid, receiver, exits, &events);
+                            receive(worker, pid, inbox, exits, &events);
                         } else {
                             kill_group(pid);
                         }
@@ -450,33 +508,31 @@ impl Launched {
             .expect("spawning a thread");
     }
 
-    /// Waits for the hello, checks it, and returns the started worker with its channel. On
+    /// Waits for the hello, checks it, and returns the started worker with its inbox. On
     /// failure the worker is killed.
-    #[allow(clippy::type_complexity)]
     fn accept(
         self,
         timeout: Duration,
         cancelled: &Receiver<()>,
-    ) -> Result<(StartedWorker, IpcReceiver<FromWorker>, Receiver<ExitStatus>), StartFailure> {
+    ) -> Result<(StartedWorker, Inbox, Receiver<ExitStatus>), StartFailure> {
         let Launched {
             worker,
             pid,
             program,
-            server,
-            server_name,
-            nonce,
+            bootstrap,
+            pipes,
             exits_during_handshake,
             exits,
         } = self;
-        // accept() has no timeout of its own, and after a connection it also waits for the
-        // first message. A watchdog ends the wait if the child exits first, the deadline passes
-        // or the run is over: it kills the worker (which ends a wait for a message on a
-        // connection it made) and connects and hangs up (which ends a wait for a connection).
+        // The wait for a hello has no timeout of its own (ipc-channel's accept, a read). A
+        // watchdog ends it if the child exits first, the deadline passes or the run is over: it
+        // kills the worker, which ends a wait for a message or a line, and fires the transport's
+        // unblocker, which ends a wait for a connection.
         let (handshake_over, watch) = bounded::<()>(1);
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
         {
-            let (cancelled, failure, server_name) =
-                (cancelled.clone(), failure.clone(), server_name.clone());
+            let (cancelled, failure, unblock) =
+                (cancelled.clone(), failure.clone(), bootstrap.unblocker());
             let program = program.clone();
             thread::Builder::new()
                 .name(format!("corral-handshake-{pid}"))
@@ -497,11 +553,11 @@ impl Launched {
                     if kill {
                         kill_group(pid);
                     }
-                    let _ = IpcSender::<FromWorker>::connect(server_name);
+                    unblock.fire();
                 })
                 .expect("spawning a thread");
         }
-        let accepted = server.accept();
+        let greeted = bootstrap.hello(pid, pipes);
         let _ = handshake_over.send(());
         let failed = |message: String, is_fatal: bool| {
             kill_group(pid);
@@ -513,54 +569,22 @@ impl Launched {
         if let Some(reason) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(failed(reason, false));
         }
-        let (receiver, first) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                return Err(failed(
-                    format!("worker {pid} ({program}) failed the handshake: {err}"),
-                    false,
-                ));
-            }
-        };
-        let hello: Hello = match first {
-            FromWorker::Hello(hello) => hello,
-            FromWorker::Done(_) => {
-                return Err(failed(
-                    format!("worker {pid} ({program}) did not start with hello"),
-                    true,
-                ));
-            }
-        };
-        if hello.protocol_version != PROTOCOL_VERSION {
-            return Err(failed(
-                format!(
-                    "worker {program} speaks protocol version {}, this corral speaks {PROTOCOL_VERSION}; rebuild it against this corral-worker",
-                    hello.protocol_version
-                ),
-                true,
-            ));
-        }
-        if hello.nonce != nonce {
-            return Err(failed(
-                format!("worker {pid} ({program}) answered with the wrong nonce"),
-                true,
-            ));
-        }
-        let Some(running) = RunningSlot::from_shared(hello.running) else {
-            return Err(failed(
-                format!("worker {pid} ({program}) sent a running-word region of the wrong size"),
-                true,
-            ));
-        };
+        let greeting = greeted.map_err(|refusal| {
+            failed(
+                format!("worker {pid} ({program}) {}", refusal.message),
+                refusal.fatal,
+            )
+        })?;
         tracing::info!(pid, "worker started");
         let started = StartedWorker {
             worker,
             pid,
-            tasks: hello.tasks,
-            sender: hello.sender,
-            running,
+            tasks: greeting.tasks,
+            job_ids: greeting.job_ids,
+            outbox: greeting.outbox,
+            running: greeting.running,
         };
-        Ok((started, receiver, exits))
+        Ok((started, greeting.inbox, exits))
     }
 }
 
@@ -572,6 +596,8 @@ fn reap_in_background(
     mut child: Child,
     keeper: Option<Arc<Keeper>>,
     stop_logging: io::PipeWriter,
+    slots: Slots,
+    slot: u32,
 ) -> (Receiver<ExitStatus>, Receiver<ExitStatus>) {
     let (tx, rx) = bounded(1);
     let (handshake_tx, handshake_rx) = bounded(1);
@@ -594,6 +620,7 @@ fn reap_in_background(
                 keeper.forget(pid);
             }
             drop(stop_logging);
+            slots.give_back(slot);
             let _ = handshake_tx.send(status);
             let _ = tx.send(status);
         })
@@ -606,32 +633,27 @@ fn reap_in_background(
 fn receive(
     worker: WorkerId,
     pid: u32,
-    receiver: IpcReceiver<FromWorker>,
+    mut inbox: Inbox,
     exits: Receiver<ExitStatus>,
     events: &Sender<PoolEvent>,
 ) {
     let mut note = None;
     loop {
-        match receiver.recv() {
-            Ok(FromWorker::Done(done)) => {
+        match inbox.recv() {
+            Received::Done(done) => {
                 if events.send(PoolEvent::Done { worker, done }).is_err() {
                     return;
                 }
             }
-            Ok(FromWorker::Hello(_)) => {
-                note = Some("it sent a second hello".to_owned());
-                kill_group(pid);
-                break;
-            }
-            Err(ipc_channel::IpcError::Disconnected) => break,
-            Err(err) => {
-                note = Some(format!("it sent a malformed message ({err})"));
+            Received::Closed => break,
+            Received::Violation(what) => {
+                note = Some(what);
                 kill_group(pid);
                 break;
             }
         }
     }
-    drop(receiver);
+    drop(inbox);
     let exit = match exits.recv() {
         Ok(status) => describe_exit(status),
         Err(_) => WorkerExit::Code(-1),
@@ -645,16 +667,21 @@ fn receive(
 /// Logs each line a worker prints on stdout or stderr, with its pid: stdout never mixes with
 /// results, and stderr lines can be told apart between workers. One thread serves both pipes
 /// and ends when they close or, at the latest, once the worker is reaped (`stopped` closes).
-fn log_worker_output(pid: u32, stdout: ChildStdout, stderr: ChildStderr, stopped: PipeReader) {
+fn log_worker_output(
+    pid: u32,
+    stdout: Option<ChildStdout>,
+    stderr: ChildStderr,
+    stopped: PipeReader,
+) {
     thread::Builder::new()
         .name(format!("corral-log-{pid}"))
         .spawn(move || {
-            let mut streams = [
-                LogStream::new(pid, "stdout", Box::new(stdout)),
-                LogStream::new(pid, "stderr", Box::new(stderr)),
-            ];
+            let mut streams = vec![LogStream::new(pid, "stderr", Box::new(stderr))];
+            if let Some(stdout) = stdout {
+                streams.push(LogStream::new(pid, "stdout", Box::new(stdout)));
+            }
             loop {
-                let open: Vec<usize> = (0..2).filter(|&i| streams[i].open).collect();
+                let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].open).collect();
                 if open.is_empty() {
                     return;
                 }
@@ -684,7 +711,7 @@ fn log_worker_output(pid: u32, stdout: ChildStdout, stderr: ChildStderr, stopped
 }
 
 /// Waits until any of `fds` is readable (or closed); says which.
-fn poll_readable(fds: &[BorrowedFd<'_>]) -> Vec<bool> {
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>]) -> Vec<bool> {
     let mut polls: Vec<libc::pollfd> = fds
         .iter()
         .map(|fd| libc::pollfd {

@@ -240,7 +240,7 @@ impl fmt::Display for ErrorKind {
 }
 
 /// Why a job failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobError {
     /// What kind of failure.
     pub kind: ErrorKind,
@@ -250,6 +250,12 @@ pub struct JobError {
     pub signal: Option<String>,
     /// The worker's exit status, for `crashed` when it exited rather than being signalled.
     pub exit_code: Option<i32>,
+    /// For `task_error`: the name the worker gave the error (a Python exception's class,
+    /// `exit_status` for a command that failed).
+    pub error_type: Option<String>,
+    /// For `task_error`: output the failed task still produced, raw JSON (a command's status
+    /// and what it printed).
+    pub output: Option<SharedBytes>,
 }
 
 impl JobError {
@@ -260,6 +266,8 @@ impl JobError {
             message: message.into(),
             signal: None,
             exit_code: None,
+            error_type: None,
+            output: None,
         })
     }
 }

@@ -23,7 +23,7 @@ use corral_protocol::{RunningWord, WorkerId};
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, tick, unbounded};
 
 use crate::input::{InputFormat, JobParser};
-use crate::output::{Tally, WriterThread};
+use crate::output::{Echo, Tally, WriterThread};
 use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
 use crate::progress::Progress;
 use crate::record::{InputChunk, JobResult, Jobs, TaskNames};
@@ -133,7 +133,12 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         .spawn(move || read_inputs(sources, parser, finished, vectors, input_tx))
         .expect("spawning a thread");
 
-    let writer = WriterThread::start(output);
+    let echo = if config.format.plain_lines {
+        Echo::Input
+    } else {
+        Echo::Meta
+    };
+    let writer = WriterThread::start(output, echo);
 
     let (signals_tx, signals_rx) = unbounded::<i32>();
     let signals = forward_signals(signals_tx);
@@ -325,10 +330,15 @@ impl Runtime {
     fn pool_event(&mut self, event: PoolEvent) -> Event {
         match event {
             PoolEvent::Started(started) => {
-                let (worker, tasks, handle) = WorkerHandle::new(started);
+                let (worker, tasks, job_ids, handle) = WorkerHandle::new(started);
                 let pid = handle.pid;
                 self.handles.insert(worker, handle);
-                Event::WorkerReady { worker, pid, tasks }
+                Event::WorkerReady {
+                    worker,
+                    pid,
+                    tasks,
+                    job_ids,
+                }
             }
             PoolEvent::StartFailed { worker, failure } => {
                 tracing::warn!("worker failed to start: {}", failure.message);

@@ -284,6 +284,8 @@ pub enum Event {
         pid: u32,
         /// The tasks it serves, in index order.
         tasks: Vec<String>,
+        /// Whether its batches carry the jobs' ids (a stdio worker echoes them).
+        job_ids: bool,
     },
     /// A worker could not be started; no process of it is left.
     WorkerStartFailed {
@@ -377,6 +379,8 @@ struct WorkerSlot {
     phase: Phase,
     pid: u32,
     tasks: HashMap<Box<str>, TaskIndex>,
+    /// Whether its batches carry the jobs' ids.
+    job_ids: bool,
     in_flight: VecDeque<InFlight>,
     /// The running word last seen on a tick, and when it was first seen.
     word: RunningWord,
@@ -400,6 +404,7 @@ impl WorkerSlot {
             phase: Phase::Starting,
             pid: 0,
             tasks: HashMap::new(),
+            job_ids: false,
             in_flight: VecDeque::new(),
             word: RunningWord::IDLE,
             word_since: now,
@@ -568,7 +573,12 @@ impl Scheduler {
             match event {
                 Event::Input(items) => self.on_input(items),
                 Event::InputEnded => self.input_ended = true,
-                Event::WorkerReady { worker, pid, tasks } => self.on_ready(worker, pid, tasks),
+                Event::WorkerReady {
+                    worker,
+                    pid,
+                    tasks,
+                    job_ids,
+                } => self.on_ready(worker, pid, tasks, job_ids),
                 Event::WorkerStartFailed { worker, failure } => {
                     self.on_start_failed(now, worker, failure)
                 }
@@ -613,12 +623,13 @@ impl Scheduler {
         }
     }
 
-    fn on_ready(&mut self, worker: WorkerId, pid: u32, tasks: Vec<String>) {
+    fn on_ready(&mut self, worker: WorkerId, pid: u32, tasks: Vec<String>, job_ids: bool) {
         let Some(slot) = self.workers.get_mut(&worker) else {
             return;
         };
         slot.phase = Phase::Ready;
         slot.pid = pid;
+        slot.job_ids = job_ids;
         slot.tasks = tasks
             .into_iter()
             .enumerate()
@@ -718,8 +729,16 @@ impl Scheduler {
                     output: SharedBytes::new(&outputs, range),
                     nanos: outcome.nanos,
                 }),
-                TaskResult::TaskError(message) => {
-                    Err(JobError::new(ErrorKind::TaskError, message.clone()))
+                TaskResult::TaskError {
+                    message,
+                    error_type,
+                } => {
+                    let mut error = JobError::new(ErrorKind::TaskError, message.clone());
+                    error.error_type = error_type.clone();
+                    if !range.is_empty() {
+                        error.output = Some(SharedBytes::new(&outputs, range));
+                    }
+                    Err(error)
                 }
                 TaskResult::BadInput(message) => {
                     Err(JobError::new(ErrorKind::BadInput, message.clone()))
@@ -1069,10 +1088,12 @@ impl Scheduler {
         }
         let order_limit = self.reorder.as_ref().map(|r| r.next + r.window);
         let capacity = size.min(self.pending.len());
+        let job_ids = slot.job_ids;
         let mut batch = Batch {
             id: BatchId(self.next_batch),
             jobs: Vec::with_capacity(capacity),
             inputs: RawJson(Vec::with_capacity(capacity * 32)),
+            ..Batch::default()
         };
         let mut lookup = TaskLookup {
             names: &self.names,
@@ -1093,6 +1114,9 @@ impl Scheduler {
             let known = group.jobs.iter().all(|job| match lookup.index(job.task) {
                 Some(task) => {
                     batch.push(task, job.input.as_bytes());
+                    if job_ids {
+                        batch.push_id(job.id.as_bytes());
+                    }
                     true
                 }
                 None => false,
@@ -1108,6 +1132,8 @@ impl Scheduler {
             // A job names a task the worker lacks: take the jobs one by one, to answer it.
             batch.jobs.clear();
             batch.inputs.0.clear();
+            batch.ids.0.clear();
+            batch.id_ends.clear();
         }
         let mut jobs = Jobs::with_capacity(capacity);
         let mut unknown = Vec::new();
@@ -1148,6 +1174,9 @@ impl Scheduler {
                 continue;
             };
             batch.push(task, job.input.as_bytes());
+            if job_ids {
+                batch.push_id(job.id.as_bytes());
+            }
             jobs.push_back(job);
             if alone {
                 break;

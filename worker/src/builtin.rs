@@ -16,13 +16,28 @@ const PRIMES_MAX: u64 = 1 << 36;
 /// Longest `spin` accepted, in milliseconds.
 const SPIN_MAX_MS: u64 = 3_600_000;
 
-/// Adds the built-in tasks (`sum_squares`, `primes`, `sha256`, `spin`) to `worker`.
+/// Adds the built-in tasks (`sum_squares`, `primes`, `sha256`, `spin`) to `worker`, and
+/// `exec` when the supervisor handed over a command (`corral run --exec`).
 pub fn register(worker: Worker) -> Worker {
-    worker
+    let worker = worker
         .raw_task("sum_squares", sum_squares_json)
         .task("primes", primes)
         .task("sha256", sha256)
-        .task("spin", spin)
+        .task("spin", spin);
+    match crate::exec::spec_from_env() {
+        Ok(Some(spec)) => {
+            let slot = std::env::var(corral_protocol::ENV_WORKER_SLOT).unwrap_or_default();
+            worker.raw_task("exec", move |input, out| {
+                crate::exec::run(&spec, &slot, input, out)
+            })
+        }
+        Ok(None) => worker,
+        Err(err) => {
+            // Without the task, every exec job is answered unknown_task, which names the cause.
+            eprintln!("corral-worker: {err}");
+            worker
+        }
+    }
 }
 
 /// Sum of the squares of an array of integers; an error if it overflows 64 bits.

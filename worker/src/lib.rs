@@ -20,7 +20,9 @@
 //! hand it explains that and exits with status 2.
 
 pub mod builtin;
+pub mod exec;
 mod native;
+mod stdio;
 mod task;
 
 pub use native::ServeError;
@@ -104,9 +106,18 @@ impl Worker {
 
     /// Serves the supervisor that started this process until it says to stop, and returns the
     /// exit status to leave with: 0 after a clean shutdown, 2 when the process was not started
-    /// by a supervisor or the handshake failed.
+    /// by a supervisor or the handshake failed. The transport is the one the supervisor chose:
+    /// native when it named a bootstrap server (`corral run --worker`), else JSON lines on
+    /// stdin and stdout (`corral run --worker-cmd`).
     pub fn run(self) -> ExitCode {
-        match native::serve(&self.registry) {
+        let served = if std::env::var_os(corral_protocol::ENV_BOOTSTRAP).is_some()
+            || std::env::var_os(corral_protocol::ENV_SUPERVISOR_PID).is_none()
+        {
+            native::serve(&self.registry)
+        } else {
+            stdio::serve(&self.registry)
+        };
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(ServeError::NotSupervised) => {
                 eprintln!(

@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use corral_protocol::{
     BatchDone, ENV_BOOTSTRAP, ENV_NONCE, ENV_SUPERVISOR_PID, FromWorker, Hello, PROTOCOL_VERSION,
-    RawJson, RunningSlot, RunningWord, TaskResult, ToWorker,
+    RawJson, RunningSlot, RunningWord, ToWorker,
 };
 use ipc_channel::ipc::{self, IpcSender};
 
-use crate::task::{Registry, TaskFailure};
+use crate::task::{Registry, task_result};
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,9 @@ pub enum ServeError {
     /// The supervisor that started this process is already gone.
     #[error("the supervisor (pid {0}) is gone")]
     SupervisorGone(String),
+    /// A stdio request could not be read as one.
+    #[error("not a request from corral: {0}")]
+    BadRequest(String),
     /// Connecting to or talking with the supervisor failed.
     #[error("{context}: {source}")]
     Ipc {
@@ -105,14 +108,7 @@ pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
         let mut mark = Instant::now();
         for (index, (task, input)) in batch.iter().enumerate() {
             slot.store(RunningWord::running(batch.id, index));
-            let result = match registry.run(task.0 as usize, input, &mut done.outputs.0) {
-                Ok(()) => TaskResult::Ok,
-                Err(TaskFailure::BadInput(message)) => TaskResult::BadInput(message),
-                Err(TaskFailure::Panic(message)) => TaskResult::Panic(message),
-                Err(failure @ (TaskFailure::TaskError(_) | TaskFailure::UnknownTask(_))) => {
-                    TaskResult::TaskError(failure.to_string())
-                }
-            };
+            let result = task_result(registry.run(task.0 as usize, input, &mut done.outputs.0));
             let now = Instant::now();
             done.push(now.duration_since(mark).as_nanos() as u64, result);
             mark = now;

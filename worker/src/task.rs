@@ -13,6 +13,15 @@ pub enum TaskFailure {
     /// The task returned an error.
     #[error("{0}")]
     TaskError(String),
+    /// The task failed and says how, with output describing the failure already written (a
+    /// command that exited non-zero: its status and what it printed). Built-in tasks only.
+    #[error("{message}")]
+    Described {
+        /// A name for the kind of failure, e.g. `exit_status`.
+        error_type: String,
+        /// What went wrong, in words.
+        message: String,
+    },
     /// The input did not parse as the task's input type.
     #[error("input does not fit the task: {0}")]
     BadInput(String),
@@ -22,6 +31,31 @@ pub enum TaskFailure {
     /// No task has this name.
     #[error("unknown task {0:?}")]
     UnknownTask(String),
+}
+
+/// A job's outcome as the native protocol carries it.
+pub(crate) fn task_result(result: Result<(), TaskFailure>) -> corral_protocol::TaskResult {
+    use corral_protocol::TaskResult;
+    {
+        match result {
+            Ok(()) => TaskResult::Ok,
+            Err(TaskFailure::BadInput(message)) => TaskResult::BadInput(message),
+            Err(TaskFailure::Panic(message)) => TaskResult::Panic(message),
+            Err(TaskFailure::Described {
+                error_type,
+                message,
+            }) => TaskResult::TaskError {
+                message,
+                error_type: Some(error_type),
+            },
+            Err(failure @ (TaskFailure::TaskError(_) | TaskFailure::UnknownTask(_))) => {
+                TaskResult::TaskError {
+                    message: failure.to_string(),
+                    error_type: None,
+                }
+            }
+        }
+    }
 }
 
 type ErasedFn = dyn Fn(&[u8], &mut Vec<u8>) -> Result<(), TaskFailure> + Send + Sync;
@@ -79,7 +113,7 @@ impl Registry {
     }
 
     /// Runs task `index` on `input`, appending its JSON output to `out`. On failure `out` is
-    /// left as it was.
+    /// left as it was, except for a [`TaskFailure::Described`] one.
     pub(crate) fn run(
         &self,
         index: usize,
@@ -92,7 +126,7 @@ impl Registry {
         let start = out.len();
         let result = catch_unwind(AssertUnwindSafe(|| (task.0)(input, out)))
             .unwrap_or_else(|payload| Err(TaskFailure::Panic(panic_message(payload.as_ref()))));
-        if result.is_err() {
+        if matches!(&result, Err(failure) if !matches!(failure, TaskFailure::Described { .. })) {
             out.truncate(start);
         }
         result

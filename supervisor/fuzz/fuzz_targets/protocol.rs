@@ -12,6 +12,9 @@ fuzz_target!(|data: &[u8]| {
         for (_, input) in batch.iter() {
             std::hint::black_box(input);
         }
+        for id in batch.ids() {
+            std::hint::black_box(id);
+        }
     }
     if let Ok(done) = postcard::from_bytes::<BatchDone>(data)
         && done.is_well_formed()

@@ -117,6 +117,7 @@ impl Harness {
             worker,
             pid,
             tasks: vec!["t".into(), "u".into()],
+            job_ids: false,
         });
     }
 
@@ -496,6 +497,7 @@ fn a_fatal_start_failure_stops_the_run_at_once() {
         worker: WorkerId(2),
         pid: 5,
         tasks: vec!["t".into()],
+        job_ids: false,
     });
     assert!(h.sends.is_empty(), "a stopped scheduler does nothing more");
 }
@@ -753,7 +755,10 @@ fn halt_soon_drains_after_the_failure_count_and_halt_now_aborts() {
         h.input((0..10).map(|i| job(i, "t")));
         h.ready(WorkerId(1), 101);
         let sends = h.take_sends();
-        let failures = (0..sends[0].1.jobs.len()).map(|_| TaskResult::TaskError("no".into()));
+        let failures = (0..sends[0].1.jobs.len()).map(|_| TaskResult::TaskError {
+            message: "no".into(),
+            error_type: None,
+        });
         h.feed(Event::BatchDone {
             worker: WorkerId(1),
             done: answer(sends[0].1.id, failures, 1),

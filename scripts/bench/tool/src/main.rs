@@ -98,6 +98,7 @@ fn floor() -> io::Result<()> {
     let pid = std::process::id();
     let format = InputFormat {
         plain_lines: false,
+        exec: false,
         default_task: None,
         max_line_bytes: 16 << 20,
         max_blocks: ring_blocks(1),
@@ -158,7 +159,7 @@ fn floor() -> io::Result<()> {
             }
         };
         line.clear();
-        format_result(&result, &mut line);
+        format_result(&result, corral::output::Echo::Meta, &mut line);
         if let Err(err) = out.write_all(&line) {
             error = Some(err);
             return false;
@@ -175,6 +176,7 @@ fn floor() -> io::Result<()> {
 fn parse_only() -> io::Result<()> {
     let format = InputFormat {
         plain_lines: false,
+        exec: false,
         default_task: None,
         max_line_bytes: 16 << 20,
         max_blocks: ring_blocks(1),

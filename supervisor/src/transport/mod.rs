@@ -1,0 +1,166 @@
+//! Transports: how the supervisor talks to one worker process. The pool spawns the process and
+//! supervises it (process group, reaping, logs, kills); a transport only sets up the channel
+//! before the spawn, waits for the worker's hello, carries batches out and answers in, and keeps
+//! the worker's running word. The scheduler never learns which transport a worker speaks.
+//!
+//! - [`native`]: workers built on the corral-worker library, over ipc-channel, with the running
+//!   word in memory shared with the worker.
+//! - [`stdio`]: any executable that speaks JSON lines on stdin and stdout
+//!   (`docs/worker-protocol.md`); the running job is known from the order of its answers.
+
+pub mod native;
+pub mod stdio;
+
+use std::io::PipeReader;
+use std::process::{ChildStdin, ChildStdout, Command};
+
+use corral_protocol::{Batch, BatchDone, RunningSlot};
+
+use crate::scheduler::StartFailure;
+
+/// Which transport a pool's workers speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// ipc-channel, for workers on the corral-worker library (`--worker`).
+    Native,
+    /// JSON lines on stdin and stdout, for any executable (`--worker-cmd`).
+    Stdio,
+}
+
+impl Transport {
+    /// Sets up `command` for this transport before it is spawned: environment and pipes.
+    pub(crate) fn prepare(self, command: &mut Command) -> Result<Bootstrap, StartFailure> {
+        match self {
+            Transport::Native => native::prepare(command).map(Bootstrap::Native),
+            Transport::Stdio => {
+                stdio::prepare(command);
+                Ok(Bootstrap::Stdio)
+            }
+        }
+    }
+}
+
+/// A transport's state between the spawn and the hello.
+pub(crate) enum Bootstrap {
+    Native(native::Bootstrap),
+    Stdio,
+}
+
+/// The worker's pipes the pool hands a transport after the spawn. `stopped` becomes readable
+/// once the worker has been reaped, so that a read never outlasts the worker (a descendant
+/// that escaped its group may still hold the pipe open).
+pub(crate) struct Pipes {
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
+    pub stopped: Option<PipeReader>,
+}
+
+/// A worker that said hello.
+pub(crate) struct Greeting {
+    /// The tasks it serves, in index order.
+    pub tasks: Vec<String>,
+    /// The job it is running.
+    pub running: RunningSlot,
+    /// Whether its batches must carry the jobs' ids.
+    pub job_ids: bool,
+    pub outbox: Outbox,
+    pub inbox: Inbox,
+}
+
+/// Who the failure of a handshake is blamed on, and how it is worded.
+pub(crate) struct Refusal {
+    /// A configuration error that another start would repeat (a wrong protocol version).
+    pub fatal: bool,
+    /// What happened, as a sentence about the worker.
+    pub message: String,
+}
+
+/// How a wait for a hello is ended from another thread (the watchdog), once the worker has
+/// been killed or is gone.
+pub(crate) enum Unblock {
+    /// Connect to the bootstrap server and hang up: ends a wait for a connection.
+    Connect(String),
+    /// Nothing to do: the wait ends when the worker's pipe closes or it is reaped.
+    Nothing,
+}
+
+impl Unblock {
+    pub(crate) fn fire(self) {
+        match self {
+            Unblock::Connect(name) => native::unblock(name),
+            Unblock::Nothing => {}
+        }
+    }
+}
+
+impl Bootstrap {
+    /// How to end [`Bootstrap::hello`] from another thread.
+    pub(crate) fn unblocker(&self) -> Unblock {
+        match self {
+            Bootstrap::Native(bootstrap) => Unblock::Connect(bootstrap.server_name.clone()),
+            Bootstrap::Stdio => Unblock::Nothing,
+        }
+    }
+
+    /// Waits for the worker's hello and checks it. Blocks; ended by the watchdog's
+    /// [`Unblock`] (after it killed the worker) or by the worker's exit.
+    pub(crate) fn hello(self, pid: u32, pipes: Pipes) -> Result<Greeting, Refusal> {
+        match self {
+            Bootstrap::Native(bootstrap) => bootstrap.hello(pid),
+            Bootstrap::Stdio => stdio::hello(pipes),
+        }
+    }
+}
+
+/// Where a worker's batches go.
+pub enum Outbox {
+    /// The worker's ipc-channel sender.
+    Native(native::Outbox),
+    /// The worker's stdin.
+    Stdio(stdio::Outbox),
+}
+
+impl Outbox {
+    /// Sends a batch; blocks while the channel is full. An error means the worker cannot be
+    /// reached any more.
+    pub fn send(&mut self, batch: Batch) -> Result<(), String> {
+        match self {
+            Outbox::Native(outbox) => outbox.send(batch),
+            Outbox::Stdio(outbox) => outbox.send(batch),
+        }
+    }
+
+    /// Tells the worker to finish what it holds and exit.
+    pub fn shutdown(self) {
+        match self {
+            Outbox::Native(outbox) => outbox.shutdown(),
+            Outbox::Stdio(outbox) => outbox.shutdown(),
+        }
+    }
+}
+
+/// Where a worker's answers come from.
+pub(crate) enum Inbox {
+    Native(native::Inbox),
+    Stdio(stdio::Inbox),
+}
+
+/// What the next read of an [`Inbox`] gave.
+pub(crate) enum Received {
+    /// The answer to a whole batch.
+    Done(BatchDone),
+    /// The worker closed its end (it exited, or is exiting).
+    Closed,
+    /// The worker broke the protocol; the pool kills it. Says what it did.
+    Violation(String),
+}
+
+impl Inbox {
+    /// The next batch answered. Blocks.
+    pub(crate) fn recv(&mut self) -> Received {
+        match self {
+            Inbox::Native(inbox) => inbox.recv(),
+            Inbox::Stdio(inbox) => inbox.recv(),
+        }
+    }
+}

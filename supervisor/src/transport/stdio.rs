@@ -1,0 +1,478 @@
+//! The stdio transport, supervisor side: a worker in any language that speaks JSON lines
+//! (`docs/worker-protocol.md`). Its first stdout line is a hello; then each job is one request
+//! line on its stdin and one response line on its stdout, answered in order.
+//!
+//! A batch is written ahead whole (the pipe bounds how far), so a fast worker never waits for
+//! its next line. The running job is the first request not answered yet: the receiver moves the
+//! running word on with each answer, so timeouts and crash attribution work as for a native
+//! worker, and the answers of a batch go to the scheduler together, as one `BatchDone`.
+//!
+//! Anything on stdout that is not the answer expected next (a stray print, a wrong id, a line
+//! that is not JSON) is a protocol violation: the worker is killed and replaced, and the job
+//! that was running is retried like any crash. The log says what the worker printed.
+//!
+//! Such a worker cannot arm `PR_SET_PDEATHSIG` itself, so the spawn does it between fork and
+//! exec (the setting survives exec); the supervisor's pid is checked there too, in case it died
+//! before the signal was armed.
+
+use std::collections::VecDeque;
+use std::io::{self, BufWriter, PipeReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use corral_protocol::stdio::{STDIO_PROTOCOL_VERSION, StdioHello, StdioResponse};
+use corral_protocol::{
+    Batch, BatchDone, BatchId, MAX_FRAME_BYTES, RawJson, RunningSlot, RunningWord, TaskResult,
+};
+
+use super::{Greeting, Pipes, Received, Refusal};
+use crate::pool::poll_readable;
+
+/// Longest line a stdio worker may print on stdout; a longer one is a violation.
+const MAX_LINE: usize = MAX_FRAME_BYTES;
+
+/// How much of a line that broke the protocol is quoted in the log.
+const QUOTE: usize = 200;
+
+/// Pipes stdin (the requests) and arms the death signal in the child before its exec.
+pub(crate) fn prepare(command: &mut Command) {
+    command.stdin(Stdio::piped());
+    let supervisor = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, getppid
+    // and _exit, which are async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            // Dies with the spawner thread of the supervisor, even under SIGKILL.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != supervisor {
+                // The supervisor died between the fork and the line above.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Reads the worker's hello and sets up its two ends.
+pub(crate) fn hello(pipes: Pipes) -> Result<Greeting, Refusal> {
+    let refuse = |fatal: bool, message: String| Refusal { fatal, message };
+    let (Some(stdin), Some(stdout)) = (pipes.stdin, pipes.stdout) else {
+        return Err(refuse(false, "has no stdin or stdout pipe".into()));
+    };
+    let mut lines = LineSource::new(stdout, pipes.stopped);
+    let hello: StdioHello = match lines.next_line() {
+        Next::Line(line) => serde_json::from_slice(line).map_err(|err| {
+            refuse(
+                true,
+                format!(
+                    "printed {} where its hello was expected ({err}); its stdout carries the protocol, so anything else must go to stderr",
+                    quote(line)
+                ),
+            )
+        })?,
+        Next::End => return Err(refuse(false, "closed its stdout before saying hello".into())),
+        Next::TooLong => return Err(refuse(true, "printed an endless first line".into())),
+    };
+    if hello.corral_protocol != STDIO_PROTOCOL_VERSION {
+        return Err(refuse(
+            true,
+            format!(
+                "speaks stdio protocol version {}, this corral speaks {STDIO_PROTOCOL_VERSION}",
+                hello.corral_protocol
+            ),
+        ));
+    }
+    let (slot, region) = RunningSlot::create();
+    let running = RunningSlot::from_shared(region).expect("a fresh region has the right size");
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(Pending {
+            batches: VecDeque::new(),
+            since: Instant::now(),
+        }),
+        running: slot,
+    });
+    let task_names = hello
+        .tasks
+        .iter()
+        .map(|name| serde_json::to_vec(name).expect("a string serializes"))
+        .collect();
+    Ok(Greeting {
+        tasks: hello.tasks,
+        running,
+        job_ids: true,
+        outbox: super::Outbox::Stdio(Outbox {
+            stdin: BufWriter::with_capacity(64 * 1024, stdin),
+            shared: shared.clone(),
+            task_names,
+        }),
+        inbox: super::Inbox::Stdio(Inbox {
+            lines,
+            shared,
+            done: BatchDone::default(),
+        }),
+    })
+}
+
+/// What the sending and the receiving side of one worker share: the requests written and not
+/// all answered, and the running word.
+struct Shared {
+    pending: Mutex<Pending>,
+    running: RunningSlot,
+}
+
+struct Pending {
+    batches: VecDeque<Sent>,
+    /// When the job now running started: the previous answer, or the write that found the
+    /// worker idle.
+    since: Instant,
+}
+
+/// A batch whose requests were written.
+struct Sent {
+    id: BatchId,
+    ids: RawJson,
+    id_ends: Vec<u32>,
+    answered: usize,
+}
+
+impl Sent {
+    fn len(&self) -> usize {
+        self.id_ends.len()
+    }
+
+    fn id_at(&self, index: usize) -> &[u8] {
+        let start = match index {
+            0 => 0,
+            i => self.id_ends[i - 1] as usize,
+        };
+        &self.ids.0[start..self.id_ends[index] as usize]
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A stdio worker's stdin, where its requests go.
+pub struct Outbox {
+    stdin: BufWriter<ChildStdin>,
+    shared: Arc<Shared>,
+    /// The tasks' names as JSON strings, by task index.
+    task_names: Vec<Vec<u8>>,
+}
+
+impl Outbox {
+    pub(crate) fn send(&mut self, mut batch: Batch) -> Result<(), String> {
+        if batch.jobs.is_empty() {
+            return Ok(());
+        }
+        if batch.id_ends.len() != batch.jobs.len() {
+            return Err("a batch for a stdio worker must carry the jobs' ids".into());
+        }
+        let mut lines =
+            Vec::with_capacity(batch.inputs.0.len() + batch.ids.0.len() + 48 * batch.jobs.len());
+        for ((task, input), id) in batch.iter().zip(batch.ids()) {
+            let name = self
+                .task_names
+                .get(task.0 as usize)
+                .ok_or_else(|| format!("no task #{} in the worker's hello", task.0))?;
+            lines.extend_from_slice(b"{\"id\":");
+            lines.extend_from_slice(id);
+            lines.extend_from_slice(b",\"task\":");
+            lines.extend_from_slice(name);
+            lines.extend_from_slice(b",\"input\":");
+            lines.extend_from_slice(input);
+            lines.extend_from_slice(b"}\n");
+        }
+        {
+            // Recorded before it is written, so that no answer can come before its request.
+            let mut pending = self.shared.lock();
+            if pending.batches.is_empty() {
+                self.shared.running.store(RunningWord::running(batch.id, 0));
+                pending.since = Instant::now();
+            }
+            pending.batches.push_back(Sent {
+                id: batch.id,
+                ids: std::mem::take(&mut batch.ids),
+                id_ends: std::mem::take(&mut batch.id_ends),
+                answered: 0,
+            });
+        }
+        self.stdin
+            .write_all(&lines)
+            .and_then(|()| self.stdin.flush())
+            .map_err(|err| format!("writing to its stdin: {err}"))
+    }
+
+    /// Closes stdin: the worker answers what it has read and exits.
+    pub(crate) fn shutdown(self) {
+        let mut stdin = self.stdin;
+        let _ = stdin.flush();
+    }
+}
+
+/// A stdio worker's stdout, where its answers come from.
+pub(crate) struct Inbox {
+    lines: LineSource,
+    shared: Arc<Shared>,
+    /// The answers of the batch being answered.
+    done: BatchDone,
+}
+
+impl Inbox {
+    pub(crate) fn recv(&mut self) -> Received {
+        loop {
+            let line = match self.lines.next_line() {
+                Next::Line(line) => line,
+                Next::End => return Received::Closed,
+                Next::TooLong => {
+                    return Received::Violation(format!(
+                        "it printed a line longer than {} on stdout",
+                        bytesize::ByteSize(MAX_LINE as u64).display().iec()
+                    ));
+                }
+            };
+            let response: StdioResponse<'_> = match serde_json::from_slice(line) {
+                Ok(response) => response,
+                Err(_) => {
+                    return Received::Violation(format!(
+                        "it printed {} on stdout, which is not a response (print to stderr instead)",
+                        quote(line)
+                    ));
+                }
+            };
+            let mut pending = self.shared.lock();
+            let since = pending.since;
+            let Some(sent) = pending.batches.front_mut() else {
+                return Received::Violation(format!(
+                    "it printed {} on stdout with no request waiting",
+                    quote(line)
+                ));
+            };
+            let index = sent.answered;
+            let expected = sent.id_at(index);
+            if !same_id(expected, response.id.get().as_bytes()) {
+                return Received::Violation(format!(
+                    "it answered id {} where {} was next",
+                    response.id.get(),
+                    String::from_utf8_lossy(expected)
+                ));
+            }
+            if index == 0 {
+                self.done.batch = sent.id;
+            }
+            let result = match (response.output, response.error) {
+                (Some(output), None) => {
+                    self.done
+                        .outputs
+                        .0
+                        .extend_from_slice(output.get().as_bytes());
+                    TaskResult::Ok
+                }
+                (None, Some(error)) => TaskResult::TaskError {
+                    message: error.message,
+                    error_type: error.error_type,
+                },
+                _ => {
+                    return Received::Violation(format!(
+                        "it answered {} with neither or both of \"output\" and \"error\"",
+                        quote(line)
+                    ));
+                }
+            };
+            let now = Instant::now();
+            self.done
+                .push(now.duration_since(since).as_nanos() as u64, result);
+            sent.answered += 1;
+            if sent.answered < sent.len() {
+                let word = RunningWord::running(sent.id, sent.answered);
+                self.shared.running.store(word);
+                pending.since = now;
+                continue;
+            }
+            pending.since = now;
+            pending.batches.pop_front();
+            let next = match pending.batches.front() {
+                Some(next) => RunningWord::running(next.id, 0),
+                None => RunningWord::IDLE,
+            };
+            self.shared.running.store(next);
+            return Received::Done(std::mem::take(&mut self.done));
+        }
+    }
+}
+
+/// Whether two ids, as JSON, are the same value: byte for byte, or once parsed (a worker may
+/// write `"\u00e9"` for `"é"`).
+fn same_id(expected: &[u8], got: &[u8]) -> bool {
+    expected == got
+        || matches!(
+            (
+                serde_json::from_slice::<serde_json::Value>(expected),
+                serde_json::from_slice::<serde_json::Value>(got),
+            ),
+            (Ok(a), Ok(b)) if a == b
+        )
+}
+
+/// A line as it appears in the log: its start, quoted.
+fn quote(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&line[..line.len().min(QUOTE)]);
+    if line.len() > QUOTE {
+        format!("{text:?}... ({} bytes)", line.len())
+    } else {
+        format!("{text:?}")
+    }
+}
+
+/// What the next read of a [`LineSource`] gave.
+enum Next<'a> {
+    /// A line, without its `\n`.
+    Line(&'a [u8]),
+    /// The pipe closed, or the worker was reaped and what it left was read.
+    End,
+    /// A line longer than [`MAX_LINE`].
+    TooLong,
+}
+
+/// The lines of a worker's stdout. Reads never outlast the worker: once it is reaped (the
+/// `stopped` pipe becomes readable), what is left in the pipe is read and the source ends.
+struct LineSource {
+    pipe: ChildStdout,
+    stopped: Option<PipeReader>,
+    buf: Vec<u8>,
+    /// Where the next line starts in `buf`.
+    start: usize,
+    /// Where to look for the next `\n` (everything from `start` up to here has none).
+    scanned: usize,
+    /// No more bytes will come.
+    ended: bool,
+}
+
+impl LineSource {
+    fn new(pipe: ChildStdout, stopped: Option<PipeReader>) -> LineSource {
+        let fd = pipe.as_fd().as_raw_fd();
+        // SAFETY: fcntl on a file descriptor this source owns; no memory is involved.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        LineSource {
+            pipe,
+            stopped,
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+            scanned: 0,
+            ended: false,
+        }
+    }
+
+    fn next_line(&mut self) -> Next<'_> {
+        loop {
+            if let Some(at) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+                let end = self.scanned + at;
+                let line = self.start..end;
+                self.start = end + 1;
+                self.scanned = self.start;
+                return Next::Line(&self.buf[line]);
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() - self.start > MAX_LINE {
+                return Next::TooLong;
+            }
+            if self.ended {
+                if self.start < self.buf.len() {
+                    // A last line without its newline.
+                    let line = self.start..self.buf.len();
+                    self.start = self.buf.len();
+                    self.scanned = self.start;
+                    return Next::Line(&self.buf[line]);
+                }
+                return Next::End;
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.scanned -= self.start;
+                self.start = 0;
+            }
+            self.fill();
+        }
+    }
+
+    /// Waits for bytes and reads what is there, or marks the source ended.
+    fn fill(&mut self) {
+        loop {
+            match self.read_some() {
+                Ok(0) => {
+                    self.ended = true;
+                    return;
+                }
+                Ok(_) => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let reaped = match &self.stopped {
+                        Some(stopped) => poll_readable(&[self.pipe.as_fd(), stopped.as_fd()])[1],
+                        None => {
+                            poll_readable(&[self.pipe.as_fd()]);
+                            false
+                        }
+                    };
+                    if reaped {
+                        // The worker is gone: take what it left, then end.
+                        self.drain();
+                        self.ended = true;
+                        return;
+                    }
+                }
+                Err(_) => {
+                    self.ended = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_some(&mut self) -> io::Result<usize> {
+        let len = self.buf.len();
+        self.buf.resize(len + 64 * 1024, 0);
+        let read = self.pipe.read(&mut self.buf[len..]);
+        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
+        read
+    }
+
+    fn drain(&mut self) {
+        while self.buf.len() - self.start <= MAX_LINE {
+            match self.read_some() {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_match_by_value() {
+        assert!(same_id(b"17", b"17"));
+        assert!(same_id(b"\"\xc3\xa9\"", b"\"\\u00e9\""));
+        assert!(!same_id(b"17", b"\"17\""));
+        assert!(!same_id(b"17", b"18"));
+    }
+
+    #[test]
+    fn quotes_are_bounded() {
+        assert_eq!(quote(b"hi"), "\"hi\"");
+        let long = vec![b'x'; 1000];
+        assert!(quote(&long).ends_with("... (1000 bytes)"));
+    }
+}

@@ -1,0 +1,476 @@
+//! The `exec` task of the built-in worker: one command per job (`corral run --exec`), made from
+//! a template with GNU parallel's placeholders, run in the worker's own process group (so a
+//! timeout's kill of the group takes the command and its children too), its output captured
+//! up to a cap or written to files.
+//!
+//! The task exists only in a worker whose environment holds an [`ExecSpec`]
+//! ([`corral_protocol::exec::ENV_EXEC`]), which only `corral run --exec` puts there.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use corral_protocol::exec::{ENV_EXEC, ExecSpec};
+use serde::Serialize;
+
+use crate::TaskFailure;
+
+/// How often a command that has exited but whose output pipes are still held open (by a
+/// child it left running) is noticed.
+const EXIT_CHECK: Duration = Duration::from_millis(50);
+
+/// The spec in this process's environment, if any; a malformed one is an error.
+pub fn spec_from_env() -> Result<Option<ExecSpec>, String> {
+    match std::env::var(ENV_EXEC) {
+        Err(_) => Ok(None),
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|err| format!("{ENV_EXEC} is not a command spec: {err}")),
+    }
+}
+
+/// One job: its number (`{#}`) and its input, a string or an array of column strings.
+#[derive(serde::Deserialize)]
+struct ExecJob(u64, Arg);
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Arg {
+    Line(String),
+    Columns(Vec<String>),
+}
+
+/// What a command did, as its result's output.
+#[derive(Serialize)]
+struct Ran {
+    status: Option<i32>,
+    signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr: Option<String>,
+    /// Bytes of stdout past the cap, not kept.
+    #[serde(skip_serializing_if = "is_zero")]
+    stdout_cut: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    stderr_cut: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr_file: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Runs the job's command and writes what it did to `out`. A command that exits non-zero or
+/// is killed by a signal fails as `exit_status` or `signal`, with the same output.
+pub fn run(
+    spec: &ExecSpec,
+    slot: &str,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), TaskFailure> {
+    let ExecJob(number, arg) = serde_json::from_slice(input).map_err(|err| {
+        TaskFailure::BadInput(format!(
+            "an exec job's input is a string or an array of strings: {err}"
+        ))
+    })?;
+    let columns = match (&arg, &spec.colsep) {
+        (Arg::Line(line), Some(sep)) => line.split(sep.as_str()).map(str::to_owned).collect(),
+        (Arg::Line(line), None) => vec![line.clone()],
+        (Arg::Columns(columns), _) => columns.clone(),
+    };
+    let whole = match arg {
+        Arg::Line(line) => line,
+        Arg::Columns(columns) => columns.join(" "),
+    };
+    let values = Values {
+        whole: &whole,
+        columns: &columns,
+        number,
+        slot,
+    };
+    let argv = expand(&spec.argv, &values, spec.shell);
+    let (program, args) = argv
+        .split_first()
+        .expect("the supervisor checked --exec is not empty");
+
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null());
+    let files = match &spec.output_dir {
+        Some(dir) => {
+            let out_path = format!("{dir}/{number}.out");
+            let err_path = format!("{dir}/{number}.err");
+            let open = |path: &str| {
+                File::create(path)
+                    .map_err(|err| TaskFailure::TaskError(format!("cannot create {path}: {err}")))
+            };
+            command.stdout(open(&out_path)?).stderr(open(&err_path)?);
+            Some((out_path, err_path))
+        }
+        None => {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            None
+        }
+    };
+    let mut child = command.spawn().map_err(|err| {
+        TaskFailure::TaskError(match err.kind() {
+            io::ErrorKind::NotFound => format!("cannot run {program}: not found"),
+            _ => format!("cannot run {program}: {err}"),
+        })
+    })?;
+    let (status, captured) = match files {
+        Some(_) => (wait(&mut child), None),
+        None => {
+            let captured = capture(&mut child, spec.capture as usize);
+            (wait(&mut child), Some(captured))
+        }
+    };
+    let status = status
+        .map_err(|err| TaskFailure::TaskError(format!("cannot wait for {program}: {err}")))?;
+    let signal = status.signal().map(signal_name);
+    let mut ran = Ran {
+        status: status.code(),
+        signal: signal.clone(),
+        stdout: None,
+        stderr: None,
+        stdout_cut: 0,
+        stderr_cut: 0,
+        stdout_file: None,
+        stderr_file: None,
+    };
+    if let Some([stdout, stderr]) = captured {
+        ran.stdout = Some(String::from_utf8_lossy(&stdout.kept).into_owned());
+        ran.stderr = Some(String::from_utf8_lossy(&stderr.kept).into_owned());
+        ran.stdout_cut = stdout.cut;
+        ran.stderr_cut = stderr.cut;
+    }
+    if let Some((stdout, stderr)) = files {
+        ran.stdout_file = Some(stdout);
+        ran.stderr_file = Some(stderr);
+    }
+    serde_json::to_writer(&mut *out, &ran).expect("writing to a Vec cannot fail");
+    match (status.code(), signal) {
+        (Some(0), _) => Ok(()),
+        (Some(code), _) => Err(TaskFailure::Described {
+            error_type: "exit_status".into(),
+            message: format!("{program} exited with status {code}"),
+        }),
+        (None, signal) => Err(TaskFailure::Described {
+            error_type: "signal".into(),
+            message: format!(
+                "{program} was killed by {}",
+                signal.as_deref().unwrap_or("a signal")
+            ),
+        }),
+    }
+}
+
+fn wait(child: &mut Child) -> io::Result<ExitStatus> {
+    loop {
+        match child.wait() {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        other => return format!("signal {other}"),
+    }
+    .to_owned()
+}
+
+/// The start of one output stream, and how much more there was.
+#[derive(Default)]
+struct Captured {
+    kept: Vec<u8>,
+    cut: u64,
+}
+
+/// Reads the child's stdout and stderr together, keeping at most `cap` bytes of each, until
+/// both close or the child has exited and what it left is read.
+fn capture(child: &mut Child, cap: usize) -> [Captured; 2] {
+    let mut captured = [Captured::default(), Captured::default()];
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return captured;
+    };
+    let mut pipes: [Option<Box<dyn ReadFd>>; 2] = [Some(Box::new(stdout)), Some(Box::new(stderr))];
+    for pipe in pipes.iter().flatten() {
+        set_nonblocking(pipe.as_fd());
+    }
+    let mut exited = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let open: Vec<usize> = (0..2).filter(|&i| pipes[i].is_some()).collect();
+        if open.is_empty() {
+            return captured;
+        }
+        if !exited {
+            let fds: Vec<BorrowedFd<'_>> = open
+                .iter()
+                .map(|&i| pipes[i].as_ref().expect("open").as_fd())
+                .collect();
+            poll(&fds, EXIT_CHECK);
+        }
+        for &i in &open {
+            loop {
+                let pipe = pipes[i].as_mut().expect("open");
+                match pipe.read(&mut buf) {
+                    Ok(0) => {
+                        pipes[i] = None;
+                        break;
+                    }
+                    Ok(n) => {
+                        let stream = &mut captured[i];
+                        let room = cap.saturating_sub(stream.kept.len()).min(n);
+                        stream.kept.extend_from_slice(&buf[..room]);
+                        stream.cut += (n - room) as u64;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        if exited {
+                            // Held open by something the command left behind: stop here.
+                            pipes[i] = None;
+                        }
+                        break;
+                    }
+                    Err(_) => {
+                        pipes[i] = None;
+                        break;
+                    }
+                }
+            }
+        }
+        if !exited && matches!(child.try_wait(), Ok(Some(_))) {
+            // One more pass reads what it left; then pipes still held open are let go.
+            exited = true;
+        }
+    }
+}
+
+trait ReadFd: Read + AsFd {}
+impl<T: Read + AsFd> ReadFd for T {}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) {
+    // SAFETY: fcntl on a file descriptor owned by the caller; no memory is involved.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+fn poll(fds: &[BorrowedFd<'_>], timeout: Duration) {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs whose fds are borrowed
+    // for the call. An interrupted poll only returns early, which the caller's loop handles.
+    unsafe {
+        libc::poll(
+            polls.as_mut_ptr(),
+            polls.len() as libc::nfds_t,
+            timeout.as_millis() as libc::c_int,
+        );
+    }
+}
+
+/// What the placeholders of one job stand for.
+pub struct Values<'a> {
+    /// The whole input: `{}` and the path forms.
+    pub whole: &'a str,
+    /// The columns: `{1}`..`{n}`.
+    pub columns: &'a [String],
+    /// The job number: `{#}`.
+    pub number: u64,
+    /// The worker slot: `{%}`.
+    pub slot: &'a str,
+}
+
+/// The command's words with every placeholder replaced (shell-quoted when `shell`). Without
+/// any placeholder the input is added as the last argument, as GNU parallel does.
+pub fn expand(template: &[String], values: &Values<'_>, shell: bool) -> Vec<String> {
+    let mut found = false;
+    let mut argv: Vec<String> = template
+        .iter()
+        .map(|word| replace(word, values, shell, &mut found))
+        .collect();
+    if !found {
+        if shell {
+            if let Some(script) = argv.last_mut() {
+                script.push(' ');
+                script.push_str(&shell_words::quote(values.whole));
+            }
+        } else {
+            argv.push(values.whole.to_owned());
+        }
+    }
+    argv
+}
+
+fn replace(word: &str, values: &Values<'_>, shell: bool, found: &mut bool) -> String {
+    let mut out = String::with_capacity(word.len());
+    let mut rest = word;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let replaced = after
+            .find('}')
+            .and_then(|close| Some((placeholder(&after[..close], values)?, close)));
+        match replaced {
+            Some((value, close)) => {
+                *found = true;
+                if shell {
+                    out.push_str(&shell_words::quote(&value));
+                } else {
+                    out.push_str(&value);
+                }
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value of placeholder `{name}`; `None` when `name` is not one (the braces stay as
+/// they are, so that `awk '{print}'` survives).
+fn placeholder(name: &str, values: &Values<'_>) -> Option<String> {
+    let whole = values.whole;
+    let base = whole.rsplit_once('/').map_or(whole, |(_, base)| base);
+    let no_ext = |s: &str| -> String {
+        // An extension is a dot after the last slash, not at the start of the name.
+        let name_start = s.rfind('/').map_or(0, |i| i + 1);
+        match s[name_start..].rfind('.') {
+            Some(dot) if dot > 0 => s[..name_start + dot].to_owned(),
+            _ => s.to_owned(),
+        }
+    };
+    Some(match name {
+        "" => whole.to_owned(),
+        "." => no_ext(whole),
+        "/" => base.to_owned(),
+        "//" => match whole.rsplit_once('/') {
+            Some(("", _)) => "/".to_owned(),
+            Some((dir, _)) => dir.to_owned(),
+            None => ".".to_owned(),
+        },
+        "/." => no_ext(base),
+        "#" => values.number.to_string(),
+        "%" => values.slot.to_owned(),
+        digits if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            let n: usize = digits.parse().ok()?;
+            values
+                .columns
+                .get(n.checked_sub(1)?)
+                .cloned()
+                .unwrap_or_default()
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(template: &[&str], whole: &str, shell: bool) -> Vec<String> {
+        let template: Vec<String> = template.iter().map(|s| s.to_string()).collect();
+        let columns: Vec<String> = whole.split(',').map(str::to_owned).collect();
+        let values = Values {
+            whole,
+            columns: &columns,
+            number: 7,
+            slot: "2",
+        };
+        expand(&template, &values, shell)
+    }
+
+    #[test]
+    fn placeholders_are_replaced_as_gnu_parallel_does() {
+        let got = words(
+            &["x", "{}", "{.}", "{/}", "{//}", "{/.}", "{#}", "{%}"],
+            "dir/sub/a.tar.gz",
+            false,
+        );
+        assert_eq!(
+            got,
+            [
+                "x",
+                "dir/sub/a.tar.gz",
+                "dir/sub/a.tar",
+                "a.tar.gz",
+                "dir/sub",
+                "a.tar",
+                "7",
+                "2"
+            ]
+        );
+        assert_eq!(words(&["{//}", "{.}", "{/.}"], "a", false), [".", "a", "a"]);
+        assert_eq!(words(&["{//}"], "/a", false), ["/"]);
+        assert_eq!(words(&["{.}"], "d.x/.hidden", false), ["d.x/.hidden"]);
+    }
+
+    #[test]
+    fn columns_prefixes_and_unknown_braces() {
+        assert_eq!(
+            words(&["cp", "{1}", "out/{2}.bak", "{3}", "{0}"], "a,b", false),
+            ["cp", "a", "out/b.bak", "", "{0}"]
+        );
+        assert_eq!(
+            words(&["awk", "{print}"], "f", false),
+            ["awk", "{print}", "f"]
+        );
+    }
+
+    #[test]
+    fn without_placeholders_the_input_is_the_last_argument() {
+        assert_eq!(
+            words(&["sha256sum"], "my file", false),
+            ["sha256sum", "my file"]
+        );
+        assert_eq!(
+            words(&["sh", "-c", "wc -c"], "it's", true),
+            ["sh", "-c", "wc -c 'it'\\''s'"]
+        );
+    }
+
+    #[test]
+    fn shell_replacements_are_quoted() {
+        assert_eq!(
+            words(&["sh", "-c", "echo {} > {.}.txt"], "a b;rm x.c", true),
+            ["sh", "-c", "echo 'a b;rm x.c' > 'a b;rm x'.txt"]
+        );
+    }
+}
