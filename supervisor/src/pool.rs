@@ -63,6 +63,10 @@ const SCRUBBED_ENV: &[&str] = &[
 /// is counted, not kept, so a worker that prints without newlines costs bounded memory.
 pub const MAX_LOG_LINE: usize = 8 * 1024;
 
+/// How long a worker whose hello failed (its pipe closed) is given to exit, so that its exit
+/// status can be reported rather than the closed pipe.
+const EXIT_AFTER_HANGUP: Duration = Duration::from_millis(500);
+
 /// After a worker is reaped, at most this much of its output still in the pipes is logged.
 const MAX_LOG_DRAIN: usize = 1 << 20;
 
@@ -350,14 +354,7 @@ fn launch(
     slots: &Slots,
 ) -> Result<Launched, StartFailure> {
     let program = config.program.display().to_string();
-    let transient = |message: String| StartFailure {
-        fatal: false,
-        message,
-    };
-    let fatal = |message: String| StartFailure {
-        fatal: true,
-        message,
-    };
+    let (transient, fatal) = (StartFailure::transient, StartFailure::fatal);
 
     let mut command = Command::new(&config.program);
     command
@@ -527,53 +524,67 @@ impl Launched {
         // The wait for a hello has no timeout of its own (ipc-channel's accept, a read). A
         // watchdog ends it if the child exits first, the deadline passes or the run is over: it
         // kills the worker, which ends a wait for a message or a line, and fires the transport's
-        // unblocker, which ends a wait for a connection.
+        // unblocker, which ends a wait for a connection. Its verdict says why the wait ended.
         let (handshake_over, watch) = bounded::<()>(1);
-        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let (verdict_tx, verdict) = bounded::<StartFailure>(1);
         {
-            let (cancelled, failure, unblock) =
-                (cancelled.clone(), failure.clone(), bootstrap.unblocker());
+            let (cancelled, unblock) = (cancelled.clone(), bootstrap.unblocker());
             let program = program.clone();
             thread::Builder::new()
                 .name(format!("corral-handshake-{pid}"))
                 .spawn(move || {
-                    let (reason, kill) = select! {
+                    let failure = select! {
                         recv(watch) -> _ => return,
-                        recv(exits_during_handshake) -> exit => match exit {
-                            Ok(status) => (format!("worker {pid} ({program}) {} before saying hello", describe_exit(status)), false),
-                            Err(_) => (format!("worker {pid} ({program}) vanished before saying hello"), false),
+                        recv(exits_during_handshake) -> exit => {
+                            let exit = exit.map(describe_exit);
+                            let mut failure = StartFailure::transient(match &exit {
+                                Ok(exit) => format!("worker {pid} ({program}) {exit} before saying hello"),
+                                Err(_) => format!("worker {pid} ({program}) vanished before saying hello"),
+                            });
+                            failure.killed = exit == Ok(WorkerExit::Signal("SIGKILL".into()));
+                            failure
                         },
-                        recv(cancelled) -> _ => (format!("worker {pid} ({program}) was abandoned: the run is over"), true),
-                        default(timeout) => (format!(
-                            "worker {pid} ({program}) did not say hello within {}",
-                            humantime::format_duration(timeout)
-                        ), true),
+                        recv(cancelled) -> _ => {
+                            kill_group(pid);
+                            StartFailure::transient(format!("worker {pid} ({program}) was abandoned: the run is over"))
+                        },
+                        default(timeout) => {
+                            kill_group(pid);
+                            StartFailure::transient(format!(
+                                "worker {pid} ({program}) did not say hello within {}",
+                                humantime::format_duration(timeout)
+                            ))
+                        },
                     };
-                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-                    if kill {
-                        kill_group(pid);
-                    }
+                    let _ = verdict_tx.send(failure);
                     unblock.fire();
                 })
                 .expect("spawning a thread");
         }
         let greeted = bootstrap.hello(pid, pipes);
-        let _ = handshake_over.send(());
-        let failed = |message: String, is_fatal: bool| {
-            kill_group(pid);
-            StartFailure {
-                fatal: is_fatal,
-                message,
+        if let Err(refusal) = &greeted
+            && !refusal.fatal
+        {
+            // A worker whose pipe closed is most likely exiting: its exit says more than the
+            // closed pipe does (and whether it was killed from outside).
+            if let Ok(failure) = verdict.recv_timeout(EXIT_AFTER_HANGUP) {
+                kill_group(pid);
+                return Err(failure);
             }
-        };
-        if let Some(reason) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Err(failed(reason, false));
+        }
+        let _ = handshake_over.send(());
+        if let Ok(failure) = verdict.try_recv() {
+            kill_group(pid);
+            return Err(failure);
         }
         let greeting = greeted.map_err(|refusal| {
-            failed(
-                format!("worker {pid} ({program}) {}", refusal.message),
-                refusal.fatal,
-            )
+            kill_group(pid);
+            let message = format!("worker {pid} ({program}) {}", refusal.message);
+            if refusal.fatal {
+                StartFailure::fatal(message)
+            } else {
+                StartFailure::transient(message)
+            }
         })?;
         tracing::info!(pid, "worker started");
         let started = StartedWorker {

@@ -265,8 +265,32 @@ impl std::fmt::Display for WorkerExit {
 pub struct StartFailure {
     /// Retrying cannot help (missing binary, wrong protocol version, wrong nonce).
     pub fatal: bool,
+    /// The worker was killed with SIGKILL before its hello, and not by corral: what `kill -9`
+    /// or the OOM killer does, not what a broken build does. It is not counted towards giving
+    /// up on starting workers; it spends the restart budget, as a crash during work does.
+    pub killed: bool,
     /// What happened, for the user.
     pub message: String,
+}
+
+impl StartFailure {
+    /// A failure another start may not repeat.
+    pub fn transient(message: String) -> StartFailure {
+        StartFailure {
+            fatal: false,
+            killed: false,
+            message,
+        }
+    }
+
+    /// A failure every start would repeat: the run stops.
+    pub fn fatal(message: String) -> StartFailure {
+        StartFailure {
+            fatal: true,
+            killed: false,
+            message,
+        }
+    }
 }
 
 /// Something that happened, fed to [`Scheduler::handle`].
@@ -642,6 +666,11 @@ impl Scheduler {
         if self.finishing() {
             return;
         }
+        if failure.killed && !failure.fatal {
+            self.counters.restarts += 1;
+            self.restart_within_budget(now, &failure.message);
+            return;
+        }
         self.start_failures += 1;
         if failure.fatal {
             self.fatal(failure.message);
@@ -818,7 +847,10 @@ impl Scheduler {
         }
         // A worker that died (or broke the protocol) before finishing anything, with no job to
         // blame, is what a broken build or environment looks like: count it towards giving up.
-        if !attributed && slot.batches_done == 0 {
+        // A SIGKILL that corral did not send (kill -9, the OOM killer) is not.
+        let killed_from_outside =
+            note.is_none() && !timed_out && exit == WorkerExit::Signal("SIGKILL".into());
+        if !attributed && slot.batches_done == 0 && !killed_from_outside {
             self.start_failures += 1;
             if self.start_failures >= self.cfg.max_start_failures {
                 let why = note.map(|note| format!(": {note}")).unwrap_or_default();
@@ -837,14 +869,19 @@ impl Scheduler {
             self.spawns_due.push(now);
             return;
         }
+        self.restart_within_budget(now, &format!("pid {}, {exit}", slot.pid));
+    }
+
+    /// Schedules a replacement for a worker that died for no job's fault, as the restart
+    /// budget allows; stops the run when even backoff cannot keep workers alive.
+    fn restart_within_budget(&mut self, now: Instant, last: &str) {
         let jitter = self.next_jitter();
         let Some(delay) = self.budget.delay(now, jitter) else {
             let policy = &self.cfg.restart;
             self.fatal(format!(
-                "workers keep dying: more than {} restarts within {}, even with backoff (the last one, pid {}, {exit}); see --max-restarts and --restart-period",
+                "workers keep dying: more than {} restarts within {}, even with backoff (the last one: {last}); see --max-restarts and --restart-period",
                 policy.max_restarts,
                 humantime::format_duration(policy.period),
-                slot.pid
             ));
             return;
         };

@@ -5,7 +5,9 @@ mod util;
 
 mod bad_input;
 mod batch;
+mod exec;
 mod hardening;
 mod operate;
 mod startup;
+mod stdio;
 mod supervision;

@@ -65,6 +65,22 @@ pub fn fault_worker() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_corral-fault-worker"))
 }
 
+/// The command line of a test worker in Python (`tests/workers/NAME.py`), for `--worker-cmd`.
+pub fn python_worker(name: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workers")
+        .join(format!("{name}.py"));
+    shell_words::join(["python3", "-u", &script.display().to_string()])
+}
+
+/// The directory of the `corral_worker` helper, for `PYTHONPATH`.
+pub fn python_helper_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("python")
+}
+
 /// What a finished command left behind.
 pub struct Output {
     pub command: String,
@@ -151,6 +167,17 @@ impl Run {
     /// `corral` with these arguments and `--worker` naming the fault-injection worker.
     pub fn corral_faulty<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Run {
         Run::corral(args).args(["--worker".as_ref(), fault_worker().as_os_str()])
+    }
+
+    /// `corral` with these arguments and `--worker-cmd` naming a Python test worker, which
+    /// finds the helper on `PYTHONPATH`.
+    pub fn corral_python<S: AsRef<std::ffi::OsStr>>(
+        worker: &str,
+        args: impl IntoIterator<Item = S>,
+    ) -> Run {
+        Run::corral(args)
+            .args(["--worker-cmd", &python_worker(worker)])
+            .env("PYTHONPATH", &python_helper_dir().display().to_string())
     }
 
     /// Any program.

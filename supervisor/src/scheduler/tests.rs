@@ -484,10 +484,7 @@ fn restarts_over_budget_wait_with_growing_backoff() {
 fn a_fatal_start_failure_stops_the_run_at_once() {
     let mut h = Harness::new(config(2));
     h.input([job(0, "t")]);
-    let failure = StartFailure {
-        fatal: true,
-        message: "cannot run /nope: not found".into(),
-    };
+    let failure = StartFailure::fatal("cannot run /nope: not found".into());
     h.feed(Event::WorkerStartFailed {
         worker: WorkerId(1),
         failure,
@@ -508,10 +505,7 @@ fn repeated_start_failures_give_up_but_a_finished_batch_resets_the_count() {
     h.input((0..10).map(|i| job(i, "t")));
     let fail = |h: &mut Harness| {
         let worker = *h.spawns.last().unwrap();
-        let failure = StartFailure {
-            fatal: false,
-            message: "no hello within 5s".into(),
-        };
+        let failure = StartFailure::transient("no hello within 5s".into());
         h.feed(Event::WorkerStartFailed { worker, failure });
         h.advance(Duration::from_secs(3));
         h.feed(Event::Tick { running: vec![] });
@@ -553,6 +547,38 @@ fn workers_that_die_before_any_work_end_the_run() {
             .unwrap()
             .contains("died before finishing any work 3 times")
     );
+}
+
+#[test]
+fn workers_killed_from_outside_before_any_work_are_restarts_not_a_broken_build() {
+    let mut h = Harness::new(config(1));
+    h.input([job(0, "t")]);
+    for round in 0..6 {
+        let worker = *h.spawns.last().unwrap();
+        if round % 2 == 0 {
+            // Killed before its hello.
+            let mut failure =
+                StartFailure::transient("killed by SIGKILL before saying hello".into());
+            failure.killed = true;
+            h.feed(Event::WorkerStartFailed { worker, failure });
+        } else {
+            // Killed after its hello, idle.
+            h.ready(worker, 10 + round);
+            h.take_sends();
+            h.die(
+                worker,
+                WorkerExit::Signal("SIGKILL".into()),
+                RunningWord::IDLE,
+            );
+        }
+        h.advance(Duration::from_secs(1));
+        h.feed(Event::Tick { running: vec![] });
+    }
+    assert!(h.fatal.is_none(), "{:?}", h.fatal);
+    assert_eq!(h.scheduler.counters().restarts, 6);
+    let worker = *h.spawns.last().unwrap();
+    h.ready(worker, 99);
+    assert_eq!(h.take_sends().len(), 1, "the job still runs");
 }
 
 #[test]

@@ -22,10 +22,7 @@ pub(crate) struct Bootstrap {
 /// Creates the bootstrap server and names it, with a fresh nonce, in `command`'s environment
 /// (not in argv, where other users could read it).
 pub(crate) fn prepare(command: &mut Command) -> Result<Bootstrap, StartFailure> {
-    let transient = |message: String| StartFailure {
-        fatal: false,
-        message,
-    };
+    let transient = StartFailure::transient;
     let (server, server_name) = IpcOneShotServer::<FromWorker>::new().map_err(|err| {
         transient(format!(
             "cannot create the bootstrap socket: {err} (is $TMPDIR writable?)"

@@ -1,0 +1,256 @@
+//! `corral run --exec`: a command per job inside the built-in workers, with GNU parallel's
+//! placeholders, supervised like any job (timeouts kill the command's whole group), and never
+//! run unless --exec was given on the command line.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::{Run, alive, temp_dir, wait_for};
+
+fn stdout_of(result: &Value) -> &str {
+    result["output"]["stdout"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no stdout: {result}"))
+}
+
+#[test]
+fn every_placeholder_is_replaced_and_each_result_carries_its_line() {
+    let out = Run::corral([
+        "run",
+        "-j",
+        "2",
+        "--keep-order",
+        "--lines",
+        "--exec",
+        "printf '%s|' {} {.} {/} {//} {/.} {#} {%}",
+    ])
+    .stdin("dir/sub/a.tar.gz\nplain\n/abs/x.c\n")
+    .output();
+    out.expect_code(0);
+    let results = out.results();
+    assert_eq!(results.len(), 3);
+    let expected = [
+        (
+            "dir/sub/a.tar.gz",
+            "dir/sub/a.tar.gz|dir/sub/a.tar|a.tar.gz|dir/sub|a.tar|1|",
+        ),
+        ("plain", "plain|plain|plain|.|plain|2|"),
+        ("/abs/x.c", "/abs/x.c|/abs/x|x.c|/abs|x|3|"),
+    ];
+    for (result, (line, printed)) in results.iter().zip(expected) {
+        assert_eq!(result["input"], line, "{result}");
+        let stdout = stdout_of(result);
+        assert!(stdout.starts_with(printed), "{line}: {stdout}");
+        let slot = stdout.trim_end_matches('|').rsplit('|').next().unwrap();
+        assert!(slot == "1" || slot == "2", "worker slot {slot}");
+        assert_eq!(result["output"]["status"], 0);
+    }
+}
+
+#[test]
+fn columns_come_from_colsep_and_a_command_without_placeholders_gets_the_input_last() {
+    let out = Run::corral([
+        "run",
+        "-j",
+        "1",
+        "--lines",
+        "--colsep",
+        ",",
+        "--exec",
+        "echo {2}-{1}",
+    ])
+    .stdin("a,b\nc,d\n")
+    .output();
+    out.expect_code(0);
+    let outputs: Vec<String> = out
+        .results()
+        .iter()
+        .map(|r| stdout_of(r).to_owned())
+        .collect();
+    assert!(
+        outputs.contains(&"b-a\n".to_owned()) && outputs.contains(&"d-c\n".to_owned()),
+        "{outputs:?}"
+    );
+
+    let out = Run::corral(["run", "--lines", "--exec", "echo first"])
+        .stdin("it's one argument\n")
+        .output();
+    out.expect_code(0);
+    assert_eq!(stdout_of(&out.results()[0]), "first it's one argument\n");
+}
+
+#[test]
+fn without_shell_no_shell_runs_and_with_it_replacements_are_quoted() {
+    let line = "a b; echo injected";
+    let out = Run::corral(["run", "--lines", "--exec", "echo {}"])
+        .stdin(format!("{line}\n"))
+        .output();
+    out.expect_code(0);
+    assert_eq!(stdout_of(&out.results()[0]), format!("{line}\n"));
+    let out = Run::corral([
+        "run",
+        "--lines",
+        "--shell",
+        "--exec",
+        "echo {} | tr a-z A-Z",
+    ])
+    .stdin(format!("{line}\n"))
+    .output();
+    out.expect_code(0);
+    assert_eq!(stdout_of(&out.results()[0]), "A B; ECHO INJECTED\n");
+}
+
+#[test]
+fn a_failing_command_is_a_task_error_with_its_status_and_output() {
+    let out = Run::corral([
+        "run",
+        "--lines",
+        "--shell",
+        "--exec",
+        "echo out; echo err >&2; exit {}",
+    ])
+    .stdin("3\n")
+    .output();
+    out.expect_code(1);
+    let result = &out.results()[0];
+    assert_eq!(result["error"]["kind"], "task_error", "{result}");
+    assert_eq!(result["error"]["type"], "exit_status", "{result}");
+    assert_eq!(
+        result["error"]["message"], "sh exited with status 3",
+        "{result}"
+    );
+    assert_eq!(result["output"]["status"], 3, "{result}");
+    assert_eq!(result["output"]["stdout"], "out\n", "{result}");
+    assert_eq!(result["output"]["stderr"], "err\n", "{result}");
+    assert_eq!(result["attempts"], 1, "a failed command is not retried");
+
+    let out = Run::corral(["run", "--lines", "--shell", "--exec", "kill -TERM $$"])
+        .stdin("x\n")
+        .output();
+    out.expect_code(1);
+    let result = &out.results()[0];
+    assert_eq!(result["error"]["type"], "signal", "{result}");
+    assert_eq!(result["output"]["signal"], "SIGTERM", "{result}");
+}
+
+#[test]
+fn output_is_capped_or_written_to_files() {
+    let out = Run::corral(["run", "--lines", "--capture", "10", "--exec", "seq"])
+        .stdin("1000\n")
+        .output();
+    out.expect_code(0);
+    let ran = &out.results()[0]["output"];
+    assert_eq!(ran["stdout"], "1\n2\n3\n4\n5\n", "{ran}");
+    let total: usize = (1..=1000).map(|n: u32| n.to_string().len() + 1).sum();
+    assert_eq!(ran["stdout_cut"], total - 10, "{ran}");
+
+    let dir = temp_dir();
+    let files = dir.path().join("out");
+    let out = Run::corral([
+        "run",
+        "--lines",
+        "--shell",
+        "--exec",
+        "echo {}; echo e{} >&2",
+    ])
+    .args(["--output-dir".as_ref(), files.as_os_str()])
+    .stdin("a\nb\n")
+    .output();
+    out.expect_code(0);
+    assert_eq!(std::fs::read_to_string(files.join("2.out")).unwrap(), "b\n");
+    assert_eq!(
+        std::fs::read_to_string(files.join("1.err")).unwrap(),
+        "ea\n"
+    );
+    for result in out.results() {
+        assert!(
+            result["output"]["stdout_file"]
+                .as_str()
+                .unwrap()
+                .ends_with(".out"),
+            "{result}"
+        );
+        assert!(result["output"].get("stdout").is_none(), "{result}");
+    }
+}
+
+#[test]
+fn a_command_hanging_past_the_timeout_is_killed_with_its_children() {
+    let dir = temp_dir();
+    let pidfile = dir.path().join("sleep.pid");
+    let out = Run::corral([
+        "run",
+        "--lines",
+        "--timeout",
+        "500ms",
+        "--retries",
+        "0",
+        "--shell",
+        "--exec",
+        "sleep 1000 & echo $! > {}; wait",
+    ])
+    .stdin(format!("{}\n", pidfile.display()))
+    .deadline(Duration::from_secs(30))
+    .output();
+    out.expect_code(1);
+    let result = &out.results()[0];
+    assert_eq!(result["error"]["kind"], "timeout", "{result}");
+    let sleeper: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = wait_for(Duration::from_secs(2), || (!alive(sleeper)).then_some(()));
+    assert!(
+        gone.is_some(),
+        "the command's child {sleeper} survived the timeout"
+    );
+}
+
+#[test]
+fn exec_jobs_are_refused_without_exec_on_the_command_line() {
+    let dir = temp_dir();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "still here").unwrap();
+    let job =
+        serde_json::json!({"id": "evil", "task": "exec", "input": victim.display().to_string()});
+    let out = Run::corral(["run"]).stdin(job.to_string()).output();
+    out.expect_code(1);
+    let result = &out.results()[0];
+    assert_eq!(result["error"]["kind"], "unknown_task", "{result}");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--exec"),
+        "{result}"
+    );
+    assert!(victim.exists());
+    // Nor does a job line name a program of its own when --exec is given: it names inputs.
+    let out = Run::corral(["run", "--exec", "cat"])
+        .stdin(job.to_string())
+        .output();
+    out.expect_code(0);
+    assert_eq!(out.results()[0]["output"]["stdout"], "still here");
+}
+
+#[test]
+fn a_missing_program_is_a_configuration_error() {
+    let out = Run::corral(["run", "--lines", "--exec", "no-such-tool {}"])
+        .stdin("x\n")
+        .output();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("program \"no-such-tool\" not found"),
+        "{}",
+        out.stderr
+    );
+    let out = Run::corral(["run", "--lines"]).stdin("x\n").output();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("--lines needs --task"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,0 +1,314 @@
+//! Workers in any language, over the stdio transport: Python workers on the corral_worker
+//! helper, a hand-written one that breaks the protocol, and the Rust library speaking stdio.
+//! Supervision must be exactly the native one.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::{
+    Lcg, Run, alive, bin, children_of, process_state, python_worker, signal, temp_dir, wait_for,
+    wait_for_workers, write_jobs,
+};
+
+fn square_lines(n: u64, task: &str) -> impl Iterator<Item = String> {
+    let task = task.to_owned();
+    (0..n).map(move |i| format!(r#"{{"id": {i}, "task": "{task}", "input": {i}}}"#))
+}
+
+#[test]
+fn a_python_worker_runs_ten_thousand_jobs_exactly_once_despite_its_prints() {
+    let dir = temp_dir();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_lines(10_000, "square"));
+    let out = Run::corral_python("py_worker", ["run", "-j", "2"])
+        .args([jobs.as_os_str()])
+        .output();
+    out.expect_code(0);
+    let results = out.results();
+    assert_eq!(results.len(), 10_000, "one result per job");
+    let by_id = out.results_by_id();
+    assert_eq!(by_id.len(), 10_000, "no id twice");
+    for i in 0..10_000i64 {
+        let result = &by_id[&i.to_string()];
+        if result["output"] != i * i || result["attempts"] != 1 {
+            out.fail(&format!("job {i}: {result}"));
+        }
+    }
+    assert!(
+        out.stderr.contains("worker stderr: squaring 17"),
+        "a print() of user code goes to the log:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_initializer_runs_once_per_worker_before_any_job() {
+    let jobs: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"id": {i}, "task": "whoami"}}"#))
+        .collect();
+    let out = Run::corral_python("py_worker", ["run", "-j", "2"])
+        .stdin(jobs.join("\n"))
+        .output();
+    out.expect_code(0);
+    for result in out.results() {
+        let me = &result["output"];
+        assert_eq!(me["tag"], "ready", "{result}");
+        assert_eq!(me["calls"], 1, "{result}");
+        assert_eq!(me["initialized_by"], me["pid"], "{result}");
+        assert_eq!(me["pid"], result["worker"], "{result}");
+        let slot = me["slot"].as_str().unwrap();
+        assert!(slot == "1" || slot == "2", "{result}");
+    }
+}
+
+#[test]
+fn python_workers_killed_at_random_during_fifty_thousand_jobs_lose_nothing() {
+    let dir = temp_dir();
+    let lines = (0..50_000u64)
+        .map(|i| format!(r#"{{"id": {i}, "task": "spin_square", "input": [{i}, 40]}}"#));
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", lines);
+    let running = Run::corral_python("py_worker", ["run", "-j", "2", "--retries", "50"])
+        .args([jobs.as_os_str()])
+        .start(dir.path());
+    let supervisor = running.pid();
+    let mut rng = Lcg(11);
+    let mut kills = 0;
+    while process_state(supervisor).is_some_and(|s| s != 'Z') {
+        std::thread::sleep(Duration::from_millis(50 + rng.below(100)));
+        let workers = children_of(supervisor);
+        if let Some(&victim) = workers.get(rng.below(workers.len().max(1) as u64) as usize) {
+            signal(victim, libc::SIGKILL);
+            kills += 1;
+        }
+    }
+    let out = running.wait(Duration::from_secs(120));
+    out.expect_code(0);
+    let results = out.results();
+    assert_eq!(results.len(), 50_000, "one result line per job");
+    let by_id = out.results_by_id();
+    assert_eq!(by_id.len(), 50_000, "every id once");
+    for i in 0..50_000i64 {
+        let result = &by_id[&i.to_string()];
+        if result["ok"] != true || result["output"] != i * i {
+            out.fail(&format!("job {i}: {result}"));
+        }
+    }
+    assert!(kills >= 5, "too few kills during the run ({kills})");
+    eprintln!("{kills} Python workers killed");
+}
+
+#[test]
+fn a_raising_task_is_a_task_error_with_the_python_type_and_message() {
+    let out = Run::corral_python("py_worker", ["run", "-j", "1"])
+        .stdin(r#"{"id": "x", "task": "fail", "input": "the disk is full"}"#)
+        .output();
+    out.expect_code(1);
+    let result = &out.results()[0];
+    assert_eq!(result["ok"], false);
+    assert_eq!(result["error"]["kind"], "task_error", "{result}");
+    assert_eq!(result["error"]["type"], "ValueError", "{result}");
+    assert_eq!(result["error"]["message"], "the disk is full", "{result}");
+    assert_eq!(result["attempts"], 1, "task errors are not retried");
+    assert!(
+        out.stderr.contains("Traceback") && out.stderr.contains("raise ValueError"),
+        "the traceback is in the log:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_worker_that_prints_garbage_is_replaced_and_the_job_retried() {
+    let dir = temp_dir();
+    let marker = dir.path().join("printed");
+    let mut lines: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"id": {i}, "task": "square", "input": {i}}}"#))
+        .collect();
+    lines.insert(
+        20,
+        r#"{"id": "g", "task": "square", "input": "garbage"}"#.into(),
+    );
+    let out = Run::corral([
+        "run",
+        "-j",
+        "1",
+        "--worker-cmd",
+        &python_worker("raw_worker"),
+    ])
+    .env("RAW_MARKER", &marker.display().to_string())
+    .stdin(lines.join("\n"))
+    .output();
+    out.expect_code(0);
+    let by_id = out.results_by_id();
+    assert_eq!(by_id.len(), 51);
+    let g = &by_id["\"g\""];
+    assert_eq!(g["ok"], true, "{g}");
+    assert_eq!(g["attempts"], 2, "retried once: {g}");
+    for i in 0..50i64 {
+        assert_eq!(by_id[&i.to_string()]["output"], i * i);
+    }
+    assert!(
+        out.stderr.contains("debug: about to answer") && out.stderr.contains("not a response"),
+        "the log says what it printed:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_worker_answering_the_wrong_id_is_a_violation_not_a_result() {
+    let out = Run::corral([
+        "run",
+        "-j",
+        "1",
+        "--retries",
+        "1",
+        "--worker-cmd",
+        &python_worker("raw_worker"),
+    ])
+    .env("RAW_FAULT", "wrong-id")
+    .stdin(r#"{"id": 1, "task": "square", "input": 3}"#)
+    .output();
+    out.expect_code(1);
+    let result = &out.results()[0];
+    assert_eq!(result["error"]["kind"], "crashed", "{result}");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("answered id \"not-the-id\" where 1 was next"),
+        "{result}"
+    );
+}
+
+#[test]
+fn sigkill_of_corral_leaves_no_python_worker_alive_after_a_second() {
+    let dir = temp_dir();
+    // Jobs that keep the workers busy: they are not reading stdin, so its end does not stop
+    // them; only the death signal does.
+    let lines = (0..100u64)
+        .map(|i| format!(r#"{{"id": {i}, "task": "spin_square", "input": [{i}, 30000000]}}"#));
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", lines);
+    let running = Run::corral_python("py_worker", ["run", "-j", "2"])
+        .args([jobs.as_os_str()])
+        .start(dir.path());
+    let supervisor = running.pid();
+    let workers = wait_for_workers(supervisor, 2);
+    // Wait until both have said hello and taken a job (their CPU time grows).
+    let busy = wait_for(Duration::from_secs(20), || {
+        let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+        (stderr.matches("worker started").count() >= 2 || cpu_ticks(&workers) > 20).then_some(())
+    });
+    assert!(busy.is_some(), "the Python workers did not start");
+    signal(supervisor, libc::SIGKILL);
+    let out = running.wait(Duration::from_secs(5));
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    let gone = wait_for(Duration::from_secs(1), || {
+        workers.iter().all(|&pid| !alive(pid)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "Python workers {workers:?} outlived corral by more than a second"
+    );
+}
+
+/// User plus system CPU time of these processes, in clock ticks.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+#[test]
+fn a_timeout_kills_the_python_worker_with_its_children() {
+    let dir = temp_dir();
+    let pidfile = dir.path().join("child.pid");
+    let jobs = format!(
+        "{{\"id\": \"h\", \"task\": \"hang\", \"input\": {}}}\n{{\"id\": 1, \"task\": \"square\", \"input\": 4}}",
+        Value::from(pidfile.display().to_string())
+    );
+    let out = Run::corral_python(
+        "py_worker",
+        ["run", "-j", "1", "--timeout", "2s", "--retries", "0"],
+    )
+    .stdin(jobs)
+    .output();
+    out.expect_code(1);
+    let by_id = out.results_by_id();
+    assert_eq!(
+        by_id["\"h\""]["error"]["kind"], "timeout",
+        "{}",
+        by_id["\"h\""]
+    );
+    assert_eq!(by_id["1"]["output"], 16);
+    let child: u32 = std::fs::read_to_string(&pidfile)
+        .expect("the task started its child")
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = wait_for(Duration::from_secs(2), || (!alive(child)).then_some(()));
+    assert!(gone.is_some(), "the hanging task's child {child} survived");
+}
+
+#[test]
+fn start_up_failures_of_stdio_workers_are_configuration_errors() {
+    for (fault, expected) in [
+        (
+            "bad-hello",
+            "printed \"starting up...\" where its hello was expected",
+        ),
+        ("bad-version", "speaks stdio protocol version 99"),
+    ] {
+        let out = Run::corral(["run", "--worker-cmd", &python_worker("raw_worker")])
+            .env("RAW_FAULT", fault)
+            .stdin(r#"{"task": "square", "input": 2}"#)
+            .output();
+        out.expect_code(2);
+        assert!(out.stderr.contains(expected), "{fault}:\n{}", out.stderr);
+    }
+    let out = Run::corral(["run", "--worker-cmd", "no-such-program --flag"])
+        .stdin(r#"{"task": "square", "input": 2}"#)
+        .output();
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("worker binary no-such-program not found"),
+        "{}",
+        out.stderr
+    );
+    let out = Run::corral(["run", "--worker-cmd", "python3 'unclosed"])
+        .stdin(r#"{"task": "square", "input": 2}"#)
+        .output();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("cannot split --worker-cmd"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_rust_worker_library_speaks_stdio_too() {
+    let jobs: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"id": "j{i}", "task": "sum_squares", "input": [{i}, 1]}}"#))
+        .chain([r#"{"id": "bad", "task": "sum_squares", "input": "x"}"#.to_owned()])
+        .collect();
+    let worker = shell_words::join([bin("corral-worker").display().to_string()]);
+    let out = Run::corral(["run", "-j", "2", "--worker-cmd", &worker])
+        .stdin(jobs.join("\n"))
+        .output();
+    out.expect_code(1);
+    let by_id = out.results_by_id();
+    assert_eq!(by_id.len(), 1001);
+    for i in 0..1000i64 {
+        assert_eq!(by_id[&format!("\"j{i}\"")]["output"], i * i + 1);
+    }
+    let bad = &by_id["\"bad\""];
+    assert_eq!(bad["error"]["type"], "BadInput", "{bad}");
+}
