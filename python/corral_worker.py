@@ -33,7 +33,7 @@ import os
 import sys
 import traceback
 
-__all__ = ["task", "run", "tasks", "PROTOCOL_VERSION"]
+__all__ = ["PROTOCOL_VERSION", "run", "task", "tasks"]
 
 #: The stdio protocol version this helper speaks.
 PROTOCOL_VERSION = 1
@@ -70,7 +70,7 @@ def _protocol_fds():
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
-    sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
+    sys.stdin = open(os.devnull)
     sys.stdout = sys.stderr
     return requests, answers
 
@@ -96,9 +96,7 @@ def _answer(registry, line):
     request_id = request["id"]
     fn = registry.get(request["task"])
     if fn is None:
-        return _error(
-            request_id, "UnknownTask", f"this worker has no task {request['task']!r}"
-        )
+        return _error(request_id, "UnknownTask", f"this worker has no task {request['task']!r}")
     try:
         output = fn(request.get("input"))
     except Exception as exc:  # noqa: BLE001 - any failure of user code is the job's error

@@ -24,7 +24,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,7 +48,9 @@ def run_measured(cmd, stdin_path=None, stdout_path=os.devnull, env=None):
         elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode()[-2000:]}")
+        raise SystemExit(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode()[-2000:]}"
+        )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return elapsed, cpu
 
@@ -118,8 +119,11 @@ def gnu_parallel():
     if found is None and shutil.which("apt-get"):
         log("   installing GNU parallel (Debian package 'parallel')")
         prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-        subprocess.run([*prefix, "apt-get", "install", "-y", "-q", "parallel"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [*prefix, "apt-get", "install", "-y", "-q", "parallel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         found = shutil.which("parallel")
     if found is None:
         log("   GNU parallel is not available: its rows are left out")
@@ -163,15 +167,32 @@ def scenario_tiny(runs, py_runs, parallel):
                     corral_outputs = outputs_by_id(out)
                 check(name)
             if parallel:
-                cmd = [parallel, "--will-cite", "--pipepart", "-a", jobs, "--block", "-8", "-j", "2", TOOL, "floor"]
+                cmd = [
+                    parallel,
+                    "--will-cite",
+                    "--pipepart",
+                    "-a",
+                    jobs,
+                    "--block",
+                    "-8",
+                    "-j",
+                    "2",
+                    TOOL,
+                    "floor",
+                ]
                 times[pipepart].append(run_timed(cmd, stdout_path=out))
                 check(pipepart)
         if r < py_runs:
             for chunk in (64, 256, 1024):
                 name = f"Python Pool, chunksize {chunk}"
-                times[name].append(run_timed([sys.executable, POOL, jobs, "2", str(chunk)], stdout_path=out))
+                times[name].append(
+                    run_timed([sys.executable, POOL, jobs, "2", str(chunk)], stdout_path=out)
+                )
                 check(name)
-        log(f"   round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if len(v) > r))
+        log(
+            f"   round {r + 1}: "
+            + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if len(v) > r)
+        )
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     cpu_medians = {name: statistics.median(ts) for name, ts in cpu.items()}
     return medians, cpu_medians
@@ -188,7 +209,9 @@ def scenario_per_job_parallel(parallel, runs):
         times.append(run_timed(cmd, stdin_path=jobs, stdout_path=out))
         if r == 0:
             run_timed([CORRAL, "run", "-j", "2", "-q", jobs], stdout_path=out + ".corral")
-            assert outputs_by_id(out) == outputs_by_id(out + ".corral"), "GNU parallel and corral disagree"
+            assert outputs_by_id(out) == outputs_by_id(out + ".corral"), (
+                "GNU parallel and corral disagree"
+            )
         log(f"   round {r + 1}: {times[-1]:.2f}s")
     return statistics.median(times)
 
@@ -214,13 +237,15 @@ def scenario_memory(runs):
     log("== memory: supervisor peak RSS, jobs streamed from a pipe")
     samples = {1_000_000: [], 10_000_000: []}
     series = {}
-    for r in range(runs):
+    for _ in range(runs):
         for n in samples:
             stats = os.path.join(WORK, f"stats-{n}.json")
             gen = subprocess.Popen([TOOL, "gen", "tiny", str(n)], stdout=subprocess.PIPE)
             started = time.perf_counter()
             proc = subprocess.Popen(
-                [CORRAL, "run", "-j", "2", "-q", "--stats", stats], stdin=gen.stdout, stdout=subprocess.DEVNULL
+                [CORRAL, "run", "-j", "2", "-q", "--stats", stats],
+                stdin=gen.stdout,
+                stdout=subprocess.DEVNULL,
             )
             # Resident memory over the run, sampled every 250 ms: does it grow with the jobs done?
             while proc.poll() is None:
@@ -237,9 +262,15 @@ def scenario_memory(runs):
                 data = json.load(f)
             assert data["ok"] == n, data
             samples[n].append((data["peak_rss_bytes"], elapsed))
-            log(f"   {n:,} jobs: peak RSS {data['peak_rss_bytes'] / 2**20:.1f} MiB in {elapsed:.1f} s")
+            log(
+                f"   {n:,} jobs: peak RSS {data['peak_rss_bytes'] / 2**20:.1f} MiB in {elapsed:.1f} s"
+            )
     peaks = {
-        n: (statistics.median(p for p, _ in runs_), statistics.median(t for _, t in runs_), [p for p, _ in runs_])
+        n: (
+            statistics.median(p for p, _ in runs_),
+            statistics.median(t for _, t in runs_),
+            [p for p, _ in runs_],
+        )
         for n, runs_ in samples.items()
     }
     return peaks, series.get(10_000_000, [])
@@ -266,8 +297,20 @@ def scenario_recovery_latency(kills):
     err_path = os.path.join(WORK, "recovery.log")
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
-            [CORRAL, "run", "-j", "2", "-v", "--log-format", "json", "--retries", "1000",
-             "--max-restarts", "100000", jobs],
+            [
+                CORRAL,
+                "run",
+                "-j",
+                "2",
+                "-v",
+                "--log-format",
+                "json",
+                "--retries",
+                "1000",
+                "--max-restarts",
+                "100000",
+                jobs,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -307,7 +350,9 @@ def scenario_recovery_latency(kills):
         after = [s for s in starts if s >= t]
         if after:
             latencies.append(after[0] - t)
-    assert len(latencies) >= kills * 0.95, f"only {len(latencies)} replacements seen for {kills} kills"
+    assert len(latencies) >= kills * 0.95, (
+        f"only {len(latencies)} replacements seen for {kills} kills"
+    )
     return statistics.median(latencies), latencies
 
 
@@ -319,9 +364,13 @@ def scenario_kill_storm(runs):
     calm_times, times, kill_counts = [], [], []
     for r in range(runs):
         # The calm run it is compared with comes right before it: the machine's speed drifts.
-        calm_times.append(run_timed([CORRAL, "run", "-j", "2", "-q", "--retries", "100", jobs], stdout_path=out))
+        calm_times.append(
+            run_timed([CORRAL, "run", "-j", "2", "-q", "--retries", "100", jobs], stdout_path=out)
+        )
         proc = subprocess.Popen(
-            [CORRAL, "run", "-j", "2", "-q", "--retries", "100", jobs], stdout=open(out, "wb"), stderr=subprocess.PIPE
+            [CORRAL, "run", "-j", "2", "-q", "--retries", "100", jobs],
+            stdout=open(out, "wb"),
+            stderr=subprocess.PIPE,
         )
         started = time.perf_counter()
         kills = 0
@@ -348,7 +397,9 @@ def scenario_kill_storm(runs):
         assert count_lines(out) == 1_000_000
         times.append(elapsed)
         kill_counts.append(kills)
-        log(f"   round {r + 1}: calm {calm_times[-1]:.2f}s, storm {elapsed:.2f}s with {kills} kills")
+        log(
+            f"   round {r + 1}: calm {calm_times[-1]:.2f}s, storm {elapsed:.2f}s with {kills} kills"
+        )
     outputs_by_id(out)  # exactly once, all ok
     return statistics.median(calm_times), statistics.median(times), kill_counts
 
@@ -363,7 +414,10 @@ def rss_over_time(series):
         return ""
     start, end = min(t for t, _ in series), max(t for t, _ in series)
     span = (end - start) / 3
-    thirds = [[rss for t, rss in series if start + k * span <= t <= start + (k + 1) * span] for k in range(3)]
+    thirds = [
+        [rss for t, rss in series if start + k * span <= t <= start + (k + 1) * span]
+        for k in range(3)
+    ]
     parts = [f"{min(x) / 2**20:.1f}-{max(x) / 2**20:.1f} MiB" for x in thirds if x]
     return (
         "Resident memory sampled every 250 ms during the 10M runs (after the first half second), by third of the run: "
@@ -375,8 +429,12 @@ def rss_over_time(series):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5, help="runs of each fast contender (median taken)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--runs", type=int, default=5, help="runs of each fast contender (median taken)"
+    )
     parser.add_argument("--py-runs", type=int, default=3, help="runs of each Python contender")
     parser.add_argument("--kills", type=int, default=200, help="kills for the recovery latency")
     parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"))
@@ -413,18 +471,60 @@ def main():
         return "met" if ok else "**not met**"
 
     rows = [
-        ("Tiny: corral vs Python's best", f"{python_best / corral:.1f}x faster", ">= 20x", verdict(python_best / corral >= 20)),
-        ("Tiny: corral vs single-process baseline", f"{floor / corral:.2f}x", ">= 1.0x", verdict(floor / corral >= 1.0)),
-        *(
-            [("Tiny: corral vs GNU parallel --pipepart", f"{tiny[k] / corral:.2f}x faster", "(none set)", "")
-             for k in tiny if k.startswith("GNU parallel")]
+        (
+            "Tiny: corral vs Python's best",
+            f"{python_best / corral:.1f}x faster",
+            ">= 20x",
+            verdict(python_best / corral >= 20),
         ),
-        ("CPU-bound: parallel efficiency, 2 workers", f"{efficiency * 100:.1f}%", ">= 95%", verdict(efficiency >= 0.95)),
-        ("Memory: supervisor peak RSS, 1M jobs", f"{peak_1m / 2**20:.1f} MiB", "<= 64 MiB", verdict(peak_1m <= 64 * 2**20)),
-        ("Memory: supervisor peak RSS, 10M jobs", f"{peak_10m / 2**20:.1f} MiB ({(peak_10m / peak_1m - 1) * 100:+.1f}% vs 1M)",
-         "<= 64 MiB, within 10% of 1M", verdict(peak_10m <= 64 * 2**20 and peak_10m <= 1.1 * peak_1m)),
-        ("Recovery: death to replacement hello, median", f"{latency * 1000:.2f} ms", "<= 5 ms", verdict(latency <= 0.005)),
-        ("Recovery: throughput under a kill every 100 ms", f"{storm_ratio * 100:.0f}% of calm", ">= 80%", verdict(storm_ratio >= 0.8)),
+        (
+            "Tiny: corral vs single-process baseline",
+            f"{floor / corral:.2f}x",
+            ">= 1.0x",
+            verdict(floor / corral >= 1.0),
+        ),
+        *(
+            [
+                (
+                    "Tiny: corral vs GNU parallel --pipepart",
+                    f"{tiny[k] / corral:.2f}x faster",
+                    "(none set)",
+                    "",
+                )
+                for k in tiny
+                if k.startswith("GNU parallel")
+            ]
+        ),
+        (
+            "CPU-bound: parallel efficiency, 2 workers",
+            f"{efficiency * 100:.1f}%",
+            ">= 95%",
+            verdict(efficiency >= 0.95),
+        ),
+        (
+            "Memory: supervisor peak RSS, 1M jobs",
+            f"{peak_1m / 2**20:.1f} MiB",
+            "<= 64 MiB",
+            verdict(peak_1m <= 64 * 2**20),
+        ),
+        (
+            "Memory: supervisor peak RSS, 10M jobs",
+            f"{peak_10m / 2**20:.1f} MiB ({(peak_10m / peak_1m - 1) * 100:+.1f}% vs 1M)",
+            "<= 64 MiB, within 10% of 1M",
+            verdict(peak_10m <= 64 * 2**20 and peak_10m <= 1.1 * peak_1m),
+        ),
+        (
+            "Recovery: death to replacement hello, median",
+            f"{latency * 1000:.2f} ms",
+            "<= 5 ms",
+            verdict(latency <= 0.005),
+        ),
+        (
+            "Recovery: throughput under a kill every 100 ms",
+            f"{storm_ratio * 100:.0f}% of calm",
+            ">= 80%",
+            verdict(storm_ratio >= 0.8),
+        ),
     ]
     lines = [
         "# Benchmarks",

@@ -36,7 +36,14 @@ def run_line(line):
     output = TASKS[job["task"]](job.get("input"))
     ms = (time.perf_counter() - started) * 1000.0
     return json.dumps(
-        {"id": job["id"], "ok": True, "output": output, "attempts": 1, "worker": os.getpid(), "ms": round(ms, 3)},
+        {
+            "id": job["id"],
+            "ok": True,
+            "output": output,
+            "attempts": 1,
+            "worker": os.getpid(),
+            "ms": round(ms, 3),
+        },
         separators=(",", ":"),
     )
 

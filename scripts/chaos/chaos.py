@@ -34,7 +34,13 @@ def job_lines(n, rng, repeats):
     for a line answered without running (malformed, too large, unknown task, and with
     `repeats` a repeated id, which only `--resume` answers by line)."""
     lines, keys, plain_ids = [], [], []
-    exotic_ids = ["1e400", '"\\ud800"', "18446744073709551616", "18446744073709551617", '"\\u00e9t\\u00e9"']
+    exotic_ids = [
+        "1e400",
+        '"\\ud800"',
+        "18446744073709551616",
+        "18446744073709551617",
+        '"\\u00e9t\\u00e9"',
+    ]
     for i in range(n):
         line_no = i + 1
         r = rng.random()
@@ -45,15 +51,30 @@ def job_lines(n, rng, repeats):
             continue
         if r < 0.80:
             job_id = "j%d" % i
-            lines.append('{"id": "%s", "task": "square", "input": {"n": %d, "spin_us": %d}}' % (job_id, i % 1000, SPIN_US))
+            lines.append(
+                '{"id": "%s", "task": "square", "input": {"n": %d, "spin_us": %d}}'
+                % (job_id, i % 1000, SPIN_US)
+            )
         elif r < 0.82:
             job_id = "p%d" % i
             lines.append('{"id": "%s", "task": "segfault"}' % job_id)
         elif r < 0.8205:
             job_id = "t%d" % i
-            lines.append('{"id": "%s", "task": "square", "input": {"n": 1, "spin_us": 3000000}}' % job_id)
+            lines.append(
+                '{"id": "%s", "task": "square", "input": {"n": 1, "spin_us": 3000000}}' % job_id
+            )
         elif r < 0.86:
-            lines.append(rng.choice(["{not json", '{"id": [1], "task": "echo"}', "[1, 2]", '{"id": 1,}', '"just a string"']))
+            lines.append(
+                rng.choice(
+                    [
+                        "{not json",
+                        '{"id": [1], "task": "echo"}',
+                        "[1, 2]",
+                        '{"id": 1,}',
+                        '"just a string"',
+                    ]
+                )
+            )
             job_id = None
         elif r < 0.88:
             lines.append('{"id": "big%d", "task": "echo", "input": "%s"}' % (i, "x" * 5000))
@@ -67,7 +88,9 @@ def job_lines(n, rng, repeats):
             job_id = None
         else:
             job_id = "e%d" % i
-            lines.append('{"id": "%s", "task": "echo", "input": {"k": "\\u2603", "v": [%d]}}' % (job_id, i))
+            lines.append(
+                '{"id": "%s", "task": "echo", "input": {"k": "\\u2603", "v": [%d]}}' % (job_id, i)
+            )
         if job_id is None:
             keys.append(("line", line_no))
         else:
@@ -108,7 +131,7 @@ def parse_results(text, what):
         try:
             results.append(json.loads(line))
         except ValueError as err:
-            raise SystemExit("%s: malformed result line %r: %s" % (what, line[:200], err))
+            raise SystemExit("%s: malformed result line %r: %s" % (what, line[:200], err)) from err
     return results
 
 
@@ -170,11 +193,23 @@ class Killer(threading.Thread):
 
 def corral_args(bin_dir, extra):
     return [
-        os.path.join(bin_dir, "corral"), "run", "-q", "-j", "2",
-        "--worker", os.path.join(bin_dir, "corral-fault-worker"),
-        "--timeout", "500ms", "--retries", "1", "--max-job-bytes", "4KiB",
-        "--max-restarts", "1000",
-    ] + extra
+        os.path.join(bin_dir, "corral"),
+        "run",
+        "-q",
+        "-j",
+        "2",
+        "--worker",
+        os.path.join(bin_dir, "corral-fault-worker"),
+        "--timeout",
+        "500ms",
+        "--retries",
+        "1",
+        "--max-job-bytes",
+        "4KiB",
+        "--max-restarts",
+        "1000",
+        *extra,
+    ]
 
 
 def resume_round(bin_dir, jobs, results, rng, counts, problems):
@@ -183,7 +218,8 @@ def resume_round(bin_dir, jobs, results, rng, counts, problems):
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         corral_args(bin_dir, [jobs, "-o", results, "--resume"]),
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE if close_stderr else log,
     )
     if close_stderr:
@@ -247,7 +283,9 @@ def check_file(results, keys, what, problems):
 def stdout_round(bin_dir, jobs, keys, rng, counts, problems):
     proc = subprocess.Popen(
         corral_args(bin_dir, [jobs]),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     killer = Killer(proc.pid, rng, 0.3, counts)
     killer.start()
@@ -281,10 +319,21 @@ def main():
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     rng = random.Random(seed)
-    counts = {k: 0 for k in [
-        "resume_rounds", "stdout_rounds", "corral_sigkills", "corral_sigterms", "worker_kills",
-        "stdout_stalls", "stderr_closed", "stdout_results", "files_completed", "start_failure_stops",
-    ]}
+    counts = {
+        k: 0
+        for k in [
+            "resume_rounds",
+            "stdout_rounds",
+            "corral_sigkills",
+            "corral_sigterms",
+            "worker_kills",
+            "stdout_stalls",
+            "stderr_closed",
+            "stdout_results",
+            "files_completed",
+            "start_failure_stops",
+        ]
+    }
     problems = []
     with tempfile.TemporaryDirectory(prefix="corral-chaos-") as tmp:
         lines, keys = job_lines(args.jobs, rng, repeats=True)
@@ -301,17 +350,25 @@ def main():
             if rng.random() < 0.8:
                 if resume_round(args.bin, jobs, results, rng, counts, problems):
                     # A run went to the end: the file must be complete; start a new one.
-                    check_file(results, keys, "results file %d" % counts["files_completed"], problems)
+                    check_file(
+                        results, keys, "results file %d" % counts["files_completed"], problems
+                    )
                     counts["files_completed"] += 1
                     os.remove(results)
             else:
                 stdout_round(args.bin, small, small_keys, rng, counts, problems)
         proc = subprocess.run(
             corral_args(args.bin, [jobs, "-o", results, "--resume"]),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=600,
         )
         if proc.returncode not in (0, 1):
-            problems.append("the last run ended with status %d: %s" % (proc.returncode, proc.stderr.decode()[-2000:]))
+            problems.append(
+                "the last run ended with status %d: %s"
+                % (proc.returncode, proc.stderr.decode()[-2000:])
+            )
         final = check_file(results, keys, "last results file", problems)
         counts["files_completed"] += 1
         kinds = {}
@@ -319,7 +376,10 @@ def main():
             kind = "ok" if r["ok"] else r["error"]["kind"]
             kinds[kind] = kinds.get(kind, 0) + 1
     print("seed %d, %.0f s" % (seed, time.monotonic() - started))
-    print("job lines: %d; results in the last file: %d; by kind: %s" % (len(lines), len(final), json.dumps(kinds, sort_keys=True)))
+    print(
+        "job lines: %d; results in the last file: %d; by kind: %s"
+        % (len(lines), len(final), json.dumps(kinds, sort_keys=True))
+    )
     print("; ".join("%s %d" % kv for kv in counts.items()))
     if problems:
         print("FAILED: %d problems" % len(problems))
