@@ -76,24 +76,37 @@ def _protocol_fds():
 
 
 def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    written = os.write(fd, data)
+    while written < len(data):
+        data = data[written:]
+        written = os.write(fd, data)
 
 
-def _dumps(value):
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# One encoder for every answer: json.dumps with any option builds a new one per call. NaN and
+# infinities are refused, as they are not JSON.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _raw_id(line, request):
+    """The request's id as JSON text. corral writes `{"id":<id>,"task":...`, so the id is
+    echoed as it came rather than re-encoded (`,"task":` cannot occur inside an id: a quote in
+    a JSON string is escaped); a request written otherwise has its id encoded again."""
+    if line.startswith(b'{"id":'):
+        end = line.find(b',"task":')
+        if end > 0:
+            return line[6:end].decode()
+    return _encode(request["id"])
 
 
 def _error(request_id, exc_type, message):
-    return _dumps({"id": request_id, "error": {"message": message, "type": exc_type}})
+    error = _encode({"message": message, "type": exc_type})
+    return f'{{"id":{request_id},"error":{error}}}\n'.encode()
 
 
 def _answer(registry, line):
-    """The response line (without its newline) to one request line."""
+    """The response line to one request line."""
     request = json.loads(line)
-    request_id = request["id"]
+    request_id = _raw_id(line, request)
     fn = registry.get(request["task"])
     if fn is None:
         return _error(request_id, "UnknownTask", f"this worker has no task {request['task']!r}")
@@ -103,7 +116,7 @@ def _answer(registry, line):
         traceback.print_exc(file=sys.stderr)
         return _error(request_id, type(exc).__name__, str(exc) or type(exc).__name__)
     try:
-        return _dumps({"id": request_id, "output": output})
+        return f'{{"id":{request_id},"output":{_encode(output)}}}\n'.encode()
     except (TypeError, ValueError) as exc:
         return _error(request_id, type(exc).__name__, f"output is not JSON: {exc}")
 
@@ -128,12 +141,12 @@ def run(initializer=None, initargs=()):
     registry = dict(_tasks)
     hello = {"corral_protocol": PROTOCOL_VERSION, "tasks": list(registry)}
     try:
-        _write_all(answers_fd, (_dumps(hello) + "\n").encode())
+        _write_all(answers_fd, (_encode(hello) + "\n").encode())
         with open(requests_fd, "rb", buffering=256 * 1024) as requests:
             for line in requests:
                 # Each answer goes out at once: corral knows which job is running from the
                 # answers it has seen, so holding one back would blame the wrong job for a crash.
-                _write_all(answers_fd, (_answer(registry, line) + "\n").encode())
+                _write_all(answers_fd, _answer(registry, line))
     except BrokenPipeError:
         # corral is gone; nobody is left to answer.
         pass

@@ -222,7 +222,7 @@ fn capture(child: &mut Child, cap: usize) -> [Captured; 2] {
         set_nonblocking(pipe.as_fd());
     }
     let mut exited = false;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = [0u8; 16 * 1024];
     loop {
         let open: Vec<usize> = (0..2).filter(|&i| pipes[i].is_some()).collect();
         if open.is_empty() {
@@ -233,7 +233,11 @@ fn capture(child: &mut Child, cap: usize) -> [Captured; 2] {
                 .iter()
                 .map(|&i| pipes[i].as_ref().expect("open").as_fd())
                 .collect();
-            poll(&fds, EXIT_CHECK);
+            if !poll(&fds, EXIT_CHECK) && matches!(child.try_wait(), Ok(Some(_))) {
+                // Nothing to read for a while, and the command is gone: what holds its pipes
+                // open is something it left running. One more pass reads what is there.
+                exited = true;
+            }
         }
         for &i in &open {
             loop {
@@ -264,10 +268,6 @@ fn capture(child: &mut Child, cap: usize) -> [Captured; 2] {
                 }
             }
         }
-        if !exited && matches!(child.try_wait(), Ok(Some(_))) {
-            // One more pass reads what it left; then pipes still held open are let go.
-            exited = true;
-        }
     }
 }
 
@@ -282,7 +282,8 @@ fn set_nonblocking(fd: BorrowedFd<'_>) {
     }
 }
 
-fn poll(fds: &[BorrowedFd<'_>], timeout: Duration) {
+/// Waits until one of `fds` is readable or closed, at most `timeout`; false if none was.
+fn poll(fds: &[BorrowedFd<'_>], timeout: Duration) -> bool {
     let mut polls: Vec<libc::pollfd> = fds
         .iter()
         .map(|fd| libc::pollfd {
@@ -292,14 +293,15 @@ fn poll(fds: &[BorrowedFd<'_>], timeout: Duration) {
         })
         .collect();
     // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs whose fds are borrowed
-    // for the call. An interrupted poll only returns early, which the caller's loop handles.
-    unsafe {
+    // for the call. An interrupted poll returns early (-1), which counts as nothing ready.
+    let ready = unsafe {
         libc::poll(
             polls.as_mut_ptr(),
             polls.len() as libc::nfds_t,
             timeout.as_millis() as libc::c_int,
-        );
-    }
+        )
+    };
+    ready > 0
 }
 
 /// What the placeholders of one job stand for.

@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use corral_protocol::stdio::{STDIO_PROTOCOL_VERSION, StdioHello, StdioResponse};
 use corral_protocol::{
@@ -36,6 +36,14 @@ const MAX_LINE: usize = MAX_FRAME_BYTES;
 
 /// How much of a line that broke the protocol is quoted in the log.
 const QUOTE: usize = 200;
+
+/// Once answers are there to read, how long the receiver lets more of them gather before it
+/// reads. A worker writes each answer as it is done, so that a crash is blamed on the right
+/// job; reading each as it comes would cost the supervisor a wakeup per job, which on a busy
+/// machine takes CPU time the workers need. Answers that wait in the pipe lose nothing: after
+/// a death, the receiver reads all of them before the running job is taken to be the culprit.
+/// The cost is this much latency per read, and a timeout noticed this much later.
+const GATHER: Duration = Duration::from_micros(300);
 
 /// Pipes stdin (the requests) and arms the death signal in the child before its exec.
 pub(crate) fn prepare(command: &mut Command) {
@@ -428,6 +436,7 @@ impl LineSource {
                         self.ended = true;
                         return;
                     }
+                    std::thread::sleep(GATHER);
                 }
                 Err(_) => {
                     self.ended = true;
