@@ -8,7 +8,9 @@ Run it through scripts/bench/run, which builds the release binaries first. Scena
   2. CPU-bound: 400 spin jobs of 25 ms of CPU time, corral -j 1 and -j 2 against the serial time;
   3. memory: corral's own peak RSS on 1M and 10M tiny jobs streamed from a pipe;
   4. recovery: worker death to replacement hello (median of 200 kills), and tiny-jobs
-     throughput while a worker is SIGKILLed every 100 ms.
+     throughput while a worker is SIGKILLed every 100 ms;
+  5. and 6. Python workers against multiprocessing.Pool, and commands per line against xargs,
+     GNU parallel and rust-parallel (scripts/bench/workers.py).
 Writes the table to BENCHMARKS.md.
 """
 
@@ -451,6 +453,14 @@ def main():
     memory, rss_series = scenario_memory(MEMORY_RUNS)
     latency, latencies = scenario_recovery_latency(args.kills)
     storm_calm, storm, storm_kills = scenario_kill_storm(5)
+    import workers  # imported here: it imports this module's helpers
+
+    python = workers.scenario_python(args.py_runs)
+    python_kill = workers.scenario_python_kill(python, workers.best_chunk(python))
+    commands = workers.scenario_commands(args.runs, parallel)
+    worker_rows, worker_lines = workers.report(
+        python, python_kill, commands, args.py_runs, args.runs
+    )
     total = time.time() - started
 
     corral = tiny["corral -j 2"]
@@ -525,6 +535,7 @@ def main():
             ">= 80%",
             verdict(storm_ratio >= 0.8),
         ),
+        *worker_rows,
     ]
     lines = [
         "# Benchmarks",
@@ -611,6 +622,7 @@ def main():
         f"({storm_kills} kills per run) against {fmt_s(storm_calm)} for the calm runs interleaved with them: "
         f"{storm_ratio * 100:.0f}% of calm throughput, every result present exactly once.",
         "",
+        *worker_lines,
     ]
     with open(args.output, "w") as f:
         f.write("\n".join(lines))
