@@ -167,7 +167,7 @@ pub struct RunArgs {
     /// Run this command for each job (each line, with --lines) inside the workers, so that
     /// --timeout, --retries and --halt apply to it. Placeholders as GNU parallel spells them:
     /// {} the input, {.} without its extension, {/} its basename, {//} its directory, {/.}
-    /// the basename without extension, {#} the job number, {%} the worker slot, {1}..{n} the
+    /// the basename without extension, {#} the job number, {%} the worker slot, {1}, {2}... the
     /// columns of --colsep. Without any placeholder the input is the last argument. No shell
     /// runs unless --shell. The output is {"status", "signal", "stdout", "stderr"}; a command
     /// that fails is a task_error. A job file naming the task `exec` runs only with --exec.
@@ -178,7 +178,7 @@ pub struct RunArgs {
     #[arg(long, requires = "exec", help_heading = "Commands")]
     pub shell: bool,
 
-    /// With --exec: cut each input into the columns {1}..{n} at this string (`\t` is a tab).
+    /// With --exec: cut each input into the columns {1}, {2}... at this string (`\t` is a tab).
     #[arg(long, value_name = "SEP", requires = "exec", help_heading = "Commands")]
     pub colsep: Option<String>,
 

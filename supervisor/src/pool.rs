@@ -35,7 +35,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -133,6 +133,9 @@ pub struct StartedWorker {
     pub outbox: Outbox,
     /// Its running word.
     pub running: RunningSlot,
+    /// Why the pool killed it, set before the kill: its `Gone` then says so, and the death is
+    /// not taken for one from outside.
+    kill_note: Arc<OnceLock<String>>,
 }
 
 /// The long-lived thread that forks every worker (see the module docs for why it is one
@@ -227,6 +230,7 @@ impl WorkerHandle {
         let (batches, queued) = unbounded::<Batch>();
         let mut outbox = started.outbox;
         let pid = started.pid;
+        let kill_note = started.kill_note;
         thread::Builder::new()
             .name(format!("corral-send-{pid}"))
             .spawn(move || {
@@ -238,6 +242,7 @@ impl WorkerHandle {
                             pid,
                             "cannot send a batch to the worker ({err}): killing it"
                         );
+                        let _ = kill_note.set(format!("corral could not send it a batch ({err})"));
                         kill_group(pid);
                         return;
                     }
@@ -491,8 +496,9 @@ impl Launched {
                 let worker = self.worker;
                 match self.accept(timeout, &cancelled) {
                     Ok((started, inbox, exits)) => {
+                        let kill_note = started.kill_note.clone();
                         if events.send(PoolEvent::Started(started)).is_ok() {
-                            receive(worker, pid, inbox, exits, &events);
+                            receive(worker, pid, inbox, exits, &kill_note, &events);
                         } else {
                             kill_group(pid);
                         }
@@ -594,6 +600,7 @@ impl Launched {
             job_ids: greeting.job_ids,
             outbox: greeting.outbox,
             running: greeting.running,
+            kill_note: Arc::default(),
         };
         Ok((started, greeting.inbox, exits))
     }
@@ -646,6 +653,7 @@ fn receive(
     pid: u32,
     mut inbox: Inbox,
     exits: Receiver<ExitStatus>,
+    kill_note: &OnceLock<String>,
     events: &Sender<PoolEvent>,
 ) {
     let mut note = None;
@@ -669,6 +677,7 @@ fn receive(
         Ok(status) => describe_exit(status),
         Err(_) => WorkerExit::Code(-1),
     };
+    let note = note.or_else(|| kill_note.get().cloned());
     if let Some(note) = &note {
         tracing::warn!(pid, "worker killed: {note}");
     }
