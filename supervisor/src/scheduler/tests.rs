@@ -196,7 +196,7 @@ fn starts_the_configured_workers_and_batches_grow_with_measured_speed() {
         first.iter().all(|(_, b)| b.jobs.len() == 1),
         "unmeasured jobs go one at a time"
     );
-    // 1 µs per job and a 4 ms target: the next batch is as large as allowed.
+    // 1 µs per job and a 16 ms target: the next batch is as large as allowed.
     h.complete(WorkerId(1), &first[0].1, 1_000);
     let next = h.take_sends();
     assert_eq!(next.len(), 1);
@@ -227,7 +227,7 @@ fn slow_jobs_go_one_per_batch_and_the_tail_is_spread() {
     h.feed(Event::InputEnded);
     h.ready(WorkerId(1), 101);
     h.ready(WorkerId(2), 102);
-    // 25 ms per job: far above the 4 ms target, so every batch holds one job.
+    // 25 ms per job: above the 16 ms target, so every batch holds one job.
     while !h.sends.is_empty() {
         for (worker, batch) in h.take_sends() {
             assert_eq!(batch.jobs.len(), 1);
@@ -547,6 +547,49 @@ fn workers_that_die_before_any_work_end_the_run() {
             .unwrap()
             .contains("died before finishing any work 3 times")
     );
+}
+
+#[test]
+fn a_partial_answer_stands_and_the_crash_is_blamed_on_the_job_after_it() {
+    let mut h = Harness::new(SchedulerConfig {
+        max_batch_jobs: 4,
+        batches_in_flight: 1,
+        ..config(1)
+    });
+    h.input((0..5).map(|i| job(i, "t")));
+    h.ready(WorkerId(1), 10);
+    // The first batch measures the speed; the next one is full.
+    let first = h.take_sends();
+    h.complete(WorkerId(1), &first[0].1, 1_000);
+    let sends = h.take_sends();
+    let batch = &sends[0].1;
+    assert_eq!(batch.jobs.len(), 4);
+    // Two jobs answered, then the worker died running the third.
+    h.feed(Event::BatchDone {
+        worker: WorkerId(1),
+        done: answer(batch.id, all_ok(2), 1_000),
+        rss: None,
+    });
+    assert_eq!(h.results.len(), 3, "the answers given stand");
+    h.die(WorkerId(1), sigsegv(), RunningWord::running(batch.id, 2));
+    let worker = *h.spawns.last().unwrap();
+    h.ready(worker, 11);
+    let again = h.take_sends();
+    assert_eq!(again[0].1.jobs.len(), 1, "the job that crashed runs alone");
+    h.complete(worker, &again[0].1, 1_000);
+    let rest = h.take_sends();
+    h.complete(worker, &rest[0].1, 1_000);
+    let attempts: Vec<u32> = h.results.iter().map(|r| r.attempts).collect();
+    assert_eq!(attempts, [1, 1, 1, 2, 1], "only the fourth job was blamed");
+    // An answer with more outcomes than jobs in flight is a violation.
+    h.input((5..7).map(|i| job(i, "t")));
+    let sends = h.take_sends();
+    h.feed(Event::BatchDone {
+        worker,
+        done: answer(sends[0].1.id, all_ok(sends[0].1.jobs.len() + 1), 1_000),
+        rss: None,
+    });
+    assert_eq!(h.kills, [worker]);
 }
 
 #[test]
