@@ -146,6 +146,12 @@ fn a_worker_that_prints_garbage_is_replaced_and_the_job_retried() {
     for i in 0..50i64 {
         assert_eq!(by_id[&i.to_string()]["output"], i * i);
     }
+    // The answers given before the stray line stand: no job before it ran twice.
+    let first = &by_id["0"]["worker"];
+    for i in 0..20i64 {
+        assert_eq!(&by_id[&i.to_string()]["worker"], first, "job {i} ran again");
+    }
+    assert_ne!(&g["worker"], first, "a replacement ran the job again");
     assert!(
         out.stderr.contains("debug: about to answer") && out.stderr.contains("not a response"),
         "the log says what it printed:\n{}",
@@ -311,4 +317,58 @@ fn the_rust_worker_library_speaks_stdio_too() {
     }
     let bad = &by_id["\"bad\""];
     assert_eq!(bad["error"]["type"], "BadInput", "{bad}");
+}
+
+#[test]
+fn a_poison_pill_in_a_python_worker_fails_alone_after_its_retries() {
+    let mut lines: Vec<String> = (0..100)
+        .map(|i| format!(r#"{{"id": {i}, "task": "poison", "input": {i}}}"#))
+        .collect();
+    lines.insert(
+        50,
+        r#"{"id": "p", "task": "poison", "input": "poison"}"#.into(),
+    );
+    let out = Run::corral_python("py_worker", ["run", "-j", "2", "--retries", "2"])
+        .stdin(lines.join("\n"))
+        .output();
+    out.expect_code(1);
+    let by_id = out.results_by_id();
+    assert_eq!(by_id.len(), 101);
+    let pill = &by_id["\"p\""];
+    assert_eq!(pill["error"]["kind"], "crashed", "{pill}");
+    assert_eq!(pill["error"]["signal"], "SIGABRT", "{pill}");
+    assert_eq!(pill["attempts"], 3, "{pill}");
+    for i in 0..100i64 {
+        assert_eq!(by_id[&i.to_string()]["output"], i * i);
+    }
+}
+
+#[test]
+fn python_workers_are_recycled_by_closing_their_stdin() {
+    let dir = temp_dir();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_lines(1_000, "square"));
+    let out = Run::corral_python(
+        "py_worker",
+        ["run", "-j", "2", "--max-jobs-per-worker", "300"],
+    )
+    .args([jobs.as_os_str()])
+    .output();
+    out.expect_code(0);
+    let results = out.results();
+    assert_eq!(results.len(), 1_000);
+    let mut pids: Vec<u64> = results
+        .iter()
+        .map(|r| r["worker"].as_u64().unwrap())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert!(
+        pids.len() >= 4,
+        "1,000 jobs at most 300 per worker need 4 workers: {pids:?}"
+    );
+    assert!(
+        !out.stderr.contains("was killed by"),
+        "recycled workers exit on their own:\n{}",
+        out.stderr
+    );
 }

@@ -21,43 +21,30 @@ pub fn bin_dir() -> PathBuf {
 
 /// A binary of the workspace, which must have been built from the current sources:
 /// `cargo test` builds only this package's binaries, so `scripts/test` builds the others first.
+/// The sources are the ones cargo lists in the binary's dep-info file (`NAME.d`), so a change
+/// that only touches `#[cfg(test)]` code, which the binary does not contain, is not one.
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     let hint = "build the workspace binaries first: `cargo build --workspace --bins`, as scripts/test does";
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: {hint}", path.display()));
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root");
-    let sources: &[&str] = match name {
-        "corral" => &["protocol", "supervisor"],
-        _ => &["protocol", "worker"],
-    };
-    for crate_dir in sources {
-        if let Some(newest) = newest_mtime(&workspace.join(crate_dir).join("src")) {
+    let deps = std::fs::read_to_string(bin_dir().join(format!("{name}.d"))).unwrap_or_default();
+    let sources = deps
+        .split_once(": ")
+        .map_or("", |(_, sources)| sources)
+        .split_whitespace();
+    for source in sources {
+        let modified = std::fs::metadata(source).and_then(|m| m.modified());
+        if let Ok(modified) = modified {
             assert!(
-                newest <= built,
-                "{} is older than the sources in {crate_dir}/: {hint}",
+                modified <= built,
+                "{} is older than {source}: {hint}",
                 path.display()
             );
         }
     }
     path
-}
-
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let time = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            entry.metadata().ok()?.modified().ok()
-        };
-        newest = newest.max(time);
-    }
-    newest
 }
 
 /// The fault-injection worker, built with this package.

@@ -50,6 +50,13 @@ def hang(pidfile):
     time.sleep(1000)
 
 
+@task
+def poison(n):
+    if n == "poison":
+        os.abort()
+    return n * n
+
+
 @task(name="echo")
 def echo_input(value):
     return value

@@ -120,6 +120,7 @@ pub(crate) fn hello(pipes: Pipes) -> Result<Greeting, Refusal> {
             lines,
             shared,
             done: BatchDone::default(),
+            ended: None,
         }),
     })
 }
@@ -230,10 +231,28 @@ pub(crate) struct Inbox {
     shared: Arc<Shared>,
     /// The answers of the batch being answered.
     done: BatchDone,
+    /// How the worker's output ended, once it has, after the answers it gave were handed on.
+    ended: Option<Received>,
 }
 
 impl Inbox {
+    /// The next answer. When the worker's output ends (it died, or broke the protocol) in the
+    /// middle of a batch, the answers it gave for that batch come first, as a partial answer:
+    /// they are results like any other, and only the jobs after them run again.
     pub(crate) fn recv(&mut self) -> Received {
+        if let Some(ended) = self.ended.take() {
+            return ended;
+        }
+        match self.next() {
+            end @ (Received::Closed | Received::Violation(_)) if !self.done.outcomes.is_empty() => {
+                self.ended = Some(end);
+                Received::Done(std::mem::take(&mut self.done))
+            }
+            received => received,
+        }
+    }
+
+    fn next(&mut self) -> Received {
         loop {
             let line = match self.lines.next_line() {
                 Next::Line(line) => line,
