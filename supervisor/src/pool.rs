@@ -35,6 +35,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -221,6 +222,8 @@ pub struct WorkerHandle {
     /// Its running word.
     pub running: RunningSlot,
     batches: Option<Sender<Batch>>,
+    /// Set when the runtime kills it: a batch that can then not be sent is no surprise.
+    killed: Arc<AtomicBool>,
 }
 
 impl WorkerHandle {
@@ -231,11 +234,16 @@ impl WorkerHandle {
         let mut outbox = started.outbox;
         let pid = started.pid;
         let kill_note = started.kill_note;
+        let killed = Arc::new(AtomicBool::new(false));
+        let killed_by_runtime = killed.clone();
         thread::Builder::new()
             .name(format!("corral-send-{pid}"))
             .spawn(move || {
                 for batch in queued {
                     if let Err(err) = outbox.send(batch) {
+                        if killed_by_runtime.load(Ordering::Relaxed) {
+                            return;
+                        }
                         // Whatever the reason, a worker that cannot be sent its batch would
                         // hold it forever: kill it, so that its death requeues the batch.
                         tracing::warn!(
@@ -254,6 +262,7 @@ impl WorkerHandle {
             pid,
             running: started.running,
             batches: Some(batches),
+            killed,
         };
         (started.worker, started.tasks, started.job_ids, handle)
     }
@@ -277,6 +286,7 @@ impl WorkerHandle {
 
     /// Kills the worker and its process group.
     pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
         kill_group(self.pid);
     }
 }
