@@ -1,11 +1,11 @@
-"""The Python benchmark's worker for corral: the same task as pool.py, on corral_worker."""
+"""The Python benchmark's worker for corral: the same task as pool.py, on corral.worker."""
 
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 
-from corral_worker import run, task
+from corral.worker import run, task
 
 
 @task

@@ -1,7 +1,7 @@
 """Benchmarks of workers in other languages and of commands per line, for bench.py.
 
   5. Python work: 200,000 sum_squares jobs, corral -j 2 with two Python stdio workers on
-     corral_worker, against multiprocessing.Pool (spawn, best of chunksizes 64 to 4096) running
+     corral.worker, against multiprocessing.Pool (spawn, best of chunksizes 64 to 4096) running
      the same function on the same file; then both with one worker SIGKILLed half-way.
   6. Commands: 5,000 jobs of /bin/true and of `sha256sum FILE`, corral --exec against
      xargs -P2, GNU parallel -j2 and rust-parallel -j2.
@@ -279,7 +279,7 @@ def report(python, kill, commands, py_runs, cmd_runs):
         f"## Python work: {PY_JOBS:,} `sum_squares` jobs, Python workers",
         "",
         f"The same JSONL file and the same function: corral -j 2 with two Python workers on "
-        "`python/corral_worker.py` (`scripts/bench/py_worker.py`), against `multiprocessing.Pool(2)` "
+        "`python/corral/worker.py` (`scripts/bench/py_worker.py`), against `multiprocessing.Pool(2)` "
         "with the spawn start method, imap over the file's lines (`scripts/bench/pool.py`). Medians "
         f"of {py_runs} interleaved runs; every contender's output was checked to hold the same output "
         "for every id, exactly once.",

@@ -58,6 +58,10 @@ pub enum Command {
     /// Internal: the keeper process a run starts (see `corral::keeper`).
     #[command(hide = true)]
     Keeper,
+    /// Internal: the built-in worker, for an installation without `corral-worker` beside
+    /// `corral` (a Python wheel ships the one binary).
+    #[command(hide = true)]
+    Worker,
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -145,7 +149,7 @@ pub struct RunArgs {
     /// A worker in any language: the command line that starts one, split as a shell would
     /// split it (but no shell runs unless you write `sh -c '...'`). It speaks JSON lines on
     /// stdin and stdout, as docs/worker-protocol.md describes; Python workers use
-    /// corral_worker.py. E.g. 'python3 my_worker.py --model small'.
+    /// corral.worker. E.g. 'python3 my_worker.py --model small'.
     #[arg(
         long,
         value_name = "CMD",
@@ -242,6 +246,12 @@ pub struct RunArgs {
     /// `crashed`, with a message naming the limit. E.g. 1GiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Limits")]
     pub memory_limit: Option<u64>,
+
+    /// End at once, as if killed, when the process that started corral is gone: for a corral
+    /// run by a library on behalf of its program (Python's corral.Pool), whose death must not
+    /// leave the run going. Its workers go with it.
+    #[arg(long, help_heading = "Workers")]
+    pub exit_with_parent: bool,
 
     /// How long a starting worker may take to say hello before it counts as failed (three
     /// failed starts in a row end the run).

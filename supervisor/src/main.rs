@@ -19,6 +19,7 @@ use corral::run::{RunConfig, RunEnd, RunReport, Source, run};
 use corral::scheduler::{RestartPolicy, SchedulerConfig};
 use corral::transport::Transport;
 use corral_protocol::exec::{ENV_EXEC, ExecSpec};
+use corral_worker::Worker;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
             corral::keeper::serve(io::stdin().lock());
             return ExitCode::SUCCESS;
         }
+        Command::Worker => return corral_worker::builtin::register(Worker::new()).run(),
         Command::Run(args) => args,
     };
     init_logging(cli.verbose, cli.quiet, cli.log_format);
@@ -65,7 +67,36 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     }
 }
 
+/// How often `--exit-with-parent` looks for its parent.
+const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Exits the process (status 129, like a hang-up) once its parent is gone. Exiting is what a
+/// SIGKILL of corral does, and that is already safe: the workers die with the spawner thread
+/// (their death signal) and the keeper kills their groups.
+fn exit_with_parent() {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    std::thread::Builder::new()
+        .name("corral-parent".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(PARENT_CHECK);
+                // SAFETY: as above.
+                if unsafe { libc::getppid() } != parent {
+                    say(format_args!(
+                        "the process that started corral is gone: stopping"
+                    ));
+                    std::process::exit(129);
+                }
+            }
+        })
+        .expect("spawning a thread");
+}
+
 fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    if args.exit_with_parent {
+        exit_with_parent();
+    }
     let workers = match args.jobs {
         Some(n) => n as usize,
         // Rust's available_parallelism honours the affinity mask and the cgroup CPU quota.
@@ -180,13 +211,16 @@ fn worker_command(args: &RunArgs) -> anyhow::Result<(PathBuf, Vec<OsString>, Tra
             Transport::Stdio,
         ));
     }
-    let program = match &args.worker {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("cannot locate the corral binary to find corral-worker next to it")?
-            .with_file_name("corral-worker"),
-    };
-    Ok((program, Vec::new(), Transport::Native))
+    if let Some(path) = &args.worker {
+        return Ok((path.clone(), Vec::new(), Transport::Native));
+    }
+    // The built-in worker: corral-worker next to corral, or else this binary's own copy.
+    let exe = std::env::current_exe().context("cannot locate the corral binary")?;
+    let beside = exe.with_file_name("corral-worker");
+    if beside.exists() {
+        return Ok((beside, Vec::new(), Transport::Native));
+    }
+    Ok((exe, vec!["worker".into()], Transport::Native))
 }
 
 /// The `--exec` command as the built-in worker's `exec` task runs it. A program that cannot

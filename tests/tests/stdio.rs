@@ -1,4 +1,4 @@
-//! Workers in any language, over the stdio transport: Python workers on the corral_worker
+//! Workers in any language, over the stdio transport: Python workers on the corral.worker
 //! helper, a hand-written one that breaks the protocol, and the Rust library speaking stdio.
 //! Supervision must be exactly the native one.
 

@@ -60,7 +60,7 @@ pub fn python_worker(name: &str) -> String {
     shell_words::join(["python3", "-u", &script.display().to_string()])
 }
 
-/// The directory of the `corral_worker` helper, for `PYTHONPATH`.
+/// The directory of the `corral` Python package (its `corral.worker` helper), for `PYTHONPATH`.
 pub fn python_helper_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -1,11 +1,11 @@
-"""A Python worker on corral_worker for the integration tests: tasks that square, spin, print,
+"""A Python worker on corral.worker for the integration tests: tasks that square, spin, print,
 raise, hang, and report what the per-worker initializer did."""
 
 import os
 import subprocess
 import time
 
-from corral_worker import run, task
+from corral.worker import run, task
 
 STATE = {}
 

@@ -1,8 +1,8 @@
-"""corral_worker: turn plain Python functions into a corral worker (standard library only).
+"""corral.worker: turn plain Python functions into a corral worker (standard library only).
 
 A worker script registers tasks and calls run()::
 
-    from corral_worker import task, run
+    from corral.worker import task, run
 
     @task
     def sum_squares(xs):

@@ -1,0 +1,323 @@
+"""corral for Python: a process pool that cannot wedge, on the corral supervisor.
+
+    import corral
+
+    with corral.Pool(processes=8, timeout="30s", retries=2) as pool:
+        for path, result in pool.imap_unordered(resize, paths, with_input=True):
+            ...
+
+Each map call runs `corral run` as a child of this process, with Python workers that find the
+function by module and qualified name (as multiprocessing's spawn start method does: a script's
+functions are found by running the script again as `__mp_main__`, so its main code belongs under
+`if __name__ == "__main__":`). Arguments and results travel as JSON, or as pickle where JSON
+cannot carry them. A worker that crashes or hangs is replaced and its job retried; a job that
+fails comes back as a JobFailed exception, and the other jobs go on. If this process dies, even
+by SIGKILL, corral and its workers are gone within a second.
+
+Writing a worker for `corral run --worker-cmd` is corral.worker's job.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+
+from corral._binary import corral_binary
+from corral._codec import pack, plain, unpack
+
+__all__ = ["JobFailed", "Pool", "corral_binary"]
+
+
+class JobFailed(Exception):
+    """A job that did not produce a result: it raised (`kind` "task_error", `error_type` the
+    exception's class), crashed its worker on every attempt ("crashed"), or ran past the
+    timeout ("timeout")."""
+
+    def __init__(self, kind, message, attempts=None, worker=None, error_type=None, item=None):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.attempts = attempts
+        self.worker = worker
+        self.error_type = error_type
+        self.item = item
+
+
+def _function_name(fn):
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<lambda>" in qualname or "<locals>" in qualname:
+        raise ValueError(
+            f"corral.Pool runs module-level functions, found by module and name; {fn!r} is not "
+            "one (a lambda or a nested function): define it at the top of a module"
+        )
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        if not getattr(main, "__file__", None):
+            raise ValueError(
+                f"{fn!r} is defined in an interactive __main__, which workers cannot import: "
+                "define it in a module or a script"
+            )
+    return f"{module}:{qualname}"
+
+
+def _encode_job(index, name, args):
+    args = list(args)
+    if plain(args):
+        body = json.dumps({"f": name, "a": args}, separators=(",", ":"))
+    else:
+        body = json.dumps({"f": name, "p": pack(tuple(args))}, separators=(",", ":"))
+    return f'{{"id":{index},"task":"call","input":{body}}}\n'.encode()
+
+
+def _decode_output(output):
+    if "p" in output:
+        return unpack(output["p"])
+    return output["j"]
+
+
+class Pool:
+    """A pool of `processes` Python worker processes (default: the CPUs available).
+
+    timeout: a job running longer than this ("30s", "500ms", or seconds as a number) has its
+    worker killed and is retried, then fails as "timeout". retries: extra attempts for a job that
+    crashed or timed out (a function that raises is not retried). initializer(*initargs) runs
+    once in each worker before any job. max_tasks_per_child replaces a worker after that many
+    jobs. progress: a callable given (done, failed) after each result, or True for a tqdm bar
+    when tqdm is installed.
+    """
+
+    def __init__(
+        self,
+        processes=None,
+        initializer=None,
+        initargs=(),
+        timeout=None,
+        retries=2,
+        max_tasks_per_child=None,
+        progress=None,
+    ):
+        self._processes = processes
+        self._init = None
+        if initializer is not None:
+            self._init = json.dumps([_function_name(initializer), pack(tuple(initargs))])
+        if isinstance(timeout, (int, float)):
+            timeout = f"{timeout * 1000:.0f}ms"
+        self._timeout = timeout
+        self._retries = retries
+        self._max_tasks = max_tasks_per_child
+        self._progress = progress
+        self._runs = []
+        self._closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.terminate()
+        return False
+
+    def close(self):
+        """No more map calls."""
+        self._closed = True
+
+    def terminate(self):
+        """Stops every run of this pool at once: corral and its workers are killed."""
+        self._closed = True
+        for run in self._runs:
+            run.stop()
+        self._runs.clear()
+
+    def join(self):
+        """Waits for the runs of this pool to end (after close())."""
+        for run in self._runs:
+            run.wait()
+
+    def imap(self, fn, iterable, chunksize=None, *, with_input=False, return_exceptions=False):
+        """Results in input order, computed ahead within a bounded window. chunksize is
+        accepted and ignored: corral sizes batches itself."""
+        return self._start(fn, iterable, True, False, with_input, return_exceptions)
+
+    def imap_unordered(
+        self, fn, iterable, chunksize=None, *, with_input=False, return_exceptions=False
+    ):
+        """Results as they complete."""
+        return self._start(fn, iterable, False, False, with_input, return_exceptions)
+
+    def map(self, fn, iterable, chunksize=None, *, return_exceptions=False):
+        """A list of results in input order; raises the first failure unless
+        return_exceptions."""
+        return list(self.imap(fn, iterable, return_exceptions=return_exceptions))
+
+    def starmap(self, fn, iterable, chunksize=None, *, return_exceptions=False):
+        """map() with each item unpacked into arguments."""
+        run = self._start(fn, iterable, True, True, False, return_exceptions)
+        return list(run)
+
+    def istarmap(self, fn, iterable, chunksize=None, *, return_exceptions=False):
+        """imap() with each item unpacked into arguments."""
+        return self._start(fn, iterable, True, True, False, return_exceptions)
+
+    def _start(self, fn, iterable, ordered, star, with_input, return_exceptions):
+        if self._closed:
+            raise ValueError("Pool not running")
+        run = _Run(self, _function_name(fn), iterable, ordered, star, with_input, return_exceptions)
+        self._runs.append(run)
+        return run
+
+    def _command(self, ordered):
+        cmd = [corral_binary(), "run", "-q", "--exit-with-parent"]
+        cmd += ["--worker-cmd", f"{shlex.quote(sys.executable)} -m corral._pool_worker"]
+        if self._processes:
+            cmd += ["-j", str(self._processes)]
+        if self._timeout:
+            cmd += ["--timeout", str(self._timeout)]
+        cmd += ["--retries", str(self._retries)]
+        if self._max_tasks:
+            cmd += ["--max-jobs-per-worker", str(self._max_tasks)]
+        if ordered:
+            cmd.append("--keep-order")
+        return cmd
+
+    def _environment(self):
+        env = dict(os.environ)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # The workers import what this process can: this package, and the user's modules.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in [here, *sys.path, env.get("PYTHONPATH", "")] if p
+        )
+        main = sys.modules.get("__main__")
+        main_file = getattr(main, "__file__", None)
+        if main_file and getattr(main, "__spec__", None) is None:
+            env["CORRAL_POOL_MAIN"] = os.path.abspath(main_file)
+        else:
+            env.pop("CORRAL_POOL_MAIN", None)
+        if self._init:
+            env["CORRAL_POOL_INIT"] = self._init
+        return env
+
+
+class _Run:
+    """One map call: a corral process fed by a thread, read as an iterator."""
+
+    def __init__(self, pool, name, iterable, ordered, star, with_input, return_exceptions):
+        self._return_exceptions = return_exceptions
+        self._with_input = with_input
+        self._inputs = {} if with_input else None
+        self._lock = threading.Lock()
+        self._done = 0
+        self._failed = 0
+        self._progress = _progress_callback(pool._progress)
+        self._proc = subprocess.Popen(
+            pool._command(ordered),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=pool._environment(),
+            # Its own session: a Ctrl-C reaches this process only, and the pool decides.
+            start_new_session=True,
+        )
+        self._feed_error = None
+        self._feeder = threading.Thread(
+            target=self._feed, args=(name, iterable, star), name="corral-feed", daemon=True
+        )
+        self._feeder.start()
+
+    def _feed(self, name, iterable, star):
+        stdin = self._proc.stdin
+        try:
+            for index, item in enumerate(iterable):
+                args = tuple(item) if star else (item,)
+                if self._inputs is not None:
+                    with self._lock:
+                        self._inputs[index] = item
+                stdin.write(_encode_job(index, name, args))
+        except BrokenPipeError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading side
+            self._feed_error = exc
+        finally:
+            try:
+                stdin.close()
+            except BrokenPipeError:
+                pass
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self._proc.stdout.readline()
+        if not line:
+            self._finish()
+            raise StopIteration
+        record = json.loads(line)
+        index = record.get("id")
+        item = None
+        if self._inputs is not None and index is not None:
+            with self._lock:
+                item = self._inputs.pop(index, None)
+        if record.get("ok"):
+            self._done += 1
+            self._report()
+            value = _decode_output(record["output"])
+            return (item, value) if self._with_input else value
+        self._failed += 1
+        self._report()
+        error = record.get("error", {})
+        failure = JobFailed(
+            error.get("kind", "unknown"),
+            error.get("message", ""),
+            attempts=record.get("attempts"),
+            worker=record.get("worker"),
+            error_type=error.get("type"),
+            item=item,
+        )
+        if self._return_exceptions:
+            return (item, failure) if self._with_input else failure
+        raise failure
+
+    def _report(self):
+        if self._progress is not None:
+            self._progress(self._done, self._failed)
+
+    def _finish(self):
+        self._feeder.join()
+        status = self._proc.wait()
+        if self._feed_error is not None:
+            raise self._feed_error
+        # 0: every job ok; 1: some failed (each was reported as it came).
+        if status not in (0, 1):
+            raise RuntimeError(f"corral ended with status {status}")
+
+    def stop(self):
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for stream in (self._proc.stdout, self._proc.stdin):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def wait(self):
+        self._proc.wait()
+
+
+def _progress_callback(progress):
+    if progress is None or progress is False:
+        return None
+    if callable(progress):
+        return progress
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    bar = tqdm(unit="job")
+
+    def update(done, failed):
+        bar.n = done + failed
+        bar.set_postfix(failed=failed, refresh=False)
+        bar.refresh()
+
+    return update

@@ -1,0 +1,174 @@
+"""corral.Pool against the real corral binary and real Python workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import corral
+import pool_tasks
+import pytest
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_until(check, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def test_imap_gives_every_result_in_order():
+    with corral.Pool(processes=2) as pool:
+        assert list(pool.imap(pool_tasks.square, range(10_000))) == [i * i for i in range(10_000)]
+
+
+def test_map_starmap_and_unordered_with_inputs():
+    with corral.Pool(processes=2) as pool:
+        assert pool.map(pool_tasks.square, [3, 4]) == [9, 16]
+        assert pool.starmap(divmod, [(7, 2), (9, 4)]) == [(3, 1), (2, 1)]
+        got = sorted(pool.imap_unordered(pool_tasks.square, range(100), with_input=True))
+        assert got == [(i, i * i) for i in range(100)]
+        # Values JSON would change come back as they went: tuples, bytes, sets, int keys.
+        odd = [(1, 2), b"\x00", {3}, {1: "a"}, float("nan")]
+        back = pool.map(pool_tasks.ident, odd)
+        assert back[:4] == odd[:4] and back[4] != back[4]
+
+
+def test_a_worker_sigkilled_mid_run_loses_nothing(tmp_path):
+    marker = str(tmp_path / "killed")
+    jobs = [(i, marker) for i in range(2_000)]
+    with corral.Pool(processes=2) as pool:
+        results = list(pool.imap(pool_tasks.die_once, jobs))
+    assert os.path.exists(marker), "the worker was killed"
+    assert results == [i * i for i in range(2_000)]
+
+
+def test_a_raising_function_is_an_exception_and_the_rest_goes_on():
+    with corral.Pool(processes=2) as pool:
+        results = pool.map(pool_tasks.fail_on_three, range(6), return_exceptions=True)
+        assert results[:3] == [0, 1, 2] and results[4:] == [4, 5]
+        failure = results[3]
+        assert isinstance(failure, corral.JobFailed)
+        assert failure.kind == "task_error"
+        assert failure.error_type == "ValueError"
+        assert failure.message == "three is not allowed"
+        assert failure.attempts == 1 and failure.worker > 0
+        it = pool.imap(pool_tasks.fail_on_three, range(6))
+        assert [next(it) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(corral.JobFailed, match="three is not allowed"):
+            next(it)
+        assert list(it) == [4, 5], "iteration goes on after a failure"
+
+
+def test_a_task_past_its_timeout_fails_alone():
+    with corral.Pool(processes=2, timeout="500ms", retries=0) as pool:
+        results = pool.map(pool_tasks.sleep_for, [0, 30, 0], return_exceptions=True)
+    assert isinstance(results[1], corral.JobFailed) and results[1].kind == "timeout"
+    assert isinstance(results[0], int) and isinstance(results[2], int)
+
+
+def test_the_initializer_runs_once_per_worker(tmp_path, monkeypatch):
+    log = tmp_path / "inits"
+    monkeypatch.setenv(pool_tasks.INIT_LOG, str(log))
+    with corral.Pool(processes=2, initializer=pool_tasks.init, initargs=("ready",)) as pool:
+        results = pool.map(pool_tasks.who, range(2_000))
+    pids = log.read_text().split()
+    assert len(pids) == len(set(pids)), f"an initializer ran twice in one worker: {pids}"
+    for worker, inits, tag in results:
+        assert inits == 1 and tag == "ready"
+        assert str(worker) in pids
+
+
+def test_lambdas_and_nested_functions_are_refused_at_submit_time():
+    def nested(x):
+        return x
+
+    with corral.Pool(processes=1) as pool:
+        for fn in (lambda x: x, nested):
+            started = time.monotonic()
+            with pytest.raises(ValueError, match="module-level"):
+                pool.map(fn, [1])
+            assert time.monotonic() - started < 1
+
+
+SCRIPT = """
+import os, signal, sys, threading, time
+sys.path.insert(0, {tests!r})
+import corral, pool_tasks
+
+if __name__ == "__main__":
+    with corral.Pool(processes=2) as pool:
+        it = pool.imap_unordered(pool_tasks.sleep_for, [0, 0] + [30] * 4)
+        first = [next(it), next(it)]
+        print(" ".join(map(str, first)), flush=True)
+        {then}
+"""
+
+
+def run_script(tmp_path, then):
+    script = tmp_path / "parent.py"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(textwrap.dedent(SCRIPT.format(tests=tests, then=then)))
+    return subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_keyboard_interrupt_in_the_parent_leaves_no_process(tmp_path):
+    parent = run_script(tmp_path, "os.kill(os.getpid(), signal.SIGINT); time.sleep(30)")
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert workers, parent.stderr.read()
+    parent.wait(timeout=30)
+    assert "KeyboardInterrupt" in parent.stderr.read()
+    assert wait_until(lambda: not any(alive(p) for p in workers), 2), workers
+
+
+def test_sigkill_of_the_parent_takes_corral_and_its_workers_within_a_second(tmp_path):
+    parent = run_script(tmp_path, "time.sleep(60)")
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert workers, parent.stderr.read()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    assert wait_until(lambda: not any(alive(p) for p in workers), 1), workers
+
+
+def test_python_dash_m_corral_is_the_cli():
+    out = subprocess.run(
+        [sys.executable, "-m", "corral", "run", "--lines", "--task", "sha256", "-q"],
+        input="",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout == ""
+    version = subprocess.run([sys.executable, "-m", "corral", "--version"], capture_output=True)
+    assert version.stdout.startswith(b"corral ")
+
+
+def test_a_generator_of_ten_million_items_runs_in_bounded_memory():
+    import resource
+
+    def items():
+        yield from range(10_000_000)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    total = count = 0
+    with corral.Pool(processes=2) as pool:
+        for value in pool.imap_unordered(pool_tasks.ident, items()):
+            total += value
+            count += 1
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert count == 10_000_000 and total == sum(range(10_000_000))
+    assert grown_mib < 64, f"the parent grew by {grown_mib:.0f} MiB"
