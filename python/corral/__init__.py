@@ -63,12 +63,19 @@ def _function_name(fn):
     return f"{module}:{qualname}"
 
 
+# One encoder for every job line: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _encode_job(index, name, args):
+    """The job line of one call; `name` is the function's name as JSON."""
     args = list(args)
-    if plain(args):
-        body = json.dumps({"f": name, "a": args}, separators=(",", ":"))
+    if len(args) == 1 and type(args[0]) is int:
+        body = f'{{"f":{name},"a":[{args[0]}]}}'
+    elif plain(args):
+        body = f'{{"f":{name},"a":{_encode(args)}}}'
     else:
-        body = json.dumps({"f": name, "p": pack(tuple(args))}, separators=(",", ":"))
+        body = f'{{"f":{name},"p":"{pack(tuple(args))}"}}'
     return f'{{"id":{index},"task":"call","input":{body}}}\n'.encode()
 
 
@@ -226,6 +233,7 @@ class _Run:
 
     def _feed(self, name, iterable, star):
         stdin = self._proc.stdin
+        name = _encode(name)
         try:
             for index, item in enumerate(iterable):
                 args = tuple(item) if star else (item,)
