@@ -17,6 +17,8 @@ by SIGKILL, corral and its workers are gone within a second.
 Writing a worker for `corral run --worker-cmd` is corral.worker's job.
 """
 
+import collections
+import itertools
 import json
 import os
 import shlex
@@ -76,6 +78,12 @@ def _encode_job(index, name, args):
         body = f'{{"f":{name},"a":{_encode(args)}}}'
     else:
         body = f'{{"f":{name},"p":"{pack(tuple(args))}"}}'
+    return f'{{"id":{index},"task":"call","input":{body}}}\n'.encode()
+
+
+def _encode_chunk(index, name, calls):
+    """The job line of a chunk of calls (each a tuple of arguments), pickled."""
+    body = f'{{"f":{name},"pc":"{pack(calls)}"}}'
     return f'{{"id":{index},"task":"call","input":{body}}}\n'.encode()
 
 
@@ -142,35 +150,40 @@ class Pool:
         for run in self._runs:
             run.wait()
 
-    def imap(self, fn, iterable, chunksize=None, *, with_input=False, return_exceptions=False):
-        """Results in input order, computed ahead within a bounded window. chunksize is
-        accepted and ignored: corral sizes batches itself."""
-        return self._start(fn, iterable, True, False, with_input, return_exceptions)
+    def imap(self, fn, iterable, chunksize=1, *, with_input=False, return_exceptions=False):
+        """Results in input order, computed ahead within a bounded window.
+
+        chunksize: items sent to a worker as one job. 1 (the default) supervises each item on
+        its own; larger chunks cost less per item for tiny tasks, but a crash or timeout then
+        fails (after its retries) every item of its chunk, as it does in multiprocessing. An
+        exception raised by the function is always the item's own."""
+        return self._start(fn, iterable, chunksize, True, False, with_input, return_exceptions)
 
     def imap_unordered(
-        self, fn, iterable, chunksize=None, *, with_input=False, return_exceptions=False
+        self, fn, iterable, chunksize=1, *, with_input=False, return_exceptions=False
     ):
-        """Results as they complete."""
-        return self._start(fn, iterable, False, False, with_input, return_exceptions)
+        """Results as they complete (see imap for chunksize)."""
+        return self._start(fn, iterable, chunksize, False, False, with_input, return_exceptions)
 
-    def map(self, fn, iterable, chunksize=None, *, return_exceptions=False):
+    def map(self, fn, iterable, chunksize=1, *, return_exceptions=False):
         """A list of results in input order; raises the first failure unless
         return_exceptions."""
-        return list(self.imap(fn, iterable, return_exceptions=return_exceptions))
+        return list(self.imap(fn, iterable, chunksize, return_exceptions=return_exceptions))
 
-    def starmap(self, fn, iterable, chunksize=None, *, return_exceptions=False):
+    def starmap(self, fn, iterable, chunksize=1, *, return_exceptions=False):
         """map() with each item unpacked into arguments."""
-        run = self._start(fn, iterable, True, True, False, return_exceptions)
-        return list(run)
+        return list(self.istarmap(fn, iterable, chunksize, return_exceptions=return_exceptions))
 
-    def istarmap(self, fn, iterable, chunksize=None, *, return_exceptions=False):
+    def istarmap(self, fn, iterable, chunksize=1, *, return_exceptions=False):
         """imap() with each item unpacked into arguments."""
-        return self._start(fn, iterable, True, True, False, return_exceptions)
+        return self._start(fn, iterable, chunksize, True, True, False, return_exceptions)
 
-    def _start(self, fn, iterable, ordered, star, with_input, return_exceptions):
+    def _start(self, fn, iterable, chunksize, ordered, star, with_input, return_exceptions):
         if self._closed:
             raise ValueError("Pool not running")
-        run = _Run(self, _function_name(fn), iterable, ordered, star, with_input, return_exceptions)
+        chunksize = max(1, int(chunksize or 1))
+        name = _function_name(fn)
+        run = _Run(self, name, iterable, chunksize, ordered, star, with_input, return_exceptions)
         self._runs.append(run)
         return run
 
@@ -209,8 +222,13 @@ class Pool:
 class _Run:
     """One map call: a corral process fed by a thread, read as an iterator."""
 
-    def __init__(self, pool, name, iterable, ordered, star, with_input, return_exceptions):
+    def __init__(
+        self, pool, name, iterable, chunksize, ordered, star, with_input, return_exceptions
+    ):
         self._return_exceptions = return_exceptions
+        self._chunksize = chunksize
+        # Outcomes of a chunk not handed out yet: (item, value or JobFailed).
+        self._ready = collections.deque()
         self._with_input = with_input
         self._inputs = {} if with_input else None
         self._lock = threading.Lock()
@@ -235,12 +253,24 @@ class _Run:
         stdin = self._proc.stdin
         name = _encode(name)
         try:
-            for index, item in enumerate(iterable):
-                args = tuple(item) if star else (item,)
-                if self._inputs is not None:
-                    with self._lock:
-                        self._inputs[index] = item
-                stdin.write(_encode_job(index, name, args))
+            if self._chunksize == 1:
+                for index, item in enumerate(iterable):
+                    args = tuple(item) if star else (item,)
+                    if self._inputs is not None:
+                        with self._lock:
+                            self._inputs[index] = item
+                    stdin.write(_encode_job(index, name, args))
+            else:
+                items = iter(iterable)
+                for index in itertools.count():
+                    chunk = list(itertools.islice(items, self._chunksize))
+                    if not chunk:
+                        break
+                    if self._inputs is not None:
+                        with self._lock:
+                            self._inputs[index] = chunk
+                    calls = [tuple(item) for item in chunk] if star else [(i,) for i in chunk]
+                    stdin.write(_encode_chunk(index, name, calls))
         except BrokenPipeError:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the reading side
@@ -255,35 +285,60 @@ class _Run:
         return self
 
     def __next__(self):
-        line = self._proc.stdout.readline()
-        if not line:
-            self._finish()
-            raise StopIteration
-        record = json.loads(line)
-        index = record.get("id")
-        item = None
-        if self._inputs is not None and index is not None:
-            with self._lock:
-                item = self._inputs.pop(index, None)
-        if record.get("ok"):
+        while not self._ready:
+            line = self._proc.stdout.readline()
+            if not line:
+                self._finish()
+                raise StopIteration
+            self._take(json.loads(line))
+        item, outcome = self._ready.popleft()
+        if isinstance(outcome, JobFailed):
+            self._failed += 1
+            self._report()
+            if not self._return_exceptions:
+                raise outcome
+        else:
             self._done += 1
             self._report()
-            value = _decode_output(record["output"])
-            return (item, value) if self._with_input else value
-        self._failed += 1
-        self._report()
-        error = record.get("error", {})
-        failure = JobFailed(
-            error.get("kind", "unknown"),
-            error.get("message", ""),
-            attempts=record.get("attempts"),
-            worker=record.get("worker"),
-            error_type=error.get("type"),
-            item=item,
-        )
-        if self._return_exceptions:
-            return (item, failure) if self._with_input else failure
-        raise failure
+        return (item, outcome) if self._with_input else outcome
+
+    def _take(self, record):
+        """Queues the outcomes of one result line (one item, or a chunk of them)."""
+        index = record.get("id")
+        items = None
+        if self._inputs is not None and index is not None:
+            with self._lock:
+                items = self._inputs.pop(index, None)
+        if self._chunksize == 1:
+            items = [items]
+        attempts, worker = record.get("attempts"), record.get("worker")
+        if record.get("ok"):
+            output = record["output"]
+            if self._chunksize == 1:
+                outcomes = [_decode_output(output)]
+            else:
+                outcomes = [
+                    JobFailed("task_error", o[2], attempts, worker, o[1]) if o[0] == "e" else o[1]
+                    for o in unpack(output["pr"])
+                ]
+        else:
+            error = record.get("error", {})
+            size = self._chunksize if items is None or items == [None] else len(items)
+            outcomes = [
+                JobFailed(
+                    error.get("kind", "unknown"),
+                    error.get("message", ""),
+                    attempts,
+                    worker,
+                    error.get("type"),
+                )
+                for _ in range(size)
+            ]
+        for position, outcome in enumerate(outcomes):
+            item = items[position] if items is not None and position < len(items) else None
+            if isinstance(outcome, JobFailed):
+                outcome.item = item
+            self._ready.append((item, outcome))
 
     def _report(self):
         if self._progress is not None:

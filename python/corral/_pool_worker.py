@@ -2,7 +2,10 @@
 
 A job's input is {"f": "module:qualname", "a": [args...]} with JSON arguments, or
 {"f": ..., "p": base64 pickle of the argument tuple} for arguments JSON cannot carry. The
-output is {"j": result} or {"p": base64 pickle of the result}. Functions are found as
+output is {"j": result} or {"p": base64 pickle of the result}. A chunk of calls is
+{"f": ..., "pc": base64 pickle of a list of argument tuples}, answered with {"pr": base64
+pickle of a list of ("v", result) or ("e", exception type, message)}: pickle, written in C, is
+what makes chunks of tiny tasks cheap. Functions are found as
 multiprocessing's spawn start method finds them: by module and qualified name, the parent's
 __main__ script run again here as __mp_main__ (CORRAL_POOL_MAIN names it).
 """
@@ -12,6 +15,7 @@ import json
 import os
 import runpy
 import sys
+import traceback
 
 from corral._codec import pack, plain, unpack
 from corral.worker import run, task
@@ -51,11 +55,38 @@ def _output(result):
 @task
 def call(job):
     fn = _function(job["f"])
+    if "pc" in job:
+        return {"pr": _pack_outcomes([_call_one(fn, args) for args in unpack(job["pc"])])}
     if "p" in job:
         args = unpack(job["p"])
     else:
         args = job["a"]
     return _output(fn(*args))
+
+
+def _call_one(fn, args):
+    """One call of a chunk: ("v", result), or ("e", type, message) if it raised (the traceback
+    goes to the log), so that one item's exception is not the whole chunk's."""
+    try:
+        return ("v", fn(*args))
+    except Exception as exc:  # noqa: BLE001 - any failure of user code is the item's error
+        traceback.print_exc(file=sys.stderr)
+        return ("e", type(exc).__name__, str(exc) or type(exc).__name__)
+
+
+def _pack_outcomes(outcomes):
+    """The outcomes of a chunk, pickled; a result that cannot be pickled is its item's error."""
+    try:
+        return pack(outcomes)
+    except Exception:  # noqa: BLE001 - find the culprits one by one
+        safe = []
+        for outcome in outcomes:
+            try:
+                pack(outcome)
+                safe.append(outcome)
+            except Exception as exc:  # noqa: BLE001
+                safe.append(("e", type(exc).__name__, f"the result cannot be pickled: {exc}"))
+        return pack(safe)
 
 
 def _initialize():

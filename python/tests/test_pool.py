@@ -46,6 +46,23 @@ def test_map_starmap_and_unordered_with_inputs():
         assert back[:4] == odd[:4] and back[4] != back[4]
 
 
+def test_chunks_give_the_same_results_and_keep_exceptions_per_item():
+    with corral.Pool(processes=2) as pool:
+        got = list(pool.imap(pool_tasks.square, range(5_000), chunksize=64))
+        assert got == [i * i for i in range(5_000)]
+        results = pool.map(pool_tasks.fail_on_three, range(10), chunksize=4, return_exceptions=True)
+        assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+        assert isinstance(results[3], corral.JobFailed)
+        assert results[3].error_type == "ValueError" and results[3].item is None
+        pairs = sorted(pool.imap_unordered(pool_tasks.square, range(50), 8, with_input=True))
+        assert pairs == [(i, i * i) for i in range(50)]
+        assert pool.starmap(divmod, [(7, 2), (9, 4), (5, 5)], chunksize=2) == [
+            (3, 1),
+            (2, 1),
+            (1, 0),
+        ]
+
+
 def test_a_worker_sigkilled_mid_run_loses_nothing(tmp_path):
     marker = str(tmp_path / "killed")
     jobs = [(i, marker) for i in range(2_000)]
@@ -166,7 +183,7 @@ def test_a_generator_of_ten_million_items_runs_in_bounded_memory():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     total = count = 0
     with corral.Pool(processes=2) as pool:
-        for value in pool.imap_unordered(pool_tasks.ident, items()):
+        for value in pool.imap_unordered(pool_tasks.ident, items(), chunksize=1_000):
             total += value
             count += 1
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
