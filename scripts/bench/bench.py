@@ -10,7 +10,9 @@ Run it through scripts/bench/run, which builds the release binaries first. Scena
   4. recovery: worker death to replacement hello (median of 200 kills), and tiny-jobs
      throughput while a worker is SIGKILLed every 100 ms;
   5. and 6. Python workers against multiprocessing.Pool, and commands per line against xargs,
-     GNU parallel and rust-parallel (scripts/bench/workers.py).
+     GNU parallel and rust-parallel (scripts/bench/workers.py);
+  7. corral.Pool against multiprocessing, concurrent.futures, pebble and loky
+     (scripts/bench/pools.py).
 Writes the table to BENCHMARKS.md.
 """
 
@@ -461,6 +463,10 @@ def main():
     worker_rows, worker_lines = workers.report(
         python, python_kill, commands, args.py_runs, args.runs
     )
+    import pools  # imported here, as workers is
+
+    pool_best = pools.measure(args.py_runs, log=log)
+    pool_rows, pool_lines = pools.report(pool_best, pools.killed(log=log), args.py_runs)
     total = time.time() - started
 
     corral = tiny["corral -j 2"]
@@ -536,6 +542,7 @@ def main():
             verdict(storm_ratio >= 0.8),
         ),
         *worker_rows,
+        *pool_rows,
     ]
     lines = [
         "# Benchmarks",
@@ -623,6 +630,7 @@ def main():
         f"{storm_ratio * 100:.0f}% of calm throughput, every result present exactly once.",
         "",
         *worker_lines,
+        *pool_lines,
     ]
     with open(args.output, "w") as f:
         f.write("\n".join(lines))
