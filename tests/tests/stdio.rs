@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::util::{
-    Lcg, Run, alive, bin, children_of, process_state, python_worker, signal, temp_dir, wait_for,
+    Run, alive, bin, kill_workers_until_exit, python_worker, signal, temp_dir, wait_for,
     wait_for_workers, write_jobs,
 };
 
@@ -71,16 +71,7 @@ fn python_workers_killed_at_random_during_fifty_thousand_jobs_lose_nothing() {
         .args([jobs.as_os_str()])
         .start(dir.path());
     let supervisor = running.pid();
-    let mut rng = Lcg(11);
-    let mut kills = 0;
-    while process_state(supervisor).is_some_and(|s| s != 'Z') {
-        std::thread::sleep(Duration::from_millis(50 + rng.below(100)));
-        let workers = children_of(supervisor);
-        if let Some(&victim) = workers.get(rng.below(workers.len().max(1) as u64) as usize) {
-            signal(victim, libc::SIGKILL);
-            kills += 1;
-        }
-    }
+    let kills = kill_workers_until_exit(supervisor, 11, 50, 100);
     let out = running.wait(Duration::from_secs(120));
     out.expect_code(0);
     let results = out.results();

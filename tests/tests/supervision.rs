@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::util::{
-    Lcg, Run, alive, children_of, process_state, signal, square_jobs, temp_dir, wait_for,
-    wait_for_workers, write_jobs,
+    Run, alive, kill_workers_until_exit, signal, square_jobs, temp_dir, wait_for, wait_for_workers,
+    write_jobs,
 };
 
 #[test]
@@ -18,16 +18,7 @@ fn workers_killed_at_random_moments_lose_nothing_and_duplicate_nothing() {
         .args([jobs.as_os_str()])
         .start(dir.path());
     let supervisor = running.pid();
-    let mut rng = Lcg(2024);
-    let mut kills = 0;
-    while process_state(supervisor).is_some_and(|s| s != 'Z') {
-        std::thread::sleep(Duration::from_millis(20 + rng.below(60)));
-        let workers = children_of(supervisor);
-        if let Some(&victim) = workers.get(rng.below(workers.len().max(1) as u64) as usize) {
-            signal(victim, libc::SIGKILL);
-            kills += 1;
-        }
-    }
+    let kills = kill_workers_until_exit(supervisor, 2024, 20, 60);
     let out = running.wait(Duration::from_secs(60));
     out.expect_code(0);
     let results = out.results_by_id();

@@ -52,6 +52,22 @@ pub fn fault_worker() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_corral-fault-worker"))
 }
 
+/// Until `supervisor` exits, SIGKILLs one of its workers (chosen by `seed`) after every pause
+/// of `pause` plus up to `jitter` milliseconds; returns how many it killed.
+pub fn kill_workers_until_exit(supervisor: u32, seed: u64, pause: u64, jitter: u64) -> u32 {
+    let mut rng = Lcg(seed);
+    let mut kills = 0;
+    while process_state(supervisor).is_some_and(|s| s != 'Z') {
+        std::thread::sleep(Duration::from_millis(pause + rng.below(jitter)));
+        let workers = children_of(supervisor);
+        if let Some(&victim) = workers.get(rng.below(workers.len().max(1) as u64) as usize) {
+            signal(victim, libc::SIGKILL);
+            kills += 1;
+        }
+    }
+    kills
+}
+
 /// The command line of a test worker in Python (`tests/workers/NAME.py`), for `--worker-cmd`.
 pub fn python_worker(name: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
