@@ -161,6 +161,8 @@ fn wrong_hello(mode: &str) -> ExitCode {
     let (to_worker, inbox) =
         ipc_channel::ipc::channel::<corral_protocol::ToWorker>().expect("channel");
     let (_slot, running) = RunningSlot::create();
+    // Closed before the hello goes out, so that no batch can slip into the channel first.
+    let inbox = (mode != "drop-inbox").then_some(inbox);
     let hello = Hello {
         protocol_version: if mode == "bad-version" {
             PROTOCOL_VERSION + 100
@@ -180,14 +182,11 @@ fn wrong_hello(mode: &str) -> ExitCode {
     sender.send(FromWorker::Hello(hello)).expect("send hello");
     match mode {
         "hello-then-exit" => std::process::exit(0),
-        "drop-inbox" => {
-            drop(inbox);
-            hang();
-        }
+        "drop-inbox" => hang(),
         _ => {}
     }
     if mode == "garbage" {
-        let _batch = inbox.recv();
+        let _batch = inbox.expect("kept open").recv();
         // The same channel, carrying a type the supervisor does not expect: an enum tag it has
         // no variant for.
         let raw: ipc_channel::ipc::IpcSender<(u32, u64)> = sender.to_opaque().to();
