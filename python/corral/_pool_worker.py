@@ -2,14 +2,16 @@
 
 A job's input is {"f": "module:qualname", "a": [args...]} with JSON arguments, or
 {"f": ..., "p": base64 pickle of the argument tuple} for arguments JSON cannot carry. The
-output is {"j": result} or {"p": base64 pickle of the result}. A chunk of calls is
-{"f": ..., "pc": base64 pickle of a list of argument tuples}, answered with {"pr": base64
-pickle of a list of ("v", result) or ("e", exception type, message)}: pickle, written in C, is
-what makes chunks of tiny tasks cheap. Functions are found as
+output is {"j": result} or {"p": base64 pickle of the result}. A chunk is {"f": ...,
+"pa": base64 pickle of a list of single arguments} (or "pc", a list of argument tuples, for
+starmap), answered with {"pr": base64 pickle of the list of results} and, if some raised,
+{"pe": base64 pickle of {position: (exception type, message)}}: pickle, written in C, is what
+makes chunks of tiny tasks cheap. Functions are found as
 multiprocessing's spawn start method finds them: by module and qualified name, the parent's
 __main__ script run again here as __mp_main__ (CORRAL_POOL_MAIN names it).
 """
 
+import gc
 import importlib
 import json
 import os
@@ -55,8 +57,10 @@ def _output(result):
 @task
 def call(job):
     fn = _function(job["f"])
+    if "pa" in job:
+        return _call_chunk(fn, _quietly(unpack, job["pa"]), False)
     if "pc" in job:
-        return {"pr": _pack_outcomes([_call_one(fn, args) for args in unpack(job["pc"])])}
+        return _call_chunk(fn, _quietly(unpack, job["pc"]), True)
     if "p" in job:
         args = unpack(job["p"])
     else:
@@ -64,29 +68,44 @@ def call(job):
     return _output(fn(*args))
 
 
-def _call_one(fn, args):
-    """One call of a chunk: ("v", result), or ("e", type, message) if it raised (the traceback
-    goes to the log), so that one item's exception is not the whole chunk's."""
+def _quietly(convert, value):
+    """convert(value) with the cyclic garbage collector held off: (un)pickling a chunk makes
+    thousands of objects at once, all alive, and collecting while it does is wasted work."""
+    if not gc.isenabled():
+        return convert(value)
+    gc.disable()
     try:
-        return ("v", fn(*args))
-    except Exception as exc:  # noqa: BLE001 - any failure of user code is the item's error
-        traceback.print_exc(file=sys.stderr)
-        return ("e", type(exc).__name__, str(exc) or type(exc).__name__)
+        return convert(value)
+    finally:
+        gc.enable()
 
 
-def _pack_outcomes(outcomes):
-    """The outcomes of a chunk, pickled; a result that cannot be pickled is its item's error."""
+def _call_chunk(fn, calls, star):
+    """Calls fn on each item of a chunk: {"pr": pickled results}, plus {"pe": pickled
+    {position: (exception type, message)}} for the items that raised (their traceback goes to
+    the log): one item's exception is not the whole chunk's."""
+    results = []
+    errors = {}
+    for args in calls:
+        try:
+            results.append(fn(*args) if star else fn(args))
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is the item's error
+            traceback.print_exc(file=sys.stderr)
+            errors[len(results)] = (type(exc).__name__, str(exc) or type(exc).__name__)
+            results.append(None)
     try:
-        return pack(outcomes)
+        packed = _quietly(pack, results)
     except Exception:  # noqa: BLE001 - find the culprits one by one
-        safe = []
-        for outcome in outcomes:
+        for position, result in enumerate(results):
             try:
-                pack(outcome)
-                safe.append(outcome)
+                pack(result)
             except Exception as exc:  # noqa: BLE001
-                safe.append(("e", type(exc).__name__, f"the result cannot be pickled: {exc}"))
-        return pack(safe)
+                errors[position] = (type(exc).__name__, f"the result cannot be pickled: {exc}")
+                results[position] = None
+        packed = pack(results)
+    if errors:
+        return {"pr": packed, "pe": pack(errors)}
+    return {"pr": packed}
 
 
 def _initialize():

@@ -96,6 +96,45 @@ def test_a_task_past_its_timeout_fails_alone():
     assert isinstance(results[0], int) and isinstance(results[2], int)
 
 
+def test_a_chunk_that_times_out_fails_each_of_its_items_the_short_last_one_too():
+    items = [0] * 8 + [0, 30]
+    with corral.Pool(processes=2, timeout="500ms", retries=0) as pool:
+        results = pool.map(pool_tasks.sleep_for, items, chunksize=4, return_exceptions=True)
+    assert len(results) == len(items)
+    assert all(isinstance(r, int) for r in results[:8])
+    assert [r.kind for r in results[8:]] == ["timeout", "timeout"]
+
+
+def test_job_failed_survives_pickle():
+    import pickle
+
+    failure = corral.JobFailed("crashed", "worker 7 was killed", 3, 7, None, "item")
+    back = pickle.loads(pickle.dumps(failure))
+    assert (back.kind, back.message, back.attempts, back.worker, back.item) == (
+        "crashed",
+        "worker 7 was killed",
+        3,
+        7,
+        "item",
+    )
+    assert str(back) == str(failure)
+
+
+def test_progress_reaches_a_callback_and_a_tqdm_bar(capsys):
+    seen = []
+    with corral.Pool(
+        processes=2, progress=lambda done, failed: seen.append((done, failed))
+    ) as pool:
+        pool.map(pool_tasks.fail_on_three, range(10), chunksize=3, return_exceptions=True)
+    assert len(seen) == 10 and seen[-1] == (9, 1)
+    assert all(a[0] + a[1] + 1 == b[0] + b[1] for a, b in zip(seen, seen[1:]))
+    pytest.importorskip("tqdm")
+    with corral.Pool(processes=2, progress=True) as pool:
+        assert pool.map(pool_tasks.square, range(500)) == [i * i for i in range(500)]
+    bar = capsys.readouterr().err
+    assert "500/500" in bar and "100%" in bar, bar
+
+
 def test_the_initializer_runs_once_per_worker(tmp_path, monkeypatch):
     log = tmp_path / "inits"
     monkeypatch.setenv(pool_tasks.INIT_LOG, str(log))
