@@ -61,7 +61,8 @@ pub struct SchedulerConfig {
     pub max_batch_jobs: usize,
     /// Most input bytes in one batch (a single larger job still goes, alone).
     pub max_batch_bytes: usize,
-    /// Batches sent to one worker ahead of its answers.
+    /// Batches sent to one worker ahead of its answers (one once jobs prove slower than
+    /// `batch_target`).
     pub batches_in_flight: usize,
     /// Restart budget and backoff.
     pub restart: RestartPolicy,
@@ -1083,6 +1084,7 @@ impl Scheduler {
             return;
         }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        let depth = self.depth();
         loop {
             let mut sent = false;
             for &id in &ids {
@@ -1090,13 +1092,24 @@ impl Scheduler {
                     return;
                 }
                 let slot = &self.workers[&id];
-                if slot.takes_batches() && slot.in_flight.len() < self.cfg.batches_in_flight {
+                if slot.takes_batches() && slot.in_flight.len() < depth {
                     sent |= self.send_batch(id);
                 }
             }
             if !sent {
                 return;
             }
+        }
+    }
+
+    /// Batches one worker holds at once. More than one hides the round trip between an answer
+    /// and the next batch, which short jobs feel; a job slower than the batch target does not,
+    /// and one queued behind another on a busy worker at the end of the input would wait while
+    /// a worker beside it sits idle.
+    fn depth(&self) -> usize {
+        match self.per_job_nanos {
+            Some(nanos) if nanos >= self.cfg.batch_target.as_nanos() as f64 => 1,
+            _ => self.cfg.batches_in_flight,
         }
     }
 
@@ -1114,12 +1127,7 @@ impl Scheduler {
                 .filter(|s| s.phase == Phase::Ready)
                 .count()
                 .max(1);
-            size = size.min(
-                self.pending
-                    .len()
-                    .div_ceil(ready * self.cfg.batches_in_flight)
-                    .max(1),
-            );
+            size = size.min(self.pending.len().div_ceil(ready * self.depth()).max(1));
         }
         size
     }

@@ -1,5 +1,6 @@
 //! Unit tests of the scheduler's rules, driven by hand-made events and a fake clock.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult, WorkerId};
@@ -235,6 +236,38 @@ fn slow_jobs_go_one_per_batch_and_the_tail_is_spread() {
         }
     }
     assert_eq!(h.results.len(), 10);
+}
+
+#[test]
+fn a_worker_holds_one_slow_job_at_a_time_so_none_waits_behind_another() {
+    let mut h = Harness::new(config(2));
+    h.input((0..20).map(|i| job(i, "t")));
+    h.feed(Event::InputEnded);
+    h.ready(WorkerId(1), 101);
+    h.ready(WorkerId(2), 102);
+    // Before any answer the speed is unknown: each worker gets a batch ahead.
+    let mut held: HashMap<WorkerId, VecDeque<Batch>> = HashMap::new();
+    for (worker, batch) in h.take_sends() {
+        held.entry(worker).or_default().push_back(batch);
+    }
+    assert_eq!(held.values().map(VecDeque::len).collect::<Vec<_>>(), [2, 2]);
+    let mut answered = 0;
+    while answered < 20 {
+        let worker = *held
+            .iter()
+            .find(|(_, batches)| !batches.is_empty())
+            .expect("work is left")
+            .0;
+        let batch = held.get_mut(&worker).unwrap().pop_front().unwrap();
+        answered += batch.jobs.len();
+        // 40 ms a job: slower than the 16 ms target.
+        h.complete(worker, &batch, 40_000_000 * batch.jobs.len() as u64);
+        for (to, batch) in h.take_sends() {
+            assert!(held[&to].is_empty(), "a slow job was queued behind another");
+            held.get_mut(&to).unwrap().push_back(batch);
+        }
+    }
+    assert_eq!(h.results.len(), 20);
 }
 
 #[test]
