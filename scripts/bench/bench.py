@@ -440,6 +440,9 @@ def main():
         "--runs", type=int, default=5, help="runs of each fast contender (median taken)"
     )
     parser.add_argument("--py-runs", type=int, default=3, help="runs of each Python contender")
+    parser.add_argument(
+        "--pool-runs", type=int, default=5, help="rounds of the Python pools (pools.py)"
+    )
     parser.add_argument("--kills", type=int, default=200, help="kills for the recovery latency")
     parser.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = parser.parse_args()
@@ -463,10 +466,12 @@ def main():
     worker_rows, worker_lines = workers.report(
         python, python_kill, commands, args.py_runs, args.runs
     )
+    import pool_failures
     import pools  # imported here, as workers is
 
-    pool_best = pools.measure(args.py_runs, log=log)
-    pool_rows, pool_lines = pools.report(pool_best, pools.killed(log=log), args.py_runs)
+    pool_best = pools.measure(args.pool_runs, log=log)
+    failures = pool_failures.table(pools.python(), pools.environment(), log=log)
+    pool_rows, pool_lines = pools.report(pool_best, failures, args.pool_runs)
     total = time.time() - started
 
     corral = tiny["corral -j 2"]

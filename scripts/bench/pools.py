@@ -3,19 +3,20 @@ concurrent.futures.ProcessPoolExecutor, pebble and loky (from PyPI, installed in
 environment under target/tools on first use), two workers each, on
   (a) 200,000 tiny tasks (sum_squares of eight integers) and
   (b) 2,000 tasks of about 5 ms of CPU each,
-each pool at its best chunksize, interleaved rounds, medians; and what each pool does when one
-of its workers is SIGKILLed mid-run.
+each pool at its best chunksize, interleaved rounds, medians; and what each pool does when a
+worker is SIGKILLed, a task hangs or raises, or the parent is interrupted (pool_failures.py).
 
 Run alone: python3 scripts/bench/pools.py [ROUNDS] (after cargo build --release); it prints
 the markdown. Each measurement runs in a fresh interpreter: `pools.py --one POOL TASK CHUNK`.
 """
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
+
+import pool_failures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV = os.path.join(ROOT, "target", "tools", "bench-pools")
@@ -23,8 +24,8 @@ PEBBLE_VERSION = "5.2.3"
 LOKY_VERSION = "3.7.0"
 TINY = 200_000
 CPU = 2_000
-CHUNKS = {"tiny": (64, 256, 1024), "cpu": (1, 4, 16)}
-POOLS = ("corral.Pool", "multiprocessing.Pool", "ProcessPoolExecutor", "pebble", "loky")
+CHUNKS = {"tiny": (64, 256, 1024, 4096), "cpu": (1, 4, 16)}
+POOLS = pool_failures.POOLS
 
 
 def sum_squares(values):
@@ -37,15 +38,6 @@ def spin(n):
     for i in range(n):
         total += i * i
     return total
-
-
-def die_once(job):
-    """SIGKILLs its worker the first time it sees job 1000 (a marker file says it did)."""
-    n, marker = job
-    if n == 1000 and not os.path.exists(marker):
-        open(marker, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return n
 
 
 def workload(task):
@@ -104,13 +96,6 @@ def one(pool, task, chunk):
     print(f"{elapsed:.6f}")
 
 
-def kill_one(pool, marker):
-    """One worker SIGKILLed mid-run: prints how many results came back."""
-    items = [(i, marker) for i in range(4_000)]
-    results = run_pool(pool, die_once, items, 16)
-    print(len(results))
-
-
 def python():
     """An interpreter with pebble and loky, and this checkout's corral on its path."""
     exe = os.path.join(VENV, "bin", "python")
@@ -166,39 +151,6 @@ def measure(rounds, log=print):
     return best
 
 
-def killed(log=print):
-    """What each pool does when a worker is SIGKILLed mid-run (a deadline of 60 s)."""
-    exe, env = python(), environment()
-    outcomes = {}
-    for pool in POOLS:
-        marker = os.path.join(ROOT, "target", "bench", f"killed-{pool}")
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
-        if os.path.exists(marker):
-            os.remove(marker)
-        proc = subprocess.Popen(
-            [exe, __file__, "--kill", pool, marker],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            out, err = proc.communicate(timeout=60)
-            if proc.returncode == 0:
-                outcome = f"finishes: {out.strip()} of 4,000 results"
-            else:
-                last = (err.strip().splitlines() or ["?"])[-1]
-                outcome = f"fails: {last[:120]}"
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            outcome = "hangs: no end after 60 s (stopped)"
-        log(f"   {pool}: {outcome}")
-        outcomes[pool] = outcome
-    return outcomes
-
-
 def report(best, outcomes, rounds):
     rows = []
     lines = [
@@ -231,11 +183,10 @@ def report(best, outcomes, rounds):
             lines.append(f"| {names[task]} | {pool} | {t:.3f} s | {chunk} | {mark} |")
     lines += [
         "",
-        "A worker SIGKILLed mid-run (4,000 tasks, chunksize 16; 60 s deadline):",
+        "When things go wrong (`scripts/bench/pool_failures.py`; each scenario in a fresh "
+        f"interpreter, stopped after {pool_failures.DEADLINE} s):",
         "",
-        "| pool | what happens |",
-        "| --- | --- |",
-        *[f"| {pool} | {outcome} |" for pool, outcome in outcomes.items()],
+        *outcomes,
         "",
     ]
     return rows, lines
@@ -245,12 +196,11 @@ def main():
     if sys.argv[1:2] == ["--one"]:
         one(*sys.argv[2:5])
         return
-    if sys.argv[1:2] == ["--kill"]:
-        kill_one(*sys.argv[2:4])
-        return
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     best = measure(rounds, log=lambda m: print(m, file=sys.stderr, flush=True))
-    outcomes = killed(log=lambda m: print(m, file=sys.stderr, flush=True))
+    outcomes = pool_failures.table(
+        python(), environment(), log=lambda m: print(m, file=sys.stderr, flush=True)
+    )
     rows, lines = report(best, outcomes, rounds)
     for row in rows:
         print("| " + " | ".join(row) + " |")
