@@ -254,6 +254,13 @@ impl Inbox {
 
     fn next(&mut self) -> Received {
         loop {
+            // Gathering pays only when more than one answer can come: a worker holding a
+            // single request (a slow job goes alone) would only wait longer for its next one.
+            self.lines.gather = {
+                let pending = self.shared.lock();
+                let mut unanswered = pending.batches.iter().map(|b| b.len() - b.answered);
+                unanswered.next().unwrap_or(0) + unanswered.next().unwrap_or(0) > 1
+            };
             let line = match self.lines.next_line() {
                 Next::Line(line) => line,
                 Next::End => return Received::Closed,
@@ -379,6 +386,8 @@ struct LineSource {
     scanned: usize,
     /// No more bytes will come.
     ended: bool,
+    /// Whether to let answers gather for [`GATHER`] once some are there.
+    gather: bool,
 }
 
 impl LineSource {
@@ -396,6 +405,7 @@ impl LineSource {
             start: 0,
             scanned: 0,
             ended: false,
+            gather: true,
         }
     }
 
@@ -455,7 +465,9 @@ impl LineSource {
                         self.ended = true;
                         return;
                     }
-                    std::thread::sleep(GATHER);
+                    if self.gather {
+                        std::thread::sleep(GATHER);
+                    }
                 }
                 Err(_) => {
                     self.ended = true;
