@@ -251,8 +251,10 @@ class _Run:
             start_new_session=True,
         )
         self._feed_error = None
-        # The last chunk's (index, size) if it is not full.
-        self._short_chunk = (None, 0)
+        # The size of each chunk that is not full, by index.
+        self._sizes = {}
+        self._total = total
+        self._workers = pool._processes or len(os.sched_getaffinity(0))
         self._feeder = threading.Thread(
             target=self._feed, args=(name, iterable, star), name="corral-feed", daemon=True
         )
@@ -271,12 +273,13 @@ class _Run:
                     stdin.write(_encode_job(index, name, args))
             else:
                 items = iter(iterable)
-                for index in itertools.count():
-                    chunk = list(itertools.islice(items, self._chunksize))
+                for index, size in enumerate(self._chunk_sizes()):
+                    chunk = list(itertools.islice(items, size))
                     if not chunk:
                         break
                     if len(chunk) < self._chunksize:
-                        self._short_chunk = (index, len(chunk))
+                        with self._lock:
+                            self._sizes[index] = len(chunk)
                     if self._inputs is not None:
                         with self._lock:
                             self._inputs[index] = chunk
@@ -290,6 +293,24 @@ class _Run:
                 stdin.close()
             except BrokenPipeError:
                 pass
+
+    def _chunk_sizes(self):
+        """The size of each chunk: `chunksize`, but when the number of items is known, the last
+        few chunks' worth goes in quarter chunks, so that the workers run out of work together
+        instead of one finishing a whole chunk while the others wait."""
+        size = self._chunksize
+        if self._total is None:
+            return itertools.repeat(size)
+        tail = min(self._total, 2 * self._workers * size)
+        small = max(1, size // 4)
+        head = (self._total - tail) // size
+        rest = self._total - head * size
+        return itertools.chain(
+            itertools.repeat(size, head),
+            itertools.repeat(small, -(-rest // small)),
+            # Should the iterable hold more than its len() said.
+            itertools.repeat(size),
+        )
 
     def __iter__(self):
         return self
@@ -363,8 +384,8 @@ class _Run:
         elif self._chunksize == 1:
             size = 1
         else:
-            # Every chunk but the last is full.
-            size = self._short_chunk[1] if index == self._short_chunk[0] else self._chunksize
+            with self._lock:
+                size = self._sizes.get(index, self._chunksize)
         error = record.get("error", {})
         outcomes = [
             JobFailed(

@@ -99,10 +99,17 @@ def test_a_task_past_its_timeout_fails_alone():
 def test_a_chunk_that_times_out_fails_each_of_its_items_the_short_last_one_too():
     items = [0] * 8 + [0, 30]
     with corral.Pool(processes=2, timeout="500ms", retries=0) as pool:
-        results = pool.map(pool_tasks.sleep_for, items, chunksize=4, return_exceptions=True)
+        # A generator: its length unknown, every chunk is full but the last.
+        results = pool.map(pool_tasks.sleep_for, iter(items), chunksize=4, return_exceptions=True)
     assert len(results) == len(items)
     assert all(isinstance(r, int) for r in results[:8])
     assert [r.kind for r in results[8:]] == ["timeout", "timeout"]
+    # A list: its last chunks' worth (2 workers x 2 chunks) goes in quarter chunks, here of
+    # one item each, so the timeout fails its own item alone.
+    with corral.Pool(processes=2, timeout="500ms", retries=0) as pool:
+        results = pool.map(pool_tasks.sleep_for, items, chunksize=4, return_exceptions=True)
+    failed = [i for i, r in enumerate(results) if isinstance(r, corral.JobFailed)]
+    assert len(results) == len(items) and failed == [9]
 
 
 def test_job_failed_survives_pickle():
