@@ -127,6 +127,9 @@ def scenario(name, pool):
             got, errors = drain(it)
         print(describe(got, 100, errors))
     elif name == "interrupted":
+        # As in a terminal: a shell that started the benchmark in the background leaves SIGINT
+        # ignored, and Python then never raises KeyboardInterrupt.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with results(pool, sleep_for, [30] * 8) as it:
             print("started", flush=True)
             drain(it)

@@ -147,6 +147,7 @@ fn floor() -> io::Result<()> {
                 };
                 JobResult {
                     seq: job.seq,
+                    source: job.source,
                     key: ResultKey::Job {
                         id: job.id,
                         line: job.line,
