@@ -18,8 +18,8 @@ use corral_protocol::JobSeq;
 
 use crate::jobline;
 use crate::record::{
-    ErrorKind, InputItem, Job, JobError, JobId, JobResult, ResultKey, SharedBytes, TaskId,
-    TaskNames,
+    ErrorKind, InputItem, Job, JobError, JobId, JobResult, ResultKey, SharedBytes, SourceId,
+    TaskId, TaskNames,
 };
 use crate::resume::{FinishedKeys, Meeting, id_digest, line_digest};
 use crate::ring::{Home, Ring};
@@ -319,6 +319,8 @@ impl<R: Read> LineReader<R> {
 #[derive(Debug)]
 pub struct JobParser {
     format: InputFormat,
+    /// The source its jobs and rejected lines belong to.
+    source: SourceId,
     line: u64,
     next_seq: u64,
     /// The run's task names, which jobs refer to by number.
@@ -356,6 +358,7 @@ impl JobParser {
             exec_task: names
                 .intern(EXEC_TASK)
                 .expect("the second name of a run has room"),
+            source: SourceId::default(),
             line: 0,
             next_seq: 0,
             names,
@@ -365,6 +368,13 @@ impl JobParser {
             ring: Some(BlockRing::new(format.max_blocks)),
             format,
         }
+    }
+
+    /// Marks its jobs and rejected lines as coming from `source` (the default is
+    /// `SourceId(0)`, a run's only source).
+    pub fn with_source(mut self, source: SourceId) -> JobParser {
+        self.source = source;
+        self
     }
 
     /// Skips lines whose result is among `finished` (keys from [`crate::resume`]), and
@@ -570,6 +580,7 @@ impl JobParser {
         };
         InputItem::Job(Job {
             seq,
+            source: self.source,
             line: self.line,
             id,
             task,
@@ -602,6 +613,7 @@ impl JobParser {
         self.next_seq += 1;
         InputItem::Rejected(Box::new(JobResult {
             seq,
+            source: self.source,
             key,
             meta: None,
             attempts: 0,

@@ -359,7 +359,7 @@ fn write_all_results(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Completed, JobError};
+    use crate::record::{Completed, JobError, SourceId};
 
     fn line(result: &JobResult) -> String {
         let mut out = Vec::new();
@@ -371,6 +371,7 @@ mod tests {
     fn ok_results_splice_raw_json() {
         let result = JobResult {
             seq: corral_protocol::JobSeq(0),
+            source: SourceId::default(),
             key: ResultKey::Job {
                 id: b"17".to_vec().into(),
                 line: 3,
@@ -397,6 +398,7 @@ mod tests {
         error.signal = Some("SIGSEGV".into());
         let result = JobResult {
             seq: corral_protocol::JobSeq(0),
+            source: SourceId::default(),
             key: ResultKey::Job {
                 id: b"\"x\"".to_vec().into(),
                 line: 1,
@@ -424,6 +426,7 @@ mod tests {
     fn line_errors_name_the_line() {
         let result = JobResult {
             seq: corral_protocol::JobSeq(0),
+            source: SourceId::default(),
             key: ResultKey::Line(19),
             meta: None,
             attempts: 0,
@@ -449,6 +452,7 @@ mod tests {
     fn writer_writes_every_line_and_tally_counts_by_kind() {
         let ok = JobResult {
             seq: corral_protocol::JobSeq(0),
+            source: SourceId::default(),
             key: ResultKey::Line(1),
             meta: None,
             attempts: 1,
@@ -499,6 +503,7 @@ mod tests {
     fn after_a_write_error_only_the_results_written_whole_are_counted() {
         let result = |i: u64| JobResult {
             seq: corral_protocol::JobSeq(i),
+            source: SourceId::default(),
             key: ResultKey::Line(i),
             meta: Some(vec![b'1'; 1000].into()),
             attempts: 1,

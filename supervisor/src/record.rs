@@ -19,6 +19,8 @@ use crate::ring::{Home, Ring};
 pub struct Job {
     /// Its place in the input, from 0.
     pub seq: JobSeq,
+    /// Where it came from (a run has one source; a service one per connection).
+    pub source: SourceId,
     /// The 1-based line it came from, counted across all inputs.
     pub line: u64,
     /// The job's `id` as raw JSON (a string or a number).
@@ -32,6 +34,11 @@ pub struct Job {
     /// Attempts that ended in a crash or a timeout so far.
     pub failed_attempts: u32,
 }
+
+/// One stream of jobs fed to the engine, whose results go back to it alone: a run's inputs are
+/// one source, each connection to a service is another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SourceId(pub u32);
 
 /// A task name's number within one run (see [`TaskNames`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -291,6 +298,8 @@ pub enum ResultKey {
 pub struct JobResult {
     /// The answered item's place in the input (jobs and rejected lines share one count).
     pub seq: JobSeq,
+    /// The source of the job, which the result goes back to.
+    pub source: SourceId,
     /// Which job.
     pub key: ResultKey,
     /// The job's `meta`, echoed.
@@ -436,6 +445,7 @@ mod tests {
     fn job(seq: u64) -> Job {
         Job {
             seq: JobSeq(seq),
+            source: SourceId::default(),
             line: seq + 1,
             id: JobId::from(&b"1"[..]),
             task: TaskId(0),

@@ -30,7 +30,7 @@ use corral_protocol::{
 
 use crate::record::{
     Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, ResultKey, SharedBytes,
-    TaskId, TaskNames,
+    SourceId, TaskId, TaskNames,
 };
 
 mod queue;
@@ -346,6 +346,10 @@ pub enum Event {
         /// Why the supervisor killed it, if it did so for a reason the scheduler does not know.
         note: Option<String>,
     },
+    /// A source is gone (a client disconnected): its queued jobs are dropped without a result;
+    /// its jobs in flight finish, and their results are emitted as usual, for the edges to
+    /// discard.
+    DropSource(SourceId),
     /// The timer: each live worker's running word, read now.
     Tick {
         /// Worker and word.
@@ -631,6 +635,9 @@ impl Scheduler {
                     note,
                 } => self.on_gone(now, worker, exit, running, note),
                 Event::Tick { running } => self.on_tick(now, running),
+                Event::DropSource(source) => {
+                    self.outstanding -= self.pending.remove_source(source) as u64;
+                }
             }
         }
         if !self.stopped {
@@ -800,6 +807,7 @@ impl Scheduler {
             };
             self.emit(JobResult {
                 seq: job.seq,
+                source: job.source,
                 key: ResultKey::Job {
                     id: job.id,
                     line: job.line,
@@ -853,6 +861,7 @@ impl Scheduler {
                 self.outstanding -= 1;
                 self.emit(JobResult {
                     seq: job.seq,
+                    source: job.source,
                     key: ResultKey::Job {
                         id: job.id,
                         line: job.line,
@@ -1223,6 +1232,7 @@ impl Scheduler {
                 self.outstanding -= 1;
                 unknown.push(JobResult {
                     seq: job.seq,
+                    source: job.source,
                     key: ResultKey::Job {
                         id: job.id,
                         line: job.line,

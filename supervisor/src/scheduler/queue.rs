@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::record::{Job, Jobs};
+use crate::record::{Job, Jobs, SourceId};
 
 /// Jobs read together, in order.
 #[derive(Debug)]
@@ -102,6 +102,26 @@ impl JobQueue {
         self.bytes -= group.bytes;
         Some(group)
     }
+
+    /// Drops every job of `source`; returns how many there were.
+    pub(super) fn remove_source(&mut self, source: SourceId) -> usize {
+        let before = self.len;
+        for group in &mut self.groups {
+            let mut removed_bytes = 0;
+            group.jobs.retain(|job| {
+                let keep = job.source != source;
+                if !keep {
+                    removed_bytes += job.input.as_bytes().len();
+                }
+                keep
+            });
+            group.bytes -= removed_bytes;
+            self.bytes -= removed_bytes;
+        }
+        self.groups.retain(|group| !group.jobs.is_empty());
+        self.len = self.groups.iter().map(|group| group.jobs.len()).sum();
+        before - self.len
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +134,7 @@ mod tests {
         let task = TaskNames::default().intern("t").unwrap();
         seqs.map(|seq| Job {
             seq: JobSeq(seq),
+            source: SourceId((seq % 2) as u32),
             line: seq + 1,
             id: JobId::from(seq.to_string().into_bytes()),
             task,
@@ -156,5 +177,18 @@ mod tests {
         assert_eq!((queue.len(), queue.bytes()), (2, 4 + 5));
         assert_eq!(seqs(&mut queue), [3, 4]);
         assert!(queue.pop_group().is_none());
+    }
+
+    #[test]
+    fn a_source_dropped_takes_only_its_jobs_with_it() {
+        let mut queue = JobQueue::default();
+        queue.push_back(jobs(0..3, 0).into());
+        queue.push_back(jobs(3..4, 0).into());
+        queue.push_back(jobs(4..6, 0).into());
+        // Odd seqs are source 1: jobs 1, 3 and 5 go, and the group of job 3 with them.
+        assert_eq!(queue.remove_source(SourceId(1)), 3);
+        assert_eq!((queue.len(), queue.bytes()), (3, 1 + 3 + 5));
+        assert_eq!(seqs(&mut queue), [0, 2, 4]);
+        assert_eq!(queue.remove_source(SourceId(1)), 0);
     }
 }

@@ -7,7 +7,7 @@ use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult
 
 use super::{Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartFailure, WorkerExit};
 use crate::record::{
-    ErrorKind, InputChunk, Job, JobId, JobResult, Jobs, ResultKey, SharedBytes, TaskNames,
+    ErrorKind, InputChunk, Job, JobId, JobResult, Jobs, ResultKey, SharedBytes, SourceId, TaskNames,
 };
 
 /// A scheduler with a clock that only moves when told, and everything it emitted.
@@ -34,6 +34,7 @@ thread_local! {
 fn job(seq: u64, task: &str) -> Job {
     Job {
         seq: JobSeq(seq),
+        source: SourceId::default(),
         line: seq + 1,
         id: JobId::from((seq + 1).to_string().into_bytes()),
         task: NAMES.with(|names| names.intern(task).expect("few names")),
@@ -268,6 +269,39 @@ fn a_worker_holds_one_slow_job_at_a_time_so_none_waits_behind_another() {
         }
     }
     assert_eq!(h.results.len(), 20);
+}
+
+#[test]
+fn a_dropped_source_loses_its_queued_jobs_and_nothing_else() {
+    let mut h = Harness::new(config(1));
+    let of = |source: u32, seqs: std::ops::Range<u64>| {
+        seqs.map(move |seq| Job {
+            source: SourceId(source),
+            ..job(seq, "t")
+        })
+    };
+    h.input(of(1, 0..50).chain(of(2, 50..100)));
+    h.ready(WorkerId(1), 101);
+    let sends = h.take_sends();
+    assert!(!sends.is_empty());
+    // Source 1 leaves with its first batches in flight: those finish, the rest never runs.
+    h.feed(Event::DropSource(SourceId(1)));
+    h.feed(Event::InputEnded);
+    for (worker, batch) in sends {
+        h.complete(worker, &batch, 1_000);
+    }
+    h.drain(1_000);
+    let from = |source| {
+        h.results
+            .iter()
+            .filter(|r| r.source == SourceId(source))
+            .count()
+    };
+    assert_eq!(from(2), 50, "the other source has every result");
+    assert!(from(1) < 50, "the dropped source's queued jobs did not run");
+    assert_eq!(h.retires, [WorkerId(1)], "nothing is left outstanding");
+    h.die(WorkerId(1), WorkerExit::Code(0), RunningWord::IDLE);
+    assert!(h.finished);
 }
 
 #[test]
@@ -777,6 +811,7 @@ fn rejected_lines_are_emitted_at_once() {
     let mut h = Harness::new(config(1));
     let rejected = JobResult {
         seq: corral_protocol::JobSeq(0),
+        source: SourceId::default(),
         key: ResultKey::Line(3),
         meta: None,
         attempts: 0,
@@ -996,6 +1031,7 @@ fn a_crash_under_a_memory_limit_says_so() {
 fn rejected(seq: u64) -> JobResult {
     JobResult {
         seq: JobSeq(seq),
+        source: SourceId::default(),
         key: ResultKey::Line(seq + 1),
         meta: None,
         attempts: 0,
