@@ -7,10 +7,12 @@
 //!   process groups down even when corral is killed;
 //! - [`input`] and [`output`]: job lines in, result lines out ([`jobline`] scans each line);
 //!   [`resume`] for `--resume`; [`ring`] for the reused buffers that keep their memory fixed;
-//! - [`run`]: the runtime that wires them together for `corral run`;
+//! - [`engine`]: the loop that wires them together, fed by any number of sources, each with a
+//!   sink of its own; [`run`] drives it for `corral run`;
 //! - [`cli`]: the command-line definitions.
 
 pub mod cli;
+pub mod engine;
 pub mod input;
 pub mod jobline;
 pub mod keeper;

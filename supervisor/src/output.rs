@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::engine::Sink;
 use crate::record::{ErrorKind, JobResult, ResultKey};
 
 /// What the echo a job carries back ([`JobResult::meta`]) is, and the field it is written as.
@@ -225,6 +226,8 @@ pub struct WriterThread {
 
 #[derive(Default)]
 struct WriterState {
+    /// Results handed over, ever.
+    delivered: AtomicU64,
     /// Results handed over and not yet written (or dropped after an error).
     backlog: AtomicUsize,
     failed: AtomicBool,
@@ -267,15 +270,18 @@ impl WriterThread {
         }
     }
 
-    /// Hands results over; never waits.
-    pub fn send(&self, results: Vec<JobResult>) {
-        self.shared
-            .backlog
-            .fetch_add(results.len(), Ordering::Relaxed);
-        if let Some(tx) = &self.tx {
-            // The thread only stops after `tx` is dropped.
-            let _ = tx.send(results);
+    /// A sending side for the engine; the thread ends once it and [`WriterThread::close`]
+    /// have both let go.
+    pub fn sender(&self) -> ResultSender {
+        ResultSender {
+            tx: self.tx.clone().expect("a writer is closed only at the end"),
+            shared: self.shared.clone(),
         }
+    }
+
+    /// Results handed over so far.
+    pub fn delivered(&self) -> u64 {
+        self.shared.delivered.load(Ordering::Relaxed)
     }
 
     /// Results handed over and not yet written.
@@ -288,7 +294,8 @@ impl WriterThread {
         self.shared.failed.load(Ordering::Relaxed)
     }
 
-    /// Says no more results come; [`WriterThread::finished`] then tells when all are written.
+    /// Says no more results come from here; once every [`ResultSender`] is dropped too,
+    /// [`WriterThread::finished`] tells when all are written.
     pub fn close(&mut self) {
         self.tx.take();
     }
@@ -308,6 +315,30 @@ impl WriterThread {
             error: end.1.take(),
             abandoned,
         }
+    }
+}
+
+/// Hands results to a [`WriterThread`] without waiting: the sink of `corral run`'s one source.
+pub struct ResultSender {
+    tx: crossbeam_channel::Sender<Vec<JobResult>>,
+    shared: Arc<WriterState>,
+}
+
+impl Sink for ResultSender {
+    fn deliver(&mut self, results: Vec<JobResult>) {
+        let n = results.len();
+        self.shared.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        self.shared.backlog.fetch_add(n, Ordering::Relaxed);
+        // The thread only stops after every sender is dropped.
+        let _ = self.tx.send(results);
+    }
+
+    fn backlog(&self) -> usize {
+        self.shared.backlog.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
     }
 }
 

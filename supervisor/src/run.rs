@@ -1,42 +1,36 @@
-//! The runtime of `corral run`: wires the edges (input reader, pool, result writer, signals,
-//! timer, progress bar) to the scheduler on one thread, and carries out the scheduler's actions.
+//! `corral run`: its inputs, read in order, are the engine's one source, and its output the
+//! one sink (see [`crate::engine`]).
 //!
 //! Signals: the first SIGINT, SIGTERM or SIGHUP drains the run (no new jobs; batches in flight
 //! finish within the grace period and their results are written). A second signal, or the end
 //! of the grace period, kills the workers at once; results already complete (those held back
 //! for `--keep-order` too) are still written.
 //!
-//! The loop never waits on the output: results go to the writer thread without blocking, and
-//! while more than [`MAX_BACKLOG`] wait to be written no more input is taken, so a stalled
+//! Results go to the writer thread without blocking, and while more than
+//! [`crate::engine::MAX_BACKLOG`] wait to be written no more input is taken, so a stalled
 //! reader of the results holds memory bounded and signals, timeouts and the grace period are
 //! still enforced. At the end the run waits for the writer, but not past the grace period of a
 //! stop signal, nor past [`LAST_FLUSH`] after a second one.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use corral_protocol::{RunningWord, WorkerId};
-use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, tick, unbounded};
+use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbounded};
 
+use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Feed, Intake, Sink};
 use crate::input::{InputFormat, JobParser};
 use crate::output::{Echo, Tally, WriterThread};
-use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
-use crate::progress::Progress;
-use crate::record::{InputChunk, JobResult, Jobs, TaskNames};
+use crate::pool::PoolConfig;
+use crate::record::{InputChunk, Jobs, SourceId, TaskNames};
 use crate::resume::FinishedKeys;
 use crate::ring::Ring;
-use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
+use crate::scheduler::{RunCounters, SchedulerConfig};
 
 /// Items handed from the reader to the scheduler at once, at most.
 const INPUT_CHUNK: usize = 1024;
-/// How often deadlines, delayed restarts and the grace period are checked.
-const TICK: Duration = Duration::from_millis(20);
-/// Results waiting to be written past which no more input is taken.
-pub const MAX_BACKLOG: usize = 16 * 1024;
 /// How long results already complete may still take to be written once the run is stopped at
 /// once (a second signal, the end of the grace period).
 pub const LAST_FLUSH: Duration = Duration::from_secs(1);
@@ -113,104 +107,70 @@ pub struct RunReport {
     pub elapsed: Duration,
 }
 
-enum InputMsg {
-    Items(InputChunk),
-    Failed(String),
-}
-
 /// Runs every job of `config.sources` and writes one result line per job line to `output`.
 pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let started = Instant::now();
-    let (input_tx, input_rx) = bounded::<InputMsg>(1);
-    let sources = config.sources.clone();
-    let format = config.format.clone();
-    let finished = config.finished.clone();
-    let vectors = config.format.max_blocks;
-    let names = TaskNames::default();
-    let parser = JobParser::new(format, names.clone());
-    thread::Builder::new()
-        .name("corral-input".into())
-        .spawn(move || read_inputs(sources, parser, finished, vectors, input_tx))
-        .expect("spawning a thread");
-
     let echo = if config.format.plain_lines {
         Echo::Input
     } else {
         Echo::Meta
     };
-    let writer = WriterThread::start(output, echo);
+    let mut writer = WriterThread::start(output, echo);
 
-    let (signals_tx, signals_rx) = unbounded::<i32>();
-    let signals = forward_signals(signals_tx);
+    let names = TaskNames::default();
+    let parser = JobParser::new(config.format.clone(), names.clone());
+    let (intake_tx, intake_rx) = bounded::<Intake>(1);
+    let sources = config.sources.clone();
+    let finished = config.finished.clone();
+    let vectors = config.format.max_blocks;
+    let sink: Box<dyn Sink> = Box::new(writer.sender());
+    thread::Builder::new()
+        .name("corral-input".into())
+        .spawn(move || read_inputs(sources, parser, finished, vectors, sink, intake_tx))
+        .expect("spawning a thread");
 
-    let (events_tx, events_rx) = unbounded::<PoolEvent>();
-    let spawner = Spawner::new(config.pool.clone(), events_tx);
-    let seed = getrandom::u64().unwrap_or(1);
-    let mut runtime = Runtime {
-        scheduler: Scheduler::new(config.scheduler.clone(), names, Instant::now(), seed),
-        spawner,
-        handles: HashMap::new(),
-        writer,
-        emitted: 0,
-        measure_rss: config.scheduler.max_rss.is_some(),
-        grace: config.grace,
-        progress: config.progress.then(Progress::new),
-        end: None,
-        input_error: None,
-        input_complete: false,
-        read: 0,
-        interrupted: None,
-        grace_until: None,
-        finished: false,
+    let (control_tx, control_rx) = unbounded::<Control>();
+    let signals = forward_signals(control_tx);
+    let engine = Engine::new(
+        EngineConfig {
+            scheduler: config.scheduler.clone(),
+            pool: config.pool.clone(),
+            grace: config.grace,
+            progress: config.progress,
+        },
+        names,
+    );
+    let report = engine.run(&intake_rx, &control_rx);
+
+    writer.close();
+    let mut interrupted = match report.end {
+        EngineEnd::Interrupted(signal) => Some(signal),
+        _ => None,
     };
-    runtime.step(Event::Tick {
-        running: Vec::new(),
-    });
-    runtime.event_loop(&input_rx, &events_rx, &signals_rx);
-
-    let stopped_at_once = !runtime.finished;
-    if stopped_at_once {
-        // Stopped early: what is complete still goes out (in order, under --keep-order), and
-        // every worker goes down now.
-        let held = runtime.scheduler.abandon();
-        runtime.emit(held);
-        for handle in runtime.handles.values() {
-            handle.kill();
-        }
-    }
-    if let Some(progress) = &runtime.progress {
-        progress.finish();
-    }
-    runtime.writer.close();
-    runtime.wait_for_writer(&signals_rx, stopped_at_once);
+    wait_for_writer(
+        &writer,
+        &control_rx,
+        config.grace,
+        report.grace_until,
+        report.stopped_at_once,
+        &mut interrupted,
+    );
     if let Some(handle) = signals {
         handle.close();
     }
-    let counters = runtime.scheduler.counters();
-    let end = runtime
-        .end
-        .take()
-        .or_else(|| runtime.interrupted.map(RunEnd::Interrupted))
-        .or_else(|| {
-            runtime
-                .scheduler
-                .halt_reason()
-                .map(|r| RunEnd::Halted(r.to_owned()))
-        })
-        .or_else(|| runtime.input_error.take().map(RunEnd::InputFailed));
-    let input_complete = runtime.input_complete;
-    let Runtime {
-        writer,
-        spawner,
-        emitted,
-        ..
-    } = runtime;
-    drop(spawner);
+    let delivered = writer.delivered();
     let written = writer.outcome();
-    let unwritten = emitted - written.tally.total();
+    let unwritten = delivered - written.tally.total();
     if written.abandoned {
         tracing::warn!("the output is stalled: {unwritten} results complete were not written");
     }
+    let end = match report.end {
+        EngineEnd::Fatal(message) => Some(RunEnd::Fatal(message)),
+        EngineEnd::Halted(message) => Some(RunEnd::Halted(message)),
+        EngineEnd::Interrupted(_) | EngineEnd::Completed | EngineEnd::SinkFailed => None,
+    }
+    .or_else(|| interrupted.map(RunEnd::Interrupted))
+    .or_else(|| report.source_error.map(RunEnd::InputFailed));
     let end = match (end, written.error) {
         (Some(end), _) => end,
         (None, Some(err)) => RunEnd::OutputFailed(err.kind(), err.to_string()),
@@ -218,246 +178,55 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     };
     RunReport {
         tally: written.tally,
-        counters,
+        counters: report.counters,
         unwritten,
-        input_complete,
+        input_complete: report.sources_complete,
         end,
         elapsed: started.elapsed(),
     }
 }
 
-struct Runtime {
-    scheduler: Scheduler,
-    spawner: Spawner,
-    handles: HashMap<WorkerId, WorkerHandle>,
-    writer: WriterThread,
-    /// Results handed to the writer.
-    emitted: u64,
-    measure_rss: bool,
+/// Waits until every result is written, but not past the grace period of a stop signal,
+/// nor past [`LAST_FLUSH`] once the run was stopped at once; a further signal ends the wait.
+fn wait_for_writer(
+    writer: &WriterThread,
+    control_rx: &Receiver<Control>,
     grace: Duration,
-    progress: Option<Progress>,
-    end: Option<RunEnd>,
-    /// Why input stopped early, if it did; the jobs read before still run.
-    input_error: Option<String>,
-    input_complete: bool,
-    /// Items read so far, for the progress bar's total.
-    read: u64,
-    /// The first stop signal, once received.
-    interrupted: Option<i32>,
     grace_until: Option<Instant>,
-    finished: bool,
-}
-
-impl Runtime {
-    fn event_loop(
-        &mut self,
-        input_rx: &Receiver<InputMsg>,
-        events_rx: &Receiver<PoolEvent>,
-        signals_rx: &Receiver<i32>,
-    ) {
-        let ticker = tick(TICK);
-        let no_input = never();
-        let mut input_open = true;
-        while !self.finished && self.end.is_none() {
-            if self.writer.failed() {
-                return;
-            }
-            let input = if input_open
-                && self.scheduler.wants_input()
-                && self.writer.backlog() < MAX_BACKLOG
-            {
-                input_rx
-            } else {
-                &no_input
-            };
-            let event = select! {
-                recv(events_rx) -> event => match event {
-                    Ok(event) => self.pool_event(event),
-                    Err(_) => unreachable!("the spawner holds a sender while the runtime lives"),
-                },
-                recv(input) -> msg => match msg {
-                    Ok(InputMsg::Items(items)) => {
-                        self.read += items.len() as u64;
-                        Event::Input(items)
-                    }
-                    Ok(InputMsg::Failed(message)) => {
-                        // Said once, at the end, as the reason the run stopped short.
-                        self.input_error = Some(message);
-                        input_open = false;
-                        Event::InputEnded
-                    }
-                    Err(_) => {
-                        input_open = false;
-                        self.input_complete = true;
-                        if let Some(progress) = &self.progress {
-                            progress.set_total(self.read);
-                        }
-                        Event::InputEnded
-                    }
-                },
-                recv(signals_rx) -> signal => match self.on_signal(signal.expect("the signal thread outlives the loop")) {
-                    Some(event) => event,
-                    None => return,
-                },
-                recv(ticker) -> _ => {
-                    if self.grace_until.is_some_and(|until| Instant::now() >= until) {
-                        tracing::warn!("grace period over: killing the workers");
-                        return;
-                    }
-                    Event::Tick { running: self.handles.iter().map(|(&id, h)| (id, h.running.load())).collect() }
+    stopped_at_once: bool,
+    interrupted: &mut Option<i32>,
+) {
+    let mut until = if stopped_at_once {
+        Some(Instant::now() + LAST_FLUSH)
+    } else {
+        grace_until
+    };
+    loop {
+        let deadline = until.map_or_else(never, |t| {
+            after(t.saturating_duration_since(Instant::now()))
+        });
+        select! {
+            recv(writer.finished()) -> _ => return,
+            recv(deadline) -> _ => return,
+            recv(control_rx) -> message => {
+                let Ok(Control::Stop(signal)) = message else { return };
+                if interrupted.is_some() {
+                    return;
                 }
-            };
-            self.step(event);
-        }
-    }
-
-    /// The first stop signal drains; a second one ends the loop (the caller kills the workers).
-    fn on_signal(&mut self, signal: i32) -> Option<Event> {
-        let name = nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
-        if self.interrupted.is_some() {
-            tracing::warn!("{name} again: killing the workers");
-            return None;
-        }
-        self.interrupted = Some(signal);
-        self.grace_until = Some(Instant::now() + self.grace);
-        tracing::warn!(
-            "{name}: finishing the batches in flight (at most {}), then stopping; send it again to stop at once",
-            humantime::format_duration(self.grace)
-        );
-        Some(Event::Drain)
-    }
-
-    fn pool_event(&mut self, event: PoolEvent) -> Event {
-        match event {
-            PoolEvent::Started(started) => {
-                let (worker, tasks, job_ids, handle) = WorkerHandle::new(started);
-                let pid = handle.pid;
-                self.handles.insert(worker, handle);
-                Event::WorkerReady {
-                    worker,
-                    pid,
-                    tasks,
-                    job_ids,
-                }
-            }
-            PoolEvent::StartFailed { worker, failure } => {
-                tracing::warn!("worker failed to start: {}", failure.message);
-                Event::WorkerStartFailed { worker, failure }
-            }
-            PoolEvent::Done { worker, done } => {
-                let rss = if self.measure_rss {
-                    self.handles
-                        .get(&worker)
-                        .and_then(|h| resident_bytes(h.pid))
-                } else {
-                    None
-                };
-                Event::BatchDone { worker, done, rss }
-            }
-            PoolEvent::Gone { worker, exit, note } => {
-                // A worker's Started always comes before its Gone (one thread sends both), so
-                // the handle is there; without one, nothing is known of what it ran.
-                let running = match self.handles.remove(&worker) {
-                    Some(handle) => {
-                        if handle.retired() {
-                            tracing::info!(pid = handle.pid, "worker {exit}");
-                        } else {
-                            tracing::warn!(pid = handle.pid, "worker {exit}");
-                        }
-                        handle.running.load()
-                    }
-                    None => RunningWord::IDLE,
-                };
-                Event::WorkerGone {
-                    worker,
-                    exit,
-                    running,
-                    note,
-                }
-            }
-        }
-    }
-
-    fn step(&mut self, event: Event) {
-        for action in self.scheduler.handle(Instant::now(), event) {
-            match action {
-                Action::Spawn(worker) => self.spawner.spawn(worker),
-                Action::Send { worker, batch } => {
-                    if let Some(handle) = self.handles.get(&worker) {
-                        handle.send(batch);
-                    }
-                }
-                Action::Kill { worker, why } => {
-                    if let Some(handle) = self.handles.get(&worker) {
-                        tracing::warn!(pid = handle.pid, "killing worker: {why}");
-                        handle.kill();
-                    }
-                }
-                Action::Retire { worker, recycled } => {
-                    if let Some(handle) = self.handles.get_mut(&worker) {
-                        if let Some(why) = recycled {
-                            tracing::info!(pid = handle.pid, "recycling worker: {why}");
-                        }
-                        handle.retire();
-                    }
-                }
-                Action::Note(message) => tracing::warn!("{message}"),
-                Action::Emit(results) => self.emit(results),
-                Action::Fatal(message) => self.end = Some(RunEnd::Fatal(message)),
-                Action::Abort(message) => self.end = Some(RunEnd::Halted(message)),
-                Action::Finished => self.finished = true,
+                *interrupted = Some(signal);
+                let limit = Instant::now() + grace;
+                until = Some(until.map_or(limit, |t| t.min(limit)));
+                tracing::warn!(
+                    "stop signal: waiting at most {} for the results to be written",
+                    humantime::format_duration(grace)
+                );
             }
         }
     }
 }
 
-impl Runtime {
-    fn emit(&mut self, results: Vec<JobResult>) {
-        if results.is_empty() {
-            return;
-        }
-        if let Some(progress) = &self.progress {
-            progress.record(&results, self.scheduler.counters().restarts);
-        }
-        self.emitted += results.len() as u64;
-        self.writer.send(results);
-    }
-
-    /// Waits until every result is written, but not past the grace period of a stop signal,
-    /// nor past [`LAST_FLUSH`] once the run was stopped at once; a further signal ends the wait.
-    fn wait_for_writer(&mut self, signals_rx: &Receiver<i32>, stopped_at_once: bool) {
-        let mut until = if stopped_at_once {
-            Some(Instant::now() + LAST_FLUSH)
-        } else {
-            self.grace_until
-        };
-        loop {
-            let deadline = until.map_or_else(never, |t| {
-                after(t.saturating_duration_since(Instant::now()))
-            });
-            select! {
-                recv(self.writer.finished()) -> _ => return,
-                recv(deadline) -> _ => return,
-                recv(signals_rx) -> signal => {
-                    let Ok(signal) = signal else { return };
-                    if self.interrupted.is_some() {
-                        return;
-                    }
-                    self.interrupted = Some(signal);
-                    let grace = Instant::now() + self.grace;
-                    until = Some(until.map_or(grace, |t| t.min(grace)));
-                    tracing::warn!(
-                        "stop signal: waiting at most {} for the results to be written",
-                        humantime::format_duration(self.grace)
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// Forwards SIGINT, SIGTERM and SIGHUP to the runtime. Returns a handle to stop forwarding.
-fn forward_signals(tx: Sender<i32>) -> Option<signal_hook::iterator::Handle> {
+/// Forwards SIGINT, SIGTERM and SIGHUP to the engine. Returns a handle to stop forwarding.
+fn forward_signals(tx: Sender<Control>) -> Option<signal_hook::iterator::Handle> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(signals) => signals,
@@ -471,7 +240,7 @@ fn forward_signals(tx: Sender<i32>) -> Option<signal_hook::iterator::Handle> {
         .name("corral-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                if tx.send(signal).is_err() {
+                if tx.send(Control::Stop(signal)).is_err() {
                     return;
                 }
             }
@@ -480,13 +249,31 @@ fn forward_signals(tx: Sender<i32>) -> Option<signal_hook::iterator::Handle> {
     Some(handle)
 }
 
+/// Reads every input in order as source 0: opens it with `sink`, says no other source comes,
+/// then sends its jobs and its end.
 fn read_inputs(
     sources: Vec<Source>,
     mut parser: JobParser,
     finished: Option<FinishedKeys>,
     vectors: usize,
-    tx: Sender<InputMsg>,
+    sink: Box<dyn Sink>,
+    tx: Sender<Intake>,
 ) {
+    const SOURCE: SourceId = SourceId(0);
+    let send = |feed: Feed| {
+        tx.send(Intake::Feed {
+            source: SOURCE,
+            feed,
+        })
+        .is_ok()
+    };
+    let opened = tx.send(Intake::Open {
+        source: SOURCE,
+        sink,
+    });
+    if opened.is_err() || tx.send(Intake::Seal).is_err() {
+        return;
+    }
     if let Some(finished) = finished {
         parser.resume(finished);
     }
@@ -500,7 +287,7 @@ fn read_inputs(
             Source::File(path) => match File::open(path) {
                 Ok(file) => Box::new(file),
                 Err(err) => {
-                    let _ = tx.send(InputMsg::Failed(format!(
+                    send(Feed::Failed(format!(
                         "cannot open {}: {err}",
                         path.display()
                     )));
@@ -516,7 +303,7 @@ fn read_inputs(
             filling.push(item);
             if filling.len() >= INPUT_CHUNK || would_wait {
                 let full = chunk.take().expect("just filled");
-                return tx.send(InputMsg::Items(full)).is_ok();
+                return send(Feed::Jobs(full));
             }
             true
         });
@@ -525,9 +312,9 @@ fn read_inputs(
             Ok(false) => return,
             Err(err) => {
                 if let Some(full) = chunk.take() {
-                    let _ = tx.send(InputMsg::Items(full));
+                    send(Feed::Jobs(full));
                 }
-                let _ = tx.send(InputMsg::Failed(format!(
+                send(Feed::Failed(format!(
                     "cannot read {}: {err}",
                     source.name()
                 )));
@@ -536,6 +323,7 @@ fn read_inputs(
         }
     }
     if let Some(full) = chunk.take().filter(|chunk| !chunk.is_empty()) {
-        let _ = tx.send(InputMsg::Items(full));
+        send(Feed::Jobs(full));
     }
+    send(Feed::Ended);
 }

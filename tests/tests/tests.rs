@@ -5,6 +5,7 @@ mod util;
 
 mod bad_input;
 mod batch;
+mod engine;
 mod exec;
 mod hardening;
 mod operate;

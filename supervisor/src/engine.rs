@@ -1,0 +1,727 @@
+//! The engine every mode drives: one scheduler and its pool of workers, fed by any number of
+//! sources, each answered through its own sink. `corral run` is one source (its inputs, read
+//! in order) and one sink (its output); a service is one of each per connection.
+//!
+//! Everything about sources comes on one channel of [`Intake`], in the order it was sent:
+//! `Open` gives a source its sink, then its chunks of parsed jobs follow, then its end (or why it
+//! could not be read to its end); `Seal` says no source will be opened after it, so the engine
+//! ends once each source has ended and been answered. What must not wait for room in the queue
+//! comes through [`Control`]: `Close` drops what a source still has queued (its jobs in flight
+//! finish, their results are discarded), and `Stop` is a stop signal: the first drains (no new
+//! batch; the batches in flight finish within the grace period), a second one, or the end of
+//! the grace period, ends the engine at once.
+//!
+//! The loop never waits on a sink: results are handed over without blocking, and while more
+//! than [`MAX_BACKLOG`] wait to be written, summed over the sinks, no more input is taken, so
+//! memory stays bounded and signals, timeouts and the grace period are still enforced.
+
+use std::collections::{HashMap, HashSet};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use corral_protocol::{RunningWord, WorkerId};
+use crossbeam_channel::{Receiver, Sender, bounded, never, select, tick, unbounded};
+
+use crate::input::{InputFormat, JobParser};
+use crate::output::{Echo, format_result};
+use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
+use crate::progress::Progress;
+use crate::record::{InputChunk, JobResult, SourceId, TaskNames};
+use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
+
+/// How often deadlines, delayed restarts and the grace period are checked.
+const TICK: Duration = Duration::from_millis(20);
+/// Results waiting to be written past which no more input is taken.
+pub const MAX_BACKLOG: usize = 16 * 1024;
+
+/// What the engine needs to know.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Scheduling rules.
+    pub scheduler: SchedulerConfig,
+    /// How to start workers.
+    pub pool: PoolConfig,
+    /// How long batches in flight may take to finish after the first stop signal.
+    pub grace: Duration,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Where one source's results go.
+pub trait Sink: Send {
+    /// Takes results of the source's jobs; must not wait.
+    fn deliver(&mut self, results: Vec<JobResult>);
+    /// Results handed over and not yet written.
+    fn backlog(&self) -> usize;
+    /// Whether results can no longer be written (a write failed, the client is gone).
+    fn failed(&self) -> bool;
+}
+
+/// What a source sends.
+#[derive(Debug)]
+pub enum Feed {
+    /// Jobs read, and lines that could not be (their results are ready).
+    Jobs(InputChunk),
+    /// The source could not be read to its end; what it sent before still runs.
+    Failed(String),
+    /// The source has nothing more.
+    Ended,
+}
+
+/// Sources opening, what they send, and the end of sources; taken only while the queue has
+/// room.
+pub enum Intake {
+    /// A new source, whose results go to `sink`. Each source opened has a higher id than the
+    /// one before.
+    Open {
+        /// Which source.
+        source: SourceId,
+        /// Where its results go.
+        sink: Box<dyn Sink>,
+    },
+    /// What a source sends.
+    Feed {
+        /// Which source.
+        source: SourceId,
+        /// What it sends.
+        feed: Feed,
+    },
+    /// No source will be opened after this.
+    Seal,
+}
+
+/// What is taken at once.
+#[derive(Debug)]
+pub enum Control {
+    /// The source is gone: its queued jobs are dropped, its results from now on discarded.
+    Close(SourceId),
+    /// A stop signal (its number).
+    Stop(i32),
+}
+
+/// How the engine ended, besides every source answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEnd {
+    /// Every source was answered in full.
+    Completed,
+    /// Stopped by a signal (its number); jobs not run have no result.
+    Interrupted(i32),
+    /// Stopped by `--halt`; the message says why.
+    Halted(String),
+    /// The workers could not be run (configuration error); the message says why.
+    Fatal(String),
+    /// A sink failed while no other source could still come.
+    SinkFailed,
+}
+
+/// What the engine did.
+#[derive(Debug)]
+pub struct EngineReport {
+    /// How it ended.
+    pub end: EngineEnd,
+    /// Whether it had to stop at once (a second signal, the end of the grace period, a fatal
+    /// error, `--halt now`, a failed sink) rather than with every worker retired.
+    pub stopped_at_once: bool,
+    /// Restarts, recycles, jobs not run.
+    pub counters: RunCounters,
+    /// The first source error (a source that could not be read to its end), if any.
+    pub source_error: Option<String>,
+    /// Whether every source was read to its end.
+    pub sources_complete: bool,
+    /// When the grace period of a stop signal ends, if one was received.
+    pub grace_until: Option<Instant>,
+}
+
+struct Source {
+    sink: Box<dyn Sink>,
+    /// Items (jobs and rejected lines) received, and results delivered.
+    read: u64,
+    answered: u64,
+    ended: bool,
+}
+
+/// The engine: see the module documentation.
+pub struct Engine {
+    scheduler: Scheduler,
+    spawner: Spawner,
+    pool_events: Receiver<PoolEvent>,
+    handles: HashMap<WorkerId, WorkerHandle>,
+    sources: HashMap<SourceId, Source>,
+    /// Sources closed before they were opened (their `Open` still waited in the intake).
+    closed_early: HashSet<SourceId>,
+    last_opened: Option<SourceId>,
+    sealed: bool,
+    measure_rss: bool,
+    grace: Duration,
+    progress: Option<Progress>,
+    end: Option<EngineEnd>,
+    source_error: Option<String>,
+    sources_complete: bool,
+    /// Items received so far, for the progress bar's total.
+    read: u64,
+    /// The first stop signal, once received.
+    interrupted: Option<i32>,
+    grace_until: Option<Instant>,
+    input_ended_sent: bool,
+    finished: bool,
+}
+
+impl Engine {
+    /// An engine whose jobs number their tasks in `names`; its first workers start at once.
+    pub fn new(config: EngineConfig, names: TaskNames) -> Engine {
+        let (events_tx, pool_events) = unbounded::<PoolEvent>();
+        let spawner = Spawner::new(config.pool.clone(), events_tx);
+        let seed = getrandom::u64().unwrap_or(1);
+        let mut engine = Engine {
+            scheduler: Scheduler::new(config.scheduler.clone(), names, Instant::now(), seed),
+            spawner,
+            pool_events,
+            handles: HashMap::new(),
+            sources: HashMap::new(),
+            closed_early: HashSet::new(),
+            last_opened: None,
+            sealed: false,
+            measure_rss: config.scheduler.max_rss.is_some(),
+            grace: config.grace,
+            progress: config.progress.then(Progress::new),
+            end: None,
+            source_error: None,
+            sources_complete: true,
+            read: 0,
+            interrupted: None,
+            grace_until: None,
+            input_ended_sent: false,
+            finished: false,
+        };
+        engine.step(Event::Tick {
+            running: Vec::new(),
+        });
+        engine
+    }
+
+    /// Runs until every source is answered after [`Intake::Seal`], or until it must stop.
+    /// Every worker is gone when it returns, and every sink dropped.
+    pub fn run(mut self, intake: &Receiver<Intake>, control: &Receiver<Control>) -> EngineReport {
+        self.event_loop(intake, control);
+        let stopped_at_once = !self.finished;
+        if stopped_at_once {
+            // Stopped early: what is complete still goes out (in order, under --keep-order),
+            // and every worker goes down now.
+            let held = self.scheduler.abandon();
+            self.emit(held);
+            for handle in self.handles.values() {
+                handle.kill();
+            }
+        }
+        if let Some(progress) = &self.progress {
+            progress.finish();
+        }
+        let end = self
+            .end
+            .take()
+            .or_else(|| self.interrupted.map(EngineEnd::Interrupted))
+            .or_else(|| {
+                self.scheduler
+                    .halt_reason()
+                    .map(|r| EngineEnd::Halted(r.to_owned()))
+            })
+            .unwrap_or(EngineEnd::Completed);
+        let sources_complete = self.sources_complete && self.sources.values().all(|s| s.ended);
+        EngineReport {
+            end,
+            stopped_at_once,
+            counters: self.scheduler.counters(),
+            source_error: self.source_error.take(),
+            sources_complete,
+            grace_until: self.grace_until,
+        }
+    }
+
+    fn event_loop(&mut self, intake_rx: &Receiver<Intake>, control_rx: &Receiver<Control>) {
+        let ticker = tick(TICK);
+        let no_intake = never();
+        let mut intake_open = true;
+        let mut control_open = true;
+        let no_control = never();
+        while !self.finished && self.end.is_none() {
+            if self.sinks_failed() {
+                return;
+            }
+            let backlog: usize = self.sources.values().map(|s| s.sink.backlog()).sum();
+            let intake = if intake_open && self.scheduler.wants_input() && backlog < MAX_BACKLOG {
+                intake_rx
+            } else {
+                &no_intake
+            };
+            let control = if control_open {
+                control_rx
+            } else {
+                &no_control
+            };
+            let event = select! {
+                recv(self.pool_events) -> event => match event {
+                    Ok(event) => self.pool_event(event),
+                    Err(_) => unreachable!("the spawner holds a sender while the engine lives"),
+                },
+                recv(intake) -> msg => match msg {
+                    Ok(message) => match self.on_intake(message) {
+                        Some(event) => event,
+                        None => continue,
+                    },
+                    // Every sender is gone: nothing more can come.
+                    Err(_) => {
+                        intake_open = false;
+                        self.sealed = true;
+                        for source in self.sources.values_mut() {
+                            if !source.ended {
+                                // It never said it ended: it may not have been read in full.
+                                source.ended = true;
+                                self.sources_complete = false;
+                            }
+                        }
+                        let ids: Vec<SourceId> = self.sources.keys().copied().collect();
+                        for id in ids {
+                            self.complete_if_answered(id);
+                        }
+                        match self.input_ended() {
+                            Some(event) => event,
+                            None => continue,
+                        }
+                    }
+                },
+                recv(control) -> msg => match msg {
+                    Ok(message) => match self.on_control(message) {
+                        Ok(Some(event)) => event,
+                        Ok(None) => continue,
+                        Err(()) => return,
+                    },
+                    Err(_) => {
+                        control_open = false;
+                        continue;
+                    }
+                },
+                recv(ticker) -> _ => {
+                    if self.grace_until.is_some_and(|until| Instant::now() >= until) {
+                        tracing::warn!("grace period over: killing the workers");
+                        return;
+                    }
+                    Event::Tick { running: self.handles.iter().map(|(&id, h)| (id, h.running.load())).collect() }
+                }
+            };
+            self.step(event);
+        }
+    }
+
+    /// Drops the sources whose sink failed; true when that leaves nothing to run for.
+    fn sinks_failed(&mut self) -> bool {
+        let failed: Vec<SourceId> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.sink.failed())
+            .map(|(&id, _)| id)
+            .collect();
+        if failed.is_empty() {
+            return false;
+        }
+        for source in failed {
+            self.sources.remove(&source);
+            self.step(Event::DropSource(source));
+        }
+        if self.sealed && self.sources.is_empty() {
+            self.end = Some(EngineEnd::SinkFailed);
+            return true;
+        }
+        false
+    }
+
+    fn on_intake(&mut self, message: Intake) -> Option<Event> {
+        let (source, feed) = match message {
+            Intake::Open { source, sink } => {
+                self.last_opened = Some(source);
+                if !self.closed_early.remove(&source) {
+                    self.sources.insert(
+                        source,
+                        Source {
+                            sink,
+                            read: 0,
+                            answered: 0,
+                            ended: false,
+                        },
+                    );
+                }
+                return None;
+            }
+            Intake::Seal => {
+                self.sealed = true;
+                return self.input_ended();
+            }
+            Intake::Feed { source, feed } => (source, feed),
+        };
+        let Some(state) = self.sources.get_mut(&source) else {
+            // A source closed (or never opened): what it still sends is dropped.
+            return None;
+        };
+        match feed {
+            Feed::Jobs(chunk) => {
+                state.read += chunk.len() as u64;
+                self.read += chunk.len() as u64;
+                Some(Event::Input(chunk))
+            }
+            Feed::Failed(message) => {
+                // Said once, at the end, as the reason the run stopped short.
+                self.source_error.get_or_insert(message);
+                self.sources_complete = false;
+                state.ended = true;
+                self.after_end(source)
+            }
+            Feed::Ended => {
+                state.ended = true;
+                self.after_end(source)
+            }
+        }
+    }
+
+    /// A source ended: it is complete once answered, and the whole input may have ended.
+    fn after_end(&mut self, source: SourceId) -> Option<Event> {
+        self.complete_if_answered(source);
+        self.input_ended()
+    }
+
+    /// `InputEnded` for the scheduler once sealed and every source has ended.
+    fn input_ended(&mut self) -> Option<Event> {
+        if self.input_ended_sent || !self.sealed || !self.sources.values().all(|s| s.ended) {
+            return None;
+        }
+        self.input_ended_sent = true;
+        if let Some(progress) = &self.progress {
+            progress.set_total(self.read);
+        }
+        Some(Event::InputEnded)
+    }
+
+    fn complete_if_answered(&mut self, source: SourceId) {
+        if self
+            .sources
+            .get(&source)
+            .is_some_and(|s| s.ended && s.answered == s.read)
+        {
+            // Dropping the sink tells its owner that every result is in.
+            self.sources.remove(&source);
+        }
+    }
+
+    /// Err when the engine must end at once.
+    fn on_control(&mut self, message: Control) -> Result<Option<Event>, ()> {
+        match message {
+            Control::Close(source) => {
+                let not_opened_yet = self.last_opened.is_none_or(|last| source > last);
+                if self.sources.remove(&source).is_none() && not_opened_yet {
+                    self.closed_early.insert(source);
+                }
+                self.step(Event::DropSource(source));
+                Ok(self.input_ended())
+            }
+            Control::Stop(signal) => self.on_signal(signal).map(Some).ok_or(()),
+        }
+    }
+
+    /// The first stop signal drains; a second one ends the loop (the caller kills the workers).
+    fn on_signal(&mut self, signal: i32) -> Option<Event> {
+        let name = nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
+        if self.interrupted.is_some() {
+            tracing::warn!("{name} again: killing the workers");
+            return None;
+        }
+        self.interrupted = Some(signal);
+        self.grace_until = Some(Instant::now() + self.grace);
+        tracing::warn!(
+            "{name}: finishing the batches in flight (at most {}), then stopping; send it again to stop at once",
+            humantime::format_duration(self.grace)
+        );
+        Some(Event::Drain)
+    }
+
+    fn pool_event(&mut self, event: PoolEvent) -> Event {
+        match event {
+            PoolEvent::Started(started) => {
+                let (worker, tasks, job_ids, handle) = WorkerHandle::new(started);
+                let pid = handle.pid;
+                self.handles.insert(worker, handle);
+                Event::WorkerReady {
+                    worker,
+                    pid,
+                    tasks,
+                    job_ids,
+                }
+            }
+            PoolEvent::StartFailed { worker, failure } => {
+                tracing::warn!("worker failed to start: {}", failure.message);
+                Event::WorkerStartFailed { worker, failure }
+            }
+            PoolEvent::Done { worker, done } => {
+                let rss = if self.measure_rss {
+                    self.handles
+                        .get(&worker)
+                        .and_then(|h| resident_bytes(h.pid))
+                } else {
+                    None
+                };
+                Event::BatchDone { worker, done, rss }
+            }
+            PoolEvent::Gone { worker, exit, note } => {
+                // A worker's Started always comes before its Gone (one thread sends both), so
+                // the handle is there; without one, nothing is known of what it ran.
+                let running = match self.handles.remove(&worker) {
+                    Some(handle) => {
+                        if handle.retired() {
+                            tracing::info!(pid = handle.pid, "worker {exit}");
+                        } else {
+                            tracing::warn!(pid = handle.pid, "worker {exit}");
+                        }
+                        handle.running.load()
+                    }
+                    None => RunningWord::IDLE,
+                };
+                Event::WorkerGone {
+                    worker,
+                    exit,
+                    running,
+                    note,
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, event: Event) {
+        for action in self.scheduler.handle(Instant::now(), event) {
+            match action {
+                Action::Spawn(worker) => self.spawner.spawn(worker),
+                Action::Send { worker, batch } => {
+                    if let Some(handle) = self.handles.get(&worker) {
+                        handle.send(batch);
+                    }
+                }
+                Action::Kill { worker, why } => {
+                    if let Some(handle) = self.handles.get(&worker) {
+                        tracing::warn!(pid = handle.pid, "killing worker: {why}");
+                        handle.kill();
+                    }
+                }
+                Action::Retire { worker, recycled } => {
+                    if let Some(handle) = self.handles.get_mut(&worker) {
+                        if let Some(why) = recycled {
+                            tracing::info!(pid = handle.pid, "recycling worker: {why}");
+                        }
+                        handle.retire();
+                    }
+                }
+                Action::Note(message) => tracing::warn!("{message}"),
+                Action::Emit(results) => self.emit(results),
+                Action::Fatal(message) => self.end = Some(EngineEnd::Fatal(message)),
+                Action::Abort(message) => self.end = Some(EngineEnd::Halted(message)),
+                Action::Finished => self.finished = true,
+            }
+        }
+    }
+
+    /// Hands results to the sinks of their sources; those of a source gone are dropped.
+    fn emit(&mut self, mut results: Vec<JobResult>) {
+        if results.is_empty() {
+            return;
+        }
+        if let Some(progress) = &self.progress {
+            progress.record(&results, self.scheduler.counters().restarts);
+        }
+        let first = results[0].source;
+        if results.iter().all(|r| r.source == first) {
+            self.deliver(first, results);
+            return;
+        }
+        results.sort_by_key(|r| r.source);
+        while let Some(last) = results.last().map(|r| r.source) {
+            let at = results.partition_point(|r| r.source < last);
+            let tail = results.split_off(at);
+            self.deliver(last, tail);
+        }
+    }
+
+    fn deliver(&mut self, source: SourceId, results: Vec<JobResult>) {
+        let Some(state) = self.sources.get_mut(&source) else {
+            return;
+        };
+        state.answered += results.len() as u64;
+        state.sink.deliver(results);
+        self.complete_if_answered(source);
+    }
+}
+
+/// An engine on a thread of its own, for Rust code: each [`Service::submit`] is a source of
+/// its own, whose result lines come back, as `corral run` writes them, on its [`Results`].
+///
+/// ```no_run
+/// use corral::engine::{EngineConfig, Service};
+/// use corral::input::InputFormat;
+/// # fn config() -> EngineConfig { unimplemented!() }
+/// # fn format() -> InputFormat { unimplemented!() }
+/// let mut service = Service::start(config(), format());
+/// let results = service.submit(std::io::Cursor::new(b"{\"task\": \"echo\", \"input\": 1}\n".to_vec()));
+/// for line in results {
+///     println!("{}", String::from_utf8_lossy(&line));
+/// }
+/// let report = service.shutdown();
+/// ```
+pub struct Service {
+    intake: Sender<Intake>,
+    control: Sender<Control>,
+    names: TaskNames,
+    format: InputFormat,
+    next: u32,
+    engine: thread::JoinHandle<EngineReport>,
+}
+
+impl Service {
+    /// Starts the engine and its workers.
+    pub fn start(config: EngineConfig, format: InputFormat) -> Service {
+        let names = TaskNames::default();
+        let (intake, intake_rx) = bounded::<Intake>(1);
+        let (control, control_rx) = unbounded::<Control>();
+        let engine = Engine::new(config, names.clone());
+        let engine = thread::Builder::new()
+            .name("corral-engine".into())
+            .spawn(move || engine.run(&intake_rx, &control_rx))
+            .expect("spawning a thread");
+        Service {
+            intake,
+            control,
+            names,
+            format,
+            next: 0,
+            engine,
+        }
+    }
+
+    /// Runs the job lines of `jobs` (read on a thread of its own); their results, one line
+    /// each, come on the returned iterator, which ends once every job has its result.
+    pub fn submit(&mut self, jobs: impl Read + Send + 'static) -> Results {
+        let source = SourceId(self.next);
+        self.next += 1;
+        let (tx, rx) = unbounded::<Vec<u8>>();
+        let echo = if self.format.plain_lines {
+            Echo::Input
+        } else {
+            Echo::Meta
+        };
+        let gone = Arc::new(AtomicBool::new(false));
+        let sink = Box::new(LineSink {
+            tx,
+            echo,
+            gone: gone.clone(),
+        });
+        let parser = JobParser::new(self.format.clone(), self.names.clone()).with_source(source);
+        let intake = self.intake.clone();
+        if intake.send(Intake::Open { source, sink }).is_ok() {
+            thread::Builder::new()
+                .name("corral-submit".into())
+                .spawn(move || feed(source, parser, jobs, &intake))
+                .expect("spawning a thread");
+        }
+        Results { source, rx, gone }
+    }
+
+    /// Stops a submission early: its jobs not started yet never run, and its results end
+    /// there. (Dropping its [`Results`] does the same.)
+    pub fn cancel(&self, results: &Results) {
+        let _ = self.control.send(Control::Close(results.source));
+    }
+
+    /// Lets every submission finish, then stops the workers.
+    pub fn shutdown(self) -> EngineReport {
+        let _ = self.intake.send(Intake::Seal);
+        drop(self.intake);
+        self.engine
+            .join()
+            .expect("the engine thread does not panic")
+    }
+}
+
+/// The result lines of one [`Service::submit`], each with its newline.
+pub struct Results {
+    source: SourceId,
+    rx: Receiver<Vec<u8>>,
+    /// Set when dropped: nobody reads the results any more.
+    gone: Arc<AtomicBool>,
+}
+
+impl Drop for Results {
+    fn drop(&mut self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Iterator for Results {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        self.rx.recv().ok()
+    }
+}
+
+/// A sink that formats each result as its line.
+struct LineSink {
+    tx: Sender<Vec<u8>>,
+    echo: Echo,
+    gone: Arc<AtomicBool>,
+}
+
+impl Sink for LineSink {
+    fn deliver(&mut self, results: Vec<JobResult>) {
+        for result in &results {
+            let mut line = Vec::with_capacity(64);
+            format_result(result, self.echo, &mut line);
+            let _ = self.tx.send(line);
+        }
+    }
+
+    fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+
+    fn failed(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+}
+
+/// Parses `jobs` as `source` and feeds them to the engine, then says the source ended.
+fn feed(source: SourceId, mut parser: JobParser, jobs: impl Read, intake: &Sender<Intake>) {
+    let send = |feed: Feed| intake.send(Intake::Feed { source, feed }).is_ok();
+    let mut chunk = InputChunk::default();
+    let read = parser.read_all(jobs, |item, would_wait| {
+        chunk.push(item);
+        if chunk.len() >= FEED_CHUNK || would_wait {
+            return send(Feed::Jobs(std::mem::take(&mut chunk)));
+        }
+        true
+    });
+    match read {
+        Ok(true) => {
+            if !chunk.is_empty() {
+                send(Feed::Jobs(chunk));
+            }
+            send(Feed::Ended);
+        }
+        Ok(false) => {}
+        Err(err) => {
+            if !chunk.is_empty() {
+                send(Feed::Jobs(chunk));
+            }
+            send(Feed::Failed(format!("cannot read the jobs: {err}")));
+        }
+    }
+}
+
+/// Items a submission hands to the engine at once, at most.
+const FEED_CHUNK: usize = 1024;

@@ -1,0 +1,92 @@
+//! The engine as a library: several submissions share one pool of real workers, each gets
+//! exactly its own results, and one given up early costs the others nothing.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::time::Duration;
+
+use corral::engine::{EngineConfig, EngineEnd, Service};
+use corral::input::{InputFormat, ring_blocks};
+use corral::pool::PoolConfig;
+use corral::scheduler::SchedulerConfig;
+use corral::transport::Transport;
+
+use crate::util::bin;
+
+fn service() -> Service {
+    let config = EngineConfig {
+        scheduler: SchedulerConfig {
+            workers: 2,
+            ..SchedulerConfig::default()
+        },
+        pool: PoolConfig {
+            program: bin("corral-worker"),
+            args: Vec::new(),
+            transport: Transport::Native,
+            env: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            memory_limit: None,
+            keeper: None,
+        },
+        grace: Duration::from_secs(10),
+        progress: false,
+    };
+    let format = InputFormat {
+        plain_lines: false,
+        default_task: None,
+        exec: false,
+        max_line_bytes: 1 << 20,
+        max_blocks: ring_blocks(2),
+    };
+    Service::start(config, format)
+}
+
+fn jobs(client: usize, n: usize) -> Cursor<Vec<u8>> {
+    let lines: String = (0..n)
+        .map(|i| {
+            format!("{{\"id\": \"{client}-{i}\", \"task\": \"sum_squares\", \"input\": [{i}]}}\n")
+        })
+        .collect();
+    Cursor::new(lines.into_bytes())
+}
+
+#[test]
+fn submissions_sharing_one_pool_each_get_exactly_their_own_results() {
+    let mut service = service();
+    let clients = 8;
+    let n = 2_000;
+    let readers: Vec<_> = (0..clients)
+        .map(|client| {
+            let results = service.submit(jobs(client, n));
+            std::thread::spawn(move || results.collect::<Vec<_>>())
+        })
+        .collect();
+    for (client, reader) in readers.into_iter().enumerate() {
+        let mut seen = HashMap::new();
+        for line in reader.join().unwrap() {
+            let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(value["ok"], true, "{value}");
+            let id = value["id"].as_str().unwrap().to_owned();
+            let (owner, i) = id.split_once('-').unwrap();
+            assert_eq!(owner, client.to_string(), "a result of another client");
+            let i: u64 = i.parse().unwrap();
+            assert_eq!(value["output"], i * i);
+            *seen.entry(id).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), n, "client {client} misses results");
+        assert!(seen.values().all(|&count| count == 1), "a duplicate");
+    }
+    assert_eq!(service.shutdown().end, EngineEnd::Completed);
+}
+
+#[test]
+fn a_submission_given_up_early_costs_the_others_nothing() {
+    let mut service = service();
+    let abandoned = service.submit(jobs(0, 200_000));
+    let kept = service.submit(jobs(1, 5_000));
+    service.cancel(&abandoned);
+    drop(abandoned);
+    assert_eq!(kept.count(), 5_000);
+    let report = service.shutdown();
+    assert_eq!(report.end, EngineEnd::Completed);
+}
