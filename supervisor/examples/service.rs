@@ -6,13 +6,9 @@
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use corral::engine::{EngineConfig, Service};
-use corral::input::{InputFormat, ring_blocks};
-use corral::pool::PoolConfig;
-use corral::scheduler::SchedulerConfig;
-use corral::transport::Transport;
+use corral::input::InputFormat;
 
 fn main() {
     let worker = std::env::args_os()
@@ -20,31 +16,10 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(worker_beside_this_example);
     let workers = 2;
-    let config = EngineConfig {
-        scheduler: SchedulerConfig {
-            workers,
-            ..SchedulerConfig::default()
-        },
-        pool: PoolConfig {
-            program: worker,
-            args: Vec::new(),
-            transport: Transport::Native,
-            env: Vec::new(),
-            handshake_timeout: Duration::from_secs(10),
-            memory_limit: None,
-            keeper: None,
-        },
-        grace: Duration::from_secs(10),
-        progress: false,
-    };
-    let format = InputFormat {
-        plain_lines: false,
-        default_task: None,
-        exec: false,
-        max_line_bytes: 1 << 20,
-        max_blocks: ring_blocks(workers),
-    };
-    let mut service = Service::start(config, format);
+    let mut service = Service::start(
+        EngineConfig::native(worker, workers),
+        InputFormat::json(workers),
+    );
 
     let squares: String = (1..=5)
         .map(|n| {

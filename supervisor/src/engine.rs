@@ -20,6 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -32,6 +33,7 @@ use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
 use crate::progress::Progress;
 use crate::record::{InputChunk, JobResult, SourceId, TaskNames};
 use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
+use crate::transport::Transport;
 
 /// How often deadlines, delayed restarts and the grace period are checked.
 const TICK: Duration = Duration::from_millis(20);
@@ -49,6 +51,30 @@ pub struct EngineConfig {
     pub grace: Duration,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+}
+
+impl EngineConfig {
+    /// `workers` workers of `program` on the corral-worker library, every other setting at
+    /// its default (the defaults of `corral run`).
+    pub fn native(program: PathBuf, workers: usize) -> EngineConfig {
+        EngineConfig {
+            scheduler: SchedulerConfig {
+                workers,
+                ..SchedulerConfig::default()
+            },
+            pool: PoolConfig {
+                program,
+                args: Vec::new(),
+                transport: Transport::Native,
+                env: Vec::new(),
+                handshake_timeout: Duration::from_secs(10),
+                memory_limit: None,
+                keeper: None,
+            },
+            grace: Duration::from_secs(10),
+            progress: false,
+        }
+    }
 }
 
 /// Where one source's results go.
@@ -275,19 +301,7 @@ impl Engine {
                     // Every sender is gone: nothing more can come.
                     Err(_) => {
                         intake_open = false;
-                        self.sealed = true;
-                        for source in self.sources.values_mut() {
-                            if !source.ended {
-                                // It never said it ended: it may not have been read in full.
-                                source.ended = true;
-                                self.sources_complete = false;
-                            }
-                        }
-                        let ids: Vec<SourceId> = self.sources.keys().copied().collect();
-                        for id in ids {
-                            self.complete_if_answered(id);
-                        }
-                        match self.input_ended() {
+                        match self.intake_closed() {
                             Some(event) => event,
                             None => continue,
                         }
@@ -314,6 +328,23 @@ impl Engine {
             };
             self.step(event);
         }
+    }
+
+    /// Every sender of intake is gone: nothing more can come, and a source that never said it
+    /// ended may not have been read in full.
+    fn intake_closed(&mut self) -> Option<Event> {
+        self.sealed = true;
+        let ids: Vec<SourceId> = self.sources.keys().copied().collect();
+        for id in ids {
+            if let Some(source) = self.sources.get_mut(&id)
+                && !source.ended
+            {
+                source.ended = true;
+                self.sources_complete = false;
+            }
+            self.complete_if_answered(id);
+        }
+        self.input_ended()
     }
 
     /// Drops the sources whose sink failed; true when that leaves nothing to run for.
@@ -565,9 +596,8 @@ impl Engine {
 /// ```no_run
 /// use corral::engine::{EngineConfig, Service};
 /// use corral::input::InputFormat;
-/// # fn config() -> EngineConfig { unimplemented!() }
-/// # fn format() -> InputFormat { unimplemented!() }
-/// let mut service = Service::start(config(), format());
+/// let worker = "target/release/corral-worker".into();
+/// let mut service = Service::start(EngineConfig::native(worker, 2), InputFormat::json(2));
 /// let results = service.submit(std::io::Cursor::new(b"{\"task\": \"echo\", \"input\": 1}\n".to_vec()));
 /// for line in results {
 ///     println!("{}", String::from_utf8_lossy(&line));
@@ -610,11 +640,7 @@ impl Service {
         let source = SourceId(self.next);
         self.next += 1;
         let (tx, rx) = unbounded::<Vec<u8>>();
-        let echo = if self.format.plain_lines {
-            Echo::Input
-        } else {
-            Echo::Meta
-        };
+        let echo = Echo::of(&self.format);
         let gone = Arc::new(AtomicBool::new(false));
         let sink = Box::new(LineSink {
             tx,

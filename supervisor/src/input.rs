@@ -41,6 +41,19 @@ pub struct InputFormat {
     pub max_blocks: usize,
 }
 
+impl InputFormat {
+    /// JSON job lines of up to 1 MiB, for a pool of `workers`, without `--exec`.
+    pub fn json(workers: usize) -> InputFormat {
+        InputFormat {
+            plain_lines: false,
+            default_task: None,
+            exec: false,
+            max_line_bytes: 1 << 20,
+            max_blocks: ring_blocks(workers),
+        }
+    }
+}
+
 /// The task that runs a command per job (`--exec`).
 pub const EXEC_TASK: &str = "exec";
 

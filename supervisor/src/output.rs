@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::Sink;
+use crate::input::InputFormat;
 use crate::record::{ErrorKind, JobResult, ResultKey};
 
 /// What the echo a job carries back ([`JobResult::meta`]) is, and the field it is written as.
@@ -17,6 +18,17 @@ pub enum Echo {
     Meta,
     /// In `--lines` mode, the input line itself, written as `input`.
     Input,
+}
+
+impl Echo {
+    /// The echo of jobs read as `format` says: their input line in `--lines` mode.
+    pub fn of(format: &InputFormat) -> Echo {
+        if format.plain_lines {
+            Echo::Input
+        } else {
+            Echo::Meta
+        }
+    }
 }
 
 /// Appends `result` as one JSON line (with its `\n`) to `out`.

@@ -110,12 +110,7 @@ pub struct RunReport {
 /// Runs every job of `config.sources` and writes one result line per job line to `output`.
 pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let started = Instant::now();
-    let echo = if config.format.plain_lines {
-        Echo::Input
-    } else {
-        Echo::Meta
-    };
-    let mut writer = WriterThread::start(output, echo);
+    let mut writer = WriterThread::start(output, Echo::of(&config.format));
 
     let names = TaskNames::default();
     let parser = JobParser::new(config.format.clone(), names.clone());

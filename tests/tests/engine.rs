@@ -3,42 +3,17 @@
 
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::time::Duration;
 
 use corral::engine::{EngineConfig, EngineEnd, Service};
-use corral::input::{InputFormat, ring_blocks};
-use corral::pool::PoolConfig;
-use corral::scheduler::SchedulerConfig;
-use corral::transport::Transport;
+use corral::input::InputFormat;
 
 use crate::util::bin;
 
 fn service() -> Service {
-    let config = EngineConfig {
-        scheduler: SchedulerConfig {
-            workers: 2,
-            ..SchedulerConfig::default()
-        },
-        pool: PoolConfig {
-            program: bin("corral-worker"),
-            args: Vec::new(),
-            transport: Transport::Native,
-            env: Vec::new(),
-            handshake_timeout: Duration::from_secs(10),
-            memory_limit: None,
-            keeper: None,
-        },
-        grace: Duration::from_secs(10),
-        progress: false,
-    };
-    let format = InputFormat {
-        plain_lines: false,
-        default_task: None,
-        exec: false,
-        max_line_bytes: 1 << 20,
-        max_blocks: ring_blocks(2),
-    };
-    Service::start(config, format)
+    Service::start(
+        EngineConfig::native(bin("corral-worker"), 2),
+        InputFormat::json(2),
+    )
 }
 
 fn jobs(client: usize, n: usize) -> Cursor<Vec<u8>> {
