@@ -2,6 +2,7 @@
 //! defined outcome (no hang, no panic, no lost or doubled result, no process left behind).
 //! The item numbers are those of the list of faults in the hardening issue.
 
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,14 @@ fn a_worker_that_connects_but_never_says_hello_is_killed_at_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// Bytes waiting to be read in the pipe `fd`.
+fn bytes_waiting(fd: std::os::fd::RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points at `n`.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if rc == 0 { n as usize } else { 0 }
+}
+
 /// Item 2: A reader of the results that stops reading does not freeze the run: a stop signal and
 /// the grace period still end it, and what could not be written is said.
 #[test]
@@ -59,12 +68,15 @@ fn a_stalled_stdout_does_not_freeze_signals_or_the_grace_period() {
     );
     let pid = child.0.id();
     wait_for_workers(pid, 2);
-    // The pipe is full and the workers idle once the backlog stops the input.
+    // The pipe is full and the workers idle once the backlog stops the input (idle workers
+    // alone could also be workers still waiting for their first batch).
+    let stdout = child.0.stdout.as_ref().unwrap().as_raw_fd();
     wait_for(Duration::from_secs(20), || {
-        children_of(pid)
-            .iter()
-            .all(|&w| process_state(w) == Some('S'))
-            .then_some(())
+        (bytes_waiting(stdout) >= 60 * 1024
+            && children_of(pid)
+                .iter()
+                .all(|&w| process_state(w) == Some('S')))
+        .then_some(())
     })
     .expect("workers go idle behind the stalled output");
     let stopped = Instant::now();
