@@ -299,6 +299,23 @@ impl StartFailure {
     }
 }
 
+/// A worker as the scheduler sees it ([`Scheduler::workers`]).
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    /// Which worker.
+    pub worker: WorkerId,
+    /// Its process id (0 while it starts).
+    pub pid: u32,
+    /// starting, idle, busy, recycling or retiring.
+    pub state: &'static str,
+    /// Jobs it has answered.
+    pub jobs_done: u64,
+    /// Jobs it holds.
+    pub in_flight: u64,
+    /// The id of the job it is running, as far as its running word tells.
+    pub current: Option<String>,
+}
+
 /// Something that happened, fed to [`Scheduler::handle`].
 #[derive(Debug)]
 pub enum Event {
@@ -350,6 +367,9 @@ pub enum Event {
     /// its jobs in flight finish, and their results are emitted as usual, for the edges to
     /// discard.
     DropSource(SourceId),
+    /// Run this many workers from now on: more start at once; the ones too many take no new
+    /// batch and retire once idle.
+    Resize(usize),
     /// The timer: each live worker's running word, read now.
     Tick {
         /// Worker and word.
@@ -596,6 +616,38 @@ impl Scheduler {
         results
     }
 
+    /// Each worker as it is now, for `corral status`.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let mut views: Vec<WorkerView> = self
+            .workers
+            .iter()
+            .map(|(&worker, slot)| WorkerView {
+                worker,
+                pid: slot.pid,
+                state: match slot.phase {
+                    Phase::Starting => "starting",
+                    Phase::Ready if slot.in_flight.is_empty() => "idle",
+                    Phase::Ready if slot.recycle.is_some() => "recycling",
+                    Phase::Ready => "busy",
+                    Phase::Retiring => "retiring",
+                },
+                jobs_done: slot.jobs_done,
+                in_flight: slot.jobs_in_flight(),
+                current: slot
+                    .in_flight
+                    .iter()
+                    .find_map(|f| f.running(slot.word).map(|i| f.jobs[i].id.to_string())),
+            })
+            .collect();
+        views.sort_by_key(|view| view.worker);
+        views
+    }
+
+    /// Jobs waiting for a worker, and the sources they are of.
+    pub fn queued(&self) -> (usize, usize) {
+        (self.pending.len(), self.pending.sources())
+    }
+
     /// Why the run was halted by `--halt`, if it was.
     pub fn halt_reason(&self) -> Option<&str> {
         self.halt_reason.as_deref()
@@ -638,6 +690,7 @@ impl Scheduler {
                 Event::DropSource(source) => {
                     self.outstanding -= self.pending.remove_source(source) as u64;
                 }
+                Event::Resize(workers) => self.resize(now, workers),
             }
         }
         if !self.stopped {
@@ -665,6 +718,36 @@ impl Scheduler {
         self.pending.push_back(chunk.jobs);
         for result in chunk.rejected {
             self.emit(result);
+        }
+    }
+
+    fn resize(&mut self, now: Instant, workers: usize) {
+        let workers = workers.max(1);
+        self.cfg.workers = workers;
+        let mut staying: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, slot)| slot.recycle.is_none() && slot.phase != Phase::Retiring)
+            .map(|(&id, _)| id)
+            .collect();
+        let planned = staying.len() + self.spawns_due.len();
+        if workers >= planned {
+            self.spawns_due
+                .extend(std::iter::repeat_n(now, workers - planned));
+            return;
+        }
+        // Too many: starts not made yet are dropped first (the latest due), then the newest
+        // workers retire once their batches are answered.
+        let mut extra = planned - workers;
+        let dropped = extra.min(self.spawns_due.len());
+        self.spawns_due.sort_unstable();
+        self.spawns_due.truncate(self.spawns_due.len() - dropped);
+        extra -= dropped;
+        staying.sort_unstable_by(|a, b| b.cmp(a));
+        for id in staying.into_iter().take(extra) {
+            if let Some(slot) = self.workers.get_mut(&id) {
+                slot.recycle = Some(format!("the pool now runs {workers} workers"));
+            }
         }
     }
 
@@ -1268,6 +1351,8 @@ impl Scheduler {
     fn send(&mut self, worker: WorkerId, batch: Batch, jobs: Jobs) -> bool {
         let slot = self.workers.get_mut(&worker).expect("still live");
         self.next_batch += 1;
+        // Sources take turns, a batch each.
+        self.pending.rotate();
         slot.in_flight.push_back(InFlight {
             id: batch.id,
             jobs,

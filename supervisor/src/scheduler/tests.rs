@@ -272,6 +272,43 @@ fn a_worker_holds_one_slow_job_at_a_time_so_none_waits_behind_another() {
 }
 
 #[test]
+fn sources_take_turns_a_batch_each_so_a_small_one_is_not_stuck_behind_a_large_one() {
+    let mut h = Harness::new(config(1));
+    let of = |source: u32, seqs: std::ops::Range<u64>| {
+        seqs.map(move |seq| Job {
+            source: SourceId(source),
+            ..job(seq, "t")
+        })
+    };
+    // Source 1 queues 400 jobs, then source 2 queues 8, each in chunks as its reader sends them.
+    for start in (0..400).step_by(100) {
+        h.input(of(1, start..start + 100));
+    }
+    h.input(of(2, 400..408));
+    h.ready(WorkerId(1), 101);
+    // One worker, slow jobs: once the speed is known, it holds one batch at a time, and
+    // source 2 gets one of the first few, not the fifth.
+    let mut held: VecDeque<(WorkerId, Batch)> = VecDeque::new();
+    let mut order = Vec::new();
+    while h.results.len() < 408 {
+        held.extend(h.take_sends());
+        let (worker, batch) = held.pop_front().expect("a batch is out");
+        let before = h.results.len();
+        h.complete(worker, &batch, 40_000_000 * batch.jobs.len() as u64);
+        let sources: Vec<SourceId> = h.results[before..].iter().map(|r| r.source).collect();
+        assert!(
+            sources.windows(2).all(|w| w[0] == w[1]),
+            "a batch of one source"
+        );
+        order.push(sources[0]);
+    }
+    let first_of_2 = order.iter().position(|&s| s == SourceId(2)).unwrap();
+    assert!(first_of_2 <= 2, "source 2 waited {first_of_2} batches");
+    let done_2 = order.iter().rposition(|&s| s == SourceId(2)).unwrap();
+    assert!(done_2 < 20, "source 2 finished after {done_2} batches");
+}
+
+#[test]
 fn a_dropped_source_loses_its_queued_jobs_and_nothing_else() {
     let mut h = Harness::new(config(1));
     let of = |source: u32, seqs: std::ops::Range<u64>| {
