@@ -55,6 +55,16 @@ pub enum Command {
     /// Run every job of the input files (or stdin) and write one result line per job.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Run as a service on a Unix socket: one supervised pool shared by every client, which
+    /// submit jobs with `corral submit` (or write job lines to the socket).
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+    /// Run job files on a `corral serve` service: same input, output and exit statuses as
+    /// `corral run`.
+    #[command(after_help = SUBMIT_EXAMPLES)]
+    Submit(SubmitArgs),
+    /// Show a `corral serve` service's workers, queue and clients.
+    Status(StatusArgs),
     /// Internal: the keeper process a run starts (see `corral::keeper`).
     #[command(hide = true)]
     Keeper,
@@ -92,6 +102,118 @@ Exit status: 0 every job succeeded; 1 some jobs failed (see their result lines),
 --halt stopped the run; 2 usage or configuration error (bad flag, unreadable input, worker
 binary missing or failing at start-up, workers dying beyond the restart budget);
 128+N stopped by signal N (130 for SIGINT, 143 for SIGTERM).";
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  corral serve --socket /tmp/corral.sock -j 8
+  corral serve --config /etc/corral/corral.toml      (socket passed by systemd)
+  systemd-socket-activate -l /tmp/corral.sock corral serve
+
+Who may connect: the service's own user, root, and --allow-uid / --allow-gid (checked with
+SO_PEERCRED; others are refused with a message and logged). What may run: every task the
+workers serve, or only --allow-task; jobs of the `exec` task never run on a service.
+
+Signals: SIGTERM or SIGINT stops taking jobs and lets the batches in flight finish (at most
+--grace); clients then get a `stopped` line and can finish with `corral submit --resume`.
+SIGHUP reads --config again (users, tasks, limits, workers) without dropping jobs.
+
+Config file (TOML, every key optional):
+  workers = 4
+  allow_uid = [1000]
+  allow_gid = [100]
+  allow_task = [\"sum_squares\"]
+  max_job_bytes = \"1MiB\"
+  max_client_jobs = 4096
+  max_connections = 256";
+
+const SUBMIT_EXAMPLES: &str = "\
+Examples:
+  corral submit jobs.jsonl > results.jsonl
+  corral submit jobs.jsonl -o results.jsonl --resume
+  generate-jobs | corral submit --socket /tmp/corral.sock | post-process
+
+Exit status: as corral run (0 every job succeeded, 1 some failed, 2 usage error or refused by
+the service), and 75 when the service is not there or stopped before every job had its
+result: run again with -o FILE --resume to finish.";
+
+/// Where clients find the service unless told.
+pub const DEFAULT_SOCKET: &str = "/run/corral.sock";
+
+/// Options of `corral serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen on this socket file (created with mode 0660) [default: the socket systemd
+    /// passes].
+    #[arg(long, value_name = "PATH", help_heading = "Service")]
+    pub socket: Option<PathBuf>,
+
+    /// Read users, tasks, limits and workers from this TOML file, and again on SIGHUP.
+    #[arg(long, value_name = "FILE", help_heading = "Service")]
+    pub config: Option<PathBuf>,
+
+    /// Also let this user connect (repeatable); the service's own user and root always may.
+    #[arg(long, value_name = "UID", help_heading = "Service")]
+    pub allow_uid: Vec<u32>,
+
+    /// Also let members of this group connect (repeatable).
+    #[arg(long, value_name = "GID", help_heading = "Service")]
+    pub allow_gid: Vec<u32>,
+
+    /// Only run jobs of this task (repeatable) [default: every task of the workers].
+    #[arg(long, value_name = "NAME", help_heading = "Service")]
+    pub allow_task: Vec<String>,
+
+    /// Jobs one client may have in the service at once, queued or running; past it the service
+    /// reads no more of its lines until results have gone back [default: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Service")]
+    pub max_client_jobs: Option<u64>,
+
+    /// Connections at once; more are refused with a message [default: 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Service")]
+    pub max_connections: Option<u64>,
+
+    /// Longest job line accepted; a longer one gets a `too_large` result [default: 1MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_job_size, help_heading = "Service")]
+    pub max_job_bytes: Option<u64>,
+
+    /// The workers and how they are supervised.
+    #[command(flatten)]
+    pub pool: PoolArgs,
+}
+
+/// Options of `corral submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Job files, sent in order; none or `-` means standard input.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// The service's socket.
+    #[arg(long, value_name = "PATH", env = "CORRAL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Write results to this file instead of standard output (it is truncated, unless
+    /// --resume).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+
+    /// Skip the jobs that already have a result in the -o file and append the rest: after a
+    /// service stopped or restarted, this finishes the job file. Ids must be unique.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
+}
+
+/// Options of `corral status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The service's socket.
+    #[arg(long, value_name = "PATH", env = "CORRAL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Print the state as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Options of `corral run`.
 #[derive(Debug, Args)]
@@ -132,33 +254,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub stats: Option<PathBuf>,
 
-    /// Worker processes [default: the CPUs available to this process, cgroup quota included].
-    #[arg(short = 'j', long, value_name = "N", env = "CORRAL_JOBS", value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Workers")]
-    pub jobs: Option<u32>,
-
-    /// The worker binary: any program built on the corral-worker library
-    /// [default: corral-worker next to corral].
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "CORRAL_WORKER",
-        help_heading = "Workers"
-    )]
-    pub worker: Option<PathBuf>,
-
-    /// A worker in any language: the command line that starts one, split as a shell would
-    /// split it (but no shell runs unless you write `sh -c '...'`). It speaks JSON lines on
-    /// stdin and stdout, as docs/worker-protocol.md describes; Python workers use
-    /// corral.worker. E.g. 'python3 my_worker.py --model small'.
-    #[arg(
-        long,
-        value_name = "CMD",
-        env = "CORRAL_WORKER_CMD",
-        conflicts_with = "worker",
-        help_heading = "Workers"
-    )]
-    pub worker_cmd: Option<String>,
-
     /// Task for job lines that name none (required with --lines, unless --exec).
     #[arg(long, value_name = "NAME", help_heading = "Input")]
     pub task: Option<String>,
@@ -196,6 +291,57 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", requires = "exec", help_heading = "Commands")]
     pub output_dir: Option<PathBuf>,
 
+    /// Stop after failures, like GNU parallel: `soon,fail=N` lets running jobs finish,
+    /// `now,fail=N` kills them; `fail=P%` counts a share of the jobs read so far.
+    #[arg(long, value_name = "RULE", help_heading = "Failures")]
+    pub halt: Option<HaltRule>,
+
+    /// Longest job line accepted; a longer one gets a `too_large` result. E.g. 64KiB, 16MiB;
+    /// at most 1GiB.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_job_size, help_heading = "Limits")]
+    pub max_job_bytes: u64,
+
+    /// End at once, as if killed, when the process that started corral is gone: for a corral
+    /// run by a library on behalf of its program (Python's corral.Pool), whose death must not
+    /// leave the run going. Its workers go with it.
+    #[arg(long, help_heading = "Workers")]
+    pub exit_with_parent: bool,
+
+    /// The workers and how they are supervised.
+    #[command(flatten)]
+    pub pool: PoolArgs,
+}
+
+/// Options of the workers and their supervision, shared by `corral run` and `corral serve`.
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    /// Worker processes [default: the CPUs available to this process, cgroup quota included].
+    #[arg(short = 'j', long, value_name = "N", env = "CORRAL_JOBS", value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "Workers")]
+    pub jobs: Option<u32>,
+
+    /// The worker binary: any program built on the corral-worker library
+    /// [default: corral-worker next to corral].
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "CORRAL_WORKER",
+        help_heading = "Workers"
+    )]
+    pub worker: Option<PathBuf>,
+
+    /// A worker in any language: the command line that starts one, split as a shell would
+    /// split it (but no shell runs unless you write `sh -c '...'`). It speaks JSON lines on
+    /// stdin and stdout, as docs/worker-protocol.md describes; Python workers use
+    /// corral.worker. E.g. 'python3 my_worker.py --model small'.
+    #[arg(
+        long,
+        value_name = "CMD",
+        env = "CORRAL_WORKER_CMD",
+        conflicts_with = "worker",
+        help_heading = "Workers"
+    )]
+    pub worker_cmd: Option<String>,
+
     /// Kill a job's worker (and its process group) when the job runs longer than this, and
     /// fail the job with `timeout` once its retries are spent. E.g. 500ms, 30s, 2m.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, help_heading = "Failures")]
@@ -205,11 +351,6 @@ pub struct RunArgs {
     /// are not retried.
     #[arg(long, value_name = "N", default_value_t = 2, help_heading = "Failures")]
     pub retries: u32,
-
-    /// Stop after failures, like GNU parallel: `soon,fail=N` lets running jobs finish,
-    /// `now,fail=N` kills them; `fail=P%` counts a share of the jobs read so far.
-    #[arg(long, value_name = "RULE", help_heading = "Failures")]
-    pub halt: Option<HaltRule>,
 
     /// After the first stop signal, how long the batches in flight may take to finish.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, help_heading = "Failures")]
@@ -229,11 +370,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, help_heading = "Failures")]
     pub restart_period: Duration,
 
-    /// Longest job line accepted; a longer one gets a `too_large` result. E.g. 64KiB, 16MiB;
-    /// at most 1GiB.
-    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_job_size, help_heading = "Limits")]
-    pub max_job_bytes: u64,
-
     /// Replace a worker with a fresh one after it has run this many jobs.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
     pub max_jobs_per_worker: Option<u64>,
@@ -246,12 +382,6 @@ pub struct RunArgs {
     /// `crashed`, with a message naming the limit. E.g. 1GiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Limits")]
     pub memory_limit: Option<u64>,
-
-    /// End at once, as if killed, when the process that started corral is gone: for a corral
-    /// run by a library on behalf of its program (Python's corral.Pool), whose death must not
-    /// leave the run going. Its workers go with it.
-    #[arg(long, help_heading = "Workers")]
-    pub exit_with_parent: bool,
 
     /// How long a starting worker may take to say hello before it counts as failed (three
     /// failed starts in a row end the run).

@@ -127,6 +127,52 @@ pub enum Control {
     Close(SourceId),
     /// A stop signal (its number).
     Stop(i32),
+    /// Asks for the engine's state; the answer proves its loop is turning.
+    Status(Sender<EngineStatus>),
+    /// Run this many workers from now on (jobs in flight are not disturbed).
+    Resize(usize),
+}
+
+/// The engine's state, as [`Control::Status`] answers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineStatus {
+    /// Every worker, starting or running.
+    pub workers: Vec<WorkerStatus>,
+    /// Workers that have said hello and take jobs.
+    pub ready: usize,
+    /// Jobs waiting for a worker.
+    pub queued: usize,
+    /// Sources that have jobs waiting.
+    pub queued_sources: usize,
+    /// Jobs received and not answered yet, of every source.
+    pub outstanding: u64,
+    /// Results delivered since the engine started.
+    pub answered: u64,
+    /// Workers replaced after dying, since the engine started.
+    pub restarts: u64,
+    /// Workers recycled.
+    pub recycled: u64,
+    /// Whether a stop signal was received.
+    pub draining: bool,
+}
+
+/// One worker, as [`EngineStatus`] shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerStatus {
+    /// Its process id (0 while it starts).
+    pub pid: u32,
+    /// starting, idle, busy, recycling or retiring.
+    pub state: &'static str,
+    /// The id of the job it is running, if known.
+    pub current: Option<String>,
+    /// Seconds since it said hello.
+    pub uptime_secs: f64,
+    /// Its resident memory, in bytes.
+    pub rss_bytes: Option<u64>,
+    /// Jobs it has answered.
+    pub jobs_done: u64,
+    /// Jobs it holds.
+    pub in_flight: u64,
 }
 
 /// How the engine ended, besides every source answered.
@@ -189,6 +235,8 @@ pub struct Engine {
     sources_complete: bool,
     /// Items received so far, for the progress bar's total.
     read: u64,
+    /// Results delivered so far.
+    answered: u64,
     /// The first stop signal, once received.
     interrupted: Option<i32>,
     grace_until: Option<Instant>,
@@ -218,6 +266,7 @@ impl Engine {
             source_error: None,
             sources_complete: true,
             read: 0,
+            answered: 0,
             interrupted: None,
             grace_until: None,
             input_ended_sent: false,
@@ -457,6 +506,49 @@ impl Engine {
                 Ok(self.input_ended())
             }
             Control::Stop(signal) => self.on_signal(signal).map(Some).ok_or(()),
+            Control::Status(reply) => {
+                let _ = reply.send(self.status());
+                Ok(None)
+            }
+            Control::Resize(workers) => Ok(Some(Event::Resize(workers))),
+        }
+    }
+
+    fn status(&self) -> EngineStatus {
+        let now = Instant::now();
+        let workers: Vec<WorkerStatus> = self
+            .scheduler
+            .workers()
+            .into_iter()
+            .map(|view| {
+                let handle = self.handles.get(&view.worker);
+                WorkerStatus {
+                    pid: view.pid,
+                    state: view.state,
+                    current: view.current,
+                    uptime_secs: handle
+                        .map_or(0.0, |h| now.duration_since(h.started).as_secs_f64()),
+                    rss_bytes: handle.and_then(|h| resident_bytes(h.pid)),
+                    jobs_done: view.jobs_done,
+                    in_flight: view.in_flight,
+                }
+            })
+            .collect();
+        let (queued, queued_sources) = self.scheduler.queued();
+        let counters = self.scheduler.counters();
+        EngineStatus {
+            ready: workers
+                .iter()
+                .filter(|w| w.state != "starting" && w.state != "retiring")
+                .count(),
+            workers,
+            queued,
+            queued_sources,
+            outstanding: self.sources.values().map(|s| s.read - s.answered).sum(),
+            answered: self.answered,
+            restarts: counters.restarts,
+            recycled: counters.recycled,
+            draining: self.interrupted.is_some(),
         }
     }
 
@@ -585,6 +677,7 @@ impl Engine {
             return;
         };
         state.answered += results.len() as u64;
+        self.answered += results.len() as u64;
         state.sink.deliver(results);
         self.complete_if_answered(source);
     }

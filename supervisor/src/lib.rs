@@ -9,12 +9,17 @@
 //!   [`resume`] for `--resume`; [`ring`] for the reused buffers that keep their memory fixed;
 //! - [`engine`]: the loop that wires them together, fed by any number of sources, each with a
 //!   sink of its own; [`run`] drives it for `corral run`;
+//! - [`serve`]: the engine as a service on a Unix socket, one source per connection;
+//!   [`client`] is `corral submit` and `corral status`, and [`wire`] what they say besides
+//!   job and result lines;
 //! - [`cli`]: the command-line definitions.
 
 pub mod cli;
+pub mod client;
 pub mod engine;
 pub mod input;
 pub mod jobline;
+pub mod journal;
 pub mod keeper;
 pub mod output;
 pub mod pool;
@@ -24,4 +29,6 @@ pub mod resume;
 pub mod ring;
 pub mod run;
 pub mod scheduler;
+pub mod serve;
 pub mod transport;
+pub mod wire;

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use corral::cli::{Cli, Command, LogFormat, RunArgs};
+use corral::cli::{Cli, Command, LogFormat, PoolArgs, RunArgs, ServeArgs, SubmitArgs};
+use corral::engine::EngineConfig;
 use corral::input::{EXEC_TASK, InputFormat, ring_blocks};
 use corral::pool::PoolConfig;
 use corral::run::{RunConfig, RunEnd, RunReport, Source, run};
@@ -30,10 +31,20 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Worker => return corral_worker::builtin::register(Worker::new()).run(),
-        Command::Run(args) => args,
+        Command::Status(args) => {
+            return ExitCode::from(corral::client::status(&args.socket, args.json));
+        }
+        command => command,
     };
-    init_logging(cli.verbose, cli.quiet, cli.log_format);
-    run_command(args, cli.quiet).unwrap_or_else(|err| {
+    let service = matches!(args, Command::Serve(_));
+    init_logging(cli.verbose, cli.quiet, cli.log_format, service);
+    let done = match args {
+        Command::Run(args) => run_command(args, cli.quiet),
+        Command::Serve(args) => serve_command(args),
+        Command::Submit(args) => submit_command(args, cli.quiet),
+        Command::Keeper | Command::Worker | Command::Status(_) => unreachable!("handled above"),
+    };
+    done.unwrap_or_else(|err| {
         say(format_args!("{err:#}"));
         ExitCode::from(2)
     })
@@ -45,25 +56,37 @@ fn say(message: std::fmt::Arguments<'_>) {
     let _ = writeln!(io::stderr().lock(), "corral: {message}");
 }
 
-fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat, service: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        // A service's log is its journal: who connected and what it did belong there.
+        (false, 0) if service => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, _) => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let journal = corral::journal::stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(io::stderr().is_terminal())
+        .with_ansi(!journal && io::stderr().is_terminal())
         .with_writer(io::stderr)
         // Its default reports a failed write with eprintln!, which panics when stderr is a
         // closed pipe or a hung-up terminal: logging must never take the run down.
         .log_internal_errors(false);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    match (format, journal) {
+        (LogFormat::Json, _) => builder.json().init(),
+        // The journal stamps each line itself, and keeps its priority from the prefix.
+        (LogFormat::Text, true) => builder
+            .event_format(corral::journal::Prefixed(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_target(false)
+                    .with_ansi(false),
+            ))
+            .init(),
+        (LogFormat::Text, false) => builder.init(),
     }
 }
 
@@ -97,12 +120,6 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if args.exit_with_parent {
         exit_with_parent();
     }
-    let workers = match args.jobs {
-        Some(n) => n as usize,
-        // Rust's available_parallelism honours the affinity mask and the cgroup CPU quota.
-        None => std::thread::available_parallelism().map_or(1, NonZero::get),
-    };
-    let (program, worker_args, transport) = worker_command(&args)?;
     let mut worker_env = Vec::new();
     if let Some(template) = &args.exec {
         let spec = exec_spec(template, &args)?;
@@ -113,6 +130,10 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                 .into(),
         ));
     }
+    let (mut scheduler, pool) = pool_settings(&args.pool, worker_env)?;
+    scheduler.keep_order = args.keep_order.then_some(args.order_window);
+    scheduler.halt = args.halt;
+    let workers = scheduler.workers;
     if args.lines && args.task.is_none() && args.exec.is_none() {
         bail!("--lines needs --task NAME (the task each line is the input of) or --exec COMMAND");
     }
@@ -151,32 +172,8 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     };
     let max_line_bytes = usize::try_from(args.max_job_bytes).unwrap_or(usize::MAX);
     let config = RunConfig {
-        scheduler: SchedulerConfig {
-            workers,
-            retries: args.retries,
-            timeout: args.timeout,
-            keep_order: args.keep_order.then_some(args.order_window),
-            halt: args.halt,
-            max_jobs_per_worker: args.max_jobs_per_worker,
-            max_rss: args.max_rss,
-            memory_limit: args.memory_limit,
-            restart: RestartPolicy {
-                max_restarts: args.max_restarts,
-                period: args.restart_period,
-                ..RestartPolicy::default()
-            },
-            ..SchedulerConfig::default()
-        },
-        pool: PoolConfig {
-            program,
-            args: worker_args,
-            transport,
-            env: worker_env,
-            handshake_timeout: args.start_timeout,
-            memory_limit: args.memory_limit,
-            // This binary is a corral: it is its own keeper.
-            keeper: std::env::current_exe().ok(),
-        },
+        scheduler,
+        pool,
         format: InputFormat {
             plain_lines: args.lines,
             default_task,
@@ -185,7 +182,7 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             max_blocks: ring_blocks(workers),
         },
         sources,
-        grace: args.grace,
+        grace: args.pool.grace,
         progress: !quiet && (args.progress || io::stderr().is_terminal()),
         finished,
     };
@@ -196,9 +193,118 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     Ok(finish(&report, quiet))
 }
 
+fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use corral::serve::policy::{ConfigFile, PolicyArgs};
+    use corral::serve::{Listen, ServeConfig, ServeEnd};
+    // A bad file is an error now, before the socket or any worker.
+    if let Some(path) = &args.config {
+        ConfigFile::read(path).map_err(anyhow::Error::msg)?;
+    }
+    let listen = match &args.socket {
+        Some(path) => Listen::Path(path.clone()),
+        None => Listen::Activated,
+    };
+    let listeners = corral::serve::listeners(&listen)?;
+    let (scheduler, pool) = pool_settings(&args.pool, Vec::new())?;
+    let workers = scheduler.workers;
+    let config = ServeConfig {
+        engine: EngineConfig {
+            scheduler,
+            pool,
+            grace: args.pool.grace,
+            progress: false,
+        },
+        format: InputFormat::json(workers),
+        listen,
+        policy: PolicyArgs {
+            allow_uid: args.allow_uid,
+            allow_gid: args.allow_gid,
+            allow_task: args.allow_task,
+            max_job_bytes: args.max_job_bytes,
+            max_client_jobs: args.max_client_jobs,
+            max_connections: args.max_connections.map(|n| n as usize),
+        },
+        config_file: args.config,
+    };
+    Ok(match corral::serve::serve(config, listeners) {
+        ServeEnd::Stopped(_) => ExitCode::SUCCESS,
+        ServeEnd::Fatal(message) => {
+            say(format_args!("{message}"));
+            ExitCode::from(2)
+        }
+    })
+}
+
+fn submit_command(args: SubmitArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let sources = sources(&args.files)?;
+    if let Some(output) = &args.output {
+        refuse_input_as_output(&sources, output)?;
+    }
+    let (output, finished): (Box<dyn Write + Send>, _) = match &args.output {
+        Some(path) => {
+            let (finished, file) = corral::resume::open_results(path, args.resume)?;
+            if finished.dropped_torn_line {
+                tracing::warn!(
+                    "{}: dropped a torn last line; its job runs again",
+                    path.display()
+                );
+            }
+            (Box::new(file), args.resume.then_some(finished.keys))
+        }
+        None => (Box::new(io::stdout()), None),
+    };
+    let status = corral::client::submit(corral::client::Submit {
+        sources,
+        socket: args.socket,
+        output,
+        finished,
+        quiet,
+    });
+    Ok(ExitCode::from(status))
+}
+
+/// The scheduler's and the pool's settings, shared by `run` and `serve`; `env` is for the
+/// workers.
+fn pool_settings(
+    args: &PoolArgs,
+    env: Vec<(OsString, OsString)>,
+) -> anyhow::Result<(SchedulerConfig, PoolConfig)> {
+    let workers = match args.jobs {
+        Some(n) => n as usize,
+        // Rust's available_parallelism honours the affinity mask and the cgroup CPU quota.
+        None => std::thread::available_parallelism().map_or(1, NonZero::get),
+    };
+    let (program, worker_args, transport) = worker_command(args)?;
+    let scheduler = SchedulerConfig {
+        workers,
+        retries: args.retries,
+        timeout: args.timeout,
+        max_jobs_per_worker: args.max_jobs_per_worker,
+        max_rss: args.max_rss,
+        memory_limit: args.memory_limit,
+        restart: RestartPolicy {
+            max_restarts: args.max_restarts,
+            period: args.restart_period,
+            ..RestartPolicy::default()
+        },
+        ..SchedulerConfig::default()
+    };
+    let pool = PoolConfig {
+        program,
+        args: worker_args,
+        transport,
+        env,
+        handshake_timeout: args.start_timeout,
+        memory_limit: args.memory_limit,
+        // This binary is a corral: it is its own keeper.
+        keeper: std::env::current_exe().ok(),
+    };
+    Ok((scheduler, pool))
+}
+
 /// The worker to start: `--worker-cmd` split into words (a stdio worker), or `--worker` (a
 /// native one), or the built-in worker next to this binary.
-fn worker_command(args: &RunArgs) -> anyhow::Result<(PathBuf, Vec<OsString>, Transport)> {
+fn worker_command(args: &PoolArgs) -> anyhow::Result<(PathBuf, Vec<OsString>, Transport)> {
     if let Some(line) = &args.worker_cmd {
         let words = shell_words::split(line)
             .with_context(|| format!("cannot split --worker-cmd {line:?} into words"))?;

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
+use tracing::Level;
 
 use corral_protocol::{
     Batch, BatchDone, ENV_SUPERVISOR_PID, ENV_WORKER_SLOT, RunningSlot, WorkerId,
@@ -221,6 +222,8 @@ pub struct WorkerHandle {
     pub pid: u32,
     /// Its running word.
     pub running: RunningSlot,
+    /// When it said hello.
+    pub started: std::time::Instant,
     batches: Option<Sender<Batch>>,
     /// Set when the runtime kills it: a batch that can then not be sent is no surprise.
     killed: Arc<AtomicBool>,
@@ -261,6 +264,7 @@ impl WorkerHandle {
         let handle = WorkerHandle {
             pid,
             running: started.running,
+            started: std::time::Instant::now(),
             batches: Some(batches),
             killed,
         };
@@ -827,16 +831,19 @@ impl LogStream {
     }
 }
 
+/// Logs a worker's line at warning level, or at the level its syslog prefix (`<4>`) names.
 fn log_line(pid: u32, stream: &str, line: LogLine<'_>) {
     let text = String::from_utf8_lossy(line.text);
-    if line.cut == 0 {
-        tracing::warn!(pid, "worker {stream}: {text}");
-    } else {
-        tracing::warn!(
-            pid,
-            "worker {stream}: {text}... ({} more bytes of this line not logged)",
-            line.cut
-        );
+    let (level, text) = crate::journal::worker_level(&text).unwrap_or((Level::WARN, &text));
+    let cut = match line.cut {
+        0 => String::new(),
+        n => format!("... ({n} more bytes of this line not logged)"),
+    };
+    match level {
+        Level::ERROR => tracing::error!(pid, "worker {stream}: {text}{cut}"),
+        Level::WARN => tracing::warn!(pid, "worker {stream}: {text}{cut}"),
+        Level::INFO => tracing::info!(pid, "worker {stream}: {text}{cut}"),
+        _ => tracing::debug!(pid, "worker {stream}: {text}{cut}"),
     }
 }
 

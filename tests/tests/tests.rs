@@ -9,6 +9,7 @@ mod engine;
 mod exec;
 mod hardening;
 mod operate;
+mod serve;
 mod startup;
 mod stdio;
 mod supervision;

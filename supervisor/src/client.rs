@@ -1,0 +1,447 @@
+//! The clients of `corral serve`: `corral submit` sends job files and writes back their
+//! results as `corral run` would, and `corral status` shows the service's state. What they
+//! say on the socket is in [`crate::wire`].
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Instant;
+
+use crate::jobline;
+use crate::resume::{FinishedKeys, Meeting, id_digest, line_digest};
+use crate::run::Source;
+use crate::wire::{Hello, Said};
+
+/// Exit status when the service is not there, or stopped before every job had its result
+/// (`EX_TEMPFAIL`: try again, with `--resume`).
+pub const EXIT_UNAVAILABLE: u8 = 75;
+
+/// What `corral submit` does.
+pub struct Submit {
+    /// Job files, sent in order.
+    pub sources: Vec<Source>,
+    /// The service's socket.
+    pub socket: PathBuf,
+    /// Where results go.
+    pub output: Box<dyn Write + Send>,
+    /// With `--resume`: jobs whose result is already written, which are not sent.
+    pub finished: Option<FinishedKeys>,
+    /// No summary line.
+    pub quiet: bool,
+}
+
+/// A `corral:` line on stderr (a failed write is ignored: the exit status still tells).
+fn say(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "corral: {message}");
+}
+
+/// Connects to the service, or says why not.
+fn connect(socket: &Path) -> Result<UnixStream, u8> {
+    UnixStream::connect(socket).map_err(|err| {
+        let hint = match err.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                "; is the service running? (systemctl status corral.socket corral.service)"
+            }
+            io::ErrorKind::PermissionDenied => {
+                "; the socket's group (SocketGroup= of corral.socket) must include you"
+            }
+            _ => "",
+        };
+        say(format_args!(
+            "cannot reach the corral service at {}: {err}{hint}",
+            socket.display()
+        ));
+        EXIT_UNAVAILABLE
+    })
+}
+
+/// Runs `corral submit`; returns its exit status.
+pub fn submit(config: Submit) -> u8 {
+    let started = Instant::now();
+    let stream = match connect(&config.socket) {
+        Ok(stream) => stream,
+        Err(status) => return status,
+    };
+    let Ok(send_half) = stream.try_clone() else {
+        say(format_args!("cannot use the connection to the service"));
+        return EXIT_UNAVAILABLE;
+    };
+    let sources = config.sources;
+    let finished = config.finished;
+    let sender = thread::Builder::new()
+        .name("corral-send".into())
+        .spawn(move || send_jobs(send_half, sources, finished))
+        .expect("spawning a thread");
+    let outcome = receive(&stream, config.output);
+    // The sender ends once its input is sent, or at its next write once the service is gone.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let sent = sender.join().unwrap_or(Err(SendError::Service));
+    if let Err(SendError::Input(message)) = &sent {
+        say(format_args!("{message}"));
+        return 2;
+    }
+    match outcome {
+        Received::Output(err) => {
+            if err.kind() == io::ErrorKind::BrokenPipe {
+                return 0;
+            }
+            say(format_args!("cannot write results: {err}"));
+            2
+        }
+        Received::Refused(message) => {
+            say(format_args!("the service refused: {message}"));
+            2
+        }
+        Received::End {
+            results,
+            ok,
+            failed,
+        } => {
+            if !config.quiet {
+                let secs = started.elapsed().as_secs_f64();
+                say(format_args!(
+                    "{results} jobs: {ok} ok, {failed} failed; {secs:.2}s, {:.0} jobs/s",
+                    results as f64 / secs.max(1e-9)
+                ));
+            }
+            u8::from(failed > 0)
+        }
+        Received::Stopped { results, reason } => {
+            say(format_args!(
+                "{reason}: {results} results came before it stopped; the other jobs did not run. Run again with -o FILE --resume to finish them"
+            ));
+            EXIT_UNAVAILABLE
+        }
+        Received::Lost { results, error } => {
+            let error = error.map_or_else(String::new, |e| format!(" ({e})"));
+            say(format_args!(
+                "the connection to the service was lost{error} after {results} results; run again with -o FILE --resume to finish"
+            ));
+            EXIT_UNAVAILABLE
+        }
+    }
+}
+
+/// How the answer ended.
+enum Received {
+    End {
+        results: u64,
+        ok: u64,
+        failed: u64,
+    },
+    Stopped {
+        results: u64,
+        reason: String,
+    },
+    Refused(String),
+    Lost {
+        results: u64,
+        error: Option<io::Error>,
+    },
+    Output(io::Error),
+}
+
+/// Writes result lines as they come, flushing each time the socket has no more for now, so
+/// that what the service sent is on disk as soon as it can be.
+fn receive(stream: &UnixStream, output: Box<dyn Write + Send>) -> Received {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, output);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut partial: Vec<u8> = Vec::new();
+    let mut results = 0u64;
+    let mut reader = stream;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => {
+                return Received::Lost {
+                    results,
+                    error: None,
+                };
+            }
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                return Received::Lost {
+                    results,
+                    error: Some(err),
+                };
+            }
+        };
+        let mut chunk = &buf[..n];
+        while let Some(end) = memchr::memchr(b'\n', chunk) {
+            let line: &[u8] = if partial.is_empty() {
+                &chunk[..=end]
+            } else {
+                partial.extend_from_slice(&chunk[..=end]);
+                &partial
+            };
+            if let Some(said) = Said::parse(line.trim_ascii_end()) {
+                if let Err(err) = out.flush() {
+                    return Received::Output(err);
+                }
+                match said {
+                    Said::End { ok, failed, .. } => {
+                        return Received::End {
+                            results,
+                            ok,
+                            failed,
+                        };
+                    }
+                    Said::Stopped { reason, .. } => return Received::Stopped { results, reason },
+                    Said::Error { message } => return Received::Refused(message),
+                    Said::Status(_) => {}
+                }
+            } else {
+                if let Err(err) = out.write_all(line) {
+                    return Received::Output(err);
+                }
+                results += 1;
+            }
+            partial.clear();
+            chunk = &chunk[end + 1..];
+        }
+        partial.extend_from_slice(chunk);
+        if let Err(err) = out.flush() {
+            return Received::Output(err);
+        }
+    }
+}
+
+enum SendError {
+    /// An input could not be read: the message says which.
+    Input(String),
+    /// The service is gone; the receiving side says so.
+    Service,
+}
+
+/// Sends the hello, then every input in order, each line ending in a newline, then closes
+/// the sending side.
+fn send_jobs(
+    stream: UnixStream,
+    sources: Vec<Source>,
+    finished: Option<FinishedKeys>,
+) -> Result<(), SendError> {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, &stream);
+    out.write_all(&Hello::Submit.line())
+        .map_err(|_| SendError::Service)?;
+    let mut filter = finished.map(|keys| ResumeFilter { keys, line: 0 });
+    for source in sources {
+        let (name, reader): (String, Box<dyn Read>) = match &source {
+            Source::Stdin => ("standard input".into(), Box::new(io::stdin())),
+            Source::File(path) => match File::open(path) {
+                Ok(file) => (path.display().to_string(), Box::new(file)),
+                Err(err) => {
+                    return Err(SendError::Input(format!(
+                        "cannot open {}: {err}",
+                        path.display()
+                    )));
+                }
+            },
+        };
+        let mut reader = BufReader::with_capacity(64 * 1024, reader);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) => {
+                    return Err(SendError::Input(format!("cannot read {name}: {err}")));
+                }
+            }
+            if line.last() != Some(&b'\n') {
+                // The last line of a file without its newline: the next file starts a line of
+                // its own, as with `corral run`.
+                line.push(b'\n');
+            }
+            let keep = filter.as_mut().is_none_or(|f| f.keep(&line));
+            // A job skipped is sent as a blank line, so that the line numbers stay those of
+            // the file (a job without an id has its line number as id).
+            let sent = if keep { &line[..] } else { b"\n" };
+            out.write_all(sent).map_err(|_| SendError::Service)?;
+        }
+    }
+    out.flush().map_err(|_| SendError::Service)?;
+    drop(out);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// `--resume` on the client's side: which lines already have their result, decided as
+/// `corral run --resume` decides it.
+struct ResumeFilter {
+    keys: FinishedKeys,
+    line: u64,
+}
+
+impl ResumeFilter {
+    /// Whether `raw` (a line with its ending) must be sent.
+    fn keep(&mut self, raw: &[u8]) -> bool {
+        self.line += 1;
+        let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return true;
+        }
+        if self.keys.contains(line_digest(self.line)) {
+            return false;
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            return true;
+        };
+        let Ok(parsed) = jobline::scan(text) else {
+            return true;
+        };
+        let key = match parsed.id.map(|span| &line[span]) {
+            Some(id) => id_digest(id).unwrap_or_else(|| line_digest(self.line)),
+            None => id_digest(itoa::Buffer::new().format(self.line).as_bytes())
+                .expect("a number is an id"),
+        };
+        !matches!(self.keys.meet(key, self.line), Meeting::Finished)
+    }
+}
+
+/// Runs `corral status`; returns its exit status.
+pub fn status(socket: &Path, json: bool) -> u8 {
+    let mut stream = match connect(socket) {
+        Ok(stream) => stream,
+        Err(status) => return status,
+    };
+    if stream.write_all(&Hello::Status.line()).is_err() {
+        say(format_args!("the service closed the connection"));
+        return EXIT_UNAVAILABLE;
+    }
+    let mut line = Vec::new();
+    if let Err(err) = BufReader::new(&stream).read_until(b'\n', &mut line) {
+        say(format_args!("cannot read the service's answer: {err}"));
+        return EXIT_UNAVAILABLE;
+    }
+    match Said::parse(line.trim_ascii_end()) {
+        Some(Said::Status(value)) => {
+            let text = if json {
+                serde_json::to_string(&value).expect("a value serializes")
+            } else {
+                table(&value)
+            };
+            let _ = writeln!(io::stdout().lock(), "{text}");
+            0
+        }
+        Some(Said::Error { message }) => {
+            say(format_args!("the service refused: {message}"));
+            2
+        }
+        _ => {
+            say(format_args!(
+                "the service did not answer with its status (it may be stopping)"
+            ));
+            EXIT_UNAVAILABLE
+        }
+    }
+}
+
+/// The status as a few lines for a person.
+fn table(status: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let num = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or(0);
+    let secs = |v: &serde_json::Value, key: &str| {
+        let s = v[key].as_f64().unwrap_or(0.0);
+        humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string()
+    };
+    let mut out = String::new();
+    let workers = status["workers"].as_array().cloned().unwrap_or_default();
+    let clients = status["clients"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "corral service pid {}, up {}{}",
+        num(status, "pid"),
+        secs(status, "uptime_secs"),
+        if status["draining"].as_bool() == Some(true) {
+            ", stopping"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "workers: {} ready of {}; {} restarts, {} recycled",
+        num(status, "ready"),
+        workers.len(),
+        num(status, "restarts"),
+        num(status, "recycled")
+    );
+    let _ = writeln!(
+        out,
+        "queue: {} jobs waiting from {} clients; {} in service; {} results since start",
+        num(status, "queued"),
+        num(status, "queued_sources"),
+        num(status, "outstanding"),
+        num(status, "answered")
+    );
+    let _ = writeln!(
+        out,
+        "\n  {:<8} {:<10} {:>10} {:>10} {:>10}  JOB",
+        "PID", "STATE", "UPTIME", "RSS", "DONE"
+    );
+    for w in &workers {
+        let rss = w["rss_bytes"].as_u64().map_or_else(
+            || "-".to_owned(),
+            |b| bytesize::ByteSize(b).display().iec().to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<10} {:>10} {:>10} {:>10}  {}",
+            num(w, "pid"),
+            w["state"].as_str().unwrap_or("?"),
+            secs(w, "uptime_secs"),
+            rss,
+            num(w, "jobs_done"),
+            w["current"].as_str().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n  {:<8} {:<8} {:<8} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "CLIENT", "UID", "PID", "READ", "WRITTEN", "IN SERVICE", "OK", "FAILED"
+    );
+    for c in &clients {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<8} {:<8} {:>10} {:>10} {:>10} {:>8} {:>8}",
+            num(c, "client"),
+            num(c, "uid"),
+            num(c, "pid"),
+            num(c, "jobs_read"),
+            num(c, "results_written"),
+            num(c, "in_service"),
+            num(c, "ok"),
+            num(c, "failed")
+        );
+    }
+    out.trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_skips_what_run_would_skip_and_keeps_the_rest() {
+        let mut keys = FinishedKeys::default();
+        keys.insert(id_digest(b"\"a\"").unwrap());
+        keys.insert(line_digest(3));
+        keys.insert(id_digest(b"4").unwrap());
+        let mut filter = ResumeFilter { keys, line: 0 };
+        let lines: [&[u8]; 6] = [
+            b"{\"id\":\"a\",\"task\":\"t\"}\n",
+            b"{\"id\":\"b\",\"task\":\"t\"}\r\n",
+            b"not json, answered by line\n",
+            b"{\"task\":\"t\"}\n",
+            b"   \n",
+            b"{\"task\":\"t\"}\n",
+        ];
+        let kept: Vec<bool> = lines.iter().map(|line| filter.keep(line)).collect();
+        // a: done; b: runs; line 3: done; line 4 (id 4): done; blank: sent; line 6 runs.
+        assert_eq!(kept, [false, true, false, false, true, true]);
+    }
+}

@@ -1,0 +1,441 @@
+//! `corral serve`: one engine and its pool of workers, shared by every client of a Unix
+//! socket. Each connection is a source of its own (see [`crate::engine`]): it writes job
+//! lines, and gets back one result line per job, as they complete. Sources take turns in the
+//! queue a batch at a time, each client may have at most `max_client_jobs` jobs in the
+//! service at once, and a client that goes away has its queued jobs dropped.
+//!
+//! The socket is `--socket PATH`, or the one systemd passes (`LISTEN_FDS`). Under systemd
+//! (`NOTIFY_SOCKET`), the service says `READY=1` once its workers have said hello, keeps
+//! `STATUS=` up to date, sends `WATCHDOG=1` at half of `WATCHDOG_USEC` each time the
+//! engine's loop has answered, and `STOPPING=1` on SIGTERM or SIGINT, after which the batches
+//! in flight finish within the grace period and the service exits. SIGHUP reads the
+//! `--config` file again (`RELOADING=1`, then `READY=1`): the new users, tasks and limits
+//! hold for the connections that follow, and a new worker count takes effect at once.
+
+mod connection;
+pub mod notify;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
+
+use crate::engine::{Control, Engine, EngineConfig, EngineEnd, EngineReport, EngineStatus, Intake};
+use crate::input::InputFormat;
+use crate::record::{SourceId, TaskNames};
+use connection::Counts;
+use policy::{ConfigFile, Policy, PolicyArgs};
+
+/// How often the service looks at its engine when no watchdog asks for more.
+const STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// How often the service looks whether its workers are ready, until they are.
+const READY_POLL: Duration = Duration::from_millis(20);
+/// How long writers may take to send their last lines once the engine has ended.
+const LAST_WRITES: Duration = Duration::from_secs(2);
+
+/// Where the service listens.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    /// A socket file it creates (and removes at the end).
+    Path(PathBuf),
+    /// The sockets systemd passed (`LISTEN_FDS`), or `systemd-socket-activate`.
+    Activated,
+}
+
+/// Everything the service needs to know.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The engine's settings.
+    pub engine: EngineConfig,
+    /// How lines become jobs (the line limit comes from the policy).
+    pub format: InputFormat,
+    /// Where to listen.
+    pub listen: Listen,
+    /// What the command line says about users, tasks and limits.
+    pub policy: PolicyArgs,
+    /// The `--config` file, read at the start and on SIGHUP.
+    pub config_file: Option<PathBuf>,
+}
+
+/// How the service ended.
+#[derive(Debug)]
+pub enum ServeEnd {
+    /// Stopped by a signal (its number), after its drain.
+    Stopped(i32),
+    /// The workers could not be run; the message says why.
+    Fatal(String),
+}
+
+/// A connected client, for `corral status`.
+pub(crate) struct Client {
+    uid: u32,
+    pid: i32,
+    since: Instant,
+    counts: Arc<Counts>,
+}
+
+/// What the connections share.
+pub(crate) struct Shared {
+    intake: Sender<Intake>,
+    control: Sender<Control>,
+    names: TaskNames,
+    format: InputFormat,
+    policy: RwLock<Arc<Policy>>,
+    next_source: Mutex<u32>,
+    clients: Mutex<HashMap<SourceId, Client>>,
+    /// Job connections open.
+    connections: AtomicUsize,
+    /// Connections open, of any kind.
+    open: AtomicUsize,
+    stopping: Mutex<Option<String>>,
+    started: Instant,
+}
+
+impl Shared {
+    fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("never poisoned").clone()
+    }
+
+    fn stop_reason(&self) -> String {
+        self.stopping
+            .lock()
+            .expect("never poisoned")
+            .clone()
+            .unwrap_or_else(|| "the service stopped".into())
+    }
+
+    /// The engine's state and the clients', as `corral status` shows them; `None` if the
+    /// engine does not answer within `wait`.
+    fn status(&self, wait: Duration) -> Option<serde_json::Value> {
+        let engine = self.engine_status(wait)?;
+        let now = Instant::now();
+        let mut clients: Vec<serde_json::Value> = {
+            let clients = self.clients.lock().expect("never poisoned");
+            let mut list: Vec<(&SourceId, &Client)> = clients.iter().collect();
+            list.sort_by_key(|(id, _)| **id);
+            list.into_iter()
+                .map(|(id, c)| {
+                    let sent = c.counts.sent.load(Ordering::Acquire);
+                    let written = c.counts.written.load(Ordering::Acquire);
+                    serde_json::json!({
+                        "client": id.0,
+                        "uid": c.uid,
+                        "pid": c.pid,
+                        "connected_secs": now.duration_since(c.since).as_secs_f64(),
+                        "jobs_read": sent,
+                        "results_written": written,
+                        "in_service": sent - written,
+                        "ok": c.counts.ok.load(Ordering::Relaxed),
+                        "failed": c.counts.failed.load(Ordering::Relaxed),
+                    })
+                })
+                .collect()
+        };
+        let mut status = serde_json::to_value(&engine).expect("a status serializes");
+        let map = status.as_object_mut().expect("a struct is an object");
+        map.insert("pid".into(), std::process::id().into());
+        map.insert(
+            "uptime_secs".into(),
+            now.duration_since(self.started).as_secs_f64().into(),
+        );
+        map.insert(
+            "connections".into(),
+            self.connections.load(Ordering::Acquire).into(),
+        );
+        map.insert(
+            "clients".into(),
+            serde_json::Value::Array(std::mem::take(&mut clients)),
+        );
+        Some(status)
+    }
+
+    fn engine_status(&self, wait: Duration) -> Option<EngineStatus> {
+        let (tx, rx) = bounded(1);
+        self.control.send(Control::Status(tx)).ok()?;
+        rx.recv_timeout(wait).ok()
+    }
+}
+
+/// The sockets to listen on: bound now, before any worker starts, so that a bad path is
+/// reported at once.
+pub fn listeners(listen: &Listen) -> anyhow::Result<Vec<UnixListener>> {
+    match listen {
+        Listen::Path(path) => Ok(vec![bind(path)?]),
+        Listen::Activated => {
+            let fds = notify::listen_fds()?;
+            if fds.is_empty() {
+                anyhow::bail!(
+                    "no --socket PATH given, and no socket passed by systemd (LISTEN_FDS is not set for this process)"
+                );
+            }
+            Ok(fds)
+        }
+    }
+}
+
+/// Binds `path` with mode 0660. A socket file left by a service that is gone is replaced; one
+/// that a live service answers on is not.
+fn bind(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "--socket {}: a file that is not a socket is there",
+                path.display()
+            );
+        }
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "--socket {}: another corral service is listening there",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    // SAFETY: umask only swaps the process's file mode mask; no thread has started yet that
+    // creates files, and the old mask is put back at once.
+    let old = unsafe { libc::umask(0o117) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Runs the service until a stop signal and its drain, or until its workers cannot run.
+pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
+    let file = match &config.config_file {
+        Some(path) => ConfigFile::read(path).unwrap_or_else(|err| {
+            // Checked by the caller before it got here; a file gone since then is empty.
+            tracing::error!("{err}");
+            ConfigFile::default()
+        }),
+        None => ConfigFile::default(),
+    };
+    let policy = Arc::new(Policy::new(&config.policy, &file));
+    let mut engine_config = config.engine.clone();
+    if let Some(workers) = file.workers {
+        engine_config.scheduler.workers = workers as usize;
+    }
+    let workers = engine_config.scheduler.workers;
+    let names = TaskNames::default();
+    let (intake, intake_rx) = bounded::<Intake>(1);
+    let (control, control_rx) = unbounded::<Control>();
+    let engine = Engine::new(engine_config, names.clone());
+    let (done_tx, done_rx) = bounded::<EngineReport>(1);
+    thread::Builder::new()
+        .name("corral-engine".into())
+        .spawn(move || {
+            let report = engine.run(&intake_rx, &control_rx);
+            // The intake closes with the engine: readers waiting to send are let go.
+            drop(intake_rx);
+            let _ = done_tx.send(report);
+        })
+        .expect("spawning a thread");
+
+    let shared = Arc::new(Shared {
+        intake,
+        control: control.clone(),
+        names,
+        format: config.format.clone(),
+        policy: RwLock::new(policy),
+        next_source: Mutex::new(0),
+        clients: Mutex::new(HashMap::new()),
+        connections: AtomicUsize::new(0),
+        open: AtomicUsize::new(0),
+        stopping: Mutex::new(None),
+        started: Instant::now(),
+    });
+    let closing = Arc::new(AtomicBool::new(false));
+    let fds: Vec<i32> = listeners
+        .iter()
+        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .collect();
+    for listener in listeners {
+        let shared = shared.clone();
+        let closing = closing.clone();
+        thread::Builder::new()
+            .name("corral-accept".into())
+            .spawn(move || accept(&listener, &shared, &closing))
+            .expect("spawning a thread");
+    }
+
+    let signals = signal_channel();
+    let watchdog = notify::watchdog_period();
+    let period = watchdog.map_or(STATUS_PERIOD, |w| (w / 2).min(STATUS_PERIOD));
+    let ticker = tick(period);
+    // Until the workers have said hello, looked at often, so READY=1 follows their hello.
+    let starting = tick(READY_POLL);
+    let never = crossbeam_channel::never();
+    let mut ready = false;
+    let mut stopping = false;
+    let mut workers = workers;
+    let report = loop {
+        select! {
+            recv(done_rx) -> report => break report.expect("the engine thread sends its report"),
+            recv(signals) -> signal => {
+                let Ok(signal) = signal else { continue };
+                if signal == libc::SIGHUP {
+                    workers = reload(&config, &shared, workers);
+                    continue;
+                }
+                let name = nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
+                if !stopping {
+                    stopping = true;
+                    notify::stopping();
+                    *shared.stopping.lock().expect("never poisoned") =
+                        Some(format!("the service is stopping ({name})"));
+                    closing.store(true, Ordering::Release);
+                    for &fd in &fds {
+                        // Wakes the accept threads; the listening sockets close with them.
+                        // SAFETY: shutdown on a socket this process owns; no memory involved.
+                        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                    }
+                }
+                let _ = control.send(Control::Stop(signal));
+            }
+            recv(if ready { &never } else { &starting }) -> _ => {
+                if let Some(status) = shared.engine_status(period)
+                    && status.ready >= workers.min(status.workers.len().max(1))
+                {
+                    ready = true;
+                    tracing::info!("{} workers ready: serving", status.ready);
+                    notify::ready();
+                    notify::status(&status_line(&status, &shared));
+                }
+            }
+            recv(ticker) -> _ => {
+                let Some(status) = shared.engine_status(period) else {
+                    tracing::warn!("the engine did not answer within {}", humantime::format_duration(period));
+                    continue;
+                };
+                // The engine's loop answered: it is not wedged.
+                if watchdog.is_some() {
+                    notify::watchdog();
+                }
+                notify::status(&status_line(&status, &shared));
+            }
+        }
+    };
+    closing.store(true, Ordering::Release);
+    // Every sink went with the engine: the writers send their last lines, then end.
+    let until = Instant::now() + LAST_WRITES;
+    while shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        thread::sleep(Duration::from_millis(10));
+    }
+    if let Listen::Path(path) = &config.listen {
+        let _ = std::fs::remove_file(path);
+    }
+    match report.end {
+        EngineEnd::Fatal(message) | EngineEnd::Halted(message) => ServeEnd::Fatal(message),
+        EngineEnd::Interrupted(signal) => ServeEnd::Stopped(signal),
+        EngineEnd::Completed | EngineEnd::SinkFailed => ServeEnd::Stopped(libc::SIGTERM),
+    }
+}
+
+/// Takes connections until the service closes.
+fn accept(listener: &UnixListener, shared: &Arc<Shared>, closing: &AtomicBool) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if closing.load(Ordering::Acquire) {
+                    return;
+                }
+                let shared = shared.clone();
+                let spawned = thread::Builder::new()
+                    .name("corral-conn".into())
+                    .spawn(move || connection::serve(stream, shared));
+                if let Err(err) = spawned {
+                    tracing::warn!("cannot start a thread for a connection: {err}");
+                }
+            }
+            Err(_) if closing.load(Ordering::Acquire) => return,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                // Out of file descriptors, say: the connection waits in the backlog.
+                tracing::warn!("cannot accept a connection: {err}");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// SIGHUP: reads the config file again and applies it; returns the worker count now asked.
+fn reload(config: &ServeConfig, shared: &Shared, workers: usize) -> usize {
+    let Some(path) = &config.config_file else {
+        tracing::info!("SIGHUP: no --config file to read again");
+        return workers;
+    };
+    notify::reloading();
+    let file = match ConfigFile::read(path) {
+        Ok(file) => file,
+        Err(err) => {
+            tracing::error!("SIGHUP: {err}; keeping the configuration in force");
+            notify::ready();
+            return workers;
+        }
+    };
+    let policy = Policy::new(&config.policy, &file);
+    *shared.policy.write().expect("never poisoned") = Arc::new(policy);
+    let wanted = file
+        .workers
+        .map_or(config.engine.scheduler.workers, |w| w as usize);
+    if wanted != workers {
+        let _ = shared.control.send(Control::Resize(wanted));
+    }
+    tracing::info!("SIGHUP: read {} again; {wanted} workers", path.display());
+    notify::ready();
+    wanted
+}
+
+fn status_line(status: &EngineStatus, shared: &Shared) -> String {
+    let busy = status.workers.iter().filter(|w| w.state == "busy").count();
+    format!(
+        "{} clients, {} jobs queued, {busy}/{} workers busy, {} results, {} restarts",
+        shared.clients.lock().expect("never poisoned").len(),
+        status.queued,
+        status.workers.len(),
+        status.answered,
+        status.restarts
+    )
+}
+
+/// SIGINT, SIGTERM and SIGHUP as they come.
+fn signal_channel() -> Receiver<i32> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let (tx, rx) = unbounded();
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(mut signals) => {
+            thread::Builder::new()
+                .name("corral-signals".into())
+                .spawn(move || {
+                    for signal in signals.forever() {
+                        if tx.send(signal).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawning a thread");
+        }
+        Err(err) => tracing::warn!("cannot handle signals: {err}"),
+    }
+    rx
+}
+
+/// A listening socket from a file descriptor systemd passed.
+fn listener_from_fd(fd: i32) -> UnixListener {
+    // SAFETY: the fd was passed to this process by its service manager to own, and is used
+    // nowhere else.
+    UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) })
+}

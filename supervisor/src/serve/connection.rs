@@ -1,0 +1,452 @@
+//! One client of `corral serve`: its jobs are a source of the shared engine, its results go
+//! back on the same connection.
+//!
+//! Two threads serve a connection. The reader checks the peer, reads the optional hello, then
+//! parses job lines and feeds them to the engine, never holding more than the policy's
+//! `max_client_jobs` in the service at once (credit: it waits until results have been written
+//! back), so a client that writes fast only fills its own socket buffer. The writer formats
+//! results as they come and writes them, then, for a client that said hello, the summary line.
+//! A write that fails (the client is gone) marks the source failed, and the engine drops what
+//! it still has queued.
+
+use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+
+use crate::engine::{Feed, Intake, Sink};
+use crate::input::{InputFormat, JobParser};
+use crate::output::{Echo, format_result};
+use crate::record::{
+    ErrorKind, InputChunk, InputItem, JobError, JobResult, ResultKey, SourceId, TaskId,
+};
+use crate::serve::policy::Peer;
+use crate::serve::{Client, Shared};
+use crate::wire::{Hello, Said};
+
+/// Items handed to the engine at once, at most.
+const FEED_CHUNK: usize = 1024;
+/// Blocks of input one connection may hold (64 KiB each, more for a longer line).
+const CONNECTION_BLOCKS: usize = 8;
+/// How long a status request waits for the engine.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
+/// Connections beyond `max_connections` that may be open for status requests.
+const STATUS_ROOM: usize = 16;
+/// How often a reader waiting for credit looks whether its client is gone.
+const CREDIT_POLL: Duration = Duration::from_millis(100);
+
+/// A connection's counts, shared by its reader, its writer, its sink and `corral status`.
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    /// Items (jobs and rejected lines) handed to the engine.
+    pub(super) sent: AtomicU64,
+    /// Result lines written back.
+    pub(super) written: AtomicU64,
+    pub(super) ok: AtomicU64,
+    pub(super) failed: AtomicU64,
+    /// Results handed to the writer and not yet written.
+    backlog: AtomicUsize,
+    /// The reader read the client's input to its end.
+    read_all: AtomicBool,
+    /// The client is gone (a write failed) or the service is done with it.
+    gone: AtomicBool,
+    /// Wakes a reader waiting for credit.
+    credit: (Mutex<()>, Condvar),
+}
+
+impl Counts {
+    fn in_service(&self) -> u64 {
+        self.sent.load(Ordering::Acquire) - self.written.load(Ordering::Acquire)
+    }
+
+    fn gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    fn wake(&self) {
+        let _guard = self.credit.0.lock().expect("never poisoned");
+        self.credit.1.notify_all();
+    }
+
+    /// Waits until `n` more items fit under `cap` (or nothing is in the service, so a chunk
+    /// larger than the cap still goes); false when the client is gone.
+    fn wait_for_credit(&self, n: u64, cap: u64) -> bool {
+        let mut guard = self.credit.0.lock().expect("never poisoned");
+        loop {
+            if self.gone() {
+                return false;
+            }
+            let in_service = self.in_service();
+            if in_service == 0 || in_service + n <= cap {
+                return true;
+            }
+            guard = self
+                .credit
+                .1
+                .wait_timeout(guard, CREDIT_POLL)
+                .expect("never poisoned")
+                .0;
+        }
+    }
+}
+
+/// Serves one connection to its end.
+pub(super) fn serve(stream: UnixStream, shared: Arc<Shared>) {
+    let peer = match Peer::of(&stream) {
+        Ok(peer) => peer,
+        Err(err) => {
+            tracing::warn!("cannot tell who connected ({err}): refusing the connection");
+            refuse(
+                &stream,
+                "corral cannot tell who you are (SO_PEERCRED failed)",
+            );
+            return;
+        }
+    };
+    let policy = shared.policy();
+    if let Err(why) = policy.admits(&peer) {
+        tracing::warn!(uid = peer.uid, pid = peer.pid, "refused: {why}");
+        refuse(&stream, &why);
+        return;
+    }
+    // Connections of any kind, those yet to send their first line among them, are bounded
+    // too, with room for status requests beside the job connections.
+    let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
+    let _open = CountGuard(&shared.open);
+    if open > policy.max_connections + STATUS_ROOM {
+        let why = "too many connections to this corral service; try again later";
+        tracing::warn!(uid = peer.uid, pid = peer.pid, "refused: {why}");
+        refuse(&stream, why);
+        return;
+    }
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let mut first = Vec::new();
+    let limit = policy.max_line_bytes as u64 + 2;
+    if let Err(err) = (&mut reader).take(limit).read_until(b'\n', &mut first) {
+        tracing::debug!("a client left before its first line: {err}");
+        return;
+    }
+    let hello = match Hello::parse(first.trim_ascii_end()) {
+        Ok(hello) => hello,
+        Err(why) => {
+            refuse(&stream, &why);
+            return;
+        }
+    };
+    if hello == Some(Hello::Status) {
+        answer_status(&stream, &shared);
+        return;
+    }
+    // Status requests are short and not counted: a full service still answers them.
+    let connections = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+    let _count = CountGuard(&shared.connections);
+    if connections > policy.max_connections {
+        let why = format!(
+            "too many connections: this corral service takes at most {} at once (--max-connections); try again later",
+            policy.max_connections
+        );
+        tracing::warn!(uid = peer.uid, pid = peer.pid, "refused: {why}");
+        refuse(&stream, &why);
+        return;
+    }
+
+    if hello.is_some() {
+        first.clear();
+    }
+    let jobs = Cursor::new(first).chain(reader);
+    run_jobs(stream, jobs, hello.is_some(), peer, &shared);
+}
+
+/// Decrements the connection count when the connection ends.
+struct CountGuard<'a>(&'a AtomicUsize);
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Says why, then closes.
+fn refuse(mut stream: &UnixStream, why: &str) {
+    let said = Said::Error {
+        message: why.to_owned(),
+    };
+    let _ = stream.write_all(&said.line());
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn answer_status(mut stream: &UnixStream, shared: &Shared) {
+    let said = match shared.status(STATUS_WAIT) {
+        Some(status) => Said::Status(Box::new(status)),
+        None => Said::Error {
+            message: "the service's engine did not answer in time".into(),
+        },
+    };
+    let _ = stream.write_all(&said.line());
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn run_jobs(stream: UnixStream, jobs: impl Read, summary: bool, peer: Peer, shared: &Arc<Shared>) {
+    let policy = shared.policy();
+    let format = InputFormat {
+        max_line_bytes: policy.max_line_bytes,
+        max_blocks: CONNECTION_BLOCKS,
+        ..shared.format.clone()
+    };
+    let counts = Arc::new(Counts::default());
+    let (tx, rx) = unbounded::<Vec<JobResult>>();
+    let sink = Box::new(ConnectionSink {
+        tx,
+        counts: counts.clone(),
+    });
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    // Opened in id order: the id is taken and the source opened under one lock.
+    let source = {
+        let mut next = shared.next_source.lock().expect("never poisoned");
+        let source = SourceId(*next);
+        *next += 1;
+        if shared.intake.send(Intake::Open { source, sink }).is_err() {
+            drop(next);
+            refuse(&stream, "the service is stopping");
+            return;
+        }
+        source
+    };
+    shared.clients.lock().expect("never poisoned").insert(
+        source,
+        Client {
+            uid: peer.uid,
+            pid: peer.pid,
+            since: Instant::now(),
+            counts: counts.clone(),
+        },
+    );
+    tracing::info!(
+        uid = peer.uid,
+        pid = peer.pid,
+        "client {} connected",
+        source.0
+    );
+    let writer = {
+        let counts = counts.clone();
+        let shared = shared.clone();
+        let echo = Echo::of(&format);
+        thread::Builder::new()
+            .name(format!("corral-client-{}", source.0))
+            .spawn(move || write_results(write_half, &rx, echo, &counts, summary, &shared))
+            .expect("spawning a thread")
+    };
+    let parser = JobParser::new(format, shared.names.clone()).with_source(source);
+    feed(jobs, parser, source, &counts, &policy, shared);
+    let _ = writer.join();
+    // Unblocks the reader of a client that is still writing when the service is done with it.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    shared
+        .clients
+        .lock()
+        .expect("never poisoned")
+        .remove(&source);
+    tracing::info!(
+        uid = peer.uid,
+        pid = peer.pid,
+        "client {} done: {} results written",
+        source.0,
+        counts.written.load(Ordering::Acquire)
+    );
+}
+
+/// Parses the client's job lines and hands them to the engine within the client's credit.
+fn feed(
+    jobs: impl Read,
+    mut parser: JobParser,
+    source: SourceId,
+    counts: &Counts,
+    policy: &crate::serve::policy::Policy,
+    shared: &Shared,
+) {
+    let cap = policy.max_client_jobs;
+    let chunk_len = FEED_CHUNK.min(cap as usize).max(1);
+    let send = |feed: Feed| shared.intake.send(Intake::Feed { source, feed }).is_ok();
+    let mut allowed: Vec<(TaskId, bool)> = Vec::new();
+    let mut chunk = InputChunk::default();
+    let hand_over = |chunk: InputChunk| {
+        let n = chunk.len() as u64;
+        if !counts.wait_for_credit(n, cap) {
+            return false;
+        }
+        counts.sent.fetch_add(n, Ordering::AcqRel);
+        send(Feed::Jobs(chunk))
+    };
+    let read = parser.read_all(jobs, |item, would_wait| {
+        chunk.push(check_task(item, &mut allowed, policy, shared));
+        if chunk.len() >= chunk_len || would_wait {
+            return hand_over(std::mem::take(&mut chunk));
+        }
+        true
+    });
+    let ended = match read {
+        Ok(true) => {
+            let handed = chunk.is_empty() || hand_over(chunk);
+            counts.read_all.store(handed, Ordering::Release);
+            handed.then_some(Feed::Ended)
+        }
+        Ok(false) => None,
+        Err(err) => {
+            if !chunk.is_empty() {
+                hand_over(chunk);
+            }
+            // The client's own connection failed: what it sent still runs, but it will not
+            // see the results, so they are not kept for it.
+            Some(Feed::Failed(format!("a client's connection failed: {err}")))
+        }
+    };
+    if let Some(feed) = ended {
+        send(feed);
+    }
+}
+
+/// A job naming a task the policy does not allow gets its `unknown_task` result instead.
+fn check_task(
+    item: InputItem,
+    allowed: &mut Vec<(TaskId, bool)>,
+    policy: &crate::serve::policy::Policy,
+    shared: &Shared,
+) -> InputItem {
+    let InputItem::Job(job) = item else {
+        return item;
+    };
+    if policy.tasks.is_none() {
+        return InputItem::Job(job);
+    }
+    let ok = match allowed.iter().find(|(task, _)| *task == job.task) {
+        Some(&(_, ok)) => ok,
+        None => {
+            let ok = policy.allows_task(&shared.names.name(job.task));
+            allowed.push((job.task, ok));
+            ok
+        }
+    };
+    if ok {
+        return InputItem::Job(job);
+    }
+    let message = format!(
+        "task {:?} is not allowed by this corral service (--allow-task, or allow_task in its config file)",
+        &*shared.names.name(job.task)
+    );
+    InputItem::Rejected(Box::new(JobResult {
+        seq: job.seq,
+        source: job.source,
+        key: ResultKey::Job {
+            id: job.id,
+            line: job.line,
+        },
+        meta: job.meta,
+        attempts: 0,
+        worker: None,
+        outcome: Err(JobError::new(ErrorKind::UnknownTask, message)),
+    }))
+}
+
+/// Where the engine hands a connection's results.
+struct ConnectionSink {
+    tx: Sender<Vec<JobResult>>,
+    counts: Arc<Counts>,
+}
+
+impl Sink for ConnectionSink {
+    fn deliver(&mut self, results: Vec<JobResult>) {
+        self.counts
+            .backlog
+            .fetch_add(results.len(), Ordering::AcqRel);
+        let _ = self.tx.send(results);
+    }
+
+    fn backlog(&self) -> usize {
+        self.counts.backlog.load(Ordering::Acquire)
+    }
+
+    fn failed(&self) -> bool {
+        self.counts.gone()
+    }
+}
+
+/// Writes results until the engine drops the sink (the source is answered, or the service
+/// stops), then the summary line if the client asked for one.
+fn write_results(
+    stream: UnixStream,
+    rx: &Receiver<Vec<JobResult>>,
+    echo: Echo,
+    counts: &Counts,
+    summary: bool,
+    shared: &Shared,
+) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, stream);
+    let mut line = Vec::with_capacity(256);
+    let mut write = |results: Vec<JobResult>, out: &mut io::BufWriter<UnixStream>| {
+        let n = results.len();
+        for result in &results {
+            line.clear();
+            format_result(result, echo, &mut line);
+            if out.write_all(&line).is_err() {
+                return false;
+            }
+            let tally = if result.is_ok() {
+                &counts.ok
+            } else {
+                &counts.failed
+            };
+            tally.fetch_add(1, Ordering::Relaxed);
+        }
+        counts.backlog.fetch_sub(n, Ordering::AcqRel);
+        counts.written.fetch_add(n as u64, Ordering::AcqRel);
+        true
+    };
+    let mut healthy = true;
+    while let Ok(results) = rx.recv() {
+        healthy = write(results, &mut out);
+        while healthy && let Ok(more) = rx.try_recv() {
+            healthy = write(more, &mut out);
+        }
+        healthy = healthy && out.flush().is_ok();
+        counts.wake();
+        if !healthy {
+            tracing::info!("a client is gone: dropping its jobs not started yet");
+            break;
+        }
+    }
+    counts.gone.store(true, Ordering::Release);
+    counts.wake();
+    // A reader still waiting for lines from this client stops: the service is done with it.
+    let _ = out.get_ref().shutdown(std::net::Shutdown::Read);
+    if !healthy {
+        return;
+    }
+    if summary {
+        let written = counts.written.load(Ordering::Acquire);
+        let read = counts.sent.load(Ordering::Acquire);
+        let said = if counts.read_all.load(Ordering::Acquire) && written == read {
+            Said::End {
+                results: written,
+                ok: counts.ok.load(Ordering::Relaxed),
+                failed: counts.failed.load(Ordering::Relaxed),
+            }
+        } else {
+            Said::Stopped {
+                results: written,
+                read,
+                reason: shared.stop_reason(),
+            }
+        };
+        let _ = out.write_all(&said.line());
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,701 @@
+//! `corral serve` with its clients `corral submit` and `corral status`: many clients on one
+//! pool, each getting exactly its own results; clients that vanish; a service stopped, killed
+//! or reloaded under load; who may connect; the limits; and the systemd protocols, with a
+//! real datagram socket as NOTIFY_SOCKET and socket activation by systemd-socket-activate.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// A service running in the background; killed if dropped while still running.
+struct Service {
+    running: Running,
+    socket: PathBuf,
+}
+
+impl Service {
+    /// `corral serve --socket DIR/corral.sock` with these arguments, once it answers.
+    fn start<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: impl IntoIterator<Item = S>) -> Service {
+        let socket = dir.join("corral.sock");
+        let log = dir.join("service");
+        std::fs::create_dir_all(&log).unwrap();
+        let running = Run::corral(["serve", "--socket"])
+            .args([&socket])
+            .args(args)
+            .start(&log);
+        let service = Service { running, socket };
+        service.wait_until_serving();
+        service
+    }
+
+    fn wait_until_serving(&self) {
+        wait_for(Duration::from_secs(20), || {
+            self.status().filter(|s| s["ready"].as_u64() >= Some(1))
+        })
+        .unwrap_or_else(|| panic!("the service did not start: {}", self.log()));
+    }
+
+    fn pid(&self) -> u32 {
+        self.running.pid()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.socket.with_file_name("service").join("stderr"))
+            .unwrap_or_default()
+    }
+
+    /// `corral status --json`, if the service answers.
+    fn status(&self) -> Option<Value> {
+        let out = Run::corral(["status", "--json", "--socket"])
+            .args([&self.socket])
+            .deadline(Duration::from_secs(20))
+            .output();
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_str(out.stdout.trim()).ok()
+    }
+
+    fn submit<S: AsRef<std::ffi::OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Run {
+        Run::corral(["submit", "--socket"])
+            .args([&self.socket])
+            .args(args)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn stop(self) -> Output {
+        signal(self.pid(), libc::SIGTERM);
+        let out = self.running.wait(Duration::from_secs(30));
+        out.expect_code(0);
+        out
+    }
+}
+
+/// Job lines of the built-in `sum_squares` task, ids `{tag}-0` and on.
+fn tagged_jobs(tag: &str, n: u64) -> impl Iterator<Item = String> + '_ {
+    (0..n).map(move |i| format!(r#"{{"id":"{tag}-{i}","task":"sum_squares","input":[{i},2,3]}}"#))
+}
+
+/// The ids of result lines, with how often each came.
+fn id_counts(results: &[Value]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in results {
+        let id = match &r["id"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn assert_each_once(results: &[Value], ids: impl IntoIterator<Item = String>, who: &str) {
+    let counts = id_counts(results);
+    let ids: Vec<String> = ids.into_iter().collect();
+    for id in &ids {
+        assert_eq!(counts.get(id), Some(&1), "{who}: result of {id}");
+    }
+    assert_eq!(
+        results.len(),
+        ids.len(),
+        "{who}: results of other jobs came"
+    );
+}
+
+#[test]
+fn many_clients_at_once_each_get_exactly_their_own_results() {
+    let dir = temp_dir();
+    let service = Service::start(dir.path(), ["-j", "2"]);
+    let clients: Vec<(String, PathBuf)> = (0..8)
+        .map(|c| {
+            let tag = format!("c{c}");
+            let jobs = write_jobs(
+                dir.path(),
+                &format!("{tag}.jsonl"),
+                tagged_jobs(&tag, 2_000),
+            );
+            (tag, jobs)
+        })
+        .collect();
+    let outputs: Vec<(String, Output)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .iter()
+            .map(|(tag, jobs)| {
+                let run = service.submit([jobs]);
+                scope.spawn(move || (tag.clone(), run.output()))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (tag, out) in &outputs {
+        out.expect_code(0);
+        assert_each_once(
+            &out.results(),
+            tagged_jobs(tag, 2_000)
+                .enumerate()
+                .map(|(i, _)| format!("{tag}-{i}")),
+            tag,
+        );
+        assert!(
+            out.stderr.contains("2000 jobs: 2000 ok, 0 failed"),
+            "{}",
+            out.stderr
+        );
+    }
+    let status = service.status().expect("status answers");
+    assert_eq!(status["workers"].as_array().unwrap().len(), 2);
+    assert!(status["workers"][0]["pid"].as_u64().unwrap() > 0);
+    assert_eq!(status["answered"], 16_000);
+    assert_eq!(status["queued"], 0);
+    service.stop();
+}
+
+#[test]
+fn submit_matches_run_on_the_same_hostile_input() {
+    let dir = temp_dir();
+    let service = Service::start(dir.path(), ["-j", "2"]);
+    let lines = [
+        r#"{"id": 1, "task": "sum_squares", "input": [1, 2]}"#,
+        "not json",
+        "",
+        r#"{"task": "sum_squares", "input": [3]}"#,
+        r#"{"id": "x", "task": "nope"}"#,
+        "{\"id\": \"crlf\", \"task\": \"sum_squares\", \"input\": [2]}\r",
+        r#"{"id": "ü", "task": "sum_squares", "input": [1], "meta": {"k": [1]}}"#,
+        r#"{"id": {"bad": 1}, "task": "sum_squares"}"#,
+    ];
+    let jobs = write_jobs(
+        dir.path(),
+        "jobs.jsonl",
+        lines.iter().map(|l| l.to_string()),
+    );
+    // A file without its last newline, then another: the second starts a line of its own.
+    let tail = dir.path().join("tail.jsonl");
+    std::fs::write(&tail, r#"{"task": "sum_squares", "input": [5]}"#).unwrap();
+    let more = write_jobs(
+        dir.path(),
+        "more.jsonl",
+        [r#"{"task":"sum_squares","input":[6]}"#.to_string()],
+    );
+    let strip = |results: Vec<Value>| {
+        let mut results: Vec<String> = results
+            .into_iter()
+            .map(|mut r| {
+                let o = r.as_object_mut().unwrap();
+                o.remove("worker");
+                o.remove("ms");
+                r.to_string()
+            })
+            .collect();
+        results.sort();
+        results
+    };
+    let ran = Run::corral(["run", "-j", "2"])
+        .args([&jobs, &tail, &more])
+        .output();
+    let submitted = service.submit([&jobs, &tail, &more]).output();
+    assert_eq!(
+        ran.status.code(),
+        submitted.status.code(),
+        "{}",
+        submitted.stderr
+    );
+    assert_eq!(strip(ran.results()), strip(submitted.results()));
+    assert_eq!(submitted.results().len(), 9);
+    service.stop();
+}
+
+#[test]
+fn a_client_that_goes_away_loses_its_queued_jobs_and_nobody_else_is_disturbed() {
+    let dir = temp_dir();
+    let service = Service::start(
+        dir.path(),
+        ["-j", "2", "--worker", fault_worker().to_str().unwrap()],
+    );
+    // 4,000 jobs of 5 ms: 10 s of work on two workers, if it all ran.
+    let mut quitter = UnixStream::connect(&service.socket).unwrap();
+    let mut lines = String::new();
+    for line in square_jobs(4_000, 5_000) {
+        lines.push_str(&line);
+        lines.push('\n');
+    }
+    let writer = {
+        let mut stream = quitter.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = stream.write_all(lines.as_bytes());
+        })
+    };
+    let mut first = String::new();
+    BufReader::new(&mut quitter).read_line(&mut first).unwrap();
+    assert!(first.contains("\"ok\":true"), "{first}");
+    drop(quitter);
+    let _ = writer.join();
+    // Another client is served at once and in full.
+    let started = Instant::now();
+    let other_jobs: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"id":"b-{i}","task":"square","input":{{"n":{i},"spin_us":0}}}}"#))
+        .collect();
+    let other = service
+        .submit::<&str>([])
+        .stdin(other_jobs.join("\n"))
+        .output();
+    other.expect_code(0);
+    assert_each_once(&other.results(), (0..200).map(|i| format!("b-{i}")), "b");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the other client waited {:?}",
+        started.elapsed()
+    );
+    let status = wait_for(Duration::from_secs(10), || {
+        service
+            .status()
+            .filter(|s| s["queued"] == 0 && s["outstanding"] == 0)
+    })
+    .expect("the queue of the client gone is dropped");
+    let answered = status["answered"].as_u64().unwrap();
+    assert!(
+        answered < 2_000,
+        "{answered} jobs ran for a client that was gone"
+    );
+    service.stop();
+}
+
+#[test]
+fn a_stopped_service_tells_its_client_and_resume_finishes_every_job_once() {
+    let dir = temp_dir();
+    let worker = fault_worker();
+    let args = [
+        "-j".as_ref(),
+        "2".as_ref(),
+        "--worker".as_ref(),
+        worker.as_os_str(),
+    ];
+    let service = Service::start(dir.path(), args);
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(3_000, 2_000));
+    let out = dir.path().join("results.jsonl");
+    let client = service
+        .submit([jobs.as_path(), Path::new("-o"), &out])
+        .start(&client_dir(dir.path()));
+    wait_for(Duration::from_secs(20), || {
+        (lines_in(&out) > 300).then_some(())
+    })
+    .expect("results come");
+    let stopped = service.stop();
+    assert!(stopped.stderr.contains("SIGTERM"), "{}", stopped.stderr);
+    let first = client.wait(Duration::from_secs(30));
+    first.expect_code(75);
+    assert!(first.stderr.contains("--resume"), "{}", first.stderr);
+    let partial = read_results(&out).len();
+    assert!(
+        partial < 3_000,
+        "the stop came too late to test anything ({partial})"
+    );
+
+    let service = Service::start(dir.path(), args);
+    let resumed = service
+        .submit([jobs.as_path(), Path::new("-o"), &out, Path::new("--resume")])
+        .output();
+    resumed.expect_code(0);
+    assert_each_once(
+        &read_results(&out),
+        (0..3_000).map(|i| i.to_string()),
+        "resumed",
+    );
+    service.stop();
+}
+
+#[test]
+fn a_killed_service_is_reported_and_resume_on_its_successor_finishes() {
+    let dir = temp_dir();
+    let worker = fault_worker();
+    let args = [
+        "-j".as_ref(),
+        "2".as_ref(),
+        "--worker".as_ref(),
+        worker.as_os_str(),
+    ];
+    let service = Service::start(dir.path(), args);
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(3_000, 2_000));
+    let out = dir.path().join("results.jsonl");
+    let client = service
+        .submit([jobs.as_path(), Path::new("-o"), &out])
+        .start(&client_dir(dir.path()));
+    wait_for(Duration::from_secs(20), || {
+        (lines_in(&out) > 300).then_some(())
+    })
+    .expect("results come");
+    let workers = children_of(service.pid());
+    signal(service.pid(), libc::SIGKILL);
+    let lost = client.wait(Duration::from_secs(30));
+    lost.expect_code(75);
+    assert!(lost.stderr.contains("lost"), "{}", lost.stderr);
+    // Its workers go with it.
+    for pid in workers {
+        wait_for(Duration::from_secs(10), || (!alive(pid)).then_some(()))
+            .unwrap_or_else(|| panic!("worker {pid} outlived its service"));
+    }
+    drop(service);
+    let service = Service::start(dir.path(), args);
+    let resumed = service
+        .submit([jobs.as_path(), Path::new("-o"), &out, Path::new("--resume")])
+        .output();
+    resumed.expect_code(0);
+    assert_each_once(
+        &read_results(&out),
+        (0..3_000).map(|i| i.to_string()),
+        "resumed",
+    );
+    service.stop();
+}
+
+#[test]
+fn worker_crashes_and_a_reload_during_a_multi_client_run_lose_nothing() {
+    let dir = temp_dir();
+    let config = dir.path().join("corral.toml");
+    std::fs::write(&config, "workers = 2\n").unwrap();
+    let service = Service::start(
+        dir.path(),
+        [
+            "--config",
+            config.to_str().unwrap(),
+            "--worker",
+            fault_worker().to_str().unwrap(),
+            "--retries",
+            "10",
+        ],
+    );
+    let pid = service.pid();
+    let files: Vec<PathBuf> = (0..4)
+        .map(|c| {
+            let lines = (0..1_500).map(move |i| {
+                format!(r#"{{"id":"c{c}-{i}","task":"square","input":{{"n":{i},"spin_us":1000}}}}"#)
+            });
+            write_jobs(dir.path(), &format!("c{c}.jsonl"), lines)
+        })
+        .collect();
+    let outputs: Vec<Output> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|file| {
+                let run = service.submit([file]);
+                scope.spawn(move || run.output())
+            })
+            .collect();
+        scope.spawn(move || {
+            let mut rng = Lcg(7);
+            for round in 0..6 {
+                std::thread::sleep(Duration::from_millis(150 + rng.below(100)));
+                let workers = children_of(pid);
+                if let Some(&victim) = workers.get(rng.below(workers.len().max(1) as u64) as usize)
+                {
+                    signal(victim, libc::SIGKILL);
+                }
+                if round == 2 {
+                    std::fs::write(&config, "workers = 3\nallow_task = [\"square\"]\n").unwrap();
+                    signal(pid, libc::SIGHUP);
+                }
+            }
+        });
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (c, out) in outputs.iter().enumerate() {
+        out.expect_code(0);
+        assert_each_once(
+            &out.results(),
+            (0..1_500).map(|i| format!("c{c}-{i}")),
+            &format!("c{c}"),
+        );
+    }
+    let status = wait_for(Duration::from_secs(10), || {
+        service
+            .status()
+            .filter(|s| s["workers"].as_array().unwrap().len() == 3)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the reload did not take the pool to 3 workers: {}",
+            service.log()
+        )
+    });
+    assert!(status["restarts"].as_u64().unwrap() >= 1, "{status}");
+    // The reloaded policy holds for the clients that follow.
+    let refused = service
+        .submit::<&str>([])
+        .stdin(r#"{"id": 1, "task": "echo", "input": 1}"#)
+        .output();
+    refused.expect_code(1);
+    let result = &refused.results()[0];
+    assert_eq!(result["error"]["kind"], "unknown_task", "{result}");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed")
+    );
+    assert!(service.log().contains("SIGHUP: read"), "{}", service.log());
+    service.stop();
+}
+
+#[test]
+fn the_limits_each_have_a_clear_error() {
+    let dir = temp_dir();
+    let service = Service::start(
+        dir.path(),
+        [
+            "-j",
+            "1",
+            "--max-connections",
+            "1",
+            "--max-job-bytes",
+            "100",
+            "--max-client-jobs",
+            "3",
+        ],
+    );
+    // A line over the limit gets its too_large result; the others run, three at a time at most.
+    let long = format!(
+        r#"{{"id":"long","task":"sum_squares","input":[{}]}}"#,
+        vec!["1"; 60].join(",")
+    );
+    let lines: Vec<String> = tagged_jobs("ok", 20).chain([long]).collect();
+    let out = service.submit::<&str>([]).stdin(lines.join("\n")).output();
+    out.expect_code(1);
+    let results = out.results();
+    assert_eq!(results.len(), 21);
+    let long = results
+        .iter()
+        .find(|r| r["line"] == 21)
+        .expect("the long line's result");
+    assert_eq!(long["error"]["kind"], "too_large", "{long}");
+    // One connection at a time: a second one is refused with the reason.
+    // A connection counts once it has said hello (or sent its first job line).
+    let mut held = UnixStream::connect(&service.socket).unwrap();
+    held.write_all(b"{\"corral\":\"submit\"}\n").unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (service_connections(&service.socket) == Some(1)).then_some(())
+    })
+    .expect("the held connection counts");
+    let refused = service.submit::<&str>([]).stdin("{}").output();
+    refused.expect_code(2);
+    assert!(
+        refused.stderr.contains("too many connections"),
+        "{}",
+        refused.stderr
+    );
+    drop(held);
+    service.stop();
+}
+
+/// Lines in a file so far (0 while it does not exist).
+fn lines_in(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+}
+
+/// A directory for a background client's stdout and stderr.
+fn client_dir(dir: &Path) -> PathBuf {
+    let path = dir.join("client");
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+/// Job connections open, as a status request sees them.
+fn service_connections(socket: &Path) -> Option<u64> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.write_all(b"{\"corral\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    stream.read_to_string(&mut line).ok()?;
+    let value: Value = serde_json::from_str(line.trim()).ok()?;
+    value["connections"].as_u64()
+}
+
+#[test]
+fn a_user_not_allowed_is_refused_by_its_credentials() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root, to connect as another user");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir();
+    // nobody must reach the socket for the credentials to be what stops it.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let service = Service::start(dir.path(), ["-j", "1", "--allow-uid", "65533"]);
+    std::fs::set_permissions(
+        &service.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let as_nobody = |uid: u32| {
+        let mut command = std::process::Command::new(bin("corral"));
+        command
+            .args(["submit", "--socket"])
+            .arg(&service.socket)
+            .uid(uid)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#"{"id":1,"task":"sum_squares","input":[2]}"#)
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let refused = as_nobody(65534);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("uid 65534") && stderr.contains("may not use"),
+        "{stderr}"
+    );
+    assert!(refused.stdout.is_empty());
+    assert!(service.log().contains("refused"), "{}", service.log());
+    let allowed = as_nobody(65533);
+    assert_eq!(
+        allowed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    service.stop();
+}
+
+#[test]
+fn notify_socket_hears_ready_after_hello_the_watchdog_and_stopping() {
+    let dir = temp_dir();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let socket = dir.path().join("corral.sock");
+    let log = dir.path().join("log");
+    std::fs::create_dir_all(&log).unwrap();
+    let running = Run::corral(["serve", "-j", "2", "--socket"])
+        .args([&socket])
+        .env("NOTIFY_SOCKET", notify_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        .start(&log);
+    let pid = running.pid();
+    let mut buf = [0u8; 4096];
+    let mut next = || {
+        let n = notify.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // READY=1 only once both workers have said hello.
+    while !next().contains("READY=1") {}
+    let ready_workers = children_of(pid).len();
+    assert_eq!(ready_workers, 2, "READY=1 before the workers were up");
+    // The watchdog at half the period: 200 ms (and STATUS= beside it).
+    let mut pings = Vec::new();
+    let mut status = None;
+    while pings.len() < 5 {
+        let message = next();
+        if message.contains("WATCHDOG=1") {
+            pings.push(Instant::now());
+        }
+        if let Some(line) = message.lines().find_map(|l| l.strip_prefix("STATUS=")) {
+            status = Some(line.to_owned());
+        }
+    }
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_millis(390)),
+        "{gaps:?}"
+    );
+    assert!(status.unwrap().contains("workers"));
+    signal(pid, libc::SIGTERM);
+    loop {
+        if next().contains("STOPPING=1") {
+            break;
+        }
+    }
+    running.wait(Duration::from_secs(20)).expect_code(0);
+    assert!(!socket.exists(), "the socket file is removed");
+}
+
+#[test]
+fn socket_activation_through_systemd_socket_activate() {
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists()) else {
+        panic!("systemd-socket-activate is missing: install Debian's systemd package");
+    };
+    let dir = temp_dir();
+    let socket = dir.path().join("activated.sock");
+    let log = dir.path().join("log");
+    std::fs::create_dir_all(&log).unwrap();
+    let running = Run::program(&activate)
+        .args([
+            "-l".as_ref(),
+            socket.as_os_str(),
+            "--fdname=corral".as_ref(),
+        ])
+        .args([bin("corral").as_os_str()])
+        .args(["serve", "-j", "1"])
+        .start(&log);
+    wait_for(Duration::from_secs(10), || socket.exists().then_some(()))
+        .expect("systemd-socket-activate listens");
+    // No service runs until the first client comes.
+    assert!(all_children_of(running.pid()).is_empty());
+    let out = Run::corral(["submit", "--socket"])
+        .args([&socket])
+        .stdin(tagged_jobs("a", 100).collect::<Vec<_>>().join("\n"))
+        .output();
+    out.expect_code(0);
+    assert_each_once(
+        &out.results(),
+        (0..100).map(|i| format!("a-{i}")),
+        "activated",
+    );
+    // systemd-socket-activate execs the service in its own process.
+    assert!(
+        std::fs::read_to_string(format!("/proc/{}/cmdline", running.pid()))
+            .unwrap()
+            .contains("serve")
+    );
+    signal(running.pid(), libc::SIGTERM);
+    running.wait(Duration::from_secs(20)).expect_code(0);
+}
+
+#[test]
+fn a_service_with_nothing_to_listen_on_says_so() {
+    let out = Run::corral(["serve", "-j", "1"]).output();
+    out.expect_code(2);
+    assert!(out.stderr.contains("LISTEN_FDS"), "{}", out.stderr);
+    let dir = temp_dir();
+    let bad = dir.path().join("config.toml");
+    std::fs::write(&bad, "wrokers = 2\n").unwrap();
+    let out = Run::corral(["serve", "--socket"])
+        .args([dir.path().join("s.sock")])
+        .args(["--config".as_ref(), bad.as_os_str()])
+        .output();
+    out.expect_code(2);
+    assert!(out.stderr.contains("wrokers"), "{}", out.stderr);
+    let out = Run::corral(["submit", "--socket"])
+        .args([dir.path().join("nobody.sock")])
+        .stdin("{}")
+        .output();
+    out.expect_code(75);
+    assert!(
+        out.stderr.contains("cannot reach the corral service"),
+        "{}",
+        out.stderr
+    );
+}
