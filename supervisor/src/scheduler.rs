@@ -537,8 +537,11 @@ pub struct Scheduler {
     next_batch: u64,
     budget: RestartBudget,
     start_failures: u32,
-    /// Moving average of task time per job, in nanoseconds.
+    /// Moving average of task time per job, in nanoseconds, over every task.
     per_job_nanos: Option<f64>,
+    /// The same for each task: a batch is sized by its first job's task, so that a slow task
+    /// arriving after a fast one (another client of a service) is not sent in huge batches.
+    task_nanos: Vec<(TaskId, f64)>,
     rng: u64,
     stopped: bool,
     /// Stopping early: nothing new is dispatched.
@@ -576,6 +579,7 @@ impl Scheduler {
             next_batch: 1,
             start_failures: 0,
             per_job_nanos: None,
+            task_nanos: Vec::new(),
             rng: seed | 1,
             stopped: false,
             draining: false,
@@ -856,10 +860,8 @@ impl Scheduler {
         let n = batch.jobs.len() as u64;
         let total: u64 = done.outcomes.iter().map(|o| o.nanos).sum();
         let sample = total as f64 / n as f64;
-        self.per_job_nanos = Some(match self.per_job_nanos {
-            None => sample,
-            Some(avg) => 0.7 * avg + 0.3 * sample,
-        });
+        self.per_job_nanos = Some(ewma(self.per_job_nanos, sample));
+        self.learn_task_speeds(&batch.jobs, &done);
 
         self.outstanding -= n;
         // One result per job: room for them all at once, rather than growing by doubling.
@@ -1194,6 +1196,26 @@ impl Scheduler {
         }
     }
 
+    /// Updates the speed of each task in an answered batch, a run of jobs of one task at a
+    /// time (a batch is nearly always of one task).
+    fn learn_task_speeds(&mut self, jobs: &Jobs, done: &BatchDone) {
+        let mut i = 0;
+        while i < jobs.len().min(done.outcomes.len()) {
+            let task = jobs[i].task;
+            let (mut total, mut count) = (0u64, 0u64);
+            while i < jobs.len().min(done.outcomes.len()) && jobs[i].task == task {
+                total += done.outcomes[i].nanos;
+                count += 1;
+                i += 1;
+            }
+            let sample = total as f64 / count as f64;
+            match self.task_nanos.iter_mut().find(|(t, _)| *t == task) {
+                Some((_, avg)) => *avg = ewma(Some(*avg), sample),
+                None => self.task_nanos.push((task, sample)),
+            }
+        }
+    }
+
     /// Batches one worker holds at once. More than one hides the round trip between an answer
     /// and the next batch, which short jobs feel; a job slower than the batch target does not,
     /// and one queued behind another on a busy worker at the end of the input would wait while
@@ -1205,8 +1227,16 @@ impl Scheduler {
         }
     }
 
-    fn batch_size(&self) -> usize {
-        let by_time = match self.per_job_nanos {
+    /// Jobs in a batch that starts with a job of `task`: what its task takes in the batch
+    /// target; one job while the task's speed is not known yet.
+    fn batch_size(&self, task: Option<TaskId>) -> usize {
+        let nanos = task.and_then(|task| {
+            self.task_nanos
+                .iter()
+                .find(|(t, _)| *t == task)
+                .map(|&(_, nanos)| nanos)
+        });
+        let by_time = match nanos {
             None => 1,
             Some(nanos) => (self.cfg.batch_target.as_nanos() as f64 / nanos.max(50.0)) as usize,
         };
@@ -1226,7 +1256,7 @@ impl Scheduler {
 
     /// Builds and sends one batch to `worker`; false when nothing could be sent.
     fn send_batch(&mut self, worker: WorkerId) -> bool {
-        let mut size = self.batch_size();
+        let mut size = self.batch_size(self.pending.front().map(|job| job.task));
         let slot = self
             .workers
             .get_mut(&worker)
@@ -1373,6 +1403,14 @@ impl Scheduler {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A moving average that follows a change in a few samples.
+fn ewma(average: Option<f64>, sample: f64) -> f64 {
+    match average {
+        None => sample,
+        Some(avg) => 0.7 * avg + 0.3 * sample,
     }
 }
 

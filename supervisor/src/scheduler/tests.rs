@@ -729,6 +729,31 @@ fn workers_killed_from_outside_before_any_work_are_restarts_not_a_broken_build()
 }
 
 #[test]
+fn a_batch_is_sized_by_its_own_task_so_a_slow_task_after_a_fast_one_starts_small() {
+    let mut h = Harness::new(config(1));
+    h.input((0..2).map(|i| job(i, "t")));
+    h.ready(WorkerId(1), 101);
+    // t takes 1 µs a job: its batches grow to the batch target's worth.
+    for _ in 0..4 {
+        for (worker, batch) in h.take_sends() {
+            h.complete(worker, &batch, 1_000 * batch.jobs.len() as u64);
+        }
+        h.input((100..400).map(|i| job(i, "t")));
+    }
+    h.drain(1_000);
+    let t_sizes: Vec<usize> = h.take_sends().iter().map(|(_, b)| b.jobs.len()).collect();
+    assert!(t_sizes.is_empty());
+    // Then u comes, unmeasured: it goes one job at a time until its own speed is known, not
+    // in batches sized for t.
+    h.input((1000..1100).map(|i| job(i, "u")));
+    let first: Vec<usize> = h.take_sends().iter().map(|(_, b)| b.jobs.len()).collect();
+    assert!(first.iter().all(|&n| n == 1), "{first:?}");
+    for (worker, batch) in h.take_sends() {
+        h.complete(worker, &batch, 1_000);
+    }
+}
+
+#[test]
 fn a_group_read_together_goes_out_whole_when_it_is_a_good_batch() {
     let mut h = Harness::new(SchedulerConfig {
         max_batch_jobs: 8,
@@ -751,7 +776,7 @@ fn a_group_read_together_goes_out_whole_when_it_is_a_good_batch() {
     // A group with a task the worker lacks is taken job by job: the unknown one is answered
     // and the batch fills up from the next group. A group under half a batch joins others.
     h.input((13..21).map(|i| job(i, if i == 15 { "nope" } else { "t" })));
-    h.input((21..23).map(|i| job(i, "u")));
+    h.input((21..23).map(|i| job(i, "t")));
     h.input((23..25).map(|i| job(i, "t")));
     for (worker, batch) in &groups {
         h.complete(*worker, batch, 1_000);
