@@ -16,14 +16,15 @@ const PRIMES_MAX: u64 = 1 << 36;
 /// Longest `spin` accepted, in milliseconds.
 const SPIN_MAX_MS: u64 = 3_600_000;
 
-/// Adds the built-in tasks (`sum_squares`, `primes`, `sha256`, `spin`) to `worker`, and
+/// Adds the built-in tasks (`sum_squares`, `primes`, `sha256`, `spin`, `log`) to `worker`, and
 /// `exec` when the supervisor handed over a command (`corral run --exec`).
 pub fn register(worker: Worker) -> Worker {
     let worker = worker
         .raw_task("sum_squares", sum_squares_json)
         .task("primes", primes)
         .task("sha256", sha256)
-        .task("spin", spin);
+        .task("spin", spin)
+        .task("log", log);
     match crate::exec::spec_from_env() {
         Ok(Some(spec)) => {
             let slot = std::env::var(corral_protocol::ENV_WORKER_SLOT).unwrap_or_default();
@@ -200,6 +201,34 @@ pub fn sha256(input: HashInput) -> Result<String, String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+/// What the `log` task writes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogIn {
+    /// The line.
+    pub message: String,
+    /// Its syslog priority, 0 (emergency) to 7 (debug); corral logs it at the matching level.
+    #[serde(default = "info_priority")]
+    pub priority: u8,
+}
+
+fn info_priority() -> u8 {
+    6
+}
+
+/// Writes `message` to stderr as one line with its syslog priority prefix (`<4>...`), as a
+/// worker's own log line, and returns null: for checking where the logs of a deployment go
+/// (the journal, under `corral serve`).
+pub fn log(input: LogIn) -> Result<(), String> {
+    use std::io::Write;
+    if input.priority > 7 {
+        return Err("priority must be 0 to 7".into());
+    }
+    let line = input.message.replace(['\n', '\r'], " ");
+    writeln!(io::stderr().lock(), "<{}>{line}", input.priority)
+        .map_err(|err| format!("cannot write to stderr: {err}"))
 }
 
 /// Burns `ms` milliseconds of this thread's CPU time and returns `ms`: a job of known cost.
