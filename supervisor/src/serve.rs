@@ -35,6 +35,8 @@ use policy::{ConfigFile, Policy, PolicyArgs};
 
 /// How often the service looks at its engine when no watchdog asks for more.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// Jobs the queue may hold, summed over every client.
+const QUEUED_JOBS: usize = 1 << 20;
 /// How often the service looks whether its workers are ready, until they are.
 const READY_POLL: Duration = Duration::from_millis(20);
 /// How long writers may take to send their last lines once the engine has ended.
@@ -132,6 +134,7 @@ impl Shared {
                         "jobs_read": sent,
                         "results_written": written,
                         "in_service": sent - written,
+                        "results_waiting": c.counts.backlog.load(Ordering::Acquire),
                         "ok": c.counts.ok.load(Ordering::Relaxed),
                         "failed": c.counts.failed.load(Ordering::Relaxed),
                     })
@@ -225,6 +228,10 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
     };
     let policy = Arc::new(Policy::new(&config.policy, &file));
     let mut engine_config = config.engine.clone();
+    // Each client's credit bounds its jobs in the service; the queue must hold every client's
+    // share, so that the clients take turns in the queue rather than race for room in it.
+    // Its bytes stay bounded by `max_queued_bytes`.
+    engine_config.scheduler.max_queued = engine_config.scheduler.max_queued.max(QUEUED_JOBS);
     if let Some(workers) = file.workers {
         engine_config.scheduler.workers = workers as usize;
     }
@@ -258,18 +265,20 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
         started: Instant::now(),
     });
     let closing = Arc::new(AtomicBool::new(false));
-    let fds: Vec<i32> = listeners
-        .iter()
-        .map(std::os::fd::AsRawFd::as_raw_fd)
-        .collect();
+    // Closed to wake the accept threads. A socket systemd passed is shared with it, and must
+    // not be shut down: systemd would see it hung up and fail the socket unit.
+    let (woken, wake) = std::io::pipe().expect("a pipe");
+    let mut wake = Some(wake);
     for listener in listeners {
         let shared = shared.clone();
         let closing = closing.clone();
+        let woken = woken.try_clone().expect("a pipe's end duplicates");
         thread::Builder::new()
             .name("corral-accept".into())
-            .spawn(move || accept(&listener, &shared, &closing))
+            .spawn(move || accept(&listener, &shared, &closing, &woken))
             .expect("spawning a thread");
     }
+    drop(woken);
 
     let signals = signal_channel();
     let watchdog = notify::watchdog_period();
@@ -297,11 +306,8 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
                     *shared.stopping.lock().expect("never poisoned") =
                         Some(format!("the service is stopping ({name})"));
                     closing.store(true, Ordering::Release);
-                    for &fd in &fds {
-                        // Wakes the accept threads; the listening sockets close with them.
-                        // SAFETY: shutdown on a socket this process owns; no memory involved.
-                        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                    }
+                    // The accept threads end, and their listening sockets close with them.
+                    drop(wake.take());
                 }
                 let _ = control.send(Control::Stop(signal));
             }
@@ -345,8 +351,21 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
 }
 
 /// Takes connections until the service closes.
-fn accept(listener: &UnixListener, shared: &Arc<Shared>, closing: &AtomicBool) {
+fn accept(
+    listener: &UnixListener,
+    shared: &Arc<Shared>,
+    closing: &AtomicBool,
+    woken: &std::io::PipeReader,
+) {
+    use std::os::fd::AsFd;
     loop {
+        let ready = crate::pool::poll_readable(&[listener.as_fd(), woken.as_fd()]);
+        if ready[1] || closing.load(Ordering::Acquire) {
+            return;
+        }
+        if !ready[0] {
+            continue;
+        }
         match listener.accept() {
             Ok((stream, _)) => {
                 if closing.load(Ordering::Acquire) {

@@ -267,6 +267,52 @@ fn a_client_that_goes_away_loses_its_queued_jobs_and_nobody_else_is_disturbed() 
 }
 
 #[test]
+fn clients_that_never_read_their_results_do_not_hold_back_the_others() {
+    let dir = temp_dir();
+    let service = Service::start(dir.path(), ["-j", "2"]);
+    // Five clients write 6,000 jobs each and never read: their results fill their sockets,
+    // then their credit (4,096 each), 20,000 results in all, past what the engine holds for
+    // every sink together.
+    let stalled: Vec<UnixStream> = (0..5)
+        .map(|c| {
+            let stream = UnixStream::connect(&service.socket).unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let lines: String = tagged_jobs(&format!("s{c}"), 6_000)
+                .map(|l| l + "\n")
+                .collect();
+            std::thread::spawn(move || {
+                let _ = writer.write_all(lines.as_bytes());
+            });
+            stream
+        })
+        .collect();
+    wait_for(Duration::from_secs(20), || {
+        let status = service.status()?;
+        let waiting: u64 = status["clients"]
+            .as_array()?
+            .iter()
+            .map(|c| c["results_waiting"].as_u64().unwrap_or(0))
+            .sum();
+        (waiting > 16_384).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the stalled clients' results did not pile up: {:?}",
+            service.status()
+        )
+    });
+    let other = service
+        .submit::<&str>([])
+        .stdin(tagged_jobs("b", 500).collect::<Vec<_>>().join("\n"))
+        .deadline(Duration::from_secs(30))
+        .output();
+    other.expect_code(0);
+    assert_each_once(&other.results(), (0..500).map(|i| format!("b-{i}")), "b");
+    drop(stalled);
+    service.stop();
+}
+
+#[test]
 fn a_stopped_service_tells_its_client_and_resume_finishes_every_job_once() {
     let dir = temp_dir();
     let worker = fault_worker();
@@ -569,6 +615,40 @@ fn a_user_not_allowed_is_refused_by_its_credentials() {
         "{}",
         String::from_utf8_lossy(&allowed.stderr)
     );
+    // A member of an allowed group is let in by its supplementary group (SO_PEERGROUPS).
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if setpriv.exists() {
+        let service = Service::start(
+            &dir.path().join("by-group"),
+            ["-j", "1", "--allow-gid", "4242"],
+        );
+        std::fs::set_permissions(
+            &service.socket,
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .unwrap();
+        let run = |groups: &str| {
+            Run::program(setpriv)
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    &format!("--groups={groups}"),
+                ])
+                .args([bin("corral").as_os_str()])
+                .args([
+                    "submit".as_ref(),
+                    "--socket".as_ref(),
+                    service.socket.as_os_str(),
+                ])
+                .stdin(r#"{"id":1,"task":"sum_squares","input":[2]}"#)
+                .output()
+        };
+        run("4242,100").expect_code(0);
+        let refused = run("100");
+        refused.expect_code(2);
+        assert!(refused.stderr.contains("may not use"), "{}", refused.stderr);
+        service.stop();
+    }
     service.stop();
 }
 

@@ -49,7 +49,7 @@ pub(super) struct Counts {
     pub(super) ok: AtomicU64,
     pub(super) failed: AtomicU64,
     /// Results handed to the writer and not yet written.
-    backlog: AtomicUsize,
+    pub(super) backlog: AtomicUsize,
     /// The reader read the client's input to its end.
     read_all: AtomicBool,
     /// The client is gone (a write failed) or the service is done with it.
@@ -370,8 +370,11 @@ impl Sink for ConnectionSink {
         let _ = self.tx.send(results);
     }
 
+    /// None counted: a client's results waiting to be written are bounded by its credit, and
+    /// the engine's bound on the sum would let one client that stops reading hold back the
+    /// input of every other.
     fn backlog(&self) -> usize {
-        self.counts.backlog.load(Ordering::Acquire)
+        0
     }
 
     fn failed(&self) -> bool {

@@ -174,7 +174,7 @@ pub struct Peer {
     pub pid: i32,
     /// Its user.
     pub uid: u32,
-    /// Its primary group, and its supplementary groups as far as `/proc` tells.
+    /// Its primary group, then its supplementary groups.
     pub groups: Vec<u32>,
 }
 
@@ -184,7 +184,7 @@ impl Peer {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
         let creds = getsockopt(stream, PeerCredentials)?;
         let mut groups = vec![creds.gid()];
-        groups.extend(supplementary_groups(creds.pid()));
+        groups.extend(peer_groups(stream)?);
         Ok(Peer {
             pid: creds.pid(),
             uid: creds.uid(),
@@ -193,21 +193,36 @@ impl Peer {
     }
 }
 
-/// The `Groups:` line of `/proc/PID/status` (empty when the process is gone or hidden).
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Groups:"))
-        .map(|groups| {
-            groups
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The peer's supplementary groups, as the kernel recorded them when it connected
+/// (`SO_PEERGROUPS`): no `/proc` needed, which a hardened service may not see.
+fn peer_groups(stream: &std::os::unix::net::UnixStream) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the buffer is `len` bytes of gid_t, and the fd is a socket this stream owns.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        // Too small: `len` says how much is needed.
+        if err.raw_os_error() == Some(libc::ERANGE) && n > groups.len() {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Err(err);
+    }
 }
 
 #[cfg(test)]
