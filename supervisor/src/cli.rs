@@ -65,6 +65,12 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show a `corral serve` service's workers, queue and clients.
     Status(StatusArgs),
+    /// Write the man pages and shell completions under DIR (DIR/man, DIR/completions).
+    #[command(hide = true)]
+    Generate {
+        /// Where to write them.
+        dir: PathBuf,
+    },
     /// Internal: the keeper process a run starts (see `corral::keeper`).
     #[command(hide = true)]
     Keeper,

@@ -12,7 +12,8 @@
 //! - [`serve`]: the engine as a service on a Unix socket, one source per connection;
 //!   [`client`] is `corral submit` and `corral status`, and [`wire`] what they say besides
 //!   job and result lines;
-//! - [`cli`]: the command-line definitions.
+//! - [`cli`]: the command-line definitions, and [`manual`] the man pages and completions
+//!   made from them.
 
 pub mod cli;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod input;
 pub mod jobline;
 pub mod journal;
 pub mod keeper;
+pub mod manual;
 pub mod output;
 pub mod pool;
 pub mod progress;

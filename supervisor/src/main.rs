@@ -31,6 +31,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Worker => return corral_worker::builtin::register(Worker::new()).run(),
+        Command::Generate { dir } => {
+            return match corral::manual::generate(&dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    say(format_args!("cannot write under {}: {err}", dir.display()));
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Status(args) => {
             return ExitCode::from(corral::client::status(&args.socket, args.json));
         }
@@ -42,7 +51,9 @@ fn main() -> ExitCode {
         Command::Run(args) => run_command(args, cli.quiet),
         Command::Serve(args) => serve_command(args),
         Command::Submit(args) => submit_command(args, cli.quiet),
-        Command::Keeper | Command::Worker | Command::Status(_) => unreachable!("handled above"),
+        Command::Keeper | Command::Worker | Command::Status(_) | Command::Generate { .. } => {
+            unreachable!("handled above")
+        }
     };
     done.unwrap_or_else(|err| {
         say(format_args!("{err:#}"));
@@ -82,6 +93,7 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat, service: bool) {
             .event_format(corral::journal::Prefixed(
                 tracing_subscriber::fmt::format()
                     .without_time()
+                    .with_level(false)
                     .with_target(false)
                     .with_ansi(false),
             ))
