@@ -372,16 +372,17 @@ fn table(status: &serde_json::Value) -> String {
     );
     let _ = writeln!(
         out,
-        "queue: {} jobs waiting from {} clients; {} in service; {} results since start",
+        "queue: {} jobs waiting from {} clients; {} in service; {} results since start; {} dropped (their client left)",
         num(status, "queued"),
         num(status, "queued_sources"),
         num(status, "outstanding"),
-        num(status, "answered")
+        num(status, "answered"),
+        num(status, "dropped")
     );
     let _ = writeln!(
         out,
-        "\n  {:<8} {:<10} {:>10} {:>10} {:>10}  JOB",
-        "PID", "STATE", "UPTIME", "RSS", "DONE"
+        "\n  {:<5} {:<8} {:<10} {:>10} {:>10} {:>10} {:>8}  JOB",
+        "SLOT", "PID", "STATE", "UPTIME", "RSS", "DONE", "RESTARTS"
     );
     for w in &workers {
         let rss = w["rss_bytes"].as_u64().map_or_else(
@@ -390,12 +391,14 @@ fn table(status: &serde_json::Value) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<8} {:<10} {:>10} {:>10} {:>10}  {}",
+            "  {:<5} {:<8} {:<10} {:>10} {:>10} {:>10} {:>8}  {}",
+            num(w, "slot"),
             num(w, "pid"),
             w["state"].as_str().unwrap_or("?"),
             secs(w, "uptime_secs"),
             rss,
             num(w, "jobs_done"),
+            num(w, "restarts"),
             w["current"].as_str().unwrap_or("-")
         );
     }

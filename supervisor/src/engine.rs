@@ -152,6 +152,8 @@ pub struct EngineStatus {
     pub restarts: u64,
     /// Workers recycled.
     pub recycled: u64,
+    /// Jobs dropped unrun because their client went away.
+    pub dropped: u64,
     /// Whether a stop signal was received.
     pub draining: bool,
 }
@@ -173,6 +175,10 @@ pub struct WorkerStatus {
     pub jobs_done: u64,
     /// Jobs it holds.
     pub in_flight: u64,
+    /// Its slot (`CORRAL_WORKER_SLOT`; 0 while it starts).
+    pub slot: u32,
+    /// Workers of its slot that died and were replaced, since the engine started.
+    pub restarts: u64,
 }
 
 /// How the engine ended, besides every source answered.
@@ -237,6 +243,10 @@ pub struct Engine {
     read: u64,
     /// Results delivered so far.
     answered: u64,
+    /// Jobs of closed sources that came after the close, dropped unread by the scheduler.
+    discarded: u64,
+    /// Workers that died (not retired), by slot.
+    slot_restarts: HashMap<u32, u64>,
     /// The first stop signal, once received.
     interrupted: Option<i32>,
     grace_until: Option<Instant>,
@@ -267,6 +277,8 @@ impl Engine {
             sources_complete: true,
             read: 0,
             answered: 0,
+            discarded: 0,
+            slot_restarts: HashMap::new(),
             interrupted: None,
             grace_until: None,
             input_ended_sent: false,
@@ -309,7 +321,7 @@ impl Engine {
         EngineReport {
             end,
             stopped_at_once,
-            counters: self.scheduler.counters(),
+            counters: self.counters(),
             source_error: self.source_error.take(),
             sources_complete,
             grace_until: self.grace_until,
@@ -442,7 +454,10 @@ impl Engine {
             Intake::Feed { source, feed } => (source, feed),
         };
         let Some(state) = self.sources.get_mut(&source) else {
-            // A source closed (or never opened): what it still sends is dropped.
+            // A source closed (or never opened): what it still sends is dropped, and counted.
+            if let Feed::Jobs(chunk) = &feed {
+                self.discarded += chunk.jobs.len() as u64;
+            }
             return None;
         };
         match feed {
@@ -514,6 +529,15 @@ impl Engine {
         }
     }
 
+    /// The scheduler's counters, with the jobs dropped before they reached it.
+    fn counters(&self) -> RunCounters {
+        let counters = self.scheduler.counters();
+        RunCounters {
+            dropped: counters.dropped + self.discarded,
+            ..counters
+        }
+    }
+
     fn status(&self) -> EngineStatus {
         let now = Instant::now();
         let workers: Vec<WorkerStatus> = self
@@ -531,11 +555,14 @@ impl Engine {
                     rss_bytes: handle.and_then(|h| resident_bytes(h.pid)),
                     jobs_done: view.jobs_done,
                     in_flight: view.in_flight,
+                    slot: handle.map_or(0, |h| h.slot),
+                    restarts: handle
+                        .map_or(0, |h| self.slot_restarts.get(&h.slot).copied().unwrap_or(0)),
                 }
             })
             .collect();
         let (queued, queued_sources) = self.scheduler.queued();
-        let counters = self.scheduler.counters();
+        let counters = self.counters();
         EngineStatus {
             ready: workers
                 .iter()
@@ -548,6 +575,7 @@ impl Engine {
             answered: self.answered,
             restarts: counters.restarts,
             recycled: counters.recycled,
+            dropped: counters.dropped,
             draining: self.interrupted.is_some(),
         }
     }
@@ -604,6 +632,7 @@ impl Engine {
                             tracing::info!(pid = handle.pid, "worker {exit}");
                         } else {
                             tracing::warn!(pid = handle.pid, "worker {exit}");
+                            *self.slot_restarts.entry(handle.slot).or_default() += 1;
                         }
                         handle.running.load()
                     }

@@ -127,6 +127,8 @@ pub struct StartedWorker {
     pub worker: WorkerId,
     /// Its pid (also its process group id).
     pub pid: u32,
+    /// Its slot (`CORRAL_WORKER_SLOT`): a replacement takes the slot of the worker it replaces.
+    pub slot: u32,
     /// The tasks it serves.
     pub tasks: Vec<String>,
     /// Whether its batches must carry the jobs' ids.
@@ -224,6 +226,8 @@ pub struct WorkerHandle {
     pub running: RunningSlot,
     /// When it said hello.
     pub started: std::time::Instant,
+    /// Its slot.
+    pub slot: u32,
     batches: Option<Sender<Batch>>,
     /// Set when the runtime kills it: a batch that can then not be sent is no surprise.
     killed: Arc<AtomicBool>,
@@ -265,6 +269,7 @@ impl WorkerHandle {
             pid,
             running: started.running,
             started: std::time::Instant::now(),
+            slot: started.slot,
             batches: Some(batches),
             killed,
         };
@@ -328,6 +333,7 @@ pub fn describe_exit(status: ExitStatus) -> WorkerExit {
 struct Launched {
     worker: WorkerId,
     pid: u32,
+    slot: u32,
     program: String,
     bootstrap: Bootstrap,
     pipes: Pipes,
@@ -481,6 +487,7 @@ fn launch(
     Ok(Launched {
         worker,
         pid,
+        slot,
         program,
         bootstrap,
         pipes,
@@ -535,6 +542,7 @@ impl Launched {
         let Launched {
             worker,
             pid,
+            slot,
             program,
             bootstrap,
             pipes,
@@ -610,6 +618,7 @@ impl Launched {
         let started = StartedWorker {
             worker,
             pid,
+            slot,
             tasks: greeting.tasks,
             job_ids: greeting.job_ids,
             outbox: greeting.outbox,

@@ -246,6 +246,8 @@ pub struct RunCounters {
     pub recycled: u64,
     /// Jobs read that have no result yet (at the end: not run because the run stopped early).
     pub not_run: u64,
+    /// Jobs dropped unrun because their source went away (a client disconnected).
+    pub dropped: u64,
 }
 
 /// How a worker process ended.
@@ -692,7 +694,9 @@ impl Scheduler {
                 } => self.on_gone(now, worker, exit, running, note),
                 Event::Tick { running } => self.on_tick(now, running),
                 Event::DropSource(source) => {
-                    self.outstanding -= self.pending.remove_source(source) as u64;
+                    let dropped = self.pending.remove_source(source) as u64;
+                    self.outstanding -= dropped;
+                    self.counters.dropped += dropped;
                 }
                 Event::Resize(workers) => self.resize(now, workers),
             }

@@ -64,4 +64,7 @@ fn a_submission_given_up_early_costs_the_others_nothing() {
     assert_eq!(kept.count(), 5_000);
     let report = service.shutdown();
     assert_eq!(report.end, EngineEnd::Completed);
+    // What it had queued was dropped, and counted.
+    assert!(report.counters.dropped > 0, "{:?}", report.counters);
+    assert_eq!(report.counters.not_run, 0);
 }

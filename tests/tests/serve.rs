@@ -270,14 +270,14 @@ fn a_client_that_goes_away_loses_its_queued_jobs_and_nobody_else_is_disturbed() 
 fn clients_that_never_read_their_results_do_not_hold_back_the_others() {
     let dir = temp_dir();
     let service = Service::start(dir.path(), ["-j", "2"]);
-    // Five clients write 6,000 jobs each and never read: their results fill their sockets,
-    // then their credit (4,096 each), 20,000 results in all, past what the engine holds for
-    // every sink together.
-    let stalled: Vec<UnixStream> = (0..5)
+    // Six clients write 12,000 jobs each and never read: their results fill their sockets,
+    // then their credit (4,096 each), over 24,000 results waiting in all, past what the
+    // engine holds for every sink together.
+    let stalled: Vec<UnixStream> = (0..6)
         .map(|c| {
             let stream = UnixStream::connect(&service.socket).unwrap();
             let mut writer = stream.try_clone().unwrap();
-            let lines: String = tagged_jobs(&format!("s{c}"), 6_000)
+            let lines: String = tagged_jobs(&format!("s{c}"), 12_000)
                 .map(|l| l + "\n")
                 .collect();
             std::thread::spawn(move || {
@@ -470,6 +470,19 @@ fn worker_crashes_and_a_reload_during_a_multi_client_run_lose_nothing() {
         )
     });
     assert!(status["restarts"].as_u64().unwrap() >= 1, "{status}");
+    // Each worker shows its slot, and how often a worker of its slot was replaced.
+    let workers = status["workers"].as_array().unwrap();
+    let mut slots: Vec<u64> = workers
+        .iter()
+        .map(|w| w["slot"].as_u64().unwrap())
+        .collect();
+    slots.sort_unstable();
+    assert_eq!(slots, [1, 2, 3], "{status}");
+    let by_slot: u64 = workers
+        .iter()
+        .map(|w| w["restarts"].as_u64().unwrap())
+        .sum();
+    assert!(by_slot >= 1, "{status}");
     // The reloaded policy holds for the clients that follow.
     let refused = service
         .submit::<&str>([])

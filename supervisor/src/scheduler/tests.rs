@@ -336,6 +336,13 @@ fn a_dropped_source_loses_its_queued_jobs_and_nothing_else() {
     };
     assert_eq!(from(2), 50, "the other source has every result");
     assert!(from(1) < 50, "the dropped source's queued jobs did not run");
+    let counters = h.scheduler.counters();
+    assert_eq!(
+        counters.dropped as usize,
+        50 - from(1),
+        "every job dropped is counted"
+    );
+    assert_eq!(counters.not_run, 0);
     assert_eq!(h.retires, [WorkerId(1)], "nothing is left outstanding");
     h.die(WorkerId(1), WorkerExit::Code(0), RunningWord::IDLE);
     assert!(h.finished);
