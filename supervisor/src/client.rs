@@ -239,6 +239,10 @@ fn send_jobs(
                 }
             },
         };
+        let Some(filter) = filter.as_mut() else {
+            copy_whole(reader, &mut out, &name)?;
+            continue;
+        };
         let mut reader = BufReader::with_capacity(64 * 1024, reader);
         let mut line = Vec::new();
         loop {
@@ -255,7 +259,7 @@ fn send_jobs(
                 // its own, as with `corral run`.
                 line.push(b'\n');
             }
-            let keep = filter.as_mut().is_none_or(|f| f.keep(&line));
+            let keep = filter.keep(&line);
             // A job skipped is sent as a blank line, so that the line numbers stay those of
             // the file (a job without an id has its line number as id).
             let sent = if keep { &line[..] } else { b"\n" };
@@ -265,6 +269,31 @@ fn send_jobs(
     out.flush().map_err(|_| SendError::Service)?;
     drop(out);
     let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// Sends all of `reader` as it is, in blocks, ending it with a newline if its last line has
+/// none (the next file starts a line of its own, as with `corral run`).
+fn copy_whole(
+    mut reader: Box<dyn Read>,
+    out: &mut impl Write,
+    name: &str,
+) -> Result<(), SendError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last = b'\n';
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(SendError::Input(format!("cannot read {name}: {err}"))),
+        };
+        last = buf[n - 1];
+        out.write_all(&buf[..n]).map_err(|_| SendError::Service)?;
+    }
+    if last != b'\n' {
+        out.write_all(b"\n").map_err(|_| SendError::Service)?;
+    }
     Ok(())
 }
 

@@ -676,8 +676,11 @@ fn notify_socket_hears_ready_after_hello_the_watchdog_and_stopping() {
     let socket = dir.path().join("corral.sock");
     let log = dir.path().join("log");
     std::fs::create_dir_all(&log).unwrap();
-    let running = Run::corral(["serve", "-j", "2", "--socket"])
+    let config = dir.path().join("corral.toml");
+    std::fs::write(&config, "workers = 2\n").unwrap();
+    let running = Run::corral(["serve", "--socket"])
         .args([&socket])
+        .args(["--config".as_ref(), config.as_os_str()])
         .env("NOTIFY_SOCKET", notify_path.to_str().unwrap())
         .env("WATCHDOG_USEC", "400000")
         .start(&log);
@@ -709,6 +712,16 @@ fn notify_socket_hears_ready_after_hello_the_watchdog_and_stopping() {
         "{gaps:?}"
     );
     assert!(status.unwrap().contains("workers"));
+    // SIGHUP: RELOADING=1 (with the time systemd 253 asks for), then READY=1 again.
+    signal(pid, libc::SIGHUP);
+    let reloading = loop {
+        let message = next();
+        if message.contains("RELOADING=1") {
+            break message;
+        }
+    };
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    while !next().contains("READY=1") {}
     signal(pid, libc::SIGTERM);
     loop {
         if next().contains("STOPPING=1") {
