@@ -65,6 +65,10 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show a `corral serve` service's workers, queue and clients.
     Status(StatusArgs),
+    /// Merge the results of every shard of a run: checks that each job of the input has
+    /// exactly one result, writes each once, and reports the missing and the duplicated.
+    #[command(after_help = MERGE_EXAMPLES)]
+    Merge(MergeArgs),
     /// Write the man pages and shell completions under DIR (DIR/man, DIR/completions).
     #[command(hide = true)]
     Generate {
@@ -141,6 +145,31 @@ Examples:
 Exit status: as corral run (0 every job succeeded, 1 some failed, 2 usage error or refused by
 the service), and 75 when the service is not there or stopped before every job had its
 result: run again with -o FILE --resume to finish.";
+
+const MERGE_EXAMPLES: &str = "\
+Examples:
+  corral merge --jobs jobs.jsonl results.*.jsonl > all.jsonl
+  corral merge --jobs part1.jsonl --jobs part2.jsonl shard-*/results.jsonl -o all.jsonl
+
+Exit status: 0 every job has exactly one result; 1 some jobs have none, or more than one, or
+results answer no job of the input (each kind is counted on stderr, with the first few line
+numbers); 2 usage error or unreadable file.";
+
+/// Options of `corral merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The job files of the run, in the order it read them (line numbers count across them).
+    #[arg(long = "jobs", value_name = "FILE", required = true)]
+    pub jobs: Vec<PathBuf>,
+
+    /// The shards' result files.
+    #[arg(value_name = "RESULTS", required = true)]
+    pub results: Vec<PathBuf>,
+
+    /// Write the merged results here instead of standard output.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+}
 
 /// Where clients find the service unless told.
 pub const DEFAULT_SOCKET: &str = "/run/corral.sock";
@@ -259,6 +288,23 @@ pub struct RunArgs {
     /// Also write the end-of-run summary as JSON to this file.
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub stats: Option<PathBuf>,
+
+    /// Run only shard I of N of the input (numbered from 1), for one supervisor per node;
+    /// `auto` takes it from a Slurm job array or a Kubernetes Indexed Job. Every shard splits
+    /// the same way without talking to the others; `corral merge` checks the union. `{shard}`
+    /// in -o and --stats becomes I.
+    #[arg(long, value_name = "I/N|auto", help_heading = "Shards")]
+    pub shard: Option<crate::shard::ShardArg>,
+
+    /// How many shards there are, for `--shard auto` under Kubernetes (which does not say);
+    /// also read from CORRAL_SHARDS.
+    #[arg(long, value_name = "N", requires = "shard", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Shards")]
+    pub shards: Option<u32>,
+
+    /// What decides a line's shard: its line number (other shards' lines are skipped
+    /// unparsed), or its job's id (stable when lines move; jobs without one go by line).
+    #[arg(long, value_enum, default_value_t = crate::shard::ShardBy::Line, requires = "shard", help_heading = "Shards")]
+    pub shard_by: crate::shard::ShardBy,
 
     /// Task for job lines that name none (required with --lines, unless --exec).
     #[arg(long, value_name = "NAME", help_heading = "Input")]

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Instant;
 
-use crate::jobline;
-use crate::resume::{FinishedKeys, Meeting, id_digest, line_digest};
+use crate::resume::{FinishedKeys, Meeting, job_line_key, line_digest};
 use crate::run::Source;
 use crate::wire::{Hello, Said};
 
@@ -308,25 +307,12 @@ impl ResumeFilter {
     /// Whether `raw` (a line with its ending) must be sent.
     fn keep(&mut self, raw: &[u8]) -> bool {
         self.line += 1;
-        let line = raw.strip_suffix(b"\n").unwrap_or(raw);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
+        let Some(key) = job_line_key(raw, self.line) else {
             return true;
-        }
+        };
         if self.keys.contains(line_digest(self.line)) {
             return false;
         }
-        let Ok(text) = std::str::from_utf8(line) else {
-            return true;
-        };
-        let Ok(parsed) = jobline::scan(text) else {
-            return true;
-        };
-        let key = match parsed.id.map(|span| &line[span]) {
-            Some(id) => id_digest(id).unwrap_or_else(|| line_digest(self.line)),
-            None => id_digest(itoa::Buffer::new().format(self.line).as_bytes())
-                .expect("a number is an id"),
-        };
         !matches!(self.keys.meet(key, self.line), Meeting::Finished)
     }
 }
@@ -456,6 +442,7 @@ fn table(status: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resume::id_digest;
 
     #[test]
     fn resume_skips_what_run_would_skip_and_keeps_the_rest() {

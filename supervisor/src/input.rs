@@ -23,6 +23,7 @@ use crate::record::{
 };
 use crate::resume::{FinishedKeys, Meeting, id_digest, line_digest};
 use crate::ring::{Home, Ring};
+use crate::shard::{Shard, ShardBy};
 
 /// How lines become jobs.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct InputFormat {
     /// Most blocks of input alive at once (see [`BlockRing`]), and most vectors of jobs read
     /// and not yet answered; [`ring_blocks`] gives the size for a pool.
     pub max_blocks: usize,
+    /// Only this shard's lines are jobs; the others are skipped (see [`crate::shard`]).
+    pub shard: Option<Shard>,
 }
 
 impl InputFormat {
@@ -50,6 +53,7 @@ impl InputFormat {
             exec: false,
             max_line_bytes: 1 << 20,
             max_blocks: ring_blocks(workers),
+            shard: None,
         }
     }
 }
@@ -441,7 +445,10 @@ impl JobParser {
                 Line::Text(text) => self.parse(text),
                 Line::TooLong(len) => {
                     self.line += 1;
-                    if self.finished_line() {
+                    // A line too long to read has no id: it goes by its number.
+                    if self.format.shard.is_some_and(|s| !s.owns_line(self.line))
+                        || self.finished_line()
+                    {
                         continue;
                     }
                     Some(self.rejected(
@@ -466,6 +473,9 @@ impl JobParser {
     pub fn parse(&mut self, raw: LineRef<'_>) -> Option<InputItem> {
         let line = raw.bytes();
         self.line += 1;
+        if !self.owns(line) {
+            return None;
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
@@ -540,6 +550,26 @@ impl JobParser {
         let input = parsed.input.map_or_else(|| self.null.clone(), span);
         let meta = parsed.meta.map(span);
         Some(self.job(id, task, input, meta))
+    }
+
+    /// Whether the current line, `line`, is this shard's (always, without `--shard`). By id,
+    /// the line is scanned for its id; a line without one, or not a job, goes by number.
+    fn owns(&self, line: &[u8]) -> bool {
+        let Some(shard) = self.format.shard else {
+            return true;
+        };
+        if shard.by == ShardBy::Line || self.format.plain_lines {
+            return shard.owns_line(self.line);
+        }
+        let id = std::str::from_utf8(line)
+            .ok()
+            .and_then(|text| jobline::scan(text).ok())
+            .and_then(|parsed| parsed.id)
+            .and_then(|span| id_digest(&line[span]));
+        match id {
+            Some(id) => shard.owns_id(id),
+            None => shard.owns_line(self.line),
+        }
     }
 
     /// Whether `--resume` found a result for the current line itself (one that was not a job).
@@ -648,6 +678,7 @@ mod tests {
             max_line_bytes: 64,
             // The tests keep every item they read: room for all of their input.
             max_blocks: 64,
+            shard: None,
         }
     }
 
@@ -995,6 +1026,66 @@ mod tests {
             (&ResultKey::Line(2), ErrorKind::TooLarge)
         );
         assert!(matches!(&items[1], InputItem::Job(job) if job.line == 3));
+    }
+
+    /// What identifies an item: its line, and whether it is a job.
+    fn lines_of(items: &[InputItem]) -> Vec<(u64, bool)> {
+        items
+            .iter()
+            .map(|item| match item {
+                InputItem::Job(job) => (job.line, true),
+                InputItem::Rejected(result) => match &result.key {
+                    ResultKey::Job { line, .. } => (*line, false),
+                    ResultKey::Line(line) => (*line, false),
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_shards_together_read_every_line_once_numbered_as_without_shards() {
+        use crate::shard::{Shard, ShardBy};
+        let mut text = Vec::new();
+        for i in 0..40 {
+            let line = match i % 5 {
+                0 => format!("{{\"id\":\"j{i}\",\"task\":\"t\"}}"),
+                1 => "{\"task\":\"t\"}".to_owned(),
+                2 => "not json".to_owned(),
+                3 => String::new(),
+                _ => format!(
+                    "{{\"id\":{i},\"task\":\"t\",\"input\":[{}]}}",
+                    "1,".repeat(30) + "1"
+                ),
+            };
+            text.extend_from_slice(line.as_bytes());
+            text.push(b'\n');
+        }
+        let all = lines_of(&read(&text, format()));
+        for by in [ShardBy::Line, ShardBy::Id] {
+            for count in [1, 3, 7, 50] {
+                let mut union: Vec<(u64, bool)> = (1..=count)
+                    .flat_map(|index| {
+                        let shard = Some(Shard::new(index, count, by).unwrap());
+                        lines_of(&read(&text, InputFormat { shard, ..format() }))
+                    })
+                    .collect();
+                union.sort_unstable();
+                assert_eq!(union, all, "{by:?} of {count}");
+            }
+        }
+        // By line, a shard's lines are exactly its numbers (too long ones too).
+        let second = read(
+            &text,
+            InputFormat {
+                shard: Some(Shard::new(2, 5, ShardBy::Line).unwrap()),
+                ..format()
+            },
+        );
+        assert!(lines_of(&second).iter().all(|&(line, _)| line % 5 == 2));
+        assert!(
+            lines_of(&second).iter().all(|&(_, job)| job),
+            "line 2 of 5 is a job without id"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - [`pool`]: worker processes, their handshake, threads and deaths; [`keeper`] takes their
 //!   process groups down even when corral is killed;
 //! - [`input`] and [`output`]: job lines in, result lines out ([`jobline`] scans each line);
-//!   [`resume`] for `--resume`; [`ring`] for the reused buffers that keep their memory fixed;
+//!   [`resume`] for `--resume`; [`shard`] for `--shard` and [`merge`] for `corral merge`;
+//!   [`ring`] for the reused buffers
+//!   that keep their memory fixed;
 //! - [`engine`]: the loop that wires them together, fed by any number of sources, each with a
 //!   sink of its own; [`run`] drives it for `corral run`;
 //! - [`serve`]: the engine as a service on a Unix socket, one source per connection;
@@ -23,6 +25,7 @@ pub mod jobline;
 pub mod journal;
 pub mod keeper;
 pub mod manual;
+pub mod merge;
 pub mod output;
 pub mod pool;
 pub mod progress;
@@ -32,5 +35,6 @@ pub mod ring;
 pub mod run;
 pub mod scheduler;
 pub mod serve;
+pub mod shard;
 pub mod transport;
 pub mod wire;

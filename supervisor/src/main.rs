@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use corral::cli::{Cli, Command, LogFormat, PoolArgs, RunArgs, ServeArgs, SubmitArgs};
+use corral::cli::{Cli, Command, LogFormat, MergeArgs, PoolArgs, RunArgs, ServeArgs, SubmitArgs};
 use corral::engine::EngineConfig;
 use corral::input::{EXEC_TASK, InputFormat, ring_blocks};
 use corral::pool::PoolConfig;
@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_command(args, cli.quiet),
         Command::Serve(args) => serve_command(args),
         Command::Submit(args) => submit_command(args, cli.quiet),
+        Command::Merge(args) => merge_command(args, cli.quiet),
         Command::Keeper | Command::Worker | Command::Status(_) | Command::Generate { .. } => {
             unreachable!("handled above")
         }
@@ -128,10 +129,11 @@ fn exit_with_parent() {
         .expect("spawning a thread");
 }
 
-fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+fn run_command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if args.exit_with_parent {
         exit_with_parent();
     }
+    let shard = shard_of(&mut args)?;
     let mut worker_env = Vec::new();
     if let Some(template) = &args.exec {
         let spec = exec_spec(template, &args)?;
@@ -192,6 +194,7 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             exec: args.exec.is_some(),
             max_line_bytes,
             max_blocks: ring_blocks(workers),
+            shard,
         },
         sources,
         grace: args.pool.grace,
@@ -203,6 +206,88 @@ fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         write_stats(path, file, &report)?;
     }
     Ok(finish(&report, quiet))
+}
+
+/// The shard `--shard` names, if any, with `{shard}` in `-o` and `--stats` replaced by it.
+fn shard_of(args: &mut RunArgs) -> anyhow::Result<Option<corral::shard::Shard>> {
+    let Some(arg) = args.shard else {
+        for path in [&args.output, &args.stats].into_iter().flatten() {
+            if path.to_string_lossy().contains("{shard}") {
+                bail!(
+                    "{} names {{shard}}, but no --shard is given",
+                    path.display()
+                );
+            }
+        }
+        return Ok(None);
+    };
+    let shard = arg
+        .resolve(args.shard_by, args.shards, |name| std::env::var(name).ok())
+        .map_err(anyhow::Error::msg)?;
+    for path in [&mut args.output, &mut args.stats].into_iter().flatten() {
+        *path = PathBuf::from(shard.name(&path.to_string_lossy()));
+    }
+    tracing::info!("running shard {shard}");
+    Ok(Some(shard))
+}
+
+fn merge_command(args: MergeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let output: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(
+            File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+        ),
+        None => Box::new(io::stdout().lock()),
+    };
+    let report = corral::merge::merge(&args.jobs, &args.results, output)?;
+    let lines = |lines: &[u64], more: bool| {
+        let list: Vec<String> = lines.iter().map(u64::to_string).collect();
+        format!("{}{}", list.join(", "), if more { ", ..." } else { "" })
+    };
+    if report.missing.0 > 0 {
+        say(format_args!(
+            "{} jobs have no result (lines {})",
+            report.missing.0,
+            lines(
+                &report.missing.1,
+                report.missing.0 > report.missing.1.len() as u64
+            )
+        ));
+    }
+    if report.duplicated.0 > 0 {
+        say(format_args!(
+            "{} results repeat a job's result, not written again (lines {})",
+            report.duplicated.0,
+            lines(
+                &report.duplicated.1,
+                report.duplicated.0 > report.duplicated.1.len() as u64
+            )
+        ));
+    }
+    if report.unknown > 0 {
+        say(format_args!(
+            "{} results answer no job of the input",
+            report.unknown
+        ));
+    }
+    if report.unreadable > 0 {
+        say(format_args!(
+            "{} lines of the result files are not results",
+            report.unreadable
+        ));
+    }
+    if report.repeated_ids > 0 {
+        say(format_args!(
+            "{} job lines repeat an earlier line's id; their results cannot be told apart",
+            report.repeated_ids
+        ));
+    }
+    if !quiet {
+        say(format_args!(
+            "{} jobs, {} results written; {} missing, {} duplicated, {} unknown",
+            report.jobs, report.written, report.missing.0, report.duplicated.0, report.unknown
+        ));
+    }
+    Ok(ExitCode::from(u8::from(!report.complete())))
 }
 
 fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -37,6 +37,14 @@ impl std::hash::Hash for ResultDigest {
     }
 }
 
+impl ResultDigest {
+    /// 64 bits of the digest other than those a hash table takes, for splitting keys between
+    /// shards. Fixed by the digest (xxh3-128 of the key): every version splits alike.
+    pub fn spread(&self) -> u64 {
+        u64::from(self.0[2]) | (u64::from(self.0[3]) << 32)
+    }
+}
+
 /// The digest of a job id given as raw JSON (a string or a number, as the job line wrote it);
 /// `None` if it is neither.
 pub fn id_digest(raw_id: &[u8]) -> Option<ResultDigest> {
@@ -351,12 +359,53 @@ struct ResultLine<'a> {
 
 /// The key of one result line, or `None` if it is not a result line.
 pub fn result_key(line: &[u8]) -> Option<ResultDigest> {
+    match result_target(line)? {
+        Target::Id(id) => Some(id),
+        Target::Line(line) => Some(line_digest(line)),
+    }
+}
+
+/// Whose result a result line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The job with this id.
+    Id(ResultDigest),
+    /// Line `n` of the input, which was not a job (its `"line"` field).
+    Line(u64),
+}
+
+/// Whose result `line` is, or `None` if it is not a result line.
+pub fn result_target(line: &[u8]) -> Option<Target> {
     let parsed: ResultLine<'_> = serde_json::from_slice(line).ok()?;
     match (parsed.id, parsed.line) {
-        (Some(id), _) => id_digest(id.get().as_bytes()),
-        (None, Some(line)) => Some(line_digest(line)),
+        (Some(id), _) => id_digest(id.get().as_bytes()).map(Target::Id),
+        (None, Some(line)) => Some(Target::Line(line)),
         (None, None) => None,
     }
+}
+
+/// The key the result of job line `raw` (line `number` of the input, with or without its
+/// ending) has, as `corral run` keys it; `None` for a blank line, which has no result.
+pub fn job_line_key(raw: &[u8], number: u64) -> Option<ResultDigest> {
+    let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let by_line = line_digest(number);
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Some(by_line);
+    };
+    let Ok(parsed) = crate::jobline::scan(text) else {
+        return Some(by_line);
+    };
+    Some(match parsed.id.map(|span| &line[span]) {
+        Some(id) => id_digest(id).unwrap_or(by_line),
+        // A job without an id has its line number as id.
+        None => {
+            id_digest(itoa::Buffer::new().format(number).as_bytes()).expect("a number is an id")
+        }
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod exec;
 mod hardening;
 mod operate;
 mod serve;
+mod shard;
 mod startup;
 mod stdio;
 mod supervision;

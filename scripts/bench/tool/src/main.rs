@@ -102,6 +102,7 @@ fn floor() -> io::Result<()> {
         default_task: None,
         max_line_bytes: 16 << 20,
         max_blocks: ring_blocks(1),
+        shard: None,
     };
     let names = TaskNames::default();
     let mut parser = JobParser::new(format, names.clone());
@@ -181,6 +182,7 @@ fn parse_only() -> io::Result<()> {
         default_task: None,
         max_line_bytes: 16 << 20,
         max_blocks: ring_blocks(1),
+        shard: None,
     };
     let mut parser = JobParser::new(format, TaskNames::default());
     let (mut jobs, mut rejected) = (0u64, 0u64);
