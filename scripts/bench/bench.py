@@ -472,6 +472,10 @@ def main():
     pool_best = pools.measure(args.pool_runs, log=log)
     failures = pool_failures.table(pools.python(), pools.environment(), log=log)
     pool_rows, pool_lines = pools.report(pool_best, failures, args.pool_runs)
+    import shards  # imported here, as workers is
+
+    shard_runs = max(3, args.runs - 2)
+    shard_rows, shard_lines = shards.report(shards.measure(shard_runs), shard_runs)
     total = time.time() - started
 
     corral = tiny["corral -j 2"]
@@ -548,6 +552,7 @@ def main():
         ),
         *worker_rows,
         *pool_rows,
+        *shard_rows,
     ]
     lines = [
         "# Benchmarks",
@@ -636,6 +641,7 @@ def main():
         "",
         *worker_lines,
         *pool_lines,
+        *shard_lines,
     ]
     with open(args.output, "w") as f:
         f.write("\n".join(lines))

@@ -553,7 +553,8 @@ impl JobParser {
     }
 
     /// Whether the current line, `line`, is this shard's (always, without `--shard`). By id,
-    /// the line is scanned for its id; a line without one, or not a job, goes by number.
+    /// the id is read where lines usually have it, first, or else the line is scanned for it;
+    /// a line without one, or not a job, goes by number.
     fn owns(&self, line: &[u8]) -> bool {
         let Some(shard) = self.format.shard else {
             return true;
@@ -561,11 +562,14 @@ impl JobParser {
         if shard.by == ShardBy::Line || self.format.plain_lines {
             return shard.owns_line(self.line);
         }
-        let id = std::str::from_utf8(line)
-            .ok()
-            .and_then(|text| jobline::scan(text).ok())
-            .and_then(|parsed| parsed.id)
-            .and_then(|span| id_digest(&line[span]));
+        let id = match crate::shard::leading_id(line) {
+            Some(raw) => id_digest(raw),
+            None => std::str::from_utf8(line)
+                .ok()
+                .and_then(|text| jobline::scan(text).ok())
+                .and_then(|parsed| parsed.id)
+                .and_then(|span| id_digest(&line[span])),
+        };
         match id {
             Some(id) => shard.owns_id(id),
             None => shard.owns_line(self.line),

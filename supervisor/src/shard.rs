@@ -6,8 +6,9 @@
 //!   `(L - 1) % N + 1`. Another shard's line is skipped once framed, without being parsed.
 //! - by id: a job with an id is shard `digest(id) % N + 1`, the digest being the one `--resume`
 //!   keys results by (so `"a"` and `"\u0061"` are one id); a job without an id and a line that
-//!   is not a job go by line. Each line is scanned for its id; only the shard's own are then
-//!   parsed into jobs.
+//!   is not a job go by line. The id is read where lines usually have it, first
+//!   (`{"id": ...`), without parsing the rest; a line that puts it elsewhere is scanned for it.
+//!   Only the shard's own lines are then parsed into jobs.
 //!
 //! `--shard auto` reads the batch system's own variables: a Slurm job array
 //! (`SLURM_ARRAY_TASK_ID`, `_MIN`, `_STEP`, `_COUNT`) or a Kubernetes Indexed Job
@@ -70,6 +71,51 @@ impl Shard {
     pub fn name(&self, template: &str) -> String {
         template.replace("{shard}", &self.index.to_string())
     }
+}
+
+/// The raw id of a job line that opens with it (`{"id": ...`, the usual way to write one),
+/// found without parsing the rest of the line; `None` when the line starts otherwise, and the
+/// caller scans it whole. The split only needs every node to decide alike, which this does:
+/// it reads the same bytes of the same line.
+pub fn leading_id(line: &[u8]) -> Option<&[u8]> {
+    let skip = |at: usize| {
+        at + line[at.min(line.len())..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count()
+    };
+    let mut at = skip(0);
+    if line.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip(at + 1);
+    if !line[at..].starts_with(b"\"id\"") {
+        return None;
+    }
+    at = skip(at + 4);
+    if line.get(at) != Some(&b':') {
+        return None;
+    }
+    let start = skip(at + 1);
+    let rest = line.get(start..)?;
+    let len = match rest.first()? {
+        b'"' => {
+            let mut i = 1;
+            loop {
+                match rest.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => break i + 1,
+                    _ => i += 1,
+                }
+            }
+        }
+        b'-' | b'0'..=b'9' => rest
+            .iter()
+            .take_while(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+            .count(),
+        _ => return None,
+    };
+    Some(&rest[..len])
 }
 
 impl fmt::Display for Shard {
@@ -299,6 +345,27 @@ mod tests {
         assert_eq!(spread, PINNED);
     }
     const PINNED: [u64; 2] = [33, 798];
+
+    #[test]
+    fn a_leading_id_is_found_as_written() {
+        let id = |line: &str| {
+            leading_id(line.as_bytes()).map(|id| String::from_utf8_lossy(id).into_owned())
+        };
+        assert_eq!(id(r#"{"id":17,"task":"t"}"#).as_deref(), Some("17"));
+        assert_eq!(
+            id(r#" { "id" : "a\"b" , "task":"t"}"#).as_deref(),
+            Some(r#""a\"b""#)
+        );
+        assert_eq!(id(r#"{"id":-1.5e3}"#).as_deref(), Some("-1.5e3"));
+        assert_eq!(
+            id(r#"{"task":"t","id":3}"#),
+            None,
+            "not leading: scanned instead"
+        );
+        assert_eq!(id(r#"{"id":{"x":1}}"#), None);
+        assert_eq!(id(r#"{"id":"open"#), None);
+        assert_eq!(id("not json"), None);
+    }
 
     #[test]
     fn shards_parse_and_bad_ones_say_why() {
