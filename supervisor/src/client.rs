@@ -73,14 +73,26 @@ pub fn submit(config: Submit) -> u8 {
         .name("corral-send".into())
         .spawn(move || send_jobs(send_half, sources, finished))
         .expect("spawning a thread");
-    let outcome = receive(&stream, config.output);
+    let mut out = io::BufWriter::with_capacity(64 * 1024, config.output);
+    let outcome = receive(&stream, &mut out);
     // The sender ends once its input is sent, or at its next write once the service is gone.
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let sent = sender.join().unwrap_or(Err(SendError::Service));
-    if let Err(SendError::Input(message)) = &sent {
-        say(format_args!("{message}"));
-        return 2;
-    }
+    let repeated = match sent {
+        Err(SendError::Input(message)) => {
+            say(format_args!("{message}"));
+            return 2;
+        }
+        Err(SendError::Service) => Vec::new(),
+        Ok(repeated) => repeated,
+    };
+    // The results of repeated ids (--resume), made here: they are final whatever the service
+    // did, as with `corral run --resume`.
+    let outcome = match write_lines(&mut out, &repeated) {
+        Ok(()) => outcome,
+        Err(err) => Received::Output(err),
+    };
+    let extra = repeated.len() as u64;
     match outcome {
         Received::Output(err) => {
             if err.kind() == io::ErrorKind::BrokenPipe {
@@ -98,6 +110,7 @@ pub fn submit(config: Submit) -> u8 {
             ok,
             failed,
         } => {
+            let (results, failed) = (results + extra, failed + extra);
             if !config.quiet {
                 let secs = started.elapsed().as_secs_f64();
                 say(format_args!(
@@ -142,10 +155,17 @@ enum Received {
     Output(io::Error),
 }
 
+/// Writes `lines` and flushes.
+fn write_lines(out: &mut impl Write, lines: &[Vec<u8>]) -> io::Result<()> {
+    for line in lines {
+        out.write_all(line)?;
+    }
+    out.flush()
+}
+
 /// Writes result lines as they come, flushing each time the socket has no more for now, so
 /// that what the service sent is on disk as soon as it can be.
-fn receive(stream: &UnixStream, output: Box<dyn Write + Send>) -> Received {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, output);
+fn receive(stream: &UnixStream, out: &mut impl Write) -> Received {
     let mut buf = vec![0u8; 64 * 1024];
     let mut partial: Vec<u8> = Vec::new();
     let mut results = 0u64;
@@ -215,12 +235,14 @@ enum SendError {
 }
 
 /// Sends the hello, then every input in order, each line ending in a newline, then closes
-/// the sending side.
+/// the sending side. Returns the result lines of the jobs that repeat an id (`--resume`),
+/// which are not sent.
 fn send_jobs(
     stream: UnixStream,
     sources: Vec<Source>,
     finished: Option<FinishedKeys>,
-) -> Result<(), SendError> {
+) -> Result<Vec<Vec<u8>>, SendError> {
+    let mut repeated = Vec::new();
     let mut out = io::BufWriter::with_capacity(64 * 1024, &stream);
     out.write_all(&Hello::Submit.line())
         .map_err(|_| SendError::Service)?;
@@ -258,17 +280,55 @@ fn send_jobs(
                 // its own, as with `corral run`.
                 line.push(b'\n');
             }
-            let keep = filter.keep(&line);
             // A job skipped is sent as a blank line, so that the line numbers stay those of
             // the file (a job without an id has its line number as id).
-            let sent = if keep { &line[..] } else { b"\n" };
+            let sent = match filter.keep(&line) {
+                Verdict::Send => &line[..],
+                Verdict::Skip => b"\n",
+                Verdict::Repeated(first) => {
+                    repeated.push(repeated_result(filter.line, first));
+                    b"\n"
+                }
+            };
             out.write_all(sent).map_err(|_| SendError::Service)?;
         }
     }
     out.flush().map_err(|_| SendError::Service)?;
     drop(out);
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    Ok(())
+    Ok(repeated)
+}
+
+/// What `--resume` decides for a line.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Send,
+    /// Its result is already written.
+    Skip,
+    /// Its id is an earlier line's (that line, if known): it gets a bad_input result.
+    Repeated(Option<u64>),
+}
+
+/// The result line of line `line`, whose id repeats that of `first`: as `corral run
+/// --resume` words it.
+fn repeated_result(line: u64, first: Option<u64>) -> Vec<u8> {
+    use crate::record::{ErrorKind, JobError, JobResult, ResultKey, SourceId};
+    let earlier = first.map_or_else(|| "an earlier line".to_owned(), |l| format!("line {l}"));
+    let result = JobResult {
+        seq: corral_protocol::JobSeq(0),
+        source: SourceId(0),
+        key: ResultKey::Line(line),
+        meta: None,
+        attempts: 0,
+        worker: None,
+        outcome: Err(JobError::new(
+            ErrorKind::BadInput,
+            format!("duplicate id: {earlier} has the same id; ids must be unique to resume"),
+        )),
+    };
+    let mut out = Vec::new();
+    crate::output::format_result(&result, crate::output::Echo::Meta, &mut out);
+    out
 }
 
 /// Sends all of `reader` as it is, in blocks, ending it with a newline if its last line has
@@ -304,16 +364,20 @@ struct ResumeFilter {
 }
 
 impl ResumeFilter {
-    /// Whether `raw` (a line with its ending) must be sent.
-    fn keep(&mut self, raw: &[u8]) -> bool {
+    /// What to do with `raw` (a line with its ending).
+    fn keep(&mut self, raw: &[u8]) -> Verdict {
         self.line += 1;
         let Some(key) = job_line_key(raw, self.line) else {
-            return true;
+            return Verdict::Send;
         };
         if self.keys.contains(line_digest(self.line)) {
-            return false;
+            return Verdict::Skip;
         }
-        !matches!(self.keys.meet(key, self.line), Meeting::Finished)
+        match self.keys.meet(key, self.line) {
+            Meeting::Run => Verdict::Send,
+            Meeting::Finished => Verdict::Skip,
+            Meeting::Repeated(first) => Verdict::Repeated(first),
+        }
     }
 }
 
@@ -459,8 +523,16 @@ mod tests {
             b"   \n",
             b"{\"task\":\"t\"}\n",
         ];
-        let kept: Vec<bool> = lines.iter().map(|line| filter.keep(line)).collect();
+        let kept: Vec<Verdict> = lines.iter().map(|line| filter.keep(line)).collect();
         // a: done; b: runs; line 3: done; line 4 (id 4): done; blank: sent; line 6 runs.
-        assert_eq!(kept, [false, true, false, false, true, true]);
+        use Verdict::*;
+        assert_eq!(kept, [Skip, Send, Skip, Skip, Send, Send]);
+        // A second b repeats line 2's id.
+        assert_eq!(filter.keep(b"{\"id\":\"b\"}\n"), Repeated(Some(2)));
+        let line = String::from_utf8(repeated_result(7, Some(2))).unwrap();
+        assert!(
+            line.starts_with(r#"{"line":7,"ok":false,"error":{"kind":"bad_input""#),
+            "{line}"
+        );
     }
 }

@@ -183,19 +183,6 @@ fn submit_matches_run_on_the_same_hostile_input() {
         "more.jsonl",
         [r#"{"task":"sum_squares","input":[6]}"#.to_string()],
     );
-    let strip = |results: Vec<Value>| {
-        let mut results: Vec<String> = results
-            .into_iter()
-            .map(|mut r| {
-                let o = r.as_object_mut().unwrap();
-                o.remove("worker");
-                o.remove("ms");
-                r.to_string()
-            })
-            .collect();
-        results.sort();
-        results
-    };
     let ran = Run::corral(["run", "-j", "2"])
         .args([&jobs, &tail, &more])
         .output();
@@ -206,8 +193,50 @@ fn submit_matches_run_on_the_same_hostile_input() {
         "{}",
         submitted.stderr
     );
-    assert_eq!(strip(ran.results()), strip(submitted.results()));
+    assert_eq!(comparable(ran.results()), comparable(submitted.results()));
     assert_eq!(submitted.results().len(), 9);
+    service.stop();
+}
+
+#[test]
+fn submit_resume_reports_a_repeated_id_as_run_resume_does() {
+    let dir = temp_dir();
+    let service = Service::start(dir.path(), ["-j", "1"]);
+    let jobs = write_jobs(
+        dir.path(),
+        "jobs.jsonl",
+        ["a", "b", "a", "c"]
+            .map(|id| format!(r#"{{"id":"{id}","task":"sum_squares","input":[2]}}"#)),
+    );
+    let ran_out = dir.path().join("ran.jsonl");
+    let submitted_out = dir.path().join("submitted.jsonl");
+    let ran = Run::corral(["run", "--resume", "-o"])
+        .args([&ran_out, &jobs])
+        .output();
+    let resume = || {
+        let args = [
+            "--resume".as_ref(),
+            "-o".as_ref(),
+            submitted_out.as_os_str(),
+            jobs.as_os_str(),
+        ];
+        service.submit(args).output()
+    };
+    let submitted = resume();
+    assert_eq!(ran.status.code(), Some(1), "{}", ran.stderr);
+    assert_eq!(submitted.status.code(), Some(1), "{}", submitted.stderr);
+    assert_eq!(
+        comparable(read_results(&ran_out)),
+        comparable(read_results(&submitted_out))
+    );
+    assert!(
+        submitted.stderr.contains("4 jobs: 3 ok, 1 failed"),
+        "{}",
+        submitted.stderr
+    );
+    // Resumed again, nothing is left to run, and the duplicate is not reported twice.
+    resume().expect_code(0);
+    assert_eq!(read_results(&submitted_out).len(), 4);
     service.stop();
 }
 

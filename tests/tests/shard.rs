@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::util::*;
 
 /// A job file with jobs with and without ids, blank and malformed lines, and a line too long.
@@ -23,21 +21,6 @@ fn mixed_jobs(dir: &Path, n: u64) -> PathBuf {
         _ => format!(r#"{{"id":"j{i}","task":"sum_squares","input":[{i},2]}}"#),
     });
     write_jobs(dir, "jobs.jsonl", lines)
-}
-
-/// Result lines without the fields that differ between runs, sorted.
-fn comparable(results: Vec<Value>) -> Vec<String> {
-    let mut lines: Vec<String> = results
-        .into_iter()
-        .map(|mut r| {
-            let o = r.as_object_mut().unwrap();
-            o.remove("worker");
-            o.remove("ms");
-            r.to_string()
-        })
-        .collect();
-    lines.sort();
-    lines
 }
 
 #[test]

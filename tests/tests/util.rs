@@ -494,3 +494,19 @@ impl Lcg {
         self.next() % n
     }
 }
+
+/// Result lines without the fields that differ between runs of the same jobs (the worker's
+/// pid, the time), sorted: for comparing two ways of running them.
+pub fn comparable(results: Vec<Value>) -> Vec<String> {
+    let mut lines: Vec<String> = results
+        .into_iter()
+        .map(|mut r| {
+            let o = r.as_object_mut().expect("a result is an object");
+            o.remove("worker");
+            o.remove("ms");
+            r.to_string()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
