@@ -6,6 +6,9 @@
 //! - `corral-bench floor`: the single-process baseline: reads job lines on stdin and writes the
 //!   same result lines corral would, with corral's own parser, tasks and formatter, in one
 //!   process with no IPC.
+//! - `corral-bench serde-loop`: the plainest single-process program a Rust user would write for
+//!   the tiny jobs: a `read_line` loop, serde_json into a derived struct, the sum, serde_json
+//!   out. It checks less than corral does (no line numbers, no line length cap).
 //! - `corral-bench parse`: the input stage alone: reads and parses job lines on stdin as corral
 //!   does and prints how many jobs it read and how long it took, to profile the serial stage.
 
@@ -49,10 +52,11 @@ fn main() -> ExitCode {
             })
         }
         ["floor"] => floor(),
+        ["serde-loop"] => serde_loop(),
         ["parse"] => parse_only(),
         _ => {
             eprintln!(
-                "usage: corral-bench gen tiny N | gen primes N LIMIT | gen spin N MS | floor | parse"
+                "usage: corral-bench gen tiny N | gen primes N LIMIT | gen spin N MS | floor | serde-loop | parse"
             );
             return ExitCode::from(2);
         }
@@ -170,6 +174,56 @@ fn floor() -> io::Result<()> {
     })?;
     if let Some(err) = error {
         return Err(err);
+    }
+    out.flush()
+}
+
+/// A `sum_squares` job line, as a plain program reads it.
+#[derive(serde::Deserialize)]
+struct PlainJob {
+    id: serde_json::Value,
+    task: String,
+    input: Vec<i64>,
+}
+
+/// A result line, as a plain program writes it.
+#[derive(serde::Serialize)]
+struct PlainResult<'a> {
+    id: &'a serde_json::Value,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn serde_loop() -> io::Result<()> {
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if io::BufRead::read_line(&mut input, &mut line)? == 0 {
+            break;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, outcome) = match serde_json::from_str::<PlainJob>(&line) {
+            Ok(job) if job.task == "sum_squares" => (job.id, builtin::sum_squares(job.input)),
+            Ok(job) => (job.id, Err(format!("unknown task {:?}", job.task))),
+            Err(err) => (serde_json::Value::Null, Err(err.to_string())),
+        };
+        let result = PlainResult {
+            id: &id,
+            ok: outcome.is_ok(),
+            output: outcome.as_ref().ok().copied(),
+            error: outcome.err(),
+        };
+        serde_json::to_writer(&mut out, &result)?;
+        out.write_all(b"\n")?;
     }
     out.flush()
 }
