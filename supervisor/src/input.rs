@@ -10,6 +10,8 @@
 //! answered, so the memory that input takes is set by the ring's size, not by how far the
 //! workers lag.
 
+pub mod parallel;
+
 use std::io::{self, Read};
 use std::ops::Range;
 
@@ -18,8 +20,8 @@ use corral_protocol::JobSeq;
 
 use crate::jobline;
 use crate::record::{
-    ErrorKind, InputItem, Job, JobError, JobId, JobResult, ResultKey, SharedBytes, SourceId,
-    TaskId, TaskNames,
+    ErrorKind, InputChunk, InputItem, Job, JobError, JobId, JobResult, Jobs, ResultKey,
+    SharedBytes, SourceId, TaskId, TaskNames,
 };
 use crate::resume::{FinishedKeys, Meeting, id_digest, line_digest};
 use crate::ring::{Home, Ring};
@@ -76,8 +78,9 @@ pub fn ring_blocks(workers: usize) -> usize {
 /// The blocks one reader reads into: a [`Ring`], so input never holds more than its size in
 /// blocks, and the reader waits for a block to come back when it has used them all.
 ///
-/// A block grown past its 64 KiB for a long line is not kept when it comes back: a fresh
-/// one takes its place.
+/// Blocks keep their length as they go round, so that reading into one never zeroes it
+/// first; a block grown past its 64 KiB for a long line is not kept when it comes back: a
+/// fresh one takes its place.
 #[derive(Debug)]
 pub struct BlockRing(Ring<Vec<u8>>);
 
@@ -88,22 +91,24 @@ impl BlockRing {
         BlockRing(Ring::new(max.max(2)))
     }
 
-    /// An empty block to read into; waits while all are taken.
+    /// A block to read into, all of its length free to be overwritten (it holds what its
+    /// last use left); waits while all are taken.
     fn take(&mut self) -> Vec<u8> {
-        let mut block = self.0.take(|| Vec::with_capacity(BLOCK_BYTES));
-        if block.capacity() > BLOCK_BYTES {
-            block = Vec::with_capacity(BLOCK_BYTES);
+        let block = self.0.take(|| vec![0; BLOCK_BYTES]);
+        if block.len() > BLOCK_BYTES {
+            return vec![0; BLOCK_BYTES];
         }
-        block.clear();
         block
     }
 
-    /// `block` as shared bytes; it comes back to the ring when the last of them is dropped.
-    fn share(&self, block: Vec<u8>) -> Bytes {
+    /// The first `len` bytes of `block` as shared bytes; the block comes back to the ring
+    /// when the last of them is dropped.
+    fn share(&self, block: Vec<u8>, len: usize) -> Bytes {
         Bytes::from_owner(Block {
             bytes: block,
             home: self.0.home(),
         })
+        .slice(..len)
     }
 }
 
@@ -132,6 +137,61 @@ pub enum Line<'a> {
     Text(LineRef<'a>),
     /// The line was this many bytes long, over the limit; it was skipped.
     TooLong(u64),
+}
+
+/// Lines read together, or the news that one was too long: what [`LineReader::next_block`]
+/// gives.
+#[derive(Debug)]
+pub enum Framed {
+    /// Whole lines, each with its `\n` (but the input's last line, if it has none).
+    Lines(Bytes),
+    /// A line of this many bytes, over the limit; it was skipped.
+    TooLong(u64),
+}
+
+/// The line of `block` that starts at `start` (which is before the block's end), and where
+/// the next one starts: the line without its `\n` or `\r\n`, or its length when it is longer
+/// than `max`.
+fn split_line(block: &Bytes, start: usize, max: usize) -> (Line<'_>, usize) {
+    let rest = &block[start..];
+    let (end, after) = match memchr::memchr(b'\n', rest) {
+        Some(i) => (start + i, start + i + 1),
+        None => (block.len(), block.len()),
+    };
+    let end = end - usize::from(end > start && block[end - 1] == b'\r');
+    let line = if end - start > max {
+        Line::TooLong((end - start) as u64)
+    } else {
+        Line::Text(LineRef { block, start, end })
+    };
+    (line, after)
+}
+
+/// The number of lines in `lines`, whole lines each with its `\n` but perhaps the last.
+pub fn count_lines(lines: &[u8]) -> u64 {
+    // Counted with vector compares, much faster than a search for each line.
+    let newlines = bytecount::count(lines, b'\n') as u64;
+    newlines + u64::from(lines.last().is_some_and(|&last| last != b'\n'))
+}
+
+/// A run of input lines that can be parsed apart from the rest, knowing where it starts.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    /// Whole lines (each with its `\n`, but perhaps the input's last), the first of which
+    /// is line `first_line`.
+    Lines {
+        /// The number of the first line.
+        first_line: u64,
+        /// The lines, sharing the block they were read into.
+        lines: Bytes,
+    },
+    /// Line `line` was `len` bytes long, over the limit.
+    TooLong {
+        /// Its number.
+        line: u64,
+        /// Its length, in bytes.
+        len: u64,
+    },
 }
 
 /// A line inside the block it was read with. Parts of it are cut from the block as
@@ -171,9 +231,11 @@ pub struct LineReader<R> {
     reader: R,
     max: usize,
     ring: BlockRing,
-    /// Read but not yet split: no complete line while `ready` is used up. It has no capacity
-    /// until a block is taken from the ring for it.
+    /// The block being read into; its first `filled` bytes are read but not yet split (no
+    /// complete line while `ready` is used up). It is empty until a block is taken from the
+    /// ring for it.
     pending: Vec<u8>,
+    filled: usize,
     /// Whole lines, each with its `\n` (but the input's last line, if it has none).
     ready: Bytes,
     /// Where the lines of `ready` not handed out yet start.
@@ -199,6 +261,7 @@ impl<R: Read> LineReader<R> {
             max,
             ring,
             pending: Vec::new(),
+            filled: 0,
             ready: Bytes::new(),
             next: 0,
         }
@@ -223,23 +286,26 @@ impl<R: Read> LineReader<R> {
                 Refill::End => return Ok(None),
             }
         }
-        let start = self.next;
-        let rest = &self.ready[start..];
-        let (end, after) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (start + i, start + i + 1),
-            None => (self.ready.len(), self.ready.len()),
-        };
-        self.next = after;
-        let end = end - usize::from(end > start && self.ready[end - 1] == b'\r');
-        Ok(Some(if end - start > self.max {
-            Line::TooLong((end - start) as u64)
-        } else {
-            Line::Text(LineRef {
-                block: &self.ready,
-                start,
-                end,
-            })
-        }))
+        let (line, next) = split_line(&self.ready, self.next, self.max);
+        self.next = next;
+        Ok(Some(line))
+    }
+
+    /// Every whole line read and not handed out yet, at once (each with its `\n`, but the
+    /// input's last line if it has none), or a line too long to keep; `None` at the end of
+    /// the input. The lines share their block, which goes back to the ring once every view
+    /// of it is dropped.
+    pub fn next_block(&mut self) -> io::Result<Option<Framed>> {
+        if self.would_wait() {
+            match self.refill()? {
+                Refill::Lines => {}
+                Refill::TooLong(len) => return Ok(Some(Framed::TooLong(len))),
+                Refill::End => return Ok(None),
+            }
+        }
+        let lines = self.ready.slice(self.next..);
+        self.next = self.ready.len();
+        Ok(Some(Framed::Lines(lines)))
     }
 
     /// Reads until there is a whole line, and moves every whole line read to `ready`; or
@@ -255,33 +321,35 @@ impl<R: Read> LineReader<R> {
         // Inside a line too long to keep: how many of its bytes were dropped, and the last one.
         let mut dropped: Option<(u64, u8)> = None;
         loop {
-            let fresh = &self.pending[searched..];
+            let fresh = &self.pending[searched..self.filled];
             if let Some((count, last)) = dropped {
                 if let Some(i) = memchr::memchr(b'\n', fresh) {
                     let before = if i > 0 { fresh[i - 1] } else { last };
                     let len = count + i as u64 - u64::from(before == b'\r');
-                    self.pending.drain(..=searched + i);
+                    let after = searched + i + 1;
+                    self.pending.copy_within(after..self.filled, 0);
+                    self.filled -= after;
                     return Ok(Refill::TooLong(len));
                 }
                 let last = fresh.last().copied().unwrap_or(last);
                 dropped = Some((count + fresh.len() as u64, last));
-                self.pending.clear();
+                self.filled = 0;
             } else if let Some(i) = memchr::memrchr(b'\n', fresh) {
                 self.set_ready(searched + i + 1);
                 return Ok(Refill::Lines);
-            } else if self.pending.len() > self.max + 1 {
+            } else if self.filled > self.max + 1 {
                 // One spare byte for a '\r' that a CRLF ending may put past the limit.
-                let last = self.pending.last().copied().unwrap_or(0);
-                dropped = Some((self.pending.len() as u64, last));
-                self.pending.clear();
+                let last = self.pending[self.filled - 1];
+                dropped = Some((self.filled as u64, last));
+                self.filled = 0;
             }
-            searched = self.pending.len();
+            searched = self.filled;
             if self.read_block()? == 0 {
                 return Ok(match dropped {
                     Some((count, last)) => Refill::TooLong(count - u64::from(last == b'\r')),
-                    None if self.pending.is_empty() => Refill::End,
+                    None if self.filled == 0 => Refill::End,
                     None => {
-                        self.set_ready(self.pending.len());
+                        self.set_ready(self.filled);
                         Refill::Lines
                     }
                 });
@@ -289,44 +357,43 @@ impl<R: Read> LineReader<R> {
         }
     }
 
-    /// Moves the first `len` bytes of `pending` to `ready`, and the rest (the start of a line)
-    /// to a new block.
+    /// Moves the first `len` bytes read to `ready`, and the rest (the start of a line) to a
+    /// new block.
     fn set_ready(&mut self, len: usize) {
-        let rest = if len < self.pending.len() {
+        let rest = self.filled - len;
+        let next = if rest > 0 {
             let mut block = self.ring.take();
-            block.extend_from_slice(&self.pending[len..]);
+            if block.len() < rest {
+                block.resize(rest, 0);
+            }
+            block[..rest].copy_from_slice(&self.pending[len..self.filled]);
             block
         } else {
             Vec::new()
         };
-        let mut lines = std::mem::replace(&mut self.pending, rest);
-        lines.truncate(len);
-        self.ready = self.ring.share(lines);
+        let lines = std::mem::replace(&mut self.pending, next);
+        self.filled = rest;
+        self.ready = self.ring.share(lines, len);
         self.next = 0;
     }
 
     /// Reads into the free room of `pending` (taking a block from the ring if it has none,
     /// growing it if it is full of one long line); 0 at the end of the input.
     fn read_block(&mut self) -> io::Result<usize> {
-        if self.pending.capacity() == 0 {
+        if self.pending.is_empty() {
             self.pending = self.ring.take();
         }
-        let len = self.pending.len();
-        if len == self.pending.capacity() {
-            self.pending.reserve(BLOCK_BYTES);
+        if self.filled == self.pending.len() {
+            self.pending.resize(self.filled + BLOCK_BYTES, 0);
         }
-        self.pending.resize(self.pending.capacity(), 0);
         loop {
-            match self.reader.read(&mut self.pending[len..]) {
+            match self.reader.read(&mut self.pending[self.filled..]) {
                 Ok(n) => {
-                    self.pending.truncate(len + n);
+                    self.filled += n;
                     return Ok(n);
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    self.pending.truncate(len);
-                    return Err(err);
-                }
+                Err(err) => return Err(err),
             }
         }
     }
@@ -443,22 +510,7 @@ impl JobParser {
         while let Some(line) = lines.next_line()? {
             let item = match line {
                 Line::Text(text) => self.parse(text),
-                Line::TooLong(len) => {
-                    self.line += 1;
-                    // A line too long to read has no id: it goes by its number.
-                    if self.format.shard.is_some_and(|s| !s.owns_line(self.line))
-                        || self.finished_line()
-                    {
-                        continue;
-                    }
-                    Some(self.rejected(
-                        ErrorKind::TooLarge,
-                        format!(
-                            "line is {len} bytes, over the limit of {} (--max-job-bytes)",
-                            self.format.max_line_bytes
-                        ),
-                    ))
-                }
+                Line::TooLong(len) => self.too_long(len),
             };
             if let Some(item) = item
                 && !sink(item, lines.would_wait())
@@ -467,6 +519,76 @@ impl JobParser {
             }
         }
         Ok(true)
+    }
+
+    /// The next line was `len` bytes long, over the limit. `None` when it is not this
+    /// shard's, or already answered.
+    fn too_long(&mut self, len: u64) -> Option<InputItem> {
+        self.line += 1;
+        // A line too long to read has no id: it goes by its number.
+        if self.format.shard.is_some_and(|s| !s.owns_line(self.line)) || self.finished_line() {
+            return None;
+        }
+        Some(self.rejected(
+            ErrorKind::TooLarge,
+            format!(
+                "line is {len} bytes, over the limit of {} (--max-job-bytes)",
+                self.format.max_line_bytes
+            ),
+        ))
+    }
+
+    /// A parser of pieces of input for a thread of its own: this one's format, source and
+    /// task names, without `--resume` (repeated ids can only be found in reading order).
+    pub fn piece_parser(&self) -> JobParser {
+        JobParser {
+            format: self.format.clone(),
+            source: self.source,
+            line: 0,
+            next_seq: 0,
+            names: self.names.clone(),
+            last_task: None,
+            default_task: self.default_task,
+            exec_task: self.exec_task,
+            null: self.null.clone(),
+            resume: None,
+            ring: None,
+        }
+    }
+
+    /// Parses the lines of `piece` into `jobs` and the chunk's rejected lines, as
+    /// [`JobParser::read_all`] would have read them at that place in the input; their
+    /// [`JobSeq`]s count from 0 within the piece (see [`InputChunk::renumber`]).
+    pub fn parse_piece(&mut self, piece: &Piece, jobs: Jobs) -> InputChunk {
+        let mut chunk = InputChunk {
+            jobs,
+            rejected: Vec::new(),
+        };
+        self.next_seq = 0;
+        match piece {
+            Piece::TooLong { line, len } => {
+                self.line = line - 1;
+                if let Some(item) = self.too_long(*len) {
+                    chunk.push(item);
+                }
+            }
+            Piece::Lines { first_line, lines } => {
+                self.line = first_line - 1;
+                let mut at = 0;
+                while at < lines.len() {
+                    let (line, next) = split_line(lines, at, self.format.max_line_bytes);
+                    at = next;
+                    let item = match line {
+                        Line::Text(text) => self.parse(text),
+                        Line::TooLong(len) => self.too_long(len),
+                    };
+                    if let Some(item) = item {
+                        chunk.push(item);
+                    }
+                }
+            }
+        }
+        chunk
     }
 
     /// Parses one line (without its ending). `None` for a blank line.
@@ -847,11 +969,11 @@ mod tests {
         assert_eq!(got, ["a", &long, "b", &long, "c"]);
         let mut ring = BlockRing::new(2);
         let mut grown = ring.take();
-        grown.reserve(4 * BLOCK_BYTES);
-        drop(ring.share(grown));
+        grown.resize(4 * BLOCK_BYTES, 0);
+        drop(ring.share(grown, 0));
         let _other = ring.take();
         assert_eq!(
-            ring.take().capacity(),
+            ring.take().len(),
             BLOCK_BYTES,
             "a fresh block of the usual size"
         );

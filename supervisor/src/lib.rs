@@ -8,7 +8,8 @@
 //! - [`input`] and [`output`]: job lines in, result lines out ([`jobline`] scans each line);
 //!   [`resume`] for `--resume`; [`shard`] for `--shard` and [`merge`] for `corral merge`;
 //!   [`ring`] for the reused buffers
-//!   that keep their memory fixed;
+//!   that keep their memory fixed; [`ordered`] for the threads that parse input and format
+//!   results on every core;
 //! - [`engine`]: the loop that wires them together, fed by any number of sources, each with a
 //!   sink of its own; [`run`] drives it for `corral run`;
 //! - [`serve`]: the engine as a service on a Unix socket, one source per connection;
@@ -26,6 +27,7 @@ pub mod journal;
 pub mod keeper;
 pub mod manual;
 pub mod merge;
+pub mod ordered;
 pub mod output;
 pub mod pool;
 pub mod progress;

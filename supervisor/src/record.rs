@@ -417,6 +417,18 @@ impl InputChunk {
         }
     }
 
+    /// Moves the [`JobSeq`]s of a chunk numbered from 0 (a piece parsed apart, see
+    /// [`crate::input::JobParser::parse_piece`]) to follow `*next`, and moves `*next` past them.
+    pub fn renumber(&mut self, next: &mut u64) {
+        for job in self.jobs.iter_mut() {
+            job.seq.0 += *next;
+        }
+        for result in &mut self.rejected {
+            result.seq.0 += *next;
+        }
+        *next += self.len() as u64;
+    }
+
     /// Jobs and rejected lines in it.
     pub fn len(&self) -> usize {
         self.jobs.len() + self.rejected.len()

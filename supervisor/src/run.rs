@@ -12,6 +12,7 @@
 //! still enforced. At the end the run waits for the writer, but not past the grace period of a
 //! stop signal, nor past [`LAST_FLUSH`] after a second one.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -21,10 +22,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbounded};
 
 use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Feed, Intake, Sink};
+use crate::input::parallel::ParallelReader;
 use crate::input::{InputFormat, JobParser};
+use crate::ordered::machine_threads;
 use crate::output::{Echo, Tally, WriterThread};
 use crate::pool::PoolConfig;
-use crate::record::{InputChunk, Jobs, SourceId, TaskNames};
+use crate::record::{InputChunk, Job, Jobs, SourceId, TaskNames};
 use crate::resume::FinishedKeys;
 use crate::ring::Ring;
 use crate::scheduler::{RunCounters, SchedulerConfig};
@@ -245,7 +248,8 @@ fn forward_signals(tx: Sender<Control>) -> Option<signal_hook::iterator::Handle>
 }
 
 /// Reads every input in order as source 0: opens it with `sink`, says no other source comes,
-/// then sends its jobs and its end.
+/// then sends its jobs and its end. Lines are parsed on every core ([`ParallelReader`]), but
+/// with `--resume`, whose repeated ids are found in reading order.
 fn read_inputs(
     sources: Vec<Source>,
     mut parser: JobParser,
@@ -255,13 +259,6 @@ fn read_inputs(
     tx: Sender<Intake>,
 ) {
     const SOURCE: SourceId = SourceId(0);
-    let send = |feed: Feed| {
-        tx.send(Intake::Feed {
-            source: SOURCE,
-            feed,
-        })
-        .is_ok()
-    };
     let opened = tx.send(Intake::Open {
         source: SOURCE,
         sink,
@@ -269,20 +266,36 @@ fn read_inputs(
     if opened.is_err() || tx.send(Intake::Seal).is_err() {
         return;
     }
-    if let Some(finished) = finished {
-        parser.resume(finished);
-    }
-    // The jobs of a chunk travel in a vector of this ring; one is taken only once the last
-    // chunk is sent, so that waiting for a vector never holds jobs back from the scheduler.
-    let mut ring = Ring::new(vectors);
-    let mut chunk: Option<InputChunk> = None;
+    let send = move |feed: Feed| {
+        tx.send(Intake::Feed {
+            source: SOURCE,
+            feed,
+        })
+        .is_ok()
+    };
+    let mut input = match finished {
+        Some(finished) => {
+            parser.resume(finished);
+            Input::Serial {
+                parser,
+                ring: Ring::new(vectors),
+                send: Box::new(send),
+            }
+        }
+        None => Input::Parallel(ParallelReader::start(
+            &parser,
+            machine_threads(),
+            vectors,
+            send,
+        )),
+    };
     for source in sources {
         let reader: Box<dyn Read> = match &source {
             Source::Stdin => Box::new(io::stdin()),
             Source::File(path) => match File::open(path) {
                 Ok(file) => Box::new(file),
                 Err(err) => {
-                    send(Feed::Failed(format!(
+                    input.feed(Feed::Failed(format!(
                         "cannot open {}: {err}",
                         path.display()
                     )));
@@ -290,26 +303,11 @@ fn read_inputs(
                 }
             },
         };
-        let read = parser.read_all(reader, |item, would_wait| {
-            let filling = chunk.get_or_insert_with(|| InputChunk {
-                jobs: Jobs::from_ring(&mut ring, INPUT_CHUNK),
-                rejected: Vec::new(),
-            });
-            filling.push(item);
-            if filling.len() >= INPUT_CHUNK || would_wait {
-                let full = chunk.take().expect("just filled");
-                return send(Feed::Jobs(full));
-            }
-            true
-        });
-        match read {
+        match input.read(reader) {
             Ok(true) => {}
             Ok(false) => return,
             Err(err) => {
-                if let Some(full) = chunk.take() {
-                    send(Feed::Jobs(full));
-                }
-                send(Feed::Failed(format!(
+                input.feed(Feed::Failed(format!(
                     "cannot read {}: {err}",
                     source.name()
                 )));
@@ -317,8 +315,63 @@ fn read_inputs(
             }
         }
     }
-    if let Some(full) = chunk.take().filter(|chunk| !chunk.is_empty()) {
-        send(Feed::Jobs(full));
+    input.feed(Feed::Ended);
+}
+
+/// How `corral run` reads its inputs.
+enum Input {
+    /// On this thread, line after line, chunks sent as they fill.
+    Serial {
+        parser: JobParser,
+        /// The jobs of a chunk travel in a vector of this ring.
+        ring: Ring<VecDeque<Job>>,
+        send: Box<dyn FnMut(Feed) -> bool>,
+    },
+    /// Framed on this thread, parsed on every core.
+    Parallel(ParallelReader),
+}
+
+impl Input {
+    /// Reads all of `reader`; false when the engine takes no more.
+    fn read(&mut self, reader: Box<dyn Read>) -> io::Result<bool> {
+        match self {
+            Input::Parallel(parallel) => parallel.read(reader),
+            Input::Serial { parser, ring, send } => {
+                // A vector is taken only once the last chunk is sent, so that waiting for one
+                // never holds jobs back from the scheduler.
+                let mut chunk: Option<InputChunk> = None;
+                let read = parser.read_all(reader, |item, would_wait| {
+                    let filling = chunk.get_or_insert_with(|| InputChunk {
+                        jobs: Jobs::from_ring(ring, INPUT_CHUNK),
+                        rejected: Vec::new(),
+                    });
+                    filling.push(item);
+                    if filling.len() >= INPUT_CHUNK || would_wait {
+                        let full = chunk.take().expect("just filled");
+                        return send(Feed::Jobs(full));
+                    }
+                    true
+                });
+                // What was read before an error or the end goes too.
+                if let Some(full) = chunk.take().filter(|chunk| !chunk.is_empty())
+                    && !send(Feed::Jobs(full))
+                {
+                    return Ok(false);
+                }
+                read
+            }
+        }
     }
-    send(Feed::Ended);
+
+    /// Sends `feed` after everything read.
+    fn feed(&mut self, feed: Feed) {
+        match self {
+            Input::Parallel(parallel) => {
+                parallel.feed(feed);
+            }
+            Input::Serial { send, .. } => {
+                send(feed);
+            }
+        }
+    }
 }
