@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::Sink;
 use crate::input::InputFormat;
+use crate::ordered::{OrderedPool, Pending, machine_threads};
 use crate::record::{ErrorKind, JobResult, ResultKey};
 
 /// What the echo a job carries back ([`JobResult::meta`]) is, and the field it is written as.
@@ -133,6 +134,28 @@ fn write_json_str(out: &mut Vec<u8>, text: &str) {
     serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
 }
 
+/// Result lines formatted together, and the tally of their outcomes.
+#[derive(Debug, Default)]
+pub struct Formatted {
+    /// The lines, each with its `\n`.
+    pub lines: Vec<u8>,
+    /// Their outcomes.
+    pub tally: Tally,
+}
+
+/// Formats `results`, in order, as one block of lines.
+pub fn format_block(results: &[JobResult], echo: Echo) -> Formatted {
+    let mut block = Formatted {
+        lines: Vec::with_capacity(results.len() * 96),
+        tally: Tally::default(),
+    };
+    for result in results {
+        format_result(result, echo, &mut block.lines);
+        block.tally.add(result);
+    }
+    block
+}
+
 /// Counts of a run's results.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tally {
@@ -170,6 +193,9 @@ impl Tally {
     }
 }
 
+/// Bytes of result lines written at once, at least (but the last ones of a burst).
+const WRITE_BYTES: usize = 128 * 1024;
+
 /// Writes result lines to a sink, buffered; flushes when told (after each group of results).
 /// It knows which results reached the sink whole: [`ResultWriter::written`] counts only those,
 /// so that after a write error the summary does not count lines that were never written.
@@ -188,7 +214,7 @@ impl<W: Write> ResultWriter<W> {
         ResultWriter {
             sink,
             echo,
-            buf: Vec::with_capacity(256 * 1024),
+            buf: Vec::with_capacity(2 * WRITE_BYTES),
             buffered: Tally::default(),
             written: Tally::default(),
         }
@@ -199,9 +225,26 @@ impl<W: Write> ResultWriter<W> {
         for result in results {
             format_result(result, self.echo, &mut self.buf);
             self.buffered.add(result);
-            if self.buf.len() >= 128 * 1024 {
+            if self.buf.len() >= WRITE_BYTES {
                 self.write_out()?;
             }
+        }
+        Ok(())
+    }
+
+    /// Buffers lines formatted already, writing out once the buffer is large: one write for
+    /// many blocks of small results, and a large block written at once, without a copy.
+    pub fn write_formatted(&mut self, block: Formatted) -> io::Result<()> {
+        if self.buf.is_empty() && block.lines.len() >= WRITE_BYTES {
+            let written = self.sink.write_all(&block.lines);
+            written?;
+            self.written.merge(block.tally);
+            return Ok(());
+        }
+        self.buf.extend_from_slice(&block.lines);
+        self.buffered.merge(block.tally);
+        if self.buf.len() >= WRITE_BYTES {
+            self.write_out()?;
         }
         Ok(())
     }
@@ -230,11 +273,22 @@ impl<W: Write> ResultWriter<W> {
 /// The result writer on a thread of its own, so that a slow or stalled output never blocks
 /// the scheduler's loop: results are handed over without waiting, and the loop reads
 /// [`WriterThread::backlog`] to stop taking input while too many wait to be written.
+///
+/// Results are formatted on a pool of threads sized to the machine ([`OrderedPool`]), each
+/// group handed over as one block; the writer thread only writes the blocks, in the order
+/// they were handed over.
 pub struct WriterThread {
-    tx: Option<crossbeam_channel::Sender<Vec<JobResult>>>,
+    tx: Option<crossbeam_channel::Sender<ToWrite>>,
+    formatters: Arc<Formatters>,
     shared: Arc<WriterState>,
     done: crossbeam_channel::Receiver<()>,
 }
+
+/// A group of results handed over: how many, and their lines once formatted.
+type ToWrite = (usize, Pending<Formatted>);
+
+/// The threads that format results.
+type Formatters = OrderedPool<Vec<JobResult>, Formatted>;
 
 #[derive(Default)]
 struct WriterState {
@@ -263,7 +317,13 @@ pub struct Written {
 impl WriterThread {
     /// Starts writing to `sink`.
     pub fn start(sink: Box<dyn Write + Send>, echo: Echo) -> WriterThread {
-        let (tx, rx) = crossbeam_channel::unbounded::<Vec<JobResult>>();
+        let (tx, rx) = crossbeam_channel::unbounded::<ToWrite>();
+        let formatters = Arc::new(OrderedPool::start(
+            "corral-format",
+            vec![(); machine_threads()],
+            None,
+            move |(), results: Vec<JobResult>| format_block(&results, echo),
+        ));
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let shared = Arc::new(WriterState::default());
         let state = shared.clone();
@@ -277,6 +337,7 @@ impl WriterThread {
             .expect("spawning a thread");
         WriterThread {
             tx: Some(tx),
+            formatters,
             shared,
             done,
         }
@@ -287,6 +348,7 @@ impl WriterThread {
     pub fn sender(&self) -> ResultSender {
         ResultSender {
             tx: self.tx.clone().expect("a writer is closed only at the end"),
+            formatters: self.formatters.clone(),
             shared: self.shared.clone(),
         }
     }
@@ -332,7 +394,8 @@ impl WriterThread {
 
 /// Hands results to a [`WriterThread`] without waiting: the sink of `corral run`'s one source.
 pub struct ResultSender {
-    tx: crossbeam_channel::Sender<Vec<JobResult>>,
+    tx: crossbeam_channel::Sender<ToWrite>,
+    formatters: Arc<Formatters>,
     shared: Arc<WriterState>,
 }
 
@@ -341,8 +404,9 @@ impl Sink for ResultSender {
         let n = results.len();
         self.shared.delivered.fetch_add(n as u64, Ordering::Relaxed);
         self.shared.backlog.fetch_add(n, Ordering::Relaxed);
+        let formatted = self.formatters.give(results);
         // The thread only stops after every sender is dropped.
-        let _ = self.tx.send(results);
+        let _ = self.tx.send((n, formatted));
     }
 
     fn backlog(&self) -> usize {
@@ -355,7 +419,7 @@ impl Sink for ResultSender {
 }
 
 fn write_all_results(
-    rx: &crossbeam_channel::Receiver<Vec<JobResult>>,
+    rx: &crossbeam_channel::Receiver<ToWrite>,
     sink: Box<dyn Write + Send>,
     echo: Echo,
     state: &WriterState,
@@ -369,10 +433,14 @@ fn write_all_results(
             end.1 = error.take();
         }
     };
-    for results in rx.iter() {
-        let n = results.len();
+    for (n, formatted) in rx.iter() {
+        let formatted = formatted.wait();
         if error.is_none() && !state.failed.load(Ordering::Relaxed) {
-            let written = writer.write(&results).and_then(|()| {
+            let written = match formatted {
+                Some(block) => writer.write_formatted(block),
+                None => Err(io::Error::other("a thread formatting results panicked")),
+            }
+            .and_then(|()| {
                 if rx.is_empty() {
                     writer.flush()
                 } else {
@@ -387,7 +455,6 @@ fn write_all_results(
                 publish(&writer, &mut error);
             }
         }
-        drop(results);
         state.backlog.fetch_sub(n, Ordering::Relaxed);
     }
     if !state.failed.load(Ordering::Relaxed)
