@@ -353,6 +353,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_job_size, help_heading = "Limits")]
     pub max_job_bytes: u64,
 
+    /// Threads that parse job lines, beside the one that reads them [default: the CPUs
+    /// available to this process]. 0 parses on the reading thread itself, which then caps
+    /// the run at one core's rate of parsing; --resume always does.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=64), help_heading = "Limits")]
+    pub parse_threads: Option<u32>,
+
     /// End at once, as if killed, when the process that started corral is gone: for a corral
     /// run by a library on behalf of its program (Python's corral.Pool), whose death must not
     /// leave the run going. Its workers go with it.

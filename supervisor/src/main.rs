@@ -200,6 +200,9 @@ fn run_command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         grace: args.pool.grace,
         progress: !quiet && (args.progress || io::stderr().is_terminal()),
         finished,
+        parse_threads: args
+            .parse_threads
+            .map_or_else(corral::ordered::machine_threads, |n| n as usize),
     };
     let report = run(config, output);
     if let Some((path, file)) = stats {

@@ -24,7 +24,6 @@ use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbound
 use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Feed, Intake, Sink};
 use crate::input::parallel::ParallelReader;
 use crate::input::{InputFormat, JobParser};
-use crate::ordered::machine_threads;
 use crate::output::{Echo, Tally, WriterThread};
 use crate::pool::PoolConfig;
 use crate::record::{InputChunk, Job, Jobs, SourceId, TaskNames};
@@ -73,6 +72,9 @@ pub struct RunConfig {
     pub progress: bool,
     /// Keys of results already written (`--resume`); those jobs are skipped.
     pub finished: Option<FinishedKeys>,
+    /// Threads that parse the input; 0 parses on the thread that reads it, as `--resume`
+    /// always does.
+    pub parse_threads: usize,
 }
 
 /// How a run ended.
@@ -121,10 +123,11 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let sources = config.sources.clone();
     let finished = config.finished.clone();
     let vectors = config.format.max_blocks;
+    let threads = config.parse_threads;
     let sink: Box<dyn Sink> = Box::new(writer.sender());
     thread::Builder::new()
         .name("corral-input".into())
-        .spawn(move || read_inputs(sources, parser, finished, vectors, sink, intake_tx))
+        .spawn(move || read_inputs(sources, parser, finished, threads, vectors, sink, intake_tx))
         .expect("spawning a thread");
 
     let (control_tx, control_rx) = unbounded::<Control>();
@@ -248,12 +251,14 @@ fn forward_signals(tx: Sender<Control>) -> Option<signal_hook::iterator::Handle>
 }
 
 /// Reads every input in order as source 0: opens it with `sink`, says no other source comes,
-/// then sends its jobs and its end. Lines are parsed on every core ([`ParallelReader`]), but
-/// with `--resume`, whose repeated ids are found in reading order.
+/// then sends its jobs and its end. Lines are parsed on `threads` threads ([`ParallelReader`]),
+/// or on this one when that is 0 or with `--resume`, whose repeated ids are found in reading
+/// order.
 fn read_inputs(
     sources: Vec<Source>,
     mut parser: JobParser,
     finished: Option<FinishedKeys>,
+    threads: usize,
     vectors: usize,
     sink: Box<dyn Sink>,
     tx: Sender<Intake>,
@@ -273,21 +278,17 @@ fn read_inputs(
         })
         .is_ok()
     };
-    let mut input = match finished {
-        Some(finished) => {
+    let mut input = if finished.is_some() || threads == 0 {
+        if let Some(finished) = finished {
             parser.resume(finished);
-            Input::Serial {
-                parser,
-                ring: Ring::new(vectors),
-                send: Box::new(send),
-            }
         }
-        None => Input::Parallel(ParallelReader::start(
-            &parser,
-            machine_threads(),
-            vectors,
-            send,
-        )),
+        Input::Serial {
+            parser,
+            ring: Ring::new(vectors),
+            send: Box::new(send),
+        }
+    } else {
+        Input::Parallel(ParallelReader::start(&parser, threads, vectors, send))
     };
     for source in sources {
         let reader: Box<dyn Read> = match &source {

@@ -166,3 +166,96 @@ fn a_bad_flag_is_a_usage_error() {
         out.stderr
     );
 }
+
+/// `line` without the two fields that differ from run to run, the worker's pid and the time;
+/// corral writes them as `,"worker":N` and `,"ms":X`, which cannot occur inside a string.
+fn without_pid_and_time(line: &str) -> String {
+    let mut out = line.to_owned();
+    for field in [",\"worker\":", ",\"ms\":"] {
+        if let Some(at) = out.find(field) {
+            let value = &out[at + field.len()..];
+            let len = value
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(value.len());
+            out.replace_range(at..at + field.len() + len, "");
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_input_gets_the_same_results_byte_for_byte_parsed_serially_or_on_many_threads() {
+    let dir = crate::util::temp_dir();
+    let mut rng = Lcg(99);
+    // Two files: lines are numbered across them.
+    let mut files = Vec::new();
+    for (name, count) in [("a.jsonl", 4_000u64), ("b.jsonl", 2_500)] {
+        let mut text = Vec::new();
+        for i in 0..count {
+            let line: Vec<u8> = match rng.below(14) {
+                0 => b"{\"id\": 1, \"task\": \"sum_squares\", \"input\": [1, 2".to_vec(),
+                1 => Vec::new(),
+                2 => b" \t ".to_vec(),
+                3 => format!("{{\"id\":\"\u{e9}t\u{e9}-{name}-{i}-\u{1F980}\",\"task\":\"sum_squares\",\"input\":[{i}]}}")
+                    .into_bytes(),
+                4 => format!("{{\"id\":\"u{name}{i}\",\"task\":\"no_such_task\",\"input\":1,\"meta\":[{i}]}}").into_bytes(),
+                5 => format!("{{\"id\":\"m{name}{i}\",\"input\":[1]}}").into_bytes(),
+                6 => format!("{{\"id\":{{\"n\":{i}}},\"task\":\"sum_squares\"}}").into_bytes(),
+                7 => format!(
+                    "{{\"task\":\"sum_squares\",\"input\":[{}]}}",
+                    vec!["7"; 40 + rng.below(2) as usize * 30_000].join(",")
+                )
+                .into_bytes(),
+                8 => b"{\"id\":\"\xff\xfe\",\"task\":\"sum_squares\",\"input\":[]}".to_vec(),
+                9 => format!("{{\"id\":\"e{name}{i}\",\"task\":\"exec\",\"input\":[\"true\"]}}").into_bytes(),
+                10 => format!("{{\"id\":\"s{name}{i}\",\"task\":\"sum_squares\",\"input\":[4000000000]}}").into_bytes(),
+                11 => "\u{1F980} not json".as_bytes().to_vec(),
+                _ => format!(
+                    "{{\"id\":\"{name}{i}\",\"task\":\"sum_squares\",\"input\":[{},{}],\"meta\":{{\"k\":\"\u{e9}\"}}}}",
+                    rng.below(1000),
+                    rng.below(1000)
+                )
+                .into_bytes(),
+            };
+            text.extend_from_slice(&line);
+            text.extend_from_slice(if rng.below(3) == 0 { b"\r\n" } else { b"\n" });
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        files.push(path.display().to_string());
+    }
+    let run = |threads: &str| {
+        let mut args = vec![
+            "run",
+            "-j",
+            "2",
+            "--max-job-bytes",
+            "2KiB",
+            "--parse-threads",
+            threads,
+        ];
+        args.extend(files.iter().map(String::as_str));
+        let out = Run::corral(args).output();
+        out.expect_code(1);
+        let mut lines: Vec<String> = out.stdout.lines().map(without_pid_and_time).collect();
+        lines.sort();
+        lines
+    };
+    let serial = run("0");
+    assert!(serial.len() > 5_000, "{} results", serial.len());
+    for kind in ["bad_input", "too_large", "unknown_task", "task_error"] {
+        assert!(
+            serial
+                .iter()
+                .any(|l| l.contains(&format!("\"kind\":\"{kind}\""))),
+            "no {kind} result"
+        );
+    }
+    for threads in ["1", "3"] {
+        let parallel = run(threads);
+        assert_eq!(parallel.len(), serial.len(), "--parse-threads {threads}");
+        for (a, b) in serial.iter().zip(&parallel) {
+            assert_eq!(a, b, "--parse-threads {threads}");
+        }
+    }
+}
