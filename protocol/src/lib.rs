@@ -12,6 +12,8 @@
 //! parses them, it splices them into result lines.
 
 pub mod exec;
+pub mod jobline;
+pub mod result_line;
 pub mod stdio;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -28,7 +28,7 @@ use corral_protocol::{RunningWord, WorkerId};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select, tick, unbounded};
 
 use crate::input::{InputFormat, JobParser};
-use crate::output::{Echo, format_result};
+use crate::output::{Echo, echo_of, format_result};
 use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
 use crate::progress::Progress;
 use crate::record::{InputChunk, JobResult, SourceId, TaskNames};
@@ -762,7 +762,7 @@ impl Service {
         let source = SourceId(self.next);
         self.next += 1;
         let (tx, rx) = unbounded::<Vec<u8>>();
-        let echo = Echo::of(&self.format);
+        let echo = echo_of(&self.format);
         let gone = Arc::new(AtomicBool::new(false));
         let sink = Box::new(LineSink {
             tx,

@@ -529,13 +529,8 @@ impl JobParser {
         if self.format.shard.is_some_and(|s| !s.owns_line(self.line)) || self.finished_line() {
             return None;
         }
-        Some(self.rejected(
-            ErrorKind::TooLarge,
-            format!(
-                "line is {len} bytes, over the limit of {} (--max-job-bytes)",
-                self.format.max_line_bytes
-            ),
-        ))
+        let message = jobline::too_long_message(len, self.format.max_line_bytes);
+        Some(self.rejected(ErrorKind::TooLarge, message))
     }
 
     /// A parser of pieces of input for a thread of its own: this one's format, source and
@@ -598,7 +593,7 @@ impl JobParser {
         if !self.owns(line) {
             return None;
         }
-        if line.iter().all(u8::is_ascii_whitespace) {
+        if jobline::is_blank(line) {
             return None;
         }
         if self.finished_line() {
@@ -619,33 +614,11 @@ impl JobParser {
             let echo = Some(input.clone());
             return Some(self.job(None, task, input, echo));
         }
-        // Validating UTF-8 once for the whole line is faster than string by string, and most
-        // lines are ASCII, which is checked faster still.
-        let text = if line.is_ascii() {
-            // SAFETY: every byte was just checked to be ASCII, and ASCII text is valid UTF-8.
-            unsafe { std::str::from_utf8_unchecked(line) }
-        } else {
-            let Ok(text) = std::str::from_utf8(line) else {
-                return Some(self.rejected(ErrorKind::BadInput, "line is not valid UTF-8".into()));
-            };
-            text
-        };
-        let parsed = match jobline::scan(text) {
+        let parsed = match jobline::fields_of(line) {
             Ok(parsed) => parsed,
-            Err(err) => {
-                return Some(self.rejected(ErrorKind::BadInput, format!("not a JSON job: {err}")));
-            }
+            Err(message) => return Some(self.rejected(ErrorKind::BadInput, message)),
         };
-        let id = match parsed.id.map(|span| &line[span]) {
-            None => None,
-            Some(raw) if matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9')) => Some(raw),
-            Some(_) => {
-                return Some(self.rejected(
-                    ErrorKind::BadInput,
-                    "\"id\" must be a string or a number".into(),
-                ));
-            }
-        };
+        let id = parsed.id;
         match self.verdict(id) {
             Verdict::Run => {}
             Verdict::Skip => return None,
@@ -664,7 +637,7 @@ impl JobParser {
             },
             (None, Some(task)) => task,
             (None, None) => {
-                let message = "no \"task\" in the line and no --task given".to_owned();
+                let message = jobline::NO_TASK.to_owned();
                 return Some(self.rejected_job(id, ErrorKind::BadInput, message));
             }
         };

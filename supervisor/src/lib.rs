@@ -22,7 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod engine;
 pub mod input;
-pub mod jobline;
+pub use corral_protocol::jobline;
 pub mod journal;
 pub mod keeper;
 pub mod manual;

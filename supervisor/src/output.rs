@@ -9,129 +9,56 @@ use std::sync::{Arc, Mutex};
 use crate::engine::Sink;
 use crate::input::InputFormat;
 use crate::ordered::{OrderedPool, Pending, machine_threads};
-use crate::record::{ErrorKind, JobResult, ResultKey};
+use corral_protocol::result_line::{Failure, Key, Outcome, ResultLine};
 
-/// What the echo a job carries back ([`JobResult::meta`]) is, and the field it is written as.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Echo {
-    /// The job line's `meta`, written as `meta`.
-    #[default]
-    Meta,
-    /// In `--lines` mode, the input line itself, written as `input`.
-    Input,
-}
+use crate::record::{ErrorKind, JobResult, ResultKey, SharedBytes};
 
-impl Echo {
-    /// The echo of jobs read as `format` says: their input line in `--lines` mode.
-    pub fn of(format: &InputFormat) -> Echo {
-        if format.plain_lines {
-            Echo::Input
-        } else {
-            Echo::Meta
-        }
+pub use corral_protocol::result_line::Echo;
+
+/// The echo of jobs read as `format` says: their input line in `--lines` mode.
+pub fn echo_of(format: &InputFormat) -> Echo {
+    if format.plain_lines {
+        Echo::Input
+    } else {
+        Echo::Meta
     }
 }
 
-/// Appends `result` as one JSON line (with its `\n`) to `out`.
-///
-/// Field order: `id`, `line` (only for results about the line itself), `ok`, `output` or
-/// `error` (then `output`, when a failed task still produced one), `attempts`, `worker`, `ms`,
-/// `meta` (or `input`, the line itself, in `--lines` mode).
+/// Appends `result` as one JSON line (with its `\n`) to `out` (see
+/// [`corral_protocol::result_line`] for its fields).
 pub fn format_result(result: &JobResult, echo: Echo, out: &mut Vec<u8>) {
-    // Room for the line at once: the raw JSON, and less than 128 bytes for the rest unless
-    // there is an error message.
-    let id_len = match &result.key {
-        ResultKey::Job { id, .. } => id.as_bytes().len(),
-        ResultKey::Line(_) => 0,
-    };
-    let output_len = result
-        .outcome
-        .as_ref()
-        .map_or(0, |done| done.output.as_bytes().len());
-    let meta_len = result.meta.as_ref().map_or(0, |meta| meta.as_bytes().len());
-    out.reserve(128 + id_len + output_len + meta_len);
-    out.push(b'{');
-    match &result.key {
-        ResultKey::Job { id, line } => {
-            out.extend_from_slice(b"\"id\":");
-            out.extend_from_slice(id.as_bytes());
-            if result.attempts == 0 {
-                out.extend_from_slice(b",\"line\":");
-                write_u64(out, *line);
-            }
-        }
-        ResultKey::Line(line) => {
-            out.extend_from_slice(b"\"line\":");
-            write_u64(out, *line);
-        }
-    }
-    match &result.outcome {
-        Ok(done) => {
-            out.extend_from_slice(b",\"ok\":true,\"output\":");
-            out.extend_from_slice(done.output.as_bytes());
-        }
+    let failure;
+    let outcome = match &result.outcome {
+        Ok(done) => Outcome::Ok {
+            output: done.output.as_bytes(),
+            nanos: done.nanos,
+        },
         Err(error) => {
-            out.extend_from_slice(b",\"ok\":false,\"error\":{\"kind\":\"");
-            out.extend_from_slice(error.kind.as_str().as_bytes());
-            out.push(b'"');
-            if let Some(signal) = &error.signal {
-                out.extend_from_slice(b",\"signal\":");
-                write_json_str(out, signal);
-            }
-            if let Some(code) = error.exit_code {
-                out.extend_from_slice(b",\"exit_code\":");
-                out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
-            }
-            if let Some(error_type) = &error.error_type {
-                out.extend_from_slice(b",\"type\":");
-                write_json_str(out, error_type);
-            }
-            out.extend_from_slice(b",\"message\":");
-            write_json_str(out, &error.message);
-            out.push(b'}');
-            if let Some(output) = &error.output {
-                out.extend_from_slice(b",\"output\":");
-                out.extend_from_slice(output.as_bytes());
-            }
+            failure = Failure {
+                kind: error.kind,
+                signal: error.signal.as_deref(),
+                exit_code: error.exit_code,
+                error_type: error.error_type.as_deref(),
+                message: &error.message,
+                output: error.output.as_ref().map(SharedBytes::as_bytes),
+            };
+            Outcome::Err(&failure)
         }
+    };
+    ResultLine {
+        key: match &result.key {
+            ResultKey::Job { id, line } => Key::Job {
+                id: id.as_bytes(),
+                line: *line,
+            },
+            ResultKey::Line(line) => Key::Line(*line),
+        },
+        outcome,
+        attempts: result.attempts,
+        worker: result.worker,
+        echo: result.meta.as_ref().map(|meta| (meta.as_bytes(), echo)),
     }
-    if matches!(result.key, ResultKey::Job { .. }) {
-        out.extend_from_slice(b",\"attempts\":");
-        write_u64(out, u64::from(result.attempts));
-    }
-    if let Some(pid) = result.worker {
-        out.extend_from_slice(b",\"worker\":");
-        write_u64(out, u64::from(pid));
-    }
-    if let Ok(done) = &result.outcome {
-        // Milliseconds with microsecond precision, written without floating-point formatting.
-        let micros = done.nanos / 1_000;
-        out.extend_from_slice(b",\"ms\":");
-        write_u64(out, micros / 1_000);
-        out.push(b'.');
-        let frac = micros % 1_000;
-        out.extend_from_slice(&[
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ]);
-    }
-    if let Some(meta) = &result.meta {
-        out.extend_from_slice(match echo {
-            Echo::Meta => b",\"meta\":",
-            Echo::Input => b",\"input\":",
-        });
-        out.extend_from_slice(meta.as_bytes());
-    }
-    out.extend_from_slice(b"}\n");
-}
-
-fn write_u64(out: &mut Vec<u8>, value: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-}
-
-fn write_json_str(out: &mut Vec<u8>, text: &str) {
-    serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
+    .write(out);
 }
 
 /// Result lines formatted together, and the tally of their outcomes.

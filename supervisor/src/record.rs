@@ -203,48 +203,7 @@ impl fmt::Debug for JobId {
     }
 }
 
-/// The kinds of failure a result can carry.
-#[derive(Debug, Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ErrorKind {
-    /// The task returned an error.
-    TaskError,
-    /// The task panicked.
-    Panic,
-    /// The job killed its worker on every attempt.
-    Crashed,
-    /// The job ran past `--timeout` on every attempt.
-    Timeout,
-    /// The line is not a valid job, or its input does not fit the task.
-    BadInput,
-    /// No worker serves the named task.
-    UnknownTask,
-    /// The line is longer than `--max-job-bytes`.
-    TooLarge,
-    /// The job was not run because the run stopped.
-    Cancelled,
-}
-
-impl ErrorKind {
-    /// The kind as it appears in result lines.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::TaskError => "task_error",
-            ErrorKind::Panic => "panic",
-            ErrorKind::Crashed => "crashed",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::BadInput => "bad_input",
-            ErrorKind::UnknownTask => "unknown_task",
-            ErrorKind::TooLarge => "too_large",
-            ErrorKind::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use corral_protocol::result_line::ErrorKind;
 
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq)]

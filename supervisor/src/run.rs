@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbound
 use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Feed, Intake, Sink};
 use crate::input::parallel::ParallelReader;
 use crate::input::{InputFormat, JobParser};
-use crate::output::{Echo, Tally, WriterThread};
+use crate::output::{Tally, WriterThread, echo_of};
 use crate::pool::PoolConfig;
 use crate::record::{InputChunk, Job, Jobs, SourceId, TaskNames};
 use crate::resume::FinishedKeys;
@@ -115,7 +115,7 @@ pub struct RunReport {
 /// Runs every job of `config.sources` and writes one result line per job line to `output`.
 pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
     let started = Instant::now();
-    let mut writer = WriterThread::start(output, Echo::of(&config.format));
+    let mut writer = WriterThread::start(output, echo_of(&config.format));
 
     let names = TaskNames::default();
     let parser = JobParser::new(config.format.clone(), names.clone());

@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use crate::engine::{Feed, Intake, Sink};
 use crate::input::{InputFormat, JobParser};
-use crate::output::{Echo, format_result};
+use crate::output::{Echo, echo_of, format_result};
 use crate::record::{
     ErrorKind, InputChunk, InputItem, JobError, JobResult, ResultKey, SourceId, TaskId,
 };
@@ -239,7 +239,7 @@ fn run_jobs(stream: UnixStream, jobs: impl Read, summary: bool, peer: Peer, shar
     let writer = {
         let counts = counts.clone();
         let shared = shared.clone();
-        let echo = Echo::of(&format);
+        let echo = echo_of(&format);
         thread::Builder::new()
             .name(format!("corral-client-{}", source.0))
             .spawn(move || write_results(write_half, &rx, echo, &counts, summary, &shared))

@@ -1,8 +1,8 @@
 //! The job-line scanner: checks that a line is one JSON object and finds where the job's
 //! fields are in it, in one pass and without building any value.
 //!
-//! Reading job lines is the one serial stage of a run, so it must cost as little as possible
-//! per line: inputs and metas stay JSON text (the worker parses the input with the task's own
+//! Every job line goes through it, in the supervisor or in a worker, so it must cost as little
+//! as possible per line: inputs and metas stay JSON text (the worker parses the input with the task's own
 //! type; a meta is copied into the result as it is), only a key's or the task's text is decoded,
 //! and only when it holds escapes. The grammar accepted is exactly RFC 8259's, with the same
 //! nesting limit as `serde_json`, so a line this scanner accepts is one `serde_json`
@@ -82,6 +82,58 @@ impl fmt::Display for ScanError {
 }
 
 impl std::error::Error for ScanError {}
+
+/// A job line's fields as corral takes them: [`JobLine`], with the id's text, which is a
+/// string or a number.
+#[derive(Debug)]
+pub struct Fields<'a> {
+    /// The id's JSON text.
+    pub id: Option<&'a [u8]>,
+    /// The task's name, decoded.
+    pub task: Option<Cow<'a, str>>,
+    /// Where the input's JSON text is.
+    pub input: Option<Range<usize>>,
+    /// Where the meta's JSON text is.
+    pub meta: Option<Range<usize>>,
+}
+
+/// The message of a job without a task, in a run that gives none.
+pub const NO_TASK: &str = "no \"task\" in the line and no --task given";
+
+/// The fields of a job line (without its line ending, and not blank), or why it is no job:
+/// the message of its `bad_input` result.
+pub fn fields_of(line: &[u8]) -> Result<Fields<'_>, String> {
+    // Validating UTF-8 once for the whole line is faster than string by string, and most
+    // lines are ASCII, which is checked faster still.
+    let text = if line.is_ascii() {
+        // SAFETY: every byte was just checked to be ASCII, and ASCII text is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(line) }
+    } else {
+        std::str::from_utf8(line).map_err(|_| "line is not valid UTF-8".to_owned())?
+    };
+    let parsed = scan(text).map_err(|err| format!("not a JSON job: {err}"))?;
+    let id = match parsed.id.map(|span| &line[span]) {
+        None => None,
+        Some(raw) if matches!(raw.first(), Some(b'"' | b'-' | b'0'..=b'9')) => Some(raw),
+        Some(_) => return Err("\"id\" must be a string or a number".into()),
+    };
+    Ok(Fields {
+        id,
+        task: parsed.task,
+        input: parsed.input,
+        meta: parsed.meta,
+    })
+}
+
+/// Whether a line holds nothing but whitespace: it is skipped, though counted.
+pub fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The message of the `too_large` result of a line of `len` bytes, over `max`.
+pub fn too_long_message(len: u64, max: usize) -> String {
+    format!("line is {len} bytes, over the limit of {max} (--max-job-bytes)")
+}
 
 /// Arrays and objects may nest less deep than this (the line's own object counts), as in
 /// `serde_json`.
