@@ -125,6 +125,39 @@ pub fn fields_of(line: &[u8]) -> Result<Fields<'_>, String> {
     })
 }
 
+/// The line of `block` that starts at `start` (before the block's end), and where the next
+/// one starts: where the line is without its `\n` or `\r\n`, or its length when that is over
+/// `max`.
+pub fn split_line(block: &[u8], start: usize, max: usize) -> (Result<Range<usize>, u64>, usize) {
+    let rest = &block[start..];
+    let (end, after) = match memchr::memchr(b'\n', rest) {
+        Some(i) => (start + i, start + i + 1),
+        None => (block.len(), block.len()),
+    };
+    let end = end - usize::from(end > start && block[end - 1] == b'\r');
+    if end - start > max {
+        (Err((end - start) as u64), after)
+    } else {
+        (Ok(start..end), after)
+    }
+}
+
+/// The task that runs a command per job (`--exec`).
+pub const EXEC_TASK: &str = "exec";
+
+/// The message of an [`EXEC_TASK`] job in a run without `--exec`.
+pub const EXEC_REFUSED: &str = "the exec task runs commands only when corral itself is given --exec; a job file alone never runs a program";
+
+/// The message of a job whose task no worker serves; `served` are the worker's tasks.
+pub fn unknown_task_message(task: &str, served: &[&str]) -> String {
+    let mut names = served.to_vec();
+    names.sort_unstable();
+    format!(
+        "unknown task {task:?}; the worker serves: {}",
+        names.join(", ")
+    )
+}
+
 /// Whether a line holds nothing but whitespace: it is skipped, though counted.
 pub fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)

@@ -22,7 +22,7 @@ use ipc_channel::ipc::{IpcSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. The supervisor refuses a worker whose `Hello` carries another.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Environment variable holding the name of the supervisor's one-shot bootstrap server.
 pub const ENV_BOOTSTRAP: &str = "CORRAL_BOOTSTRAP";
@@ -99,6 +99,13 @@ impl RunningWord {
             return None;
         }
         Some((self.0 >> 24, ((self.0 & ((1 << 24) - 1)) - 1) as usize))
+    }
+
+    /// The index of the job of `batch` this word names, if it names one of `batch`.
+    pub fn index_in(self, batch: BatchId) -> Option<usize> {
+        self.job()
+            .filter(|&(id, _)| id == batch.0 & ((1 << 40) - 1))
+            .map(|(_, index)| index)
     }
 
     /// Whether this word names the job at `index` of `batch`.
@@ -216,6 +223,28 @@ pub struct Batch {
     pub ids: RawJson,
     /// Where each id ends in [`Batch::ids`]; empty when the ids are not sent.
     pub id_ends: Vec<u32>,
+    /// Set when the batch's one job is a block of job lines, its input, that the worker reads,
+    /// runs and answers itself (see [`LineBlock`]).
+    pub lines: Option<LineBlock>,
+}
+
+/// A block of raw job lines sent as a batch's one job: the worker reads each line as the
+/// supervisor would ([`jobline`]), runs it and writes its result line ([`result_line`]), so
+/// that the supervisor only frames lines and writes results. It answers with one
+/// [`TaskResult::Lines`] whose output is the result lines, and its [`RunningWord`] names the
+/// line it is running, counted from 0 in the block, blank lines included.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineBlock {
+    /// The number of the block's first line.
+    pub first_line: u64,
+    /// Attempts already made at these lines; their results say one more.
+    pub attempts: u32,
+    /// The pid the results name as their worker: the process the supervisor started.
+    pub worker: u32,
+    /// Longest line accepted, in bytes (`--max-job-bytes`).
+    pub max_line_bytes: u64,
+    /// The task of lines that name none (`--task`).
+    pub default_task: Option<String>,
 }
 
 impl Batch {
@@ -337,6 +366,36 @@ pub enum TaskResult {
     BadInput(String),
     /// The task panicked; the message is the panic's payload.
     Panic(String),
+    /// A [`LineBlock`] answered: its result lines are the output.
+    Lines(LineTally),
+}
+
+/// What the result lines of a [`LineBlock`] say, counted.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineTally {
+    /// Lines in the block, blank ones included.
+    pub lines: u64,
+    /// Result lines written: one for each line that is not blank.
+    pub results: u64,
+    /// Those that are failures, by kind.
+    pub failed: Vec<(result_line::ErrorKind, u64)>,
+}
+
+impl LineTally {
+    /// Counts one more result, a failure of `kind` or a success.
+    pub fn add(&mut self, kind: Option<result_line::ErrorKind>) {
+        self.results += 1;
+        let Some(kind) = kind else { return };
+        match self.failed.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.failed.push((kind, 1)),
+        }
+    }
+
+    /// Failures of any kind.
+    pub fn failures(&self) -> u64 {
+        self.failed.iter().map(|&(_, n)| n).sum()
+    }
 }
 
 #[cfg(test)]
@@ -386,5 +445,9 @@ mod tests {
         assert_eq!(RunningWord::IDLE.job(), None);
         let big = RunningWord::running(BatchId((1 << 40) + 5), 0);
         assert_eq!(big.job(), Some((5, 0)));
+        assert_eq!(word.index_in(BatchId(12345)), Some(77));
+        assert_eq!(big.index_in(BatchId((1 << 40) + 5)), Some(0));
+        assert_eq!(word.index_in(BatchId(12346)), None);
+        assert_eq!(RunningWord::IDLE.index_in(BatchId(0)), None);
     }
 }

@@ -353,9 +353,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_job_size, help_heading = "Limits")]
     pub max_job_bytes: u64,
 
-    /// Threads that parse job lines, beside the one that reads them [default: the CPUs
-    /// available to this process]. 0 parses on the reading thread itself, which then caps
-    /// the run at one core's rate of parsing; --resume always does.
+    /// Threads that parse job lines in corral, beside the one that reads them, when they
+    /// must be parsed before they run (--keep-order, --shard, --lines, --exec,
+    /// --max-jobs-per-worker, --worker-cmd workers); otherwise blocks of raw lines go to the
+    /// workers, which read them [default: the CPUs available to this process]. 0 parses on
+    /// the reading thread itself, one core's rate at most; --resume always does.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=64), help_heading = "Limits")]
     pub parse_threads: Option<u32>,
 

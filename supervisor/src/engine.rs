@@ -31,7 +31,7 @@ use crate::input::{InputFormat, JobParser};
 use crate::output::{Echo, echo_of, format_result};
 use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, resident_bytes};
 use crate::progress::Progress;
-use crate::record::{InputChunk, JobResult, SourceId, TaskNames};
+use crate::record::{InputChunk, Job, JobResult, SourceId, TaskNames};
 use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
 use crate::transport::Transport;
 
@@ -216,7 +216,8 @@ pub struct EngineReport {
 
 struct Source {
     sink: Box<dyn Sink>,
-    /// Items (jobs and rejected lines) received, and results delivered.
+    /// Lines received (a job or a rejected line is one, a block of raw lines as many as it
+    /// has), and lines answered.
     read: u64,
     answered: u64,
     ended: bool,
@@ -288,6 +289,12 @@ impl Engine {
             running: Vec::new(),
         });
         engine
+    }
+
+    /// Lets its sources send blocks of raw lines, read as `parser` reads lines (see
+    /// [`Scheduler::read_lines_with`]); only for workers of the native transport.
+    pub fn read_lines_with(&mut self, parser: JobParser) {
+        self.scheduler.read_lines_with(parser);
     }
 
     /// Runs until every source is answered after [`Intake::Seal`], or until it must stop.
@@ -462,8 +469,12 @@ impl Engine {
         };
         match feed {
             Feed::Jobs(chunk) => {
-                state.read += chunk.len() as u64;
-                self.read += chunk.len() as u64;
+                // A block of raw lines counts its lines (blank ones too): its results, however
+                // the scheduler splits it, answer as many.
+                let weight =
+                    chunk.rejected.len() as u64 + chunk.jobs.iter().map(Job::weight).sum::<u64>();
+                state.read += weight;
+                self.read += weight;
                 Some(Event::Input(chunk))
             }
             Feed::Failed(message) => {
@@ -705,8 +716,8 @@ impl Engine {
         let Some(state) = self.sources.get_mut(&source) else {
             return;
         };
-        state.answered += results.len() as u64;
-        self.answered += results.len() as u64;
+        state.answered += results.iter().map(JobResult::weight).sum::<u64>();
+        self.answered += results.iter().map(JobResult::count).sum::<u64>();
         state.sink.deliver(results);
         self.complete_if_answered(source);
     }
@@ -830,7 +841,14 @@ impl Sink for LineSink {
         for result in &results {
             let mut line = Vec::with_capacity(64);
             format_result(result, self.echo, &mut line);
-            let _ = self.tx.send(line);
+            if result.count() == 1 {
+                let _ = self.tx.send(line);
+                continue;
+            }
+            // A block of lines answered at once: still one line an item.
+            for one in line.split_inclusive(|&b| b == b'\n') {
+                let _ = self.tx.send(one.to_vec());
+            }
         }
     }
 

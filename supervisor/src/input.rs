@@ -60,8 +60,7 @@ impl InputFormat {
     }
 }
 
-/// The task that runs a command per job (`--exec`).
-pub const EXEC_TASK: &str = "exec";
+pub use corral_protocol::jobline::EXEC_TASK;
 
 /// Bytes read at a time: the size of the blocks whose lines jobs share.
 const BLOCK_BYTES: usize = 64 * 1024;
@@ -150,19 +149,16 @@ pub enum Framed {
 }
 
 /// The line of `block` that starts at `start` (which is before the block's end), and where
-/// the next one starts: the line without its `\n` or `\r\n`, or its length when it is longer
-/// than `max`.
+/// the next one starts (see [`jobline::split_line`]).
 fn split_line(block: &Bytes, start: usize, max: usize) -> (Line<'_>, usize) {
-    let rest = &block[start..];
-    let (end, after) = match memchr::memchr(b'\n', rest) {
-        Some(i) => (start + i, start + i + 1),
-        None => (block.len(), block.len()),
-    };
-    let end = end - usize::from(end > start && block[end - 1] == b'\r');
-    let line = if end - start > max {
-        Line::TooLong((end - start) as u64)
-    } else {
-        Line::Text(LineRef { block, start, end })
+    let (line, after) = jobline::split_line(block, start, max);
+    let line = match line {
+        Ok(range) => Line::Text(LineRef {
+            block,
+            start: range.start,
+            end: range.end,
+        }),
+        Err(len) => Line::TooLong(len),
     };
     (line, after)
 }
@@ -454,6 +450,16 @@ impl JobParser {
         }
     }
 
+    /// How it reads lines.
+    pub fn format(&self) -> &InputFormat {
+        &self.format
+    }
+
+    /// The source its jobs are of.
+    pub fn source(&self) -> SourceId {
+        self.source
+    }
+
     /// Marks its jobs and rejected lines as coming from `source` (the default is
     /// `SourceId(0)`, a run's only source).
     pub fn with_source(mut self, source: SourceId) -> JobParser {
@@ -699,11 +705,8 @@ impl JobParser {
     ) -> InputItem {
         if task == self.exec_task {
             if !self.format.exec {
-                return self.rejected_job(
-                    id,
-                    ErrorKind::UnknownTask,
-                    "the exec task runs commands only when corral itself is given --exec; a job file alone never runs a program".into(),
-                );
+                let message = jobline::EXEC_REFUSED.to_owned();
+                return self.rejected_job(id, ErrorKind::UnknownTask, message);
             }
             // The command's job number ({#}) is the line number: [line, input].
             let mut wrapped = Vec::with_capacity(input.as_bytes().len() + 24);
@@ -1136,6 +1139,7 @@ mod tests {
                 InputItem::Rejected(result) => match &result.key {
                     ResultKey::Job { line, .. } => (*line, false),
                     ResultKey::Line(line) => (*line, false),
+                    ResultKey::Lines(_) => unreachable!("reading makes no block's result"),
                 },
             })
             .collect()

@@ -27,6 +27,20 @@ pub fn echo_of(format: &InputFormat) -> Echo {
 /// Appends `result` as one JSON line (with its `\n`) to `out` (see
 /// [`corral_protocol::result_line`] for its fields).
 pub fn format_result(result: &JobResult, echo: Echo, out: &mut Vec<u8>) {
+    let key = match &result.key {
+        ResultKey::Job { id, line } => Key::Job {
+            id: id.as_bytes(),
+            line: *line,
+        },
+        ResultKey::Line(line) => Key::Line(*line),
+        ResultKey::Lines(_) => {
+            // A worker wrote the lines of a block of job lines itself.
+            if let Ok(done) = &result.outcome {
+                out.extend_from_slice(done.output.as_bytes());
+            }
+            return;
+        }
+    };
     let failure;
     let outcome = match &result.outcome {
         Ok(done) => Outcome::Ok {
@@ -46,13 +60,7 @@ pub fn format_result(result: &JobResult, echo: Echo, out: &mut Vec<u8>) {
         }
     };
     ResultLine {
-        key: match &result.key {
-            ResultKey::Job { id, line } => Key::Job {
-                id: id.as_bytes(),
-                line: *line,
-            },
-            ResultKey::Line(line) => Key::Line(*line),
-        },
+        key,
         outcome,
         attempts: result.attempts,
         worker: result.worker,
@@ -93,8 +101,15 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts one result.
+    /// Counts one result (those of a block of lines, for one that holds them).
     pub fn add(&mut self, result: &JobResult) {
+        if let ResultKey::Lines(lines) = &result.key {
+            for &(kind, n) in &lines.failed {
+                *self.failed.entry(kind).or_default() += n;
+            }
+            self.ok += lines.results - lines.failures();
+            return;
+        }
         match &result.outcome {
             Ok(_) => self.ok += 1,
             Err(error) => *self.failed.entry(error.kind).or_default() += 1,
@@ -328,7 +343,7 @@ pub struct ResultSender {
 
 impl Sink for ResultSender {
     fn deliver(&mut self, results: Vec<JobResult>) {
-        let n = results.len();
+        let n = results.iter().map(|r| r.count() as usize).sum();
         self.shared.delivered.fetch_add(n as u64, Ordering::Relaxed);
         self.shared.backlog.fetch_add(n, Ordering::Relaxed);
         let formatted = self.formatters.give(results);

@@ -47,9 +47,9 @@ impl Progress {
 
     /// Counts written results.
     pub fn record(&self, results: &[JobResult], restarts: u64) {
-        let failed = self.failed.get() + results.iter().filter(|r| !r.is_ok()).count() as u64;
+        let failed = self.failed.get() + results.iter().map(JobResult::failures).sum::<u64>();
         self.failed.set(failed);
-        self.bar.inc(results.len() as u64);
+        self.bar.inc(results.iter().map(JobResult::count).sum());
         if failed > 0 || restarts > 0 {
             self.bar
                 .set_message(format!("({failed} failed, {restarts} restarts)"));

@@ -35,6 +35,54 @@ pub struct Job {
     pub failed_attempts: u32,
 }
 
+impl Job {
+    /// A block of raw job lines, the first of which is line `line`, that a native worker reads
+    /// and answers itself ([`corral_protocol::LineBlock`]): one job for the scheduler, one
+    /// result (all their result lines) for the sink.
+    pub fn lines(seq: JobSeq, source: SourceId, line: u64, lines: SharedBytes) -> Job {
+        Job {
+            seq,
+            source,
+            line,
+            id: JobId::from(&b""[..]),
+            task: TaskId::LINES,
+            input: lines,
+            meta: None,
+            failed_attempts: 0,
+        }
+    }
+
+    /// Whether it is a block of raw job lines.
+    pub fn is_lines(&self) -> bool {
+        self.task == TaskId::LINES
+    }
+
+    /// The lines it stands for: those of its block, or 1.
+    pub fn weight(&self) -> u64 {
+        if self.is_lines() {
+            crate::input::count_lines(self.input.as_bytes())
+        } else {
+            1
+        }
+    }
+
+    /// Splits a block of lines after its first `count` lines (at least one, fewer than it
+    /// has): this keeps them, the rest is returned.
+    pub fn split_lines(&mut self, count: u64) -> Job {
+        let bytes = self.input.as_bytes();
+        let end = memchr::memchr_iter(b'\n', bytes)
+            .nth(count as usize - 1)
+            .map_or(bytes.len(), |i| i + 1);
+        let rest = Job {
+            line: self.line + count,
+            input: self.input.slice(end..bytes.len()),
+            ..self.clone()
+        };
+        self.input = self.input.slice(0..end);
+        rest
+    }
+}
+
 /// One stream of jobs fed to the engine, whose results go back to it alone: a run's inputs are
 /// one source, each connection to a service is another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -43,6 +91,12 @@ pub struct SourceId(pub u32);
 /// A task name's number within one run (see [`TaskNames`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TaskId(u32);
+
+impl TaskId {
+    /// The task of a block of raw job lines (see [`Job::lines`]), which a native worker reads
+    /// and answers itself; no task name has it.
+    pub const LINES: TaskId = TaskId(u32::MAX);
+}
 
 /// The task names of one run, numbered as they are first read: jobs carry the number, which
 /// costs nothing to copy or drop, where a shared name would cost two atomic operations per job
@@ -111,6 +165,16 @@ impl SharedBytes {
     /// The bytes themselves.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// The bytes in `range` of these, sharing the buffer.
+    pub fn slice(&self, range: Range<usize>) -> SharedBytes {
+        SharedBytes(self.0.slice(range))
+    }
+
+    /// The buffer's view of these bytes.
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone()
     }
 }
 
@@ -250,6 +314,9 @@ pub enum ResultKey {
     },
     /// A line that could not be read as a job.
     Line(u64),
+    /// A block of job lines answered by a worker ([`Job::lines`]): the output holds their
+    /// result lines, counted here.
+    Lines(Box<corral_protocol::LineTally>),
 }
 
 /// The one result of one job line.
@@ -282,9 +349,34 @@ pub struct Completed {
 }
 
 impl JobResult {
-    /// Whether the job succeeded.
+    /// Whether the job succeeded (for a block of lines: every one of them).
     pub fn is_ok(&self) -> bool {
-        self.outcome.is_ok()
+        self.failures() == 0
+    }
+
+    /// The failed results it holds: 0 or 1, or those of a block of lines.
+    pub fn failures(&self) -> u64 {
+        match (&self.key, &self.outcome) {
+            (ResultKey::Lines(tally), _) => tally.failures(),
+            (_, outcome) => u64::from(outcome.is_err()),
+        }
+    }
+
+    /// The input lines it answers: 1, or every line of a block of lines, blank ones too (what
+    /// [`Job::weight`] counted).
+    pub fn weight(&self) -> u64 {
+        match &self.key {
+            ResultKey::Lines(tally) => tally.lines,
+            _ => 1,
+        }
+    }
+
+    /// The result lines it stands for: 1, or those of a block of lines.
+    pub fn count(&self) -> u64 {
+        match &self.key {
+            ResultKey::Lines(tally) => tally.results,
+            _ => 1,
+        }
     }
 }
 

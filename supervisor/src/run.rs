@@ -30,6 +30,7 @@ use crate::record::{InputChunk, Job, Jobs, SourceId, TaskNames};
 use crate::resume::FinishedKeys;
 use crate::ring::Ring;
 use crate::scheduler::{RunCounters, SchedulerConfig};
+use crate::transport::Transport;
 
 /// Items handed from the reader to the scheduler at once, at most.
 const INPUT_CHUNK: usize = 1024;
@@ -119,20 +120,21 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
 
     let names = TaskNames::default();
     let parser = JobParser::new(config.format.clone(), names.clone());
+    let reading = Reading::of(&config);
+    let block_parser = (reading == Reading::Blocks).then(|| parser.piece_parser());
     let (intake_tx, intake_rx) = bounded::<Intake>(1);
     let sources = config.sources.clone();
     let finished = config.finished.clone();
     let vectors = config.format.max_blocks;
-    let threads = config.parse_threads;
     let sink: Box<dyn Sink> = Box::new(writer.sender());
     thread::Builder::new()
         .name("corral-input".into())
-        .spawn(move || read_inputs(sources, parser, finished, threads, vectors, sink, intake_tx))
+        .spawn(move || read_inputs(sources, parser, finished, reading, vectors, sink, intake_tx))
         .expect("spawning a thread");
 
     let (control_tx, control_rx) = unbounded::<Control>();
     let signals = forward_signals(control_tx);
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         EngineConfig {
             scheduler: config.scheduler.clone(),
             pool: config.pool.clone(),
@@ -141,6 +143,9 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         },
         names,
     );
+    if let Some(parser) = block_parser {
+        engine.read_lines_with(parser);
+    }
     let report = engine.run(&intake_rx, &control_rx);
 
     writer.close();
@@ -250,15 +255,48 @@ fn forward_signals(tx: Sender<Control>) -> Option<signal_hook::iterator::Handle>
     Some(handle)
 }
 
+/// How `corral run` reads its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// On the thread that reads them: `--parse-threads 0`, or `--resume`, whose repeated ids
+    /// are found in reading order.
+    Serial,
+    /// Framed on the thread that reads them, parsed on this many others.
+    Parallel(usize),
+    /// Framed on the thread that reads them, and sent as blocks of raw lines that the workers
+    /// read, run and answer themselves ([`crate::record::Job::lines`]): the usual way, for
+    /// native workers, when nothing needs each job in the supervisor before it runs
+    /// (`--keep-order`, `--shard`, `--lines`, `--exec`, `--max-jobs-per-worker` do).
+    Blocks,
+}
+
+impl Reading {
+    fn of(config: &RunConfig) -> Reading {
+        let format = &config.format;
+        let scheduler = &config.scheduler;
+        if config.parse_threads == 0 || config.finished.is_some() {
+            Reading::Serial
+        } else if config.pool.transport == Transport::Native
+            && scheduler.keep_order.is_none()
+            && scheduler.max_jobs_per_worker.is_none()
+            && format.shard.is_none()
+            && !format.plain_lines
+            && !format.exec
+        {
+            Reading::Blocks
+        } else {
+            Reading::Parallel(config.parse_threads)
+        }
+    }
+}
+
 /// Reads every input in order as source 0: opens it with `sink`, says no other source comes,
-/// then sends its jobs and its end. Lines are parsed on `threads` threads ([`ParallelReader`]),
-/// or on this one when that is 0 or with `--resume`, whose repeated ids are found in reading
-/// order.
+/// then sends its jobs and its end, as `reading` says.
 fn read_inputs(
     sources: Vec<Source>,
     mut parser: JobParser,
     finished: Option<FinishedKeys>,
-    threads: usize,
+    reading: Reading,
     vectors: usize,
     sink: Box<dyn Sink>,
     tx: Sender<Intake>,
@@ -278,17 +316,21 @@ fn read_inputs(
         })
         .is_ok()
     };
-    let mut input = if finished.is_some() || threads == 0 {
-        if let Some(finished) = finished {
-            parser.resume(finished);
+    let mut input = match reading {
+        Reading::Serial => {
+            if let Some(finished) = finished {
+                parser.resume(finished);
+            }
+            Input::Serial {
+                parser,
+                ring: Ring::new(vectors),
+                send: Box::new(send),
+            }
         }
-        Input::Serial {
-            parser,
-            ring: Ring::new(vectors),
-            send: Box::new(send),
+        Reading::Parallel(threads) => {
+            Input::Parallel(ParallelReader::start(&parser, threads, vectors, send))
         }
-    } else {
-        Input::Parallel(ParallelReader::start(&parser, threads, vectors, send))
+        Reading::Blocks => Input::Parallel(ParallelReader::blocks(&parser, vectors, send)),
     };
     for source in sources {
         let reader: Box<dyn Read> = match &source {

@@ -33,6 +33,7 @@ use crate::record::{
     SourceId, TaskId, TaskNames,
 };
 
+mod lines;
 mod queue;
 use queue::JobQueue;
 
@@ -436,6 +437,10 @@ struct InFlight {
 impl InFlight {
     /// Whether `word` names one of the jobs not answered yet, and which.
     fn running(&self, word: RunningWord) -> Option<usize> {
+        if self.jobs.front().is_some_and(Job::is_lines) {
+            // A block of lines is a batch's one job; the word names its line.
+            return word.index_in(self.id).map(|_| 0);
+        }
         (0..self.jobs.len()).find(|&i| word.is(self.id, self.answered + i))
     }
 }
@@ -556,6 +561,8 @@ pub struct Scheduler {
     counters: RunCounters,
     actions: Vec<Action>,
     emitted: Vec<JobResult>,
+    /// Set when blocks of raw lines may come (see [`Scheduler::read_lines_with`]).
+    lines: Option<lines::LineReading>,
 }
 
 impl Scheduler {
@@ -592,6 +599,7 @@ impl Scheduler {
             counters: RunCounters::default(),
             actions: Vec::new(),
             emitted: Vec::new(),
+            lines: None,
         }
     }
 
@@ -639,10 +647,10 @@ impl Scheduler {
                 },
                 jobs_done: slot.jobs_done,
                 in_flight: slot.jobs_in_flight(),
-                current: slot
-                    .in_flight
-                    .iter()
-                    .find_map(|f| f.running(slot.word).map(|i| f.jobs[i].id.to_string())),
+                current: slot.in_flight.iter().find_map(|f| {
+                    f.running(slot.word)
+                        .map(|i| lines::running_name(f, i, slot.word))
+                }),
             })
             .collect();
         views.sort_by_key(|view| view.worker);
@@ -721,7 +729,7 @@ impl Scheduler {
     }
 
     fn on_input(&mut self, chunk: InputChunk) {
-        self.read += chunk.len() as u64;
+        self.read += chunk.rejected.len() as u64 + chunk.jobs.iter().map(Job::weight).sum::<u64>();
         self.outstanding += chunk.jobs.len() as u64;
         self.pending.push_back(chunk.jobs);
         for result in chunk.rejected {
@@ -863,7 +871,13 @@ impl Scheduler {
 
         let n = batch.jobs.len() as u64;
         let total: u64 = done.outcomes.iter().map(|o| o.nanos).sum();
-        let sample = total as f64 / n as f64;
+        // A block of lines is timed per line.
+        let block = batch
+            .jobs
+            .front()
+            .filter(|job| job.is_lines())
+            .map(Job::weight);
+        let sample = total as f64 / block.unwrap_or(n).max(1) as f64;
         self.per_job_nanos = Some(ewma(self.per_job_nanos, sample));
         self.learn_task_speeds(&batch.jobs, &done);
 
@@ -872,6 +886,24 @@ impl Scheduler {
         self.emitted.reserve(batch.jobs.len());
         let outputs = Bytes::from(std::mem::take(&mut done.outputs.0));
         let mut jobs = batch.jobs;
+        if block.is_some() {
+            let job = jobs.pop_front().expect("a block is its batch's one job");
+            let outcome = done
+                .outcomes
+                .pop()
+                .expect("an answer covers the batch's jobs");
+            let answer = lines::Answer {
+                nanos: outcome.nanos,
+                result: outcome.result,
+                pid,
+            };
+            if !matches!(answer.result, TaskResult::Lines(_)) {
+                let why = format!("worker {pid} answered a block of lines as one job");
+                self.actions.push(Action::Kill { worker, why });
+            }
+            self.lines_done(job, outputs, answer);
+            return;
+        }
         for (job, (outcome, range)) in jobs.drain(..).zip(done.iter()) {
             let result = match &outcome.result {
                 TaskResult::Ok => Ok(Completed {
@@ -893,6 +925,10 @@ impl Scheduler {
                     Err(JobError::new(ErrorKind::BadInput, message.clone()))
                 }
                 TaskResult::Panic(message) => Err(JobError::new(ErrorKind::Panic, message.clone())),
+                TaskResult::Lines(_) => Err(JobError::new(
+                    ErrorKind::Panic,
+                    "the worker answered a job as a block of lines",
+                )),
             };
             self.emit(JobResult {
                 seq: job.seq,
@@ -925,7 +961,18 @@ impl Scheduler {
         let note = note.or(slot.violation);
         let mut requeue = Vec::new();
         let mut attributed = false;
+        let death = lines::Death {
+            pid: slot.pid,
+            exit: &exit,
+            timed_out,
+            note: note.as_deref(),
+        };
         for mut batch in slot.in_flight {
+            if batch.jobs.front().is_some_and(Job::is_lines) {
+                let block = batch.jobs.pop_front().expect("just seen");
+                attributed |= self.lines_lost(batch.id, block, culprit, &death, &mut requeue);
+                continue;
+            }
             for (index, mut job) in batch.jobs.drain(..).enumerate() {
                 if !culprit.is(batch.id, batch.answered + index) {
                     requeue.push(job);
@@ -933,33 +980,7 @@ impl Scheduler {
                 }
                 attributed = true;
                 job.failed_attempts += 1;
-                self.actions.push(Action::Note(format!(
-                    "job {} (line {}) {} worker {} ({exit}); attempt {} of {}",
-                    job.id,
-                    job.line,
-                    if timed_out { "timed out on" } else { "crashed" },
-                    slot.pid,
-                    job.failed_attempts,
-                    self.cfg.retries + 1
-                )));
-                if job.failed_attempts <= self.cfg.retries {
-                    requeue.push(job);
-                    continue;
-                }
-                let error = self.attempt_error(&job, slot.pid, &exit, timed_out, note.as_deref());
-                self.outstanding -= 1;
-                self.emit(JobResult {
-                    seq: job.seq,
-                    source: job.source,
-                    key: ResultKey::Job {
-                        id: job.id,
-                        line: job.line,
-                    },
-                    meta: job.meta,
-                    attempts: job.failed_attempts,
-                    worker: Some(slot.pid),
-                    outcome: Err(error),
-                });
+                self.failed_attempt(job, &death, &mut requeue);
             }
         }
         self.pending.push_front(requeue.into());
@@ -992,6 +1013,43 @@ impl Scheduler {
             return;
         }
         self.restart_within_budget(now, &format!("pid {}, {exit}", slot.pid));
+    }
+
+    /// A job whose worker died running it: says so, and requeues it while it has attempts
+    /// left, or fails it.
+    fn failed_attempt(&mut self, job: Job, death: &lines::Death<'_>, requeue: &mut Vec<Job>) {
+        self.actions.push(Action::Note(format!(
+            "job {} (line {}) {} worker {} ({}); attempt {} of {}",
+            job.id,
+            job.line,
+            if death.timed_out {
+                "timed out on"
+            } else {
+                "crashed"
+            },
+            death.pid,
+            death.exit,
+            job.failed_attempts,
+            self.cfg.retries + 1
+        )));
+        if job.failed_attempts <= self.cfg.retries {
+            requeue.push(job);
+            return;
+        }
+        let error = self.attempt_error(&job, death.pid, death.exit, death.timed_out, death.note);
+        self.outstanding -= 1;
+        self.emit(JobResult {
+            seq: job.seq,
+            source: job.source,
+            key: ResultKey::Job {
+                id: job.id,
+                line: job.line,
+            },
+            meta: job.meta,
+            attempts: job.failed_attempts,
+            worker: Some(death.pid),
+            outcome: Err(error),
+        });
     }
 
     /// Schedules a replacement for a worker that died for no job's fault, as the restart
@@ -1078,11 +1136,10 @@ impl Scheduler {
                 let job = slot
                     .in_flight
                     .iter()
-                    .find_map(|b| b.running(word).map(|i| &b.jobs[i]))
+                    .find_map(|b| b.running(word).map(|i| lines::running_name(b, i, word)))
                     .expect("checked above");
                 let why = format!(
-                    "job {} ran longer than {}",
-                    job.id,
+                    "job {job} ran longer than {}",
                     humantime::format_duration(timeout)
                 );
                 self.actions.push(Action::Kill { worker, why });
@@ -1138,8 +1195,9 @@ impl Scheduler {
     /// Sends a result on its way: counted for `--halt`, and held back under `keep_order`
     /// until every earlier job has its result.
     fn emit(&mut self, result: JobResult) {
-        if !result.is_ok() {
-            self.failed += 1;
+        let failures = result.failures();
+        if failures > 0 {
+            self.failed += failures;
             self.check_halt();
         }
         match &mut self.reorder {
@@ -1209,7 +1267,8 @@ impl Scheduler {
             let (mut total, mut count) = (0u64, 0u64);
             while i < jobs.len().min(done.outcomes.len()) && jobs[i].task == task {
                 total += done.outcomes[i].nanos;
-                count += 1;
+                // A block of lines is timed per line.
+                count += jobs[i].weight();
                 i += 1;
             }
             let sample = total as f64 / count as f64;
@@ -1234,17 +1293,7 @@ impl Scheduler {
     /// Jobs in a batch that starts with a job of `task`: what its task takes in the batch
     /// target; one job while the task's speed is not known yet.
     fn batch_size(&self, task: Option<TaskId>) -> usize {
-        let nanos = task.and_then(|task| {
-            self.task_nanos
-                .iter()
-                .find(|(t, _)| *t == task)
-                .map(|&(_, nanos)| nanos)
-        });
-        let by_time = match nanos {
-            None => 1,
-            Some(nanos) => (self.cfg.batch_target.as_nanos() as f64 / nanos.max(50.0)) as usize,
-        };
-        let mut size = by_time.clamp(1, self.cfg.max_batch_jobs.min(RunningWord::MAX_BATCH_JOBS));
+        let mut size = self.batch_size_by_time(task);
         if self.input_ended {
             // Near the end, spread what is left over every worker instead of loading one.
             let ready = self
@@ -1258,8 +1307,26 @@ impl Scheduler {
         size
     }
 
+    /// Jobs of `task` that take the batch target, within the limits of a batch.
+    fn batch_size_by_time(&self, task: Option<TaskId>) -> usize {
+        let nanos = task.and_then(|task| {
+            self.task_nanos
+                .iter()
+                .find(|(t, _)| *t == task)
+                .map(|&(_, nanos)| nanos)
+        });
+        let by_time = match nanos {
+            None => 1,
+            Some(nanos) => (self.cfg.batch_target.as_nanos() as f64 / nanos.max(50.0)) as usize,
+        };
+        by_time.clamp(1, self.cfg.max_batch_jobs.min(RunningWord::MAX_BATCH_JOBS))
+    }
+
     /// Builds and sends one batch to `worker`; false when nothing could be sent.
     fn send_batch(&mut self, worker: WorkerId) -> bool {
+        if self.pending.front().is_some_and(Job::is_lines) {
+            return self.send_lines(worker);
+        }
         let mut size = self.batch_size(self.pending.front().map(|job| job.task));
         let slot = self
             .workers
@@ -1339,13 +1406,9 @@ impl Scheduler {
             }
             let job = self.pending.pop_front().expect("front exists");
             let Some(task) = lookup.index(job.task) else {
-                let mut names: Vec<&str> = lookup.tasks.keys().map(|k| &**k).collect();
-                names.sort_unstable();
-                let message = format!(
-                    "unknown task {:?}; the worker serves: {}",
-                    &*self.names.name(job.task),
-                    names.join(", ")
-                );
+                let served: Vec<&str> = lookup.tasks.keys().map(|k| &**k).collect();
+                let message =
+                    crate::jobline::unknown_task_message(&self.names.name(job.task), &served);
                 self.outstanding -= 1;
                 unknown.push(JobResult {
                     seq: job.seq,

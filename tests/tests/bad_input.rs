@@ -184,7 +184,7 @@ fn without_pid_and_time(line: &str) -> String {
 }
 
 #[test]
-fn hostile_input_gets_the_same_results_byte_for_byte_parsed_serially_or_on_many_threads() {
+fn hostile_input_gets_the_same_results_byte_for_byte_however_its_lines_are_read() {
     let dir = crate::util::temp_dir();
     let mut rng = Lcg(99);
     // Two files: lines are numbered across them.
@@ -224,16 +224,9 @@ fn hostile_input_gets_the_same_results_byte_for_byte_parsed_serially_or_on_many_
         std::fs::write(&path, text).unwrap();
         files.push(path.display().to_string());
     }
-    let run = |threads: &str| {
-        let mut args = vec![
-            "run",
-            "-j",
-            "2",
-            "--max-job-bytes",
-            "2KiB",
-            "--parse-threads",
-            threads,
-        ];
+    let run = |how: &[&str]| {
+        let mut args = vec!["run", "-j", "2", "--max-job-bytes", "2KiB"];
+        args.extend(how);
         args.extend(files.iter().map(String::as_str));
         let out = Run::corral(args).output();
         out.expect_code(1);
@@ -241,7 +234,8 @@ fn hostile_input_gets_the_same_results_byte_for_byte_parsed_serially_or_on_many_
         lines.sort();
         lines
     };
-    let serial = run("0");
+    // The old way: every line parsed on the thread that reads the input.
+    let serial = run(&["--parse-threads", "0"]);
     assert!(serial.len() > 5_000, "{} results", serial.len());
     for kind in ["bad_input", "too_large", "unknown_task", "task_error"] {
         assert!(
@@ -251,11 +245,13 @@ fn hostile_input_gets_the_same_results_byte_for_byte_parsed_serially_or_on_many_
             "no {kind} result"
         );
     }
-    for threads in ["1", "3"] {
-        let parallel = run(threads);
-        assert_eq!(parallel.len(), serial.len(), "--parse-threads {threads}");
-        for (a, b) in serial.iter().zip(&parallel) {
-            assert_eq!(a, b, "--parse-threads {threads}");
+    // Blocks of raw lines that the workers read (the usual way), and lines parsed by a pool
+    // of threads (as under --keep-order, which only changes the order).
+    for how in [&[][..], &["--parse-threads", "3", "--keep-order"]] {
+        let other = run(how);
+        assert_eq!(other.len(), serial.len(), "{how:?}");
+        for (a, b) in serial.iter().zip(&other) {
+            assert_eq!(a, b, "{how:?}");
         }
     }
 }

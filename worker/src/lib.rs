@@ -21,6 +21,7 @@
 
 pub mod builtin;
 pub mod exec;
+mod lines;
 mod native;
 mod stdio;
 mod task;

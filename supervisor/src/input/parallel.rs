@@ -23,8 +23,9 @@ use crossbeam_channel::{Sender, bounded};
 use super::{BlockRing, Framed, JobParser, LineReader, Piece, count_lines};
 use crate::engine::Feed;
 use crate::ordered::{OrderedPool, Pending};
-use crate::record::{InputChunk, Job, Jobs};
+use crate::record::{InputChunk, Job, Jobs, SharedBytes};
 use crate::ring::Ring;
+use corral_protocol::JobSeq;
 
 /// Most lines in a piece, which becomes one chunk for the engine.
 pub const PIECE_LINES: usize = 1024;
@@ -33,8 +34,19 @@ pub const PIECE_LINES: usize = 1024;
 enum Step {
     /// A piece's chunk, once parsed.
     Chunk(Pending<InputChunk>),
+    /// A chunk made on the reading thread.
+    Ready(InputChunk),
     /// The end of the input, or why it could not be read to its end.
     Feed(Feed),
+}
+
+/// Where pieces go.
+enum Parsing {
+    /// To the parser threads.
+    Pool(OrderedPool<(Piece, Jobs), InputChunk>),
+    /// Nowhere: each piece is a block of raw lines for a worker to read ([`Job::lines`]); this
+    /// parser only answers the lines too long to be in one.
+    Blocks(Box<JobParser>),
 }
 
 /// See the module documentation: the reading thread's side, which numbers lines across every
@@ -44,7 +56,7 @@ pub struct ParallelReader {
     /// The blocks every input is read into; out only while [`ParallelReader::read`] reads.
     ring: Option<BlockRing>,
     vectors: Ring<VecDeque<Job>>,
-    pool: OrderedPool<(Piece, Jobs), InputChunk>,
+    parsing: Parsing,
     steps: Sender<Step>,
     /// Lines framed so far.
     line: u64,
@@ -58,7 +70,7 @@ impl ParallelReader {
         parser: &JobParser,
         threads: usize,
         vectors: usize,
-        mut send: impl FnMut(Feed) -> bool + Send + 'static,
+        send: impl FnMut(Feed) -> bool + Send + 'static,
     ) -> ParallelReader {
         let threads = threads.max(1);
         let states = (0..threads).map(|_| parser.piece_parser()).collect();
@@ -68,6 +80,31 @@ impl ParallelReader {
             Some(2 * threads),
             |parser: &mut JobParser, (piece, jobs): (Piece, Jobs)| parser.parse_piece(&piece, jobs),
         );
+        ParallelReader::with(parser, Parsing::Pool(pool), vectors, send)
+    }
+
+    /// Like [`ParallelReader::start`], but no line is parsed here: each piece goes to the
+    /// engine as one block of raw lines ([`Job::lines`]) for a native worker to read, run and
+    /// answer; only a line too long for a block is answered here.
+    pub fn blocks(
+        parser: &JobParser,
+        vectors: usize,
+        send: impl FnMut(Feed) -> bool + Send + 'static,
+    ) -> ParallelReader {
+        ParallelReader::with(
+            parser,
+            Parsing::Blocks(Box::new(parser.piece_parser())),
+            vectors,
+            send,
+        )
+    }
+
+    fn with(
+        parser: &JobParser,
+        parsing: Parsing,
+        vectors: usize,
+        mut send: impl FnMut(Feed) -> bool + Send + 'static,
+    ) -> ParallelReader {
         let (steps, in_order) = bounded::<Step>(vectors.max(2));
         thread::Builder::new()
             .name("corral-forward".into())
@@ -87,6 +124,13 @@ impl ParallelReader {
                             chunk.renumber(&mut next_seq);
                             Feed::Jobs(chunk)
                         }
+                        Step::Ready(mut chunk) => {
+                            if chunk.is_empty() {
+                                continue;
+                            }
+                            chunk.renumber(&mut next_seq);
+                            Feed::Jobs(chunk)
+                        }
                         Step::Feed(feed) => feed,
                     };
                     if !send(feed) {
@@ -99,7 +143,7 @@ impl ParallelReader {
             max_line: parser.format.max_line_bytes,
             ring: Some(BlockRing::new(parser.format.max_blocks)),
             vectors: Ring::new(vectors),
-            pool,
+            parsing,
             steps,
             line: 0,
         }
@@ -154,9 +198,27 @@ impl ParallelReader {
     fn give(&mut self, piece: Piece) -> bool {
         // Waiting here for a vector holds back no parsed job: every piece before this one is
         // with the parsers or on its way to the engine already.
-        let jobs = Jobs::from_ring(&mut self.vectors, PIECE_LINES);
-        let pending = self.pool.give((piece, jobs));
-        self.steps.send(Step::Chunk(pending)).is_ok()
+        let step = match &mut self.parsing {
+            Parsing::Pool(pool) => {
+                let jobs = Jobs::from_ring(&mut self.vectors, PIECE_LINES);
+                Step::Chunk(pool.give((piece, jobs)))
+            }
+            Parsing::Blocks(parser) => {
+                let mut jobs = Jobs::from_ring(&mut self.vectors, 1);
+                match piece {
+                    Piece::Lines { first_line, lines } => {
+                        let lines = SharedBytes::new(&lines, 0..lines.len());
+                        jobs.push_back(Job::lines(JobSeq(0), parser.source(), first_line, lines));
+                        Step::Ready(InputChunk {
+                            jobs,
+                            rejected: Vec::new(),
+                        })
+                    }
+                    Piece::TooLong { .. } => Step::Ready(parser.parse_piece(&piece, jobs)),
+                }
+            }
+        };
+        self.steps.send(step).is_ok()
     }
 }
 
@@ -204,6 +266,7 @@ mod tests {
                         format!("{}@{line}", String::from_utf8_lossy(id.as_bytes()))
                     }
                     ResultKey::Line(line) => format!("@{line}"),
+                    ResultKey::Lines(_) => unreachable!("reading makes no block's result"),
                 };
                 let error = result.outcome.as_ref().unwrap_err();
                 format!(

@@ -161,6 +161,7 @@ impl Harness {
             .map(|r| match &r.key {
                 ResultKey::Job { id, .. } => id.to_string(),
                 ResultKey::Line(line) => format!("line {line}"),
+                ResultKey::Lines(_) => unreachable!("these tests send no block of lines"),
             })
             .collect();
         ids.sort_by_key(|id| id.parse::<u64>().unwrap_or(u64::MAX));
@@ -949,7 +950,7 @@ fn keep_order_releases_results_in_input_order_within_a_window() {
         .iter()
         .map(|r| match &r.key {
             ResultKey::Job { id, .. } => id.to_string(),
-            ResultKey::Line(_) => unreachable!(),
+            ResultKey::Line(_) | ResultKey::Lines(_) => unreachable!(),
         })
         .collect();
     assert_eq!(order, ["1", "2", "3", "4", "5", "6"]);
@@ -1186,4 +1187,177 @@ fn crashes_blamed_on_a_job_do_not_spend_the_restart_budget() {
             .is_err_and(|e| e.kind == ErrorKind::Crashed)
     }));
     assert_eq!(h.scheduler.counters().restarts, 50);
+}
+
+/// A block of the job lines `lines` (of task `t`), the first at line 1.
+fn block(lines: &[&str]) -> Job {
+    let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    Job::lines(
+        JobSeq(0),
+        SourceId::default(),
+        1,
+        SharedBytes::from(text.into_bytes()),
+    )
+}
+
+/// A worker's answer to the block sent in `batch`, as if each of its `lines` ran.
+fn lines_answer(batch: &Batch, lines: u64) -> BatchDone {
+    let mut done = BatchDone {
+        batch: batch.id,
+        ..BatchDone::default()
+    };
+    done.outputs.0.extend_from_slice(b"{\"id\":1}\n");
+    let tally = corral_protocol::LineTally {
+        lines,
+        results: lines,
+        failed: vec![(ErrorKind::TaskError, 1)],
+    };
+    done.push(1_000 * lines, TaskResult::Lines(tally));
+    done
+}
+
+fn with_lines(cfg: SchedulerConfig) -> Harness {
+    let mut h = Harness::new(cfg);
+    let format = crate::input::InputFormat::json(1);
+    let parser = crate::input::JobParser::new(format, NAMES.with(TaskNames::clone));
+    h.scheduler.read_lines_with(parser);
+    h
+}
+
+#[test]
+fn a_block_of_lines_is_cut_to_the_batch_size_and_answered_as_one_result() {
+    let mut h = with_lines(SchedulerConfig {
+        workers: 1,
+        ..SchedulerConfig::default()
+    });
+    h.ready(WorkerId(1), 100);
+    let lines: Vec<String> = (1..=10)
+        .map(|i| format!("{{\"id\":{i},\"task\":\"t\"}}"))
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    h.input([block(&lines)]);
+    // The speed of lines is not known yet: each batch the worker holds is one line.
+    let sends = h.take_sends();
+    assert_eq!(sends.len(), 2);
+    for (n, (_, batch)) in sends.iter().enumerate() {
+        let header = batch.lines.clone().expect("a block of lines");
+        assert_eq!(
+            (header.first_line, header.attempts, header.worker),
+            (n as u64 + 1, 0, 100)
+        );
+        assert_eq!(batch.inputs.0, format!("{}\n", lines[n]).into_bytes());
+    }
+    h.feed(Event::InputEnded);
+    h.feed(Event::BatchDone {
+        worker: WorkerId(1),
+        done: lines_answer(&sends[0].1, 1),
+        rss: None,
+    });
+    // Once a line is known to be fast, the other eight go at once.
+    let rest: Vec<Batch> = h.take_sends().into_iter().map(|(_, b)| b).collect();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].lines.as_ref().unwrap().first_line, 3);
+    h.feed(Event::BatchDone {
+        worker: WorkerId(1),
+        done: lines_answer(&sends[1].1, 1),
+        rss: None,
+    });
+    let mut answered = 2;
+    // Answers come in the order the batches were sent.
+    let mut waiting: VecDeque<Batch> = rest.into();
+    while let Some(batch) = waiting.pop_front() {
+        let count = crate::input::count_lines(&batch.inputs.0);
+        answered += count;
+        h.feed(Event::BatchDone {
+            worker: WorkerId(1),
+            done: lines_answer(&batch, count),
+            rss: None,
+        });
+        waiting.extend(h.take_sends().into_iter().map(|(_, b)| b));
+    }
+    assert_eq!(answered, 10);
+    assert!(
+        h.results
+            .iter()
+            .all(|r| matches!(r.key, ResultKey::Lines(_)))
+    );
+    assert_eq!(h.results.iter().map(JobResult::weight).sum::<u64>(), 10);
+    assert_eq!(
+        h.results.iter().map(JobResult::failures).sum::<u64>(),
+        h.results.len() as u64
+    );
+    assert_eq!(
+        h.retires,
+        [WorkerId(1)],
+        "every line answered: the run winds down"
+    );
+}
+
+#[test]
+fn a_worker_dying_on_a_line_of_a_block_blames_that_line_alone() {
+    let mut h = with_lines(SchedulerConfig {
+        workers: 1,
+        retries: 0,
+        ..SchedulerConfig::default()
+    });
+    h.ready(WorkerId(1), 100);
+    // Teach the speed of lines, so that the block goes whole.
+    h.input([block(&["{\"id\":\"warm\",\"task\":\"t\"}"])]);
+    let (worker, warm) = h.take_sends().remove(0);
+    h.feed(Event::BatchDone {
+        worker,
+        done: lines_answer(&warm, 1),
+        rss: None,
+    });
+    h.results.clear();
+    h.input([block(&[
+        "{\"id\":\"a\",\"task\":\"t\"}",
+        "{\"id\":\"b\",\"task\":\"t\",\"meta\":{\"m\":1}}",
+        "",
+        "{\"id\":\"c\",\"task\":\"t\"}",
+    ])]);
+    let (_, sent) = h.take_sends().remove(0);
+    assert_eq!(crate::input::count_lines(&sent.inputs.0), 4);
+    // The worker dies running the block's second line (line 2).
+    h.die(
+        worker,
+        WorkerExit::Signal("SIGSEGV".into()),
+        RunningWord::running(sent.id, 1),
+    );
+    assert!(
+        h.notes
+            .iter()
+            .any(|n| n.contains("job \"b\" (line 2) crashed worker 100")),
+        "{:?}",
+        h.notes
+    );
+    // With no retries, line 2 fails as a job that crashed its worker, with its id and meta.
+    assert_eq!(h.results.len(), 1, "{:?}", h.results);
+    let crashed = &h.results[0];
+    assert!(matches!(&crashed.key, ResultKey::Job { id, line: 2 } if id.to_string() == "\"b\""));
+    assert_eq!(
+        crashed.outcome.as_ref().unwrap_err().kind,
+        ErrorKind::Crashed
+    );
+    assert_eq!(crashed.meta.as_ref().unwrap().as_bytes(), b"{\"m\":1}");
+    assert_eq!(crashed.attempts, 1);
+    // Lines 1 and 3-4 go back as blocks, without penalty, to the replacement.
+    h.ready(WorkerId(2), 200);
+    let again: Vec<Batch> = h.take_sends().into_iter().map(|(_, b)| b).collect();
+    let mut firsts: Vec<(u64, Vec<u8>)> = again
+        .iter()
+        .map(|b| {
+            let header = b.lines.as_ref().expect("still blocks");
+            assert_eq!(header.attempts, 0);
+            (header.first_line, b.inputs.0.clone())
+        })
+        .collect();
+    firsts.sort();
+    assert_eq!(
+        firsts,
+        [
+            (1, b"{\"id\":\"a\",\"task\":\"t\"}\n".to_vec()),
+            (3, b"\n{\"id\":\"c\",\"task\":\"t\"}\n".to_vec()),
+        ]
+    );
 }

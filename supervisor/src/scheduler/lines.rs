@@ -1,0 +1,208 @@
+//! Blocks of raw job lines ([`Job::lines`]) in the scheduler. A block is one job to the queue
+//! and one batch to a native worker, which reads, runs and answers each of its lines itself
+//! ([`corral_protocol::LineBlock`]); its answer is one result holding every result line.
+//!
+//! A block is cut to the batch size the time per line asks for, as a batch of jobs would be.
+//! When a worker dies holding a block, its running word names the line: the lines before and
+//! after it go back to the queue as blocks, without penalty, and that line alone is read here,
+//! by the run's own parser, into a job like any other, which takes the failed attempt (and
+//! runs alone, is retried or fails, as any job that crashed its worker).
+
+use corral_protocol::{
+    Batch, BatchId, LineBlock, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
+};
+
+use super::{InFlight, Scheduler, WorkerExit};
+use crate::input::{JobParser, Piece};
+use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey, TaskId};
+
+/// What the scheduler needs to send blocks of lines, and to read one of their lines itself.
+#[derive(Debug)]
+pub(super) struct LineReading {
+    parser: JobParser,
+    max_line_bytes: u64,
+    default_task: Option<String>,
+}
+
+impl Scheduler {
+    /// Lets the scheduler take blocks of raw lines ([`Job::lines`]) read as `parser` reads
+    /// lines: their workers read them with its format, and a line that crashed its worker is
+    /// read by it.
+    pub fn read_lines_with(&mut self, parser: JobParser) {
+        let format = parser.format();
+        self.lines = Some(LineReading {
+            max_line_bytes: format.max_line_bytes as u64,
+            default_task: format.default_task.clone(),
+            parser,
+        });
+    }
+
+    /// Sends the block at the front of the queue to `worker`, cut to the batch size.
+    pub(super) fn send_lines(&mut self, worker: WorkerId) -> bool {
+        let Some(reading) = &self.lines else {
+            unreachable!("blocks of lines come only to a scheduler that reads them")
+        };
+        let mut size = self.batch_size_by_time(Some(TaskId::LINES)) as u64;
+        let mut job = self.pending.pop_front().expect("a block is in front");
+        let lines = job.weight();
+        if self.input_ended {
+            // Near the end, spread what is left over every worker instead of loading one: the
+            // blocks waiting are about this one's size.
+            let share = self.ready_workers() * self.depth();
+            let waiting = lines * (self.pending.len() as u64 + 1);
+            size = size.min(waiting.div_ceil(share as u64).max(1));
+        }
+        if lines > size {
+            let rest = job.split_lines(size);
+            self.outstanding += 1;
+            self.pending.push_front(Jobs::from(vec![rest]));
+        }
+        let slot = self
+            .workers
+            .get(&worker)
+            .expect("dispatch passes live workers");
+        let mut batch = Batch {
+            id: BatchId(self.next_batch),
+            jobs: Vec::with_capacity(1),
+            inputs: RawJson(Vec::with_capacity(job.input.as_bytes().len())),
+            lines: Some(LineBlock {
+                first_line: job.line,
+                attempts: 0,
+                worker: slot.pid,
+                max_line_bytes: reading.max_line_bytes,
+                default_task: reading.default_task.clone(),
+            }),
+            ..Batch::default()
+        };
+        batch.push(TaskIndex(0), job.input.as_bytes());
+        self.send(worker, batch, Jobs::from(vec![job]))
+    }
+
+    /// The answer to a block: its result lines, as one result.
+    pub(super) fn lines_done(&mut self, job: Job, outputs: bytes::Bytes, answer: Answer) {
+        let Answer { nanos, result, pid } = answer;
+        let TaskResult::Lines(tally) = result else {
+            // Only a worker that does not know blocks answers otherwise; it was told so and is
+            // being replaced (see `on_batch_done`): the block waits for another.
+            self.outstanding += 1;
+            self.pending.push_front(Jobs::from(vec![job]));
+            return;
+        };
+        self.emit(JobResult {
+            seq: job.seq,
+            source: job.source,
+            key: ResultKey::Lines(Box::new(tally)),
+            meta: None,
+            attempts: 1,
+            worker: Some(pid),
+            outcome: Ok(Completed {
+                output: crate::record::SharedBytes::new(&outputs, 0..outputs.len()),
+                nanos,
+            }),
+        });
+    }
+
+    /// A worker died holding `block`, running the line `culprit` names (if it names one of
+    /// `batch`): the lines around it go back to the queue as blocks, and it takes the failed
+    /// attempt as a job of its own. Returns whether the death was blamed on a line.
+    pub(super) fn lines_lost(
+        &mut self,
+        batch: BatchId,
+        mut block: Job,
+        culprit: RunningWord,
+        death: &Death<'_>,
+        requeue: &mut Vec<Job>,
+    ) -> bool {
+        let lines = block.weight();
+        let Some(index) = culprit
+            .index_in(batch)
+            .map(|i| i as u64)
+            .filter(|&i| i < lines)
+        else {
+            requeue.push(block);
+            return false;
+        };
+        if index > 0 {
+            let rest = block.split_lines(index);
+            requeue.push(block);
+            self.outstanding += 1;
+            block = rest;
+        }
+        if lines - index > 1 {
+            let after = block.split_lines(1);
+            self.outstanding += 1;
+            requeue.push(after);
+        }
+        // `block` is now the one line.
+        match self.read_line(&block) {
+            Some(InputItem::Job(mut job)) => {
+                job.seq = block.seq;
+                job.failed_attempts = 1;
+                self.failed_attempt(job, death, requeue);
+            }
+            Some(InputItem::Rejected(result)) => {
+                // Not a job at all (its worker died on its own while answering it).
+                self.outstanding -= 1;
+                self.emit(JobResult {
+                    seq: block.seq,
+                    ..*result
+                });
+            }
+            // A blank line: it goes back, to be answered with no result.
+            None => requeue.push(block),
+        }
+        true
+    }
+
+    /// The line of `block`, a block of one line, read as the input was.
+    fn read_line(&mut self, block: &Job) -> Option<InputItem> {
+        let reading = self.lines.as_mut()?;
+        let piece = Piece::Lines {
+            first_line: block.line,
+            lines: block.input.to_bytes(),
+        };
+        let mut chunk = reading.parser.parse_piece(&piece, Jobs::with_capacity(1));
+        if let Some(job) = chunk.jobs.pop_front() {
+            return Some(InputItem::Job(job));
+        }
+        chunk
+            .rejected
+            .pop()
+            .map(|result| InputItem::Rejected(Box::new(result)))
+    }
+
+    /// Workers that take batches now.
+    fn ready_workers(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|s| s.phase == super::Phase::Ready)
+            .count()
+            .max(1)
+    }
+}
+
+/// A block's answer, as `on_batch_done` found it.
+pub(super) struct Answer {
+    pub(super) nanos: u64,
+    pub(super) result: TaskResult,
+    pub(super) pid: u32,
+}
+
+/// How a worker died, for the jobs it held.
+pub(super) struct Death<'a> {
+    pub(super) pid: u32,
+    pub(super) exit: &'a WorkerExit,
+    pub(super) timed_out: bool,
+    pub(super) note: Option<&'a str>,
+}
+
+/// What names the job `word` says a worker runs, of the jobs of `flight`: a job's id, or the
+/// number of a line in a block of lines.
+pub(super) fn running_name(flight: &InFlight, index: usize, word: RunningWord) -> String {
+    let job = &flight.jobs[index];
+    if !job.is_lines() {
+        return job.id.to_string();
+    }
+    let line = word.index_in(flight.id).unwrap_or(0) as u64;
+    format!("on line {}", job.line + line)
+}

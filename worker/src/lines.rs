@@ -1,0 +1,202 @@
+//! Answering a block of raw job lines ([`LineBlock`]): each line is read as the supervisor
+//! would read it ([`corral_protocol::jobline`]), run, and answered with its result line
+//! ([`corral_protocol::result_line`]), so that a result is the same byte for byte whichever
+//! side read its line.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use corral_protocol::jobline::{
+    self, EXEC_REFUSED, EXEC_TASK, NO_TASK, fields_of, is_blank, split_line, unknown_task_message,
+};
+use corral_protocol::result_line::{Echo, ErrorKind, Failure, Key, Outcome, ResultLine};
+use corral_protocol::{BatchId, LineBlock, LineTally, RunningSlot, RunningWord, TaskResult};
+
+use crate::task::{Registry, task_result};
+
+/// The tasks of a worker, as lines name them.
+pub(crate) struct Tasks<'a> {
+    registry: &'a Registry,
+    names: Vec<String>,
+}
+
+impl<'a> Tasks<'a> {
+    pub(crate) fn new(registry: &'a Registry) -> Tasks<'a> {
+        Tasks {
+            names: registry.names(),
+            registry,
+        }
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+}
+
+/// Runs every line of `lines`, the block of batch `batch`, appending their result lines to
+/// `out`; publishes the line it runs in `slot`.
+pub(crate) fn answer(
+    tasks: &Tasks<'_>,
+    slot: &RunningSlot,
+    batch: BatchId,
+    block: &LineBlock,
+    lines: &[u8],
+    out: &mut Vec<u8>,
+) -> TaskResult {
+    let max = usize::try_from(block.max_line_bytes).unwrap_or(usize::MAX);
+    let mut tally = LineTally::default();
+    // A task's output, before it is spliced into its line.
+    let mut output = Vec::new();
+    let mut last_task: Option<(String, Option<usize>)> = None;
+    let mut mark = Instant::now();
+    let (mut at, mut index) = (0, 0);
+    while at < lines.len() {
+        let (line, next) = split_line(lines, at, max);
+        let number = block.first_line + index as u64;
+        slot.store(RunningWord::running(batch, index));
+        at = next;
+        index += 1;
+        let line = match line {
+            Ok(range) => &lines[range],
+            Err(len) => {
+                let message = jobline::too_long_message(len, max);
+                reject(
+                    out,
+                    &mut tally,
+                    Key::Line(number),
+                    ErrorKind::TooLarge,
+                    &message,
+                    None,
+                );
+                continue;
+            }
+        };
+        if is_blank(line) {
+            continue;
+        }
+        let fields = match fields_of(line) {
+            Ok(fields) => fields,
+            Err(message) => {
+                reject(
+                    out,
+                    &mut tally,
+                    Key::Line(number),
+                    ErrorKind::BadInput,
+                    &message,
+                    None,
+                );
+                continue;
+            }
+        };
+        let number_text;
+        let id = match fields.id {
+            Some(id) => id,
+            None => {
+                number_text = itoa::Buffer::new().format(number).to_owned();
+                number_text.as_bytes()
+            }
+        };
+        let key = Key::Job { id, line: number };
+        let Some(task) = fields
+            .task
+            .or_else(|| block.default_task.as_deref().map(Cow::Borrowed))
+        else {
+            reject(out, &mut tally, key, ErrorKind::BadInput, NO_TASK, None);
+            continue;
+        };
+        let meta = fields.meta.map(|span| &line[span]);
+        if task == EXEC_TASK {
+            reject(
+                out,
+                &mut tally,
+                key,
+                ErrorKind::UnknownTask,
+                EXEC_REFUSED,
+                None,
+            );
+            continue;
+        }
+        let index_of = match &last_task {
+            Some((name, index)) if *name == task => *index,
+            _ => {
+                let index = tasks.index_of(&task);
+                last_task = Some((task.clone().into_owned(), index));
+                index
+            }
+        };
+        let Some(task_index) = index_of else {
+            let served: Vec<&str> = tasks.names.iter().map(String::as_str).collect();
+            let message = unknown_task_message(&task, &served);
+            reject(out, &mut tally, key, ErrorKind::UnknownTask, &message, meta);
+            continue;
+        };
+        let input = fields.input.map_or(&b"null"[..], |span| &line[span]);
+        // The time of a line runs from the end of the one before, as for a batch of jobs.
+        output.clear();
+        let result = task_result(tasks.registry.run(task_index, input, &mut output));
+        let now = Instant::now();
+        let nanos = now.duration_since(mark).as_nanos() as u64;
+        mark = now;
+        let failure;
+        let (outcome, kind) = match &result {
+            TaskResult::Ok => (
+                Outcome::Ok {
+                    output: &output,
+                    nanos,
+                },
+                None,
+            ),
+            TaskResult::TaskError {
+                message,
+                error_type,
+            } => {
+                failure = Failure {
+                    error_type: error_type.as_deref(),
+                    output: (!output.is_empty()).then_some(&output[..]),
+                    ..Failure::new(ErrorKind::TaskError, message)
+                };
+                (Outcome::Err(&failure), Some(ErrorKind::TaskError))
+            }
+            TaskResult::BadInput(message) => {
+                failure = Failure::new(ErrorKind::BadInput, message);
+                (Outcome::Err(&failure), Some(ErrorKind::BadInput))
+            }
+            TaskResult::Panic(message) => {
+                failure = Failure::new(ErrorKind::Panic, message);
+                (Outcome::Err(&failure), Some(ErrorKind::Panic))
+            }
+            TaskResult::Lines(_) => unreachable!("a task's own result is never lines"),
+        };
+        tally.add(kind);
+        ResultLine {
+            key,
+            outcome,
+            attempts: block.attempts + 1,
+            worker: Some(block.worker),
+            echo: meta.map(|meta| (meta, Echo::Meta)),
+        }
+        .write(out);
+    }
+    tally.lines = index as u64;
+    TaskResult::Lines(tally)
+}
+
+/// Writes the result of a line that does not run: it was never attempted.
+fn reject(
+    out: &mut Vec<u8>,
+    tally: &mut LineTally,
+    key: Key<'_>,
+    kind: ErrorKind,
+    message: &str,
+    meta: Option<&[u8]>,
+) {
+    tally.add(Some(kind));
+    ResultLine {
+        key,
+        outcome: Outcome::Err(&Failure::new(kind, message)),
+        attempts: 0,
+        worker: None,
+        echo: meta.map(|meta| (meta, Echo::Meta)),
+    }
+    .write(out);
+}
