@@ -226,8 +226,13 @@ pub struct WriterThread {
     done: crossbeam_channel::Receiver<()>,
 }
 
-/// A group of results handed over: how many, and their lines once formatted.
-type ToWrite = (usize, Pending<Formatted>);
+/// A group of results handed over, and how many result lines it holds.
+enum ToWrite {
+    /// Being formatted.
+    Formatting(usize, Pending<Formatted>),
+    /// Blocks of lines a worker wrote itself ([`ResultKey::Lines`]), which need no formatting.
+    Written(usize, Vec<JobResult>),
+}
 
 /// The threads that format results.
 type Formatters = OrderedPool<Vec<JobResult>, Formatted>;
@@ -346,9 +351,13 @@ impl Sink for ResultSender {
         let n = results.iter().map(|r| r.count() as usize).sum();
         self.shared.delivered.fetch_add(n as u64, Ordering::Relaxed);
         self.shared.backlog.fetch_add(n, Ordering::Relaxed);
-        let formatted = self.formatters.give(results);
+        let group = if results.iter().all(|r| matches!(r.key, ResultKey::Lines(_))) {
+            ToWrite::Written(n, results)
+        } else {
+            ToWrite::Formatting(n, self.formatters.give(results))
+        };
         // The thread only stops after every sender is dropped.
-        let _ = self.tx.send((n, formatted));
+        let _ = self.tx.send(group);
     }
 
     fn backlog(&self) -> usize {
@@ -375,12 +384,17 @@ fn write_all_results(
             end.1 = error.take();
         }
     };
-    for (n, formatted) in rx.iter() {
-        let formatted = formatted.wait();
+    for group in rx.iter() {
+        let n = match &group {
+            ToWrite::Formatting(n, _) | ToWrite::Written(n, _) => *n,
+        };
         if error.is_none() && !state.failed.load(Ordering::Relaxed) {
-            let written = match formatted {
-                Some(block) => writer.write_formatted(block),
-                None => Err(io::Error::other("a thread formatting results panicked")),
+            let written = match group {
+                ToWrite::Formatting(_, formatted) => match formatted.wait() {
+                    Some(block) => writer.write_formatted(block),
+                    None => Err(io::Error::other("a thread formatting results panicked")),
+                },
+                ToWrite::Written(_, results) => writer.write(&results),
             }
             .and_then(|()| {
                 if rx.is_empty() {

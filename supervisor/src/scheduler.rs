@@ -834,7 +834,9 @@ impl Scheduler {
             return;
         }
         let front = slot.in_flight.front_mut().expect("checked above");
-        let batch = if done.outcomes.len() < front.jobs.len() {
+        // Blocks of lines are answered by one outcome for them all.
+        let lines_batch = front.jobs.front().is_some_and(Job::is_lines);
+        let batch = if done.outcomes.len() < front.jobs.len() && !lines_batch {
             let k = done.outcomes.len();
             front.answered += k;
             InFlight {
@@ -871,15 +873,14 @@ impl Scheduler {
 
         let n = batch.jobs.len() as u64;
         let total: u64 = done.outcomes.iter().map(|o| o.nanos).sum();
-        // A block of lines is timed per line.
-        let block = batch
-            .jobs
-            .front()
-            .filter(|job| job.is_lines())
-            .map(Job::weight);
+        // Blocks of lines are timed per line.
+        let block = lines_batch.then(|| batch.jobs.iter().map(Job::weight).sum::<u64>());
         let sample = total as f64 / block.unwrap_or(n).max(1) as f64;
         self.per_job_nanos = Some(ewma(self.per_job_nanos, sample));
-        self.learn_task_speeds(&batch.jobs, &done);
+        match block {
+            Some(lines) => self.learn_speed(TaskId::LINES, total as f64 / lines.max(1) as f64),
+            None => self.learn_task_speeds(&batch.jobs, &done),
+        }
 
         self.outstanding -= n;
         // One result per job: room for them all at once, rather than growing by doubling.
@@ -887,7 +888,6 @@ impl Scheduler {
         let outputs = Bytes::from(std::mem::take(&mut done.outputs.0));
         let mut jobs = batch.jobs;
         if block.is_some() {
-            let job = jobs.pop_front().expect("a block is its batch's one job");
             let outcome = done
                 .outcomes
                 .pop()
@@ -901,7 +901,7 @@ impl Scheduler {
                 let why = format!("worker {pid} answered a block of lines as one job");
                 self.actions.push(Action::Kill { worker, why });
             }
-            self.lines_done(job, outputs, answer);
+            self.lines_done(jobs, outputs, answer);
             return;
         }
         for (job, (outcome, range)) in jobs.drain(..).zip(done.iter()) {
@@ -969,8 +969,8 @@ impl Scheduler {
         };
         for mut batch in slot.in_flight {
             if batch.jobs.front().is_some_and(Job::is_lines) {
-                let block = batch.jobs.pop_front().expect("just seen");
-                attributed |= self.lines_lost(batch.id, block, culprit, &death, &mut requeue);
+                let blocks = std::mem::take(&mut batch.jobs);
+                attributed |= self.lines_lost(batch.id, blocks, culprit, &death, &mut requeue);
                 continue;
             }
             for (index, mut job) in batch.jobs.drain(..).enumerate() {
@@ -1267,15 +1267,18 @@ impl Scheduler {
             let (mut total, mut count) = (0u64, 0u64);
             while i < jobs.len().min(done.outcomes.len()) && jobs[i].task == task {
                 total += done.outcomes[i].nanos;
-                // A block of lines is timed per line.
-                count += jobs[i].weight();
+                count += 1;
                 i += 1;
             }
-            let sample = total as f64 / count as f64;
-            match self.task_nanos.iter_mut().find(|(t, _)| *t == task) {
-                Some((_, avg)) => *avg = ewma(Some(*avg), sample),
-                None => self.task_nanos.push((task, sample)),
-            }
+            self.learn_speed(task, total as f64 / count as f64);
+        }
+    }
+
+    /// Updates the speed of `task` with a sample of nanoseconds per job.
+    fn learn_speed(&mut self, task: TaskId, sample: f64) {
+        match self.task_nanos.iter_mut().find(|(t, _)| *t == task) {
+            Some((_, avg)) => *avg = ewma(Some(*avg), sample),
+            None => self.task_nanos.push((task, sample)),
         }
     }
 
@@ -1293,7 +1296,8 @@ impl Scheduler {
     /// Jobs in a batch that starts with a job of `task`: what its task takes in the batch
     /// target; one job while the task's speed is not known yet.
     fn batch_size(&self, task: Option<TaskId>) -> usize {
-        let mut size = self.batch_size_by_time(task);
+        let cap = self.cfg.max_batch_jobs;
+        let mut size = self.batch_size_by_time(task, cap);
         if self.input_ended {
             // Near the end, spread what is left over every worker instead of loading one.
             let ready = self
@@ -1307,8 +1311,8 @@ impl Scheduler {
         size
     }
 
-    /// Jobs of `task` that take the batch target, within the limits of a batch.
-    fn batch_size_by_time(&self, task: Option<TaskId>) -> usize {
+    /// Jobs of `task` that take the batch target, at most `cap`.
+    fn batch_size_by_time(&self, task: Option<TaskId>, cap: usize) -> usize {
         let nanos = task.and_then(|task| {
             self.task_nanos
                 .iter()
@@ -1319,7 +1323,7 @@ impl Scheduler {
             None => 1,
             Some(nanos) => (self.cfg.batch_target.as_nanos() as f64 / nanos.max(50.0)) as usize,
         };
-        by_time.clamp(1, self.cfg.max_batch_jobs.min(RunningWord::MAX_BATCH_JOBS))
+        by_time.clamp(1, cap.min(RunningWord::MAX_BATCH_JOBS))
     }
 
     /// Builds and sends one batch to `worker`; false when nothing could be sent.

@@ -1,10 +1,12 @@
 //! Input read on every core. The thread that reads only frames: it cuts what it reads into
 //! pieces of whole lines ([`Piece`]), knowing each one's first line number from a count of the
-//! newlines before it, and never looks inside a line. A pool of parser threads, sized to the
-//! machine, turns pieces into chunks of jobs and rejected lines ([`JobParser::parse_piece`]),
-//! each piece on its own; a forwarding thread hands the chunks to the engine in reading
-//! order, numbering their jobs on from the chunk before. What comes out is what
-//! [`JobParser::read_all`] gives, item for item.
+//! newlines before it, and never looks inside a line. Then either each piece goes to the
+//! engine as it is, a block of raw lines that a native worker reads ([`ParallelReader::blocks`]),
+//! or a pool of parser threads, sized to the machine, turns pieces into chunks of jobs and
+//! rejected lines ([`JobParser::parse_piece`]), each piece on its own, and a forwarding thread
+//! hands the chunks to the engine in reading order, numbering their jobs on from the chunk
+//! before ([`ParallelReader::start`]). What the pool gives is what [`JobParser::read_all`]
+//! gives, item for item.
 //!
 //! `--resume` reads serially ([`JobParser::read_all`]): a repeated id is only found in
 //! reading order.
@@ -34,19 +36,24 @@ pub const PIECE_LINES: usize = 1024;
 enum Step {
     /// A piece's chunk, once parsed.
     Chunk(Pending<InputChunk>),
-    /// A chunk made on the reading thread.
-    Ready(InputChunk),
     /// The end of the input, or why it could not be read to its end.
     Feed(Feed),
 }
 
 /// Where pieces go.
 enum Parsing {
-    /// To the parser threads.
-    Pool(OrderedPool<(Piece, Jobs), InputChunk>),
-    /// Nowhere: each piece is a block of raw lines for a worker to read ([`Job::lines`]); this
-    /// parser only answers the lines too long to be in one.
-    Blocks(Box<JobParser>),
+    /// To the parser threads, and their chunks, in order, to the forwarding thread.
+    Pool {
+        pool: OrderedPool<(Piece, Jobs), InputChunk>,
+        steps: Sender<Step>,
+    },
+    /// Straight to the engine: each piece is a block of raw lines for a worker to read
+    /// ([`Job::lines`]); the parser only answers the lines too long to be in one.
+    Blocks {
+        parser: Box<JobParser>,
+        send: Box<dyn FnMut(Feed) -> bool + Send>,
+        next_seq: u64,
+    },
 }
 
 /// See the module documentation: the reading thread's side, which numbers lines across every
@@ -57,7 +64,6 @@ pub struct ParallelReader {
     ring: Option<BlockRing>,
     vectors: Ring<VecDeque<Job>>,
     parsing: Parsing,
-    steps: Sender<Step>,
     /// Lines framed so far.
     line: u64,
 }
@@ -70,7 +76,7 @@ impl ParallelReader {
         parser: &JobParser,
         threads: usize,
         vectors: usize,
-        send: impl FnMut(Feed) -> bool + Send + 'static,
+        mut send: impl FnMut(Feed) -> bool + Send + 'static,
     ) -> ParallelReader {
         let threads = threads.max(1);
         let states = (0..threads).map(|_| parser.piece_parser()).collect();
@@ -80,31 +86,6 @@ impl ParallelReader {
             Some(2 * threads),
             |parser: &mut JobParser, (piece, jobs): (Piece, Jobs)| parser.parse_piece(&piece, jobs),
         );
-        ParallelReader::with(parser, Parsing::Pool(pool), vectors, send)
-    }
-
-    /// Like [`ParallelReader::start`], but no line is parsed here: each piece goes to the
-    /// engine as one block of raw lines ([`Job::lines`]) for a native worker to read, run and
-    /// answer; only a line too long for a block is answered here.
-    pub fn blocks(
-        parser: &JobParser,
-        vectors: usize,
-        send: impl FnMut(Feed) -> bool + Send + 'static,
-    ) -> ParallelReader {
-        ParallelReader::with(
-            parser,
-            Parsing::Blocks(Box::new(parser.piece_parser())),
-            vectors,
-            send,
-        )
-    }
-
-    fn with(
-        parser: &JobParser,
-        parsing: Parsing,
-        vectors: usize,
-        mut send: impl FnMut(Feed) -> bool + Send + 'static,
-    ) -> ParallelReader {
         let (steps, in_order) = bounded::<Step>(vectors.max(2));
         thread::Builder::new()
             .name("corral-forward".into())
@@ -124,13 +105,6 @@ impl ParallelReader {
                             chunk.renumber(&mut next_seq);
                             Feed::Jobs(chunk)
                         }
-                        Step::Ready(mut chunk) => {
-                            if chunk.is_empty() {
-                                continue;
-                            }
-                            chunk.renumber(&mut next_seq);
-                            Feed::Jobs(chunk)
-                        }
                         Step::Feed(feed) => feed,
                     };
                     if !send(feed) {
@@ -139,12 +113,31 @@ impl ParallelReader {
                 }
             })
             .expect("spawning a thread");
+        ParallelReader::with(parser, Parsing::Pool { pool, steps }, vectors)
+    }
+
+    /// Like [`ParallelReader::start`], but no line is parsed: each piece goes to the engine,
+    /// from this thread, as one block of raw lines ([`Job::lines`]) for a native worker to
+    /// read, run and answer; only a line too long for a block is answered here.
+    pub fn blocks(
+        parser: &JobParser,
+        vectors: usize,
+        send: impl FnMut(Feed) -> bool + Send + 'static,
+    ) -> ParallelReader {
+        let parsing = Parsing::Blocks {
+            parser: Box::new(parser.piece_parser()),
+            send: Box::new(send),
+            next_seq: 0,
+        };
+        ParallelReader::with(parser, parsing, vectors)
+    }
+
+    fn with(parser: &JobParser, parsing: Parsing, vectors: usize) -> ParallelReader {
         ParallelReader {
             max_line: parser.format.max_line_bytes,
             ring: Some(BlockRing::new(parser.format.max_blocks)),
             vectors: Ring::new(vectors),
             parsing,
-            steps,
             line: 0,
         }
     }
@@ -160,8 +153,11 @@ impl ParallelReader {
     }
 
     /// Sends `feed` after every chunk read so far; false when the engine takes no more.
-    pub fn feed(&self, feed: Feed) -> bool {
-        self.steps.send(Step::Feed(feed)).is_ok()
+    pub fn feed(&mut self, feed: Feed) -> bool {
+        match &mut self.parsing {
+            Parsing::Pool { steps, .. } => steps.send(Step::Feed(feed)).is_ok(),
+            Parsing::Blocks { send, .. } => send(feed),
+        }
     }
 
     fn frame<R: Read>(&mut self, lines: &mut LineReader<R>) -> io::Result<bool> {
@@ -198,27 +194,35 @@ impl ParallelReader {
     fn give(&mut self, piece: Piece) -> bool {
         // Waiting here for a vector holds back no parsed job: every piece before this one is
         // with the parsers or on its way to the engine already.
-        let step = match &mut self.parsing {
-            Parsing::Pool(pool) => {
+        match &mut self.parsing {
+            Parsing::Pool { pool, steps } => {
                 let jobs = Jobs::from_ring(&mut self.vectors, PIECE_LINES);
-                Step::Chunk(pool.give((piece, jobs)))
+                steps.send(Step::Chunk(pool.give((piece, jobs)))).is_ok()
             }
-            Parsing::Blocks(parser) => {
+            Parsing::Blocks {
+                parser,
+                send,
+                next_seq,
+            } => {
                 let mut jobs = Jobs::from_ring(&mut self.vectors, 1);
-                match piece {
+                let mut chunk = match piece {
                     Piece::Lines { first_line, lines } => {
                         let lines = SharedBytes::new(&lines, 0..lines.len());
                         jobs.push_back(Job::lines(JobSeq(0), parser.source(), first_line, lines));
-                        Step::Ready(InputChunk {
+                        InputChunk {
                             jobs,
                             rejected: Vec::new(),
-                        })
+                        }
                     }
-                    Piece::TooLong { .. } => Step::Ready(parser.parse_piece(&piece, jobs)),
+                    Piece::TooLong { .. } => parser.parse_piece(&piece, jobs),
+                };
+                if chunk.is_empty() {
+                    return true;
                 }
+                chunk.renumber(next_seq);
+                send(Feed::Jobs(chunk))
             }
-        };
-        self.steps.send(step).is_ok()
+        }
     }
 }
 

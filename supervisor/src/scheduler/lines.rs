@@ -2,19 +2,29 @@
 //! and one batch to a native worker, which reads, runs and answers each of its lines itself
 //! ([`corral_protocol::LineBlock`]); its answer is one result holding every result line.
 //!
-//! A block is cut to the batch size the time per line asks for, as a batch of jobs would be.
+//! A block is cut to the batch size the time per line asks for, as a batch of jobs would be,
+//! and blocks that follow each other in the input share a batch up to that size (and to
+//! [`LINE_BATCH_BYTES`]), the worker reading them as one.
 //! When a worker dies holding a block, its running word names the line: the lines before and
 //! after it go back to the queue as blocks, without penalty, and that line alone is read here,
 //! by the run's own parser, into a job like any other, which takes the failed attempt (and
 //! runs alone, is retried or fails, as any job that crashed its worker).
 
 use corral_protocol::{
-    Batch, BatchId, LineBlock, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
+    Batch, BatchId, JobRequest, LineBlock, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
 };
 
 use super::{InFlight, Scheduler, WorkerExit};
 use crate::input::{JobParser, Piece};
 use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey, TaskId};
+
+/// Most bytes of lines in one batch: well below the size ipc-channel sends as one message, so
+/// that a batch is one write and one read, and below the 128 KiB past which glibc's malloc
+/// gives freed memory back to the system (and faults it in again for the next batch).
+pub(super) const LINE_BATCH_BYTES: usize = 120 * 1024;
+
+/// Most lines in one batch (besides the batch size the time per line asks for).
+const LINE_BATCH_LINES: usize = 16 * 1024;
 
 /// What the scheduler needs to send blocks of lines, and to read one of their lines itself.
 #[derive(Debug)]
@@ -37,14 +47,17 @@ impl Scheduler {
         });
     }
 
-    /// Sends the block at the front of the queue to `worker`, cut to the batch size.
+    /// Sends the block at the front of the queue to `worker`, cut to the batch size, with the
+    /// blocks that follow it in the input while they fit.
     pub(super) fn send_lines(&mut self, worker: WorkerId) -> bool {
         let Some(reading) = &self.lines else {
             unreachable!("blocks of lines come only to a scheduler that reads them")
         };
-        let mut size = self.batch_size_by_time(Some(TaskId::LINES)) as u64;
+        // Lines of a block are answered together, so more of them than --max-batch-jobs may
+        // share a batch (one line while their speed is not known yet).
+        let mut size = self.batch_size_by_time(Some(TaskId::LINES), LINE_BATCH_LINES) as u64;
         let mut job = self.pending.pop_front().expect("a block is in front");
-        let lines = job.weight();
+        let mut lines = job.weight();
         if self.input_ended {
             // Near the end, spread what is left over every worker instead of loading one: the
             // blocks waiting are about this one's size.
@@ -56,6 +69,7 @@ impl Scheduler {
             let rest = job.split_lines(size);
             self.outstanding += 1;
             self.pending.push_front(Jobs::from(vec![rest]));
+            lines = size;
         }
         let slot = self
             .workers
@@ -74,23 +88,54 @@ impl Scheduler {
             }),
             ..Batch::default()
         };
-        batch.push(TaskIndex(0), job.input.as_bytes());
-        self.send(worker, batch, Jobs::from(vec![job]))
+        batch.inputs.0.extend_from_slice(job.input.as_bytes());
+        let mut next_line = job.line + lines;
+        let mut blocks = Jobs::from(vec![job]);
+        // The blocks right after it in the input go too, while they fit whole.
+        while let Some(next) = self.pending.front() {
+            // (A block whose last line has no line ending is the end of an input file: the
+            // next one's first line is a line of its own.)
+            if !next.is_lines()
+                || batch.inputs.0.last() != Some(&b'\n')
+                || next.source != blocks[0].source
+                || next.line != next_line
+                || batch.inputs.0.len() + next.input.as_bytes().len() > LINE_BATCH_BYTES
+            {
+                break;
+            }
+            let count = next.weight();
+            if lines + count > size {
+                break;
+            }
+            let next = self.pending.pop_front().expect("just seen");
+            batch.inputs.0.extend_from_slice(next.input.as_bytes());
+            lines += count;
+            next_line += count;
+            blocks.push_back(next);
+        }
+        let end = u32::try_from(batch.inputs.0.len()).expect("a batch stays far below 4 GiB");
+        batch.jobs.push(JobRequest {
+            task: TaskIndex(0),
+            input_end: end,
+        });
+        self.send(worker, batch, blocks)
     }
 
-    /// The answer to a block: its result lines, as one result.
-    pub(super) fn lines_done(&mut self, job: Job, outputs: bytes::Bytes, answer: Answer) {
+    /// The answer to the blocks of a batch: their result lines, as one result.
+    pub(super) fn lines_done(&mut self, mut blocks: Jobs, outputs: bytes::Bytes, answer: Answer) {
         let Answer { nanos, result, pid } = answer;
         let TaskResult::Lines(tally) = result else {
-            // Only a worker that does not know blocks answers otherwise; it was told so and is
-            // being replaced (see `on_batch_done`): the block waits for another.
-            self.outstanding += 1;
-            self.pending.push_front(Jobs::from(vec![job]));
+            // Only a worker that does not know blocks answers otherwise; it is being replaced
+            // (see `on_batch_done`): the blocks wait for another.
+            self.outstanding += blocks.len() as u64;
+            self.pending.push_front(blocks);
             return;
         };
+        // One result answers every block of the batch (their lines all count in it).
+        let first = blocks.pop_front().expect("a batch has a block");
         self.emit(JobResult {
-            seq: job.seq,
-            source: job.source,
+            seq: first.seq,
+            source: first.source,
             key: ResultKey::Lines(Box::new(tally)),
             meta: None,
             attempts: 1,
@@ -102,26 +147,42 @@ impl Scheduler {
         });
     }
 
-    /// A worker died holding `block`, running the line `culprit` names (if it names one of
-    /// `batch`): the lines around it go back to the queue as blocks, and it takes the failed
-    /// attempt as a job of its own. Returns whether the death was blamed on a line.
+    /// A worker died holding the blocks of `batch`, running the line `culprit` names (if it
+    /// names one of `batch`, counted across its blocks): the lines around it go back to the
+    /// queue as blocks, and it takes the failed attempt as a job of its own. Returns whether
+    /// the death was blamed on a line.
     pub(super) fn lines_lost(
         &mut self,
         batch: BatchId,
-        mut block: Job,
+        mut blocks: Jobs,
         culprit: RunningWord,
         death: &Death<'_>,
         requeue: &mut Vec<Job>,
     ) -> bool {
+        let mut index = culprit.index_in(batch).map(|i| i as u64);
+        let mut blamed = false;
+        for block in blocks.drain(..) {
+            let lines = block.weight();
+            match index {
+                Some(i) if i < lines => {
+                    blamed = true;
+                    self.line_lost(block, i, death, requeue);
+                    index = None;
+                }
+                Some(i) => {
+                    index = Some(i - lines);
+                    requeue.push(block);
+                }
+                None => requeue.push(block),
+            }
+        }
+        blamed
+    }
+
+    /// `block` goes back to the queue but for its line at `index`, which takes the failed
+    /// attempt of a worker that died running it.
+    fn line_lost(&mut self, mut block: Job, index: u64, death: &Death<'_>, requeue: &mut Vec<Job>) {
         let lines = block.weight();
-        let Some(index) = culprit
-            .index_in(batch)
-            .map(|i| i as u64)
-            .filter(|&i| i < lines)
-        else {
-            requeue.push(block);
-            return false;
-        };
         if index > 0 {
             let rest = block.split_lines(index);
             requeue.push(block);
@@ -151,7 +212,6 @@ impl Scheduler {
             // A blank line: it goes back, to be answered with no result.
             None => requeue.push(block),
         }
-        true
     }
 
     /// The line of `block`, a block of one line, read as the input was.

@@ -1361,3 +1361,116 @@ fn a_worker_dying_on_a_line_of_a_block_blames_that_line_alone() {
         ]
     );
 }
+
+/// Blocks `count` lines long each, one after the other from line `first`.
+fn blocks_from(first: u64, blocks: usize, count: u64) -> Vec<Job> {
+    (0..blocks as u64)
+        .map(|b| {
+            let text: String = (0..count)
+                .map(|i| format!("{{\"id\":{},\"task\":\"t\"}}\n", first + b * count + i))
+                .collect();
+            Job::lines(
+                JobSeq(b),
+                SourceId::default(),
+                first + b * count,
+                SharedBytes::from(text.into_bytes()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn blocks_that_follow_each_other_share_a_batch_and_one_result_answers_them() {
+    let mut h = with_lines(SchedulerConfig {
+        workers: 1,
+        ..SchedulerConfig::default()
+    });
+    h.ready(WorkerId(1), 100);
+    // Teach the speed of lines: fast.
+    h.input([block(&["{\"id\":0,\"task\":\"t\"}"])]);
+    let (worker, warm) = h.take_sends().remove(0);
+    h.feed(Event::BatchDone {
+        worker,
+        done: lines_answer(&warm, 1),
+        rss: None,
+    });
+    h.input(blocks_from(2, 3, 10));
+    let sends = h.take_sends();
+    assert_eq!(sends.len(), 1, "three blocks, one batch");
+    let batch = &sends[0].1;
+    assert_eq!(batch.lines.as_ref().unwrap().first_line, 2);
+    assert_eq!(crate::input::count_lines(&batch.inputs.0), 30);
+    assert_eq!(batch.jobs.len(), 1, "the worker reads them as one");
+    // A block that does not follow (line 40, not 32) goes in a batch of its own.
+    h.input(blocks_from(40, 1, 5));
+    h.feed(Event::InputEnded);
+    let later = h.take_sends();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].1.lines.as_ref().unwrap().first_line, 40);
+    h.feed(Event::BatchDone {
+        worker,
+        done: lines_answer(batch, 30),
+        rss: None,
+    });
+    h.feed(Event::BatchDone {
+        worker,
+        done: lines_answer(&later[0].1, 5),
+        rss: None,
+    });
+    assert_eq!(h.results.iter().map(JobResult::weight).sum::<u64>(), 36);
+    assert_eq!(
+        h.retires,
+        [worker],
+        "every line answered: the run winds down"
+    );
+}
+
+#[test]
+fn a_worker_dying_in_the_second_of_two_blocks_blames_the_line_counted_across_them() {
+    let mut h = with_lines(SchedulerConfig {
+        workers: 1,
+        retries: 1,
+        ..SchedulerConfig::default()
+    });
+    h.ready(WorkerId(1), 100);
+    h.input([block(&["{\"id\":0,\"task\":\"t\"}"])]);
+    let (worker, warm) = h.take_sends().remove(0);
+    h.feed(Event::BatchDone {
+        worker,
+        done: lines_answer(&warm, 1),
+        rss: None,
+    });
+    h.input(blocks_from(2, 2, 4));
+    let (_, batch) = h.take_sends().remove(0);
+    assert_eq!(crate::input::count_lines(&batch.inputs.0), 8);
+    // Line index 5 of the batch: the second line of the second block, line 7, id 7.
+    h.die(
+        worker,
+        WorkerExit::Signal("SIGKILL".into()),
+        RunningWord::running(batch.id, 5),
+    );
+    assert!(
+        h.notes.iter().any(|n| n.contains("job 7 (line 7) crashed")),
+        "{:?}",
+        h.notes
+    );
+    h.ready(WorkerId(2), 200);
+    // The rest go back as blocks; line 7 runs again, alone, as a job with one failed attempt.
+    let mut sent: Vec<(u64, u64)> = Vec::new();
+    let mut retried = None;
+    for (_, b) in h.take_sends() {
+        match &b.lines {
+            Some(header) => sent.push((header.first_line, crate::input::count_lines(&b.inputs.0))),
+            None => retried = Some(b),
+        }
+    }
+    // The worker holds two batches: the retried job waits behind the blocks, or goes first.
+    let pending = h.scheduler.queued().0;
+    assert!(retried.is_some() || pending > 0);
+    sent.sort();
+    let lines: u64 = sent.iter().map(|&(_, n)| n).sum();
+    assert!(
+        lines <= 7 && sent.iter().all(|&(first, n)| first + n <= 7 || first >= 8),
+        "{sent:?}"
+    );
+}
