@@ -12,7 +12,10 @@ Run it through scripts/bench/run, which builds the release binaries first. Scena
   5. and 6. Python workers against multiprocessing.Pool, and commands per line against xargs,
      GNU parallel and rust-parallel (scripts/bench/workers.py);
   7. corral.Pool against multiprocessing, concurrent.futures, pebble and loky
-     (scripts/bench/pools.py).
+     (scripts/bench/pools.py);
+  8. sharding (scripts/bench/shards.py) and the data path: tiny jobs against a plain serde_json
+     loop, instructions per job on each serial thread, and a projection to 64 cores
+     (scripts/bench/datapath.py).
 Writes the table to BENCHMARKS.md.
 """
 
@@ -476,6 +479,10 @@ def main():
 
     shard_runs = max(3, args.runs - 2)
     shard_rows, shard_lines = shards.report(shards.measure(shard_runs), shard_runs)
+
+    import datapath  # imported here, as workers is
+
+    path_rows, path_lines = datapath.report(datapath.measure(args.runs), args.runs)
     total = time.time() - started
 
     corral = tiny["corral -j 2"]
@@ -553,6 +560,7 @@ def main():
         *worker_rows,
         *pool_rows,
         *shard_rows,
+        *path_rows,
     ]
     lines = [
         "# Benchmarks",
@@ -642,6 +650,7 @@ def main():
         *worker_lines,
         *pool_lines,
         *shard_lines,
+        *path_lines,
     ]
     with open(args.output, "w") as f:
         f.write("\n".join(lines))
