@@ -192,7 +192,7 @@ fn hostile_input_gets_the_same_results_byte_for_byte_however_its_lines_are_read(
     for (name, count) in [("a.jsonl", 4_000u64), ("b.jsonl", 2_500)] {
         let mut text = Vec::new();
         for i in 0..count {
-            let line: Vec<u8> = match rng.below(14) {
+            let line: Vec<u8> = match rng.below(18) {
                 0 => b"{\"id\": 1, \"task\": \"sum_squares\", \"input\": [1, 2".to_vec(),
                 1 => Vec::new(),
                 2 => b" \t ".to_vec(),
@@ -210,6 +210,11 @@ fn hostile_input_gets_the_same_results_byte_for_byte_however_its_lines_are_read(
                 9 => format!("{{\"id\":\"e{name}{i}\",\"task\":\"exec\",\"input\":[\"true\"]}}").into_bytes(),
                 10 => format!("{{\"id\":\"s{name}{i}\",\"task\":\"sum_squares\",\"input\":[4000000000]}}").into_bytes(),
                 11 => "\u{1F980} not json".as_bytes().to_vec(),
+                // An input a task reads as the line is checked, then something wrong after it.
+                12 => format!("{{\"id\":\"t{name}{i}\",\"task\":\"sum_squares\",\"input\":[{i}, 2] ,}}").into_bytes(),
+                13 => format!("{{\"id\":\"d{name}{i}\",\"task\":\"sum_squares\",\"input\":[1],\"input\":[2]}}").into_bytes(),
+                14 => format!("{{\"id\":\"a{name}{i}\",\"input\":[{i},-3],\"task\":\"sum_squares\"}} x").into_bytes(),
+                15 => format!("{{\"id\":\"f{name}{i}\",\"task\":\"sum_squares\",\"input\":[{i},-3.5]}}").into_bytes(),
                 _ => format!(
                     "{{\"id\":\"{name}{i}\",\"task\":\"sum_squares\",\"input\":[{},{}],\"meta\":{{\"k\":\"\u{e9}\"}}}}",
                     rng.below(1000),

@@ -20,7 +20,7 @@ const SPIN_MAX_MS: u64 = 3_600_000;
 /// `exec` when the supervisor handed over a command (`corral run --exec`).
 pub fn register(worker: Worker) -> Worker {
     let worker = worker
-        .raw_task("sum_squares", sum_squares_json)
+        .skimming_task("sum_squares", sum_squares_json, sum_squares_skim)
         .task("primes", primes)
         .task("sha256", sha256)
         .task("spin", spin)
@@ -71,18 +71,37 @@ pub fn sum_squares_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailu
         }
     }
     .map_err(TaskFailure::TaskError)?;
-    serde_json::to_writer(out, &sum).expect("an integer is written to a Vec without error");
+    out.extend_from_slice(itoa::Buffer::new().format(sum).as_bytes());
     Ok(())
+}
+
+/// `sum_squares` skimming its input from the job line (see `Worker::skimming_task`): a flat
+/// array of plain integers at the start of `rest` is summed as the line is checked, and its
+/// length returned with the outcome, as [`sum_squares_json`] gives it.
+fn sum_squares_skim(rest: &[u8], out: &mut Vec<u8>) -> Option<(usize, Result<(), TaskFailure>)> {
+    let (sum, len) = plain_sum_squares_prefix(rest)?;
+    let outcome = sum
+        .map(|sum| out.extend_from_slice(itoa::Buffer::new().format(sum).as_bytes()))
+        .map_err(TaskFailure::TaskError);
+    Some((len, outcome))
 }
 
 /// The sum of squares of `input` if it is a JSON array of plain integers (see
 /// [`plain_integer`]) with optional whitespace; `None` for anything else.
 fn plain_sum_squares(input: &[u8]) -> Option<Result<i64, String>> {
+    let (sum, len) = plain_sum_squares_prefix(input)?;
+    skip_whitespace(&input[len..]).is_empty().then_some(sum)
+}
+
+/// The sum of squares of the JSON array of plain integers at the start of `input` (after
+/// optional whitespace), and the bytes up to the end of the array; `None` if anything else is
+/// there.
+fn plain_sum_squares_prefix(input: &[u8]) -> Option<(Result<i64, String>, usize)> {
     let mut rest = skip_whitespace(skip_whitespace(input).strip_prefix(b"[")?);
     // `None` once the sum has overflowed; the rest must still be read, as it may be malformed.
     let mut sum = Some(0i64);
     if let Some(after) = rest.strip_prefix(b"]") {
-        return skip_whitespace(after).is_empty().then_some(Ok(0));
+        return Some((Ok(0), input.len() - after.len()));
     }
     loop {
         let (value, after) = plain_integer(rest)?;
@@ -90,11 +109,7 @@ fn plain_sum_squares(input: &[u8]) -> Option<Result<i64, String>> {
         rest = skip_whitespace(after);
         match rest.split_first()? {
             (b',', after) => rest = skip_whitespace(after),
-            (b']', after) => {
-                return skip_whitespace(after)
-                    .is_empty()
-                    .then(|| sum.ok_or_else(overflow));
-            }
+            (b']', after) => return Some((sum.ok_or_else(overflow), input.len() - after.len())),
             _ => return None,
         }
     }
@@ -107,15 +122,27 @@ fn plain_integer(s: &[u8]) -> Option<(i64, &[u8])> {
     // No branch on the sign, which comes and goes at random in typical input.
     let negative = s.first() == Some(&b'-');
     let digits = &s[usize::from(negative)..];
-    // Up to 19 digits, which fit a u64; 19 is one too many for a plain integer.
-    let (mut magnitude, mut len) = (0u64, 0);
-    for &d in digits.iter().take(19) {
-        if !d.is_ascii_digit() {
-            break;
+    // Most numbers have under eight digits, read from one word at once; longer ones (up to 19
+    // digits, which fit a u64; 19 is one too many for a plain integer) a digit at a time.
+    let short = digits
+        .get(..8)
+        .map(|chunk| u64::from_le_bytes(chunk.try_into().expect("eight bytes")))
+        .map(|word| (word, digit_run(word)))
+        .filter(|&(_, len)| len < 8);
+    let (magnitude, len) = match short {
+        Some((word, len)) => (word_value(word, len), len),
+        None => {
+            let (mut magnitude, mut len) = (0u64, 0);
+            for &d in digits.iter().take(19) {
+                if !d.is_ascii_digit() {
+                    break;
+                }
+                magnitude = magnitude * 10 + u64::from(d - b'0');
+                len += 1;
+            }
+            (magnitude, len)
         }
-        magnitude = magnitude * 10 + u64::from(d - b'0');
-        len += 1;
-    }
+    };
     if len == 0 || len > 18 || (digits[0] == b'0' && (len > 1 || negative)) {
         return None;
     }
@@ -126,6 +153,30 @@ fn plain_integer(s: &[u8]) -> Option<(i64, &[u8])> {
     // 0 or -1: the value is the magnitude, or its two's complement negation.
     let sign = -i64::from(negative);
     Some(((magnitude as i64 ^ sign) - sign, rest))
+}
+
+/// The bytes of `word` (lowest first) before the first that is not an ASCII digit.
+fn digit_run(word: u64) -> usize {
+    // A digit (0x30..=0x39) has a high nibble of 3, and still has after adding 6; a carry may
+    // misjudge bytes after the first that is not a digit, never one before it.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let (nibbles, threes) = (0xF0 * ONES, 0x30 * ONES);
+    let not_digits =
+        ((word & nibbles) ^ threes) | ((word.wrapping_add(6 * ONES) & nibbles) ^ threes);
+    (not_digits.trailing_zeros() / 8) as usize
+}
+
+/// The number the first `len` bytes of `word` (lowest first, 1 to 7 ASCII digits) spell: the
+/// digits are moved to the top of the word behind zeros and combined in pairs, then fours,
+/// then eights, with one multiplication each.
+fn word_value(word: u64, len: usize) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    let x = (word & 0x0F0F_0F0F_0F0F_0F0F) << (8 * (8 - len));
+    let x = (x.wrapping_mul(10 << 8 | 1) >> 8) & 0x00FF_00FF_00FF_00FF;
+    let x = (x.wrapping_mul(100 << 16 | 1) >> 16) & 0x0000_FFFF_0000_FFFF;
+    x.wrapping_mul(10_000 << 32 | 1) >> 32
 }
 
 fn skip_whitespace(s: &[u8]) -> &[u8] {
@@ -381,6 +432,18 @@ mod tests {
             }
             total += 1;
             fast += usize::from(plain_sum_squares(input.as_bytes()).is_some());
+            // A skim of the input followed by more of a line reads the input alone, as the
+            // task itself would.
+            let line = format!("{input} ,\"meta\":1}}");
+            let mut out = Vec::new();
+            if let Some((len, outcome)) = sum_squares_skim(line.as_bytes(), &mut out) {
+                let skimmed = &line.as_bytes()[..len];
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(skimmed).is_ok(),
+                    "{line}"
+                );
+                assert_eq!(outcome.map(|()| out), through_json(skimmed), "{line}");
+            }
             assert_eq!(
                 through_json(input.as_bytes()),
                 through_serde(input.as_bytes()),
@@ -392,6 +455,23 @@ mod tests {
             fast * 10 < total * 9,
             "too few awkward inputs: {fast} of {total}"
         );
+    }
+
+    #[test]
+    fn plain_integers_read_a_word_at_a_time_as_digit_by_digit() {
+        let numbers = (0..100_000_000i64).step_by(9_973);
+        for n in numbers.chain([9, 99, 999_999, 9_999_999, 12_345_678, 123_456_789_012]) {
+            for (sign, suffix) in [("", ",1"), ("-", "]"), ("", ""), ("-", " ,7")] {
+                let text = format!("{sign}{n}{suffix}");
+                let read = plain_integer(text.as_bytes());
+                if n == 0 && sign == "-" {
+                    assert_eq!(read, None, "{text}");
+                    continue;
+                }
+                let value = if sign == "-" { -n } else { n };
+                assert_eq!(read, Some((value, suffix.as_bytes())), "{text}");
+            }
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! hand it explains that and exits with status 2.
 
 pub mod builtin;
+mod clock;
 pub mod exec;
 mod lines;
 mod native;
@@ -70,6 +71,16 @@ impl Worker {
         F: Fn(&[u8], &mut Vec<u8>) -> Result<(), TaskFailure> + Send + Sync + 'static,
     {
         self.registry.insert(name, BoxedTask::raw(f));
+        self
+    }
+
+    /// [`Worker::raw_task`], with a skim that reads and runs the task's commonest inputs as
+    /// their job lines are checked (see [`BoxedTask::skimming`]). Built-in pure tasks only.
+    pub(crate) fn skimming_task<F>(mut self, name: &str, f: F, skim: task::SkimFn) -> Worker
+    where
+        F: Fn(&[u8], &mut Vec<u8>) -> Result<(), TaskFailure> + Send + Sync + 'static,
+    {
+        self.registry.insert(name, BoxedTask::raw(f).skimming(skim));
         self
     }
 

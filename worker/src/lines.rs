@@ -3,21 +3,23 @@
 //! ([`corral_protocol::result_line`]), so that a result is the same byte for byte whichever
 //! side read its line.
 
-use std::borrow::Cow;
-use std::time::Instant;
-
 use corral_protocol::jobline::{
-    self, EXEC_REFUSED, EXEC_TASK, NO_TASK, fields_of, is_blank, split_line, unknown_task_message,
+    self, EXEC_REFUSED, EXEC_TASK, NO_TASK, fields_skimming, is_blank, split_line,
+    unknown_task_message,
 };
 use corral_protocol::result_line::{Echo, ErrorKind, Failure, Key, Outcome, ResultLine};
 use corral_protocol::{BatchId, LineBlock, LineTally, RunningSlot, RunningWord, TaskResult};
+use std::borrow::Cow;
 
+use crate::clock::LineClock;
 use crate::task::{Registry, task_result};
 
 /// The tasks of a worker, as lines name them.
 pub(crate) struct Tasks<'a> {
     registry: &'a Registry,
     names: Vec<String>,
+    /// Times each line.
+    clock: LineClock,
 }
 
 impl<'a> Tasks<'a> {
@@ -25,18 +27,28 @@ impl<'a> Tasks<'a> {
         Tasks {
             names: registry.names(),
             registry,
+            clock: LineClock::new(),
         }
     }
 
-    fn index_of(&self, name: &str) -> Option<usize> {
-        self.names.iter().position(|n| n == name)
+    /// The index of task `name`, with the last one looked up kept in `last` (lines of a block
+    /// mostly name one task).
+    fn index_of(&self, last: &mut Option<(String, Option<usize>)>, name: &str) -> Option<usize> {
+        match last {
+            Some((last, index)) if last == name => *index,
+            _ => {
+                let index = self.names.iter().position(|n| n == name);
+                *last = Some((name.to_owned(), index));
+                index
+            }
+        }
     }
 }
 
 /// Runs every line of `lines`, the block of batch `batch`, appending their result lines to
 /// `out`; publishes the line it runs in `slot`.
 pub(crate) fn answer(
-    tasks: &Tasks<'_>,
+    tasks: &mut Tasks<'_>,
     slot: &RunningSlot,
     batch: BatchId,
     block: &LineBlock,
@@ -48,7 +60,7 @@ pub(crate) fn answer(
     // A task's output, before it is spliced into its line.
     let mut output = Vec::new();
     let mut last_task: Option<(String, Option<usize>)> = None;
-    let mut mark = Instant::now();
+    tasks.clock.start();
     let (mut at, mut index) = (0, 0);
     while at < lines.len() {
         let (line, next) = split_line(lines, at, max);
@@ -74,7 +86,20 @@ pub(crate) fn answer(
         if is_blank(line) {
             continue;
         }
-        let fields = match fields_of(line) {
+        // A task that skims its input runs as the line is read; what it gave counts only if
+        // the line turns out to be a job.
+        output.clear();
+        let mut skimmed = None;
+        let fields = match fields_skimming(line, |task, rest| {
+            let index = tasks.index_of(&mut last_task, task)?;
+            if !tasks.registry.skims(index) {
+                return None;
+            }
+            output.clear();
+            let (len, outcome) = tasks.registry.skim(index, rest, &mut output)?;
+            skimmed = Some(outcome);
+            Some(len)
+        }) {
             Ok(fields) => fields,
             Err(message) => {
                 reject(
@@ -116,15 +141,7 @@ pub(crate) fn answer(
             );
             continue;
         }
-        let index_of = match &last_task {
-            Some((name, index)) if *name == task => *index,
-            _ => {
-                let index = tasks.index_of(&task);
-                last_task = Some((task.clone().into_owned(), index));
-                index
-            }
-        };
-        let Some(task_index) = index_of else {
+        let Some(task_index) = tasks.index_of(&mut last_task, &task) else {
             let served: Vec<&str> = tasks.names.iter().map(String::as_str).collect();
             let message = unknown_task_message(&task, &served);
             reject(out, &mut tally, key, ErrorKind::UnknownTask, &message, meta);
@@ -132,11 +149,11 @@ pub(crate) fn answer(
         };
         let input = fields.input.map_or(&b"null"[..], |span| &line[span]);
         // The time of a line runs from the end of the one before, as for a batch of jobs.
-        output.clear();
-        let result = task_result(tasks.registry.run(task_index, input, &mut output));
-        let now = Instant::now();
-        let nanos = now.duration_since(mark).as_nanos() as u64;
-        mark = now;
+        let result = task_result(match skimmed {
+            Some(outcome) => outcome,
+            None => tasks.registry.run(task_index, input, &mut output),
+        });
+        let nanos = tasks.clock.lap();
         let failure;
         let (outcome, kind) = match &result {
             TaskResult::Ok => (

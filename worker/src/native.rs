@@ -92,7 +92,7 @@ pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
 
     // Capacity for the next batch's outputs: about what the last one needed.
     let mut output_hint = 0;
-    let tasks = crate::lines::Tasks::new(registry);
+    let mut tasks = crate::lines::Tasks::new(registry);
     loop {
         let batch = match inbox.recv() {
             Ok(ToWorker::Batch(batch)) => batch,
@@ -108,8 +108,14 @@ pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
         if let Some(block) = &batch.lines {
             let started = Instant::now();
             let lines = batch.iter().next().map_or(&[][..], |(_, lines)| lines);
-            let result =
-                crate::lines::answer(&tasks, &slot, batch.id, block, lines, &mut done.outputs.0);
+            let result = crate::lines::answer(
+                &mut tasks,
+                &slot,
+                batch.id,
+                block,
+                lines,
+                &mut done.outputs.0,
+            );
             done.push(started.elapsed().as_nanos() as u64, result);
         }
         // One clock reading per job: each job's time runs from the end of the previous one.

@@ -60,8 +60,11 @@ pub(crate) fn task_result(result: Result<(), TaskFailure>) -> corral_protocol::T
 
 type ErasedFn = dyn Fn(&[u8], &mut Vec<u8>) -> Result<(), TaskFailure> + Send + Sync;
 
+/// A task's skim: see [`BoxedTask::skimming`].
+pub(crate) type SkimFn = fn(&[u8], &mut Vec<u8>) -> Option<(usize, Result<(), TaskFailure>)>;
+
 /// One task with its types erased: JSON bytes in, JSON bytes appended to a buffer.
-pub(crate) struct BoxedTask(Box<ErasedFn>);
+pub(crate) struct BoxedTask(Box<ErasedFn>, Option<SkimFn>);
 
 impl BoxedTask {
     pub(crate) fn new<I, O, E, F>(f: F) -> BoxedTask
@@ -71,13 +74,14 @@ impl BoxedTask {
         E: Display,
         F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
     {
-        BoxedTask(Box::new(move |input: &[u8], out: &mut Vec<u8>| {
+        let task = Box::new(move |input: &[u8], out: &mut Vec<u8>| {
             let input: I = serde_json::from_slice(input)
                 .map_err(|err| TaskFailure::BadInput(err.to_string()))?;
             let output = f(input).map_err(|err| TaskFailure::TaskError(err.to_string()))?;
             serde_json::to_writer(out, &output)
                 .map_err(|err| TaskFailure::TaskError(format!("output is not JSON: {err}")))
-        }))
+        });
+        BoxedTask(task, None)
     }
 
     /// A task that reads its JSON input and writes its JSON output itself. Only for built-in
@@ -86,7 +90,17 @@ impl BoxedTask {
     where
         F: Fn(&[u8], &mut Vec<u8>) -> Result<(), TaskFailure> + Send + Sync + 'static,
     {
-        BoxedTask(Box::new(f))
+        BoxedTask(Box::new(f), None)
+    }
+
+    /// The task, with `skim` to read and run the commonest inputs straight from their job line
+    /// as the line is checked ([`corral_protocol::jobline::fields_skimming`]). Given the line
+    /// from the input on, `skim` either declines (`None`) or reads one whole JSON value there
+    /// and returns its length with the task's outcome, its output appended to the buffer, which
+    /// must be what the task itself gives that input. Only for a pure task: a line may still
+    /// be refused after its input was skimmed, and the outcome is then dropped.
+    pub(crate) fn skimming(self, skim: SkimFn) -> BoxedTask {
+        BoxedTask(self.0, Some(skim))
     }
 }
 
@@ -110,6 +124,33 @@ impl Registry {
 
     pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
         self.tasks.iter().position(|(n, _)| n == name)
+    }
+
+    /// Whether task `index` skims its inputs ([`BoxedTask::skimming`]).
+    pub(crate) fn skims(&self, index: usize) -> bool {
+        self.tasks
+            .get(index)
+            .is_some_and(|(_, task)| task.1.is_some())
+    }
+
+    /// Skims with task `index` the input at the start of `rest` ([`BoxedTask::skimming`]);
+    /// on `None` (declined, or the skim panicked) `out` is left as it was.
+    pub(crate) fn skim(
+        &self,
+        index: usize,
+        rest: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<(usize, Result<(), TaskFailure>)> {
+        let skim = self.tasks.get(index)?.1.1?;
+        let start = out.len();
+        let skimmed = catch_unwind(AssertUnwindSafe(|| skim(rest, out)))
+            .ok()
+            .flatten();
+        match &skimmed {
+            Some((_, Ok(()) | Err(TaskFailure::Described { .. }))) => {}
+            _ => out.truncate(start),
+        }
+        skimmed
     }
 
     /// Runs task `index` on `input`, appending its JSON output to `out`. On failure `out` is

@@ -42,6 +42,38 @@ fn escaped_keys_and_task_names_are_decoded() {
 }
 
 #[test]
+fn a_skim_reads_the_input_of_a_line_that_named_its_task_first() {
+    // A skim that takes a flat array (no nesting, no strings) by finding its `]`.
+    let calls = std::cell::RefCell::new(Vec::new());
+    let skim = |task: &str, rest: &[u8]| {
+        calls.borrow_mut().push(task.to_owned());
+        (rest.first() == Some(&b'[')).then(|| rest.iter().position(|&b| b == b']').unwrap() + 1)
+    };
+    let line = br#"{"id":1,"task":"t","input":[1, 2] ,"meta":{}}"#;
+    let fields = fields_skimming(line, skim).unwrap();
+    assert_eq!(&line[fields.input.unwrap()], b"[1, 2]");
+    assert_eq!(calls.take(), ["t"]);
+    // Declined, or no task before the input: the scanner reads it.
+    let line = br#"{"task":"t","input":{"a":[1]}}"#;
+    assert_eq!(
+        &line[fields_skimming(line, skim).unwrap().input.unwrap()],
+        br#"{"a":[1]}"#
+    );
+    let line = br#"{"input":[1],"task":"t"}"#;
+    assert!(fields_skimming(line, skim).is_ok());
+    assert_eq!(calls.take(), ["t"]);
+    // What follows the input is checked as ever.
+    let err = fields_skimming(br#"{"task":"t","input":[1],}"#, skim).unwrap_err();
+    assert_eq!(err, fields_of(br#"{"task":"t","input":[1],}"#).unwrap_err());
+    // A length past the line, or none, is not taken.
+    let line = br#"{"task":"t","input":[1]}"#;
+    for len in [0, line.len()] {
+        let fields = fields_skimming(line, |_: &str, _: &[u8]| Some(len)).unwrap();
+        assert_eq!(&line[fields.input.unwrap()], b"[1]");
+    }
+}
+
+#[test]
 fn each_problem_is_named_with_its_column() {
     let err = scan(r#"{"id": 1,}"#).unwrap_err();
     assert_eq!(err.problem, Problem::Unexpected(b'}'));
