@@ -274,3 +274,16 @@ fn accepts_exactly_the_lines_serde_json_accepts() {
         "{accepted} {rejected}"
     );
 }
+
+#[test]
+fn the_ascii_check_finds_a_high_byte_wherever_it_is() {
+    for len in 0..40 {
+        let line = vec![b'a'; len];
+        assert!(super::all_ascii(&line));
+        for at in 0..len {
+            let mut line = line.clone();
+            line[at] = 0x80;
+            assert!(!super::all_ascii(&line), "{len} bytes, high at {at}");
+        }
+    }
+}
