@@ -3,26 +3,26 @@
 //! Types only; no I/O happens here.
 //!
 //! A native worker is started with two environment variables, [`ENV_BOOTSTRAP`] (the name of
-//! an `ipc_channel::ipc::IpcOneShotServer`) and [`ENV_NONCE`]. It connects, sends
-//! [`FromWorker::Hello`] and from then on receives [`ToWorker`] messages on the channel whose
-//! sender it handed over, answering every [`Batch`] with one [`BatchDone`] on the bootstrap
-//! channel.
+//! an `ipc_channel::ipc::IpcOneShotServer`) and [`ENV_NONCE`]. It connects and sends its
+//! [`Hello`], which hands over two byte channels: on one it receives [`ToWorker`] messages,
+//! on the other it answers every [`Batch`] with one [`BatchDone`], each framed by [`frame`].
 //!
 //! Job inputs and task outputs travel as raw JSON bytes ([`RawJson`]): the supervisor never
 //! parses them, it splices them into result lines.
 
 pub mod exec;
+pub mod frame;
 pub mod jobline;
 pub mod result_line;
 pub mod stdio;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_channel::ipc::{IpcSender, IpcSharedMemory};
+use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. The supervisor refuses a worker whose `Hello` carries another.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Environment variable holding the name of the supervisor's one-shot bootstrap server.
 pub const ENV_BOOTSTRAP: &str = "CORRAL_BOOTSTRAP";
@@ -49,6 +49,20 @@ pub const MAX_JOB_BYTES: u64 = 1 << 30;
 /// Size in bytes of the shared-memory region a worker hands over in `Hello`: one
 /// [`RunningWord`] as a little-endian `u64`.
 pub const RUNNING_REGION_BYTES: usize = 8;
+
+/// Tunes glibc's allocator for the buffers both sides make on every batch: about a hundred
+/// KiB each, made on one thread and freed on another, one after the other. By default glibc
+/// hands such memory back to the kernel as soon as it is free, and serves buffers over 128 KiB
+/// with mappings of their own, so that every batch faults its pages in afresh; this keeps up
+/// to 8 MiB free per arena instead. The supervisor calls it first thing, a native worker
+/// before its hello.
+pub fn keep_freed_memory() {
+    // SAFETY: mallopt only sets two thresholds of the allocator, which takes its own locks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+    }
+}
 
 /// One worker process as the supervisor numbers them: a replacement gets a new id.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -173,15 +187,6 @@ impl RunningSlot {
     }
 }
 
-/// Messages from a worker to the supervisor, on the bootstrap channel.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum FromWorker {
-    /// The first message, once per worker.
-    Hello(Hello),
-    /// The outcomes of one batch, in the batch's order.
-    Done(BatchDone),
-}
-
 /// A worker introducing itself.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
@@ -193,14 +198,16 @@ pub struct Hello {
     pub pid: u32,
     /// Names of the tasks it serves; a job names one, a batch refers to it by [`TaskIndex`].
     pub tasks: Vec<String>,
-    /// Where the supervisor sends work.
-    pub sender: IpcSender<ToWorker>,
+    /// Where the supervisor sends work: [`ToWorker`] messages, framed by [`frame`].
+    pub batches: IpcBytesSender,
+    /// Where the supervisor reads the answers: [`BatchDone`] messages, framed by [`frame`].
+    pub answers: IpcBytesReceiver,
     /// [`RUNNING_REGION_BYTES`] of shared memory holding the worker's [`RunningWord`].
     pub running: IpcSharedMemory,
 }
 
 /// Messages from the supervisor to a worker.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub enum ToWorker {
     /// Run these jobs in order and answer with one [`BatchDone`].
     Batch(Batch),
@@ -210,7 +217,7 @@ pub enum ToWorker {
 
 /// Jobs a worker runs in order. Inputs travel in one buffer, so that a batch of thousands of
 /// small jobs is a handful of allocations rather than one per job.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Batch {
     /// Echoed in the answer and written into the [`RunningWord`].
     pub id: BatchId,
@@ -295,7 +302,7 @@ pub struct JobRequest {
 }
 
 /// A worker's answer to a [`Batch`].
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 pub struct BatchDone {
     /// The batch answered.
     pub batch: BatchId,

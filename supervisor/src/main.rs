@@ -24,6 +24,7 @@ use corral_worker::Worker;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    corral_protocol::keep_freed_memory();
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Keeper => {

@@ -1,11 +1,13 @@
 //! The native transport, worker side: connect to the supervisor's bootstrap server, say
-//! `Hello`, then run batches until told to stop or until the supervisor goes away.
+//! `Hello` with two byte channels in it, then run the batches of one and answer on the other
+//! (messages framed by [`corral_protocol::frame`]) until told to stop or until the supervisor
+//! goes away.
 
 use std::time::Instant;
 
 use corral_protocol::{
-    BatchDone, ENV_BOOTSTRAP, ENV_NONCE, ENV_SUPERVISOR_PID, FromWorker, Hello, PROTOCOL_VERSION,
-    RawJson, RunningSlot, RunningWord, ToWorker,
+    BatchDone, ENV_BOOTSTRAP, ENV_NONCE, ENV_SUPERVISOR_PID, Hello, PROTOCOL_VERSION, RawJson,
+    RunningSlot, RunningWord, ToWorker, frame,
 };
 use ipc_channel::ipc::{self, IpcSender};
 
@@ -23,7 +25,7 @@ pub enum ServeError {
     /// The supervisor that started this process is already gone.
     #[error("the supervisor (pid {0}) is gone")]
     SupervisorGone(String),
-    /// A stdio request could not be read as one.
+    /// A request from the supervisor could not be read as one.
     #[error("not a request from corral: {0}")]
     BadRequest(String),
     /// Connecting to or talking with the supervisor failed.
@@ -65,45 +67,59 @@ fn die_with_supervisor() -> Result<(), ServeError> {
 pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
     let server = std::env::var(ENV_BOOTSTRAP).map_err(|_| ServeError::NotSupervised)?;
     die_with_supervisor()?;
+    corral_protocol::keep_freed_memory();
     let nonce_text = std::env::var(ENV_NONCE).unwrap_or_default();
     let nonce = u64::from_str_radix(&nonce_text, 16)
         .map_err(|_| ServeError::BadNonce(nonce_text.clone()))?;
 
-    let to_supervisor: IpcSender<FromWorker> =
+    let bootstrap: IpcSender<Hello> =
         IpcSender::connect(server).map_err(|source| ServeError::Ipc {
             context: "connecting to the supervisor",
             source,
         })?;
-    let (sender, inbox) = ipc::channel::<ToWorker>().map_err(|source| ServeError::Ipc {
-        context: "creating a channel",
-        source,
-    })?;
+    let channel = || {
+        ipc::bytes_channel().map_err(|source| ServeError::Ipc {
+            context: "creating a channel",
+            source,
+        })
+    };
+    let (batches, inbox) = channel()?;
+    let (to_supervisor, answers) = channel()?;
     let (slot, running) = RunningSlot::create();
-    to_supervisor
-        .send(FromWorker::Hello(Hello {
+    bootstrap
+        .send(Hello {
             protocol_version: PROTOCOL_VERSION,
             nonce,
             pid: std::process::id(),
             tasks: registry.names(),
-            sender,
+            batches,
+            answers,
             running,
-        }))
+        })
         .map_err(ipc_err("sending hello"))?;
 
     // Capacity for the next batch's outputs: about what the last one needed.
     let mut output_hint = 0;
     let mut tasks = crate::lines::Tasks::new(registry);
     loop {
-        let batch = match inbox.recv() {
-            Ok(ToWorker::Batch(batch)) => batch,
-            // The supervisor asked us to stop, or dropped its sender: both mean a clean exit.
-            Ok(ToWorker::Shutdown) | Err(ipc_channel::IpcError::Disconnected) => return Ok(()),
+        let message = match inbox.recv() {
+            Ok(message) => message,
+            // The supervisor dropped its sender: a clean exit.
+            Err(ipc_channel::IpcError::Disconnected) => return Ok(()),
             Err(err) => return Err(ipc_err("receiving a batch")(err)),
+        };
+        let batch = match ToWorker::from_message(message) {
+            Ok(ToWorker::Batch(batch)) => batch,
+            Ok(ToWorker::Shutdown) => return Ok(()),
+            Err(err) => return Err(ServeError::BadRequest(err)),
         };
         let mut done = BatchDone {
             batch: batch.id,
             outcomes: Vec::with_capacity(batch.jobs.len()),
-            outputs: RawJson(Vec::with_capacity(output_hint)),
+            // Room for the answer's head too, so that framing it does not move the outputs.
+            outputs: RawJson(Vec::with_capacity(
+                output_hint + frame::head_room(batch.jobs.len()),
+            )),
         };
         if let Some(block) = &batch.lines {
             let started = Instant::now();
@@ -134,7 +150,7 @@ pub(crate) fn serve(registry: &Registry) -> Result<(), ServeError> {
         }
         output_hint = done.outputs.0.len();
         slot.store(RunningWord::IDLE);
-        if to_supervisor.send(FromWorker::Done(done)).is_err() {
+        if to_supervisor.send(&done.into_message()).is_err() {
             // The supervisor is gone; nobody is left to serve.
             return Ok(());
         }

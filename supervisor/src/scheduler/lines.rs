@@ -12,6 +12,7 @@
 
 use corral_protocol::{
     Batch, BatchId, JobRequest, LineBlock, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
+    frame,
 };
 
 use super::{InFlight, Scheduler, WorkerExit};
@@ -78,7 +79,11 @@ impl Scheduler {
         let mut batch = Batch {
             id: BatchId(self.next_batch),
             jobs: Vec::with_capacity(1),
-            inputs: RawJson(Vec::with_capacity(job.input.as_bytes().len())),
+            // Room for the blocks that may follow it and for the message's head, so that
+            // neither moves the bytes.
+            inputs: RawJson(Vec::with_capacity(
+                job.input.as_bytes().len().max(LINE_BATCH_BYTES) + frame::head_room(1),
+            )),
             lines: Some(LineBlock {
                 first_line: job.line,
                 attempts: 0,

@@ -1,20 +1,21 @@
 //! The native transport, supervisor side: an ipc-channel bootstrap server named in the worker's
-//! environment with a nonce, a `Hello` carrying the worker's sender and its running word in
-//! shared memory, then one `Batch` out and one `BatchDone` back per batch.
+//! environment with a nonce, a `Hello` handing over the worker's two byte channels and its
+//! running word in shared memory, then one `Batch` out and one `BatchDone` back per batch, each
+//! one message framed by [`corral_protocol::frame`].
 
 use std::process::Command;
 
 use corral_protocol::{
-    Batch, ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, PROTOCOL_VERSION, RunningSlot, ToWorker,
+    Batch, BatchDone, ENV_BOOTSTRAP, ENV_NONCE, Hello, PROTOCOL_VERSION, RunningSlot,
 };
-use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
+use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 
 use super::{Greeting, Received, Refusal};
 use crate::scheduler::StartFailure;
 
 /// The bootstrap server a worker connects to, and the nonce it must echo.
 pub(crate) struct Bootstrap {
-    server: IpcOneShotServer<FromWorker>,
+    server: IpcOneShotServer<Hello>,
     pub(crate) server_name: String,
     nonce: u64,
 }
@@ -23,7 +24,7 @@ pub(crate) struct Bootstrap {
 /// (not in argv, where other users could read it).
 pub(crate) fn prepare(command: &mut Command) -> Result<Bootstrap, StartFailure> {
     let transient = StartFailure::transient;
-    let (server, server_name) = IpcOneShotServer::<FromWorker>::new().map_err(|err| {
+    let (server, server_name) = IpcOneShotServer::<Hello>::new().map_err(|err| {
         transient(format!(
             "cannot create the bootstrap socket: {err} (is $TMPDIR writable?)"
         ))
@@ -42,21 +43,18 @@ pub(crate) fn prepare(command: &mut Command) -> Result<Bootstrap, StartFailure> 
 
 /// Ends a wait in `accept`: a connection that hangs up at once.
 pub(crate) fn unblock(server_name: String) {
-    let _ = IpcSender::<FromWorker>::connect(server_name);
+    let _ = IpcSender::<Hello>::connect(server_name);
 }
 
 impl Bootstrap {
     /// Accepts the worker's connection and checks its hello.
     pub(crate) fn hello(self, pid: u32) -> Result<Greeting, Refusal> {
         let refuse = |fatal: bool, message: String| Refusal { fatal, message };
-        let (receiver, first) = self
+        // The bootstrap channel carries the hello and nothing else.
+        let (_, hello) = self
             .server
             .accept()
             .map_err(|err| refuse(false, format!("failed the handshake: {err}")))?;
-        let hello: Hello = match first {
-            FromWorker::Hello(hello) => hello,
-            FromWorker::Done(_) => return Err(refuse(true, "did not start with hello".into())),
-        };
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(refuse(
                 true,
@@ -82,37 +80,40 @@ impl Bootstrap {
             tasks: hello.tasks,
             running,
             job_ids: false,
-            outbox: super::Outbox::Native(Outbox(hello.sender)),
-            inbox: super::Inbox::Native(Inbox(receiver)),
+            outbox: super::Outbox::Native(Outbox(hello.batches)),
+            inbox: super::Inbox::Native(Inbox(hello.answers)),
         })
     }
 }
 
-/// A native worker's batches: its ipc-channel sender.
-pub struct Outbox(IpcSender<ToWorker>);
+/// A native worker's batches: the sending end of its byte channel.
+pub struct Outbox(IpcBytesSender);
 
 impl Outbox {
     pub(crate) fn send(&mut self, batch: Batch) -> Result<(), String> {
         self.0
-            .send(ToWorker::Batch(batch))
+            .send(&batch.into_message())
             .map_err(|err| err.to_string())
     }
 
     pub(crate) fn shutdown(self) {
-        let _ = self.0.send(ToWorker::Shutdown);
+        // An empty message is the request to stop.
+        let _ = self.0.send(&[]);
     }
 }
 
-/// A native worker's answers: the bootstrap channel it connected.
-pub(crate) struct Inbox(IpcReceiver<FromWorker>);
+/// A native worker's answers: the receiving end of its other byte channel.
+pub(crate) struct Inbox(IpcBytesReceiver);
 
 impl Inbox {
     pub(crate) fn recv(&mut self) -> Received {
         match self.0.recv() {
-            Ok(FromWorker::Done(done)) => Received::Done(done),
-            Ok(FromWorker::Hello(_)) => Received::Violation("it sent a second hello".into()),
+            Ok(message) => match BatchDone::from_message(message) {
+                Ok(done) => Received::Done(done),
+                Err(err) => Received::Violation(format!("it sent a malformed message ({err})")),
+            },
             Err(ipc_channel::IpcError::Disconnected) => Received::Closed,
-            Err(err) => Received::Violation(format!("it sent a malformed message ({err})")),
+            Err(err) => Received::Violation(format!("its channel failed ({err})")),
         }
     }
 }

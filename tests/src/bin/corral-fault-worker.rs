@@ -65,9 +65,8 @@ fn main() -> ExitCode {
         _ if first_hangs => hang(),
         "connect-silent" => {
             let server = std::env::var(corral_protocol::ENV_BOOTSTRAP).expect("started by corral");
-            let _sender =
-                ipc_channel::ipc::IpcSender::<corral_protocol::FromWorker>::connect(server)
-                    .expect("connect");
+            let _sender = ipc_channel::ipc::IpcSender::<corral_protocol::Hello>::connect(server)
+                .expect("connect");
             hang()
         }
         "bad-version" | "bad-nonce" | "garbage" | "hello-then-exit" | "drop-inbox" => {
@@ -151,15 +150,13 @@ fn hang() -> ! {
 /// followed by a malformed answer (`garbage`), an exit (`hello-then-exit`) or a closed inbox
 /// (`drop-inbox`).
 fn wrong_hello(mode: &str) -> ExitCode {
-    use corral_protocol::{
-        ENV_BOOTSTRAP, ENV_NONCE, FromWorker, Hello, PROTOCOL_VERSION, RunningSlot,
-    };
+    use corral_protocol::{ENV_BOOTSTRAP, ENV_NONCE, Hello, PROTOCOL_VERSION, RunningSlot};
     let server = std::env::var(ENV_BOOTSTRAP).expect("started by corral");
     let nonce = u64::from_str_radix(&std::env::var(ENV_NONCE).expect("started by corral"), 16)
         .expect("hex nonce");
-    let sender = ipc_channel::ipc::IpcSender::<FromWorker>::connect(server).expect("connect");
-    let (to_worker, inbox) =
-        ipc_channel::ipc::channel::<corral_protocol::ToWorker>().expect("channel");
+    let bootstrap = ipc_channel::ipc::IpcSender::<Hello>::connect(server).expect("connect");
+    let (to_worker, inbox) = ipc_channel::ipc::bytes_channel().expect("channel");
+    let (to_supervisor, answers) = ipc_channel::ipc::bytes_channel().expect("channel");
     let (_slot, running) = RunningSlot::create();
     // Closed before the hello goes out, so that no batch can slip into the channel first.
     let inbox = (mode != "drop-inbox").then_some(inbox);
@@ -176,10 +173,11 @@ fn wrong_hello(mode: &str) -> ExitCode {
         },
         pid: std::process::id(),
         tasks: vec!["echo".into()],
-        sender: to_worker,
+        batches: to_worker,
+        answers,
         running,
     };
-    sender.send(FromWorker::Hello(hello)).expect("send hello");
+    bootstrap.send(hello).expect("send hello");
     match mode {
         "hello-then-exit" => std::process::exit(0),
         "drop-inbox" => hang(),
@@ -187,10 +185,8 @@ fn wrong_hello(mode: &str) -> ExitCode {
     }
     if mode == "garbage" {
         let _batch = inbox.expect("kept open").recv();
-        // The same channel, carrying a type the supervisor does not expect: an enum tag it has
-        // no variant for.
-        let raw: ipc_channel::ipc::IpcSender<(u32, u64)> = sender.to_opaque().to();
-        let _ = raw.send((u32::MAX, 7));
+        // An answer whose trailer names a head longer than the message.
+        let _ = to_supervisor.send(&[0xff; 7]);
     }
     std::thread::sleep(Duration::from_secs(30));
     ExitCode::SUCCESS
