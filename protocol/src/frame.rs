@@ -4,10 +4,10 @@
 //! to read it: the sender appends to the buffer the bulk was built in, the receiver cuts the
 //! tail off the buffer it received. An empty message asks the worker to stop.
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::{Batch, BatchDone, BatchId, JobRequest, LineBlock, Outcome, RawJson, ToWorker};
+use crate::{Batch, BatchDone, RawJson, ToWorker};
 
 /// Bytes a batch's or an answer's head takes behind its bulk, about, for `jobs` jobs: room to
 /// leave when the bulk's buffer is made, so that sealing it does not move it.
@@ -15,34 +15,11 @@ pub fn head_room(jobs: usize) -> usize {
     64 + 16 * jobs
 }
 
-/// All of a [`Batch`] but its inputs.
-#[derive(Serialize, Deserialize)]
-struct BatchHead {
-    id: BatchId,
-    jobs: Vec<JobRequest>,
-    ids: RawJson,
-    id_ends: Vec<u32>,
-    lines: Option<LineBlock>,
-}
-
-/// All of a [`BatchDone`] but its outputs.
-#[derive(Serialize, Deserialize)]
-struct DoneHead {
-    batch: BatchId,
-    outcomes: Vec<Outcome>,
-}
-
 impl Batch {
     /// The batch as one message.
-    pub fn into_message(self) -> Vec<u8> {
-        let head = BatchHead {
-            id: self.id,
-            jobs: self.jobs,
-            ids: self.ids,
-            id_ends: self.id_ends,
-            lines: self.lines,
-        };
-        seal(self.inputs.0, &head)
+    pub fn into_message(mut self) -> Vec<u8> {
+        let inputs = std::mem::take(&mut self.inputs.0);
+        seal(inputs, &self)
     }
 }
 
@@ -52,40 +29,32 @@ impl ToWorker {
         if message.is_empty() {
             return Ok(ToWorker::Shutdown);
         }
-        let (head, inputs): (BatchHead, _) = open(message)?;
+        let (batch, inputs): (Batch, _) = open(message)?;
         Ok(ToWorker::Batch(Batch {
-            id: head.id,
-            jobs: head.jobs,
             inputs: RawJson(inputs),
-            ids: head.ids,
-            id_ends: head.id_ends,
-            lines: head.lines,
+            ..batch
         }))
     }
 }
 
 impl BatchDone {
     /// The answer as one message.
-    pub fn into_message(self) -> Vec<u8> {
-        let head = DoneHead {
-            batch: self.batch,
-            outcomes: self.outcomes,
-        };
-        seal(self.outputs.0, &head)
+    pub fn into_message(mut self) -> Vec<u8> {
+        let outputs = std::mem::take(&mut self.outputs.0);
+        seal(outputs, &self)
     }
 
     /// The answer `message` holds, or why it holds none.
     pub fn from_message(message: Vec<u8>) -> Result<BatchDone, String> {
-        let (head, mut outputs): (DoneHead, Vec<u8>) = open(message)?;
+        let (done, mut outputs): (BatchDone, Vec<u8>) = open(message)?;
         // A receive buffer is as large as the largest message that fits one packet; an answer
         // that may wait in memory (for --keep-order) should not keep all of it.
         if outputs.capacity() > 4 * outputs.len().max(4096) {
             outputs.shrink_to_fit();
         }
         Ok(BatchDone {
-            batch: head.batch,
-            outcomes: head.outcomes,
             outputs: RawJson(outputs),
+            ..done
         })
     }
 }
@@ -122,7 +91,7 @@ fn open<H: DeserializeOwned>(mut message: Vec<u8>) -> Result<(H, Vec<u8>), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LineTally, TaskIndex, TaskResult};
+    use crate::{BatchId, LineBlock, LineTally, TaskIndex, TaskResult};
 
     #[test]
     fn a_batch_comes_out_as_it_went_in() {

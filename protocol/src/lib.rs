@@ -216,14 +216,16 @@ pub enum ToWorker {
 }
 
 /// Jobs a worker runs in order. Inputs travel in one buffer, so that a batch of thousands of
-/// small jobs is a handful of allocations rather than one per job.
-#[derive(Debug, Clone, Default)]
+/// small jobs is a handful of allocations rather than one per job. Serialized, it is the head
+/// of its message ([`frame`]), which carries the inputs apart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Batch {
     /// Echoed in the answer and written into the [`RunningWord`].
     pub id: BatchId,
     /// The jobs; at most [`RunningWord::MAX_BATCH_JOBS`].
     pub jobs: Vec<JobRequest>,
     /// The jobs' `input`s, as JSON, one after the other.
+    #[serde(skip)]
     pub inputs: RawJson,
     /// The jobs' ids, as JSON, one after the other, when the worker asked for them (a stdio
     /// worker echoes each in its answer); empty otherwise.
@@ -301,8 +303,9 @@ pub struct JobRequest {
     pub input_end: u32,
 }
 
-/// A worker's answer to a [`Batch`].
-#[derive(Debug, Default)]
+/// A worker's answer to a [`Batch`]. Serialized, it is the head of its message ([`frame`]),
+/// which carries the outputs apart.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct BatchDone {
     /// The batch answered.
     pub batch: BatchId,
@@ -310,6 +313,7 @@ pub struct BatchDone {
     pub outcomes: Vec<Outcome>,
     /// The outputs of the jobs, as JSON, one after the other. A failure adds nothing, unless
     /// it is a task error that describes itself (a command's exit status and output).
+    #[serde(skip)]
     pub outputs: RawJson,
 }
 
