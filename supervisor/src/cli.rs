@@ -75,6 +75,10 @@ pub enum Command {
         /// Where to write them.
         dir: PathBuf,
     },
+    /// Internal: one pool for a library that talks to it on standard input and output, many
+    /// calls at once, each a source of its own (Python's corral.Pool; see `corral::mux`).
+    #[command(hide = true)]
+    Mux(MuxArgs),
     /// Internal: the keeper process a run starts (see `corral::keeper`).
     #[command(hide = true)]
     Keeper,
@@ -248,6 +252,22 @@ pub struct StatusArgs {
     /// Print the state as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `corral mux`.
+#[derive(Debug, Args)]
+pub struct MuxArgs {
+    /// Longest job line accepted; a longer one gets a `too_large` result.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_job_size)]
+    pub max_job_bytes: u64,
+
+    /// End at once, as if killed, when the process that started corral is gone.
+    #[arg(long)]
+    pub exit_with_parent: bool,
+
+    /// The workers and how they are supervised.
+    #[command(flatten)]
+    pub pool: PoolArgs,
 }
 
 /// Options of `corral run`.

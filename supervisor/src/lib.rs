@@ -14,7 +14,8 @@
 //!   sink of its own; [`run`] drives it for `corral run`;
 //! - [`serve`]: the engine as a service on a Unix socket, one source per connection;
 //!   [`client`] is `corral submit` and `corral status`, and [`wire`] what they say besides
-//!   job and result lines;
+//!   job and result lines; [`mux`] is the engine for one library client's many calls at once
+//!   (Python's corral.Pool);
 //! - [`cli`]: the command-line definitions, and [`manual`] the man pages and completions
 //!   made from them.
 
@@ -27,6 +28,7 @@ pub mod journal;
 pub mod keeper;
 pub mod manual;
 pub mod merge;
+pub mod mux;
 pub mod ordered;
 pub mod output;
 pub mod pool;

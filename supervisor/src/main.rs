@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use corral::cli::{Cli, Command, LogFormat, MergeArgs, PoolArgs, RunArgs, ServeArgs, SubmitArgs};
+use corral::cli::{
+    Cli, Command, LogFormat, MergeArgs, MuxArgs, PoolArgs, RunArgs, ServeArgs, SubmitArgs,
+};
 use corral::engine::EngineConfig;
 use corral::input::{EXEC_TASK, InputFormat, ring_blocks};
 use corral::pool::PoolConfig;
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_command(args),
         Command::Submit(args) => submit_command(args, cli.quiet),
         Command::Merge(args) => merge_command(args, cli.quiet),
+        Command::Mux(args) => mux_command(args),
         Command::Keeper | Command::Worker | Command::Status(_) | Command::Generate { .. } => {
             unreachable!("handled above")
         }
@@ -334,6 +337,33 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(2)
         }
     })
+}
+
+fn mux_command(args: MuxArgs) -> anyhow::Result<ExitCode> {
+    if args.exit_with_parent {
+        exit_with_parent();
+    }
+    let (scheduler, pool) = pool_settings(&args.pool, Vec::new())?;
+    let workers = scheduler.workers;
+    let config = EngineConfig {
+        scheduler,
+        pool,
+        grace: args.pool.grace,
+        progress: false,
+    };
+    let format = InputFormat {
+        max_line_bytes: usize::try_from(args.max_job_bytes).unwrap_or(usize::MAX),
+        ..InputFormat::json(workers)
+    };
+    Ok(
+        match corral::mux::mux(config, format, io::stdin(), io::stdout()) {
+            corral::mux::MuxEnd::Done => ExitCode::SUCCESS,
+            corral::mux::MuxEnd::Fatal(message) => {
+                tracing::debug!("{message}");
+                ExitCode::from(2)
+            }
+        },
+    )
 }
 
 fn submit_command(args: SubmitArgs, quiet: bool) -> anyhow::Result<ExitCode> {

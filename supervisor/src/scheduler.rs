@@ -65,6 +65,10 @@ pub struct SchedulerConfig {
     /// Batches sent to one worker ahead of its answers (one once jobs prove slower than
     /// `batch_target`).
     pub batches_in_flight: usize,
+    /// Spread a short queue over every worker as at the end of the input, even while more
+    /// input may come: for a client whose calls are short and come one after another (a
+    /// library's pool), where loading one worker with a whole call leaves the others idle.
+    pub spread_always: bool,
     /// Restart budget and backoff.
     pub restart: RestartPolicy,
     /// Start-up failures in a row, with no batch completed in between, that end the run.
@@ -94,6 +98,7 @@ impl Default for SchedulerConfig {
             max_batch_jobs: 1024,
             max_batch_bytes: 4 << 20,
             batches_in_flight: 2,
+            spread_always: false,
             restart: RestartPolicy::default(),
             max_start_failures: 3,
             keep_order: None,
@@ -1298,7 +1303,7 @@ impl Scheduler {
     fn batch_size(&self, task: Option<TaskId>) -> usize {
         let cap = self.cfg.max_batch_jobs;
         let mut size = self.batch_size_by_time(task, cap);
-        if self.input_ended {
+        if self.input_ended || self.cfg.spread_always {
             // Near the end, spread what is left over every worker instead of loading one.
             let ready = self
                 .workers
