@@ -1,4 +1,4 @@
-"""corral for Python: a process pool that cannot wedge, on the corral supervisor.
+"""corral for Python: process pools that cannot wedge, on the corral supervisor.
 
     import corral
 
@@ -6,22 +6,50 @@
         for path, result in pool.imap_unordered(resize, paths, with_input=True):
             ...
 
-Each map call runs `corral run` as a child of this process, with Python workers that find the
-function by module and qualified name (as multiprocessing's spawn start method does: a script's
-functions are found by running the script again as `__mp_main__`, so its main code belongs under
-`if __name__ == "__main__":`). Arguments and results travel as JSON, or as pickle where JSON
-cannot carry them. A worker that crashes or hangs is replaced and its job retried; a job that
-fails comes back as a JobFailed exception, and the other jobs go on. If this process dies, even
-by SIGKILL, corral and its workers are gone within a second.
+corral.Pool has multiprocessing.Pool's API and corral.ProcessPoolExecutor concurrent.futures'
+ProcessPoolExecutor's, each on one `corral` supervisor for its whole life: workers start with
+the pool (fresh processes, found and prepared as multiprocessing's spawn start method does: a
+script's functions are found by running the script again as `__mp_main__`, so its main code
+belongs under `if __name__ == "__main__":`), and every call shares them. Arguments and results
+travel as JSON, or as pickle where JSON cannot carry them; a task's exception comes back as
+itself. A worker that crashes or hangs is replaced and its job retried; a job that fails on
+every attempt fails alone (JobCrashed, JobTimedOut), and the other jobs go on. If this process
+dies, even by SIGKILL, corral and its workers are gone within a second.
 
 Writing a worker for `corral run --worker-cmd` is corral.worker's job.
 """
 
-__all__ = ["JobFailed", "Pool", "corral_binary"]
+__all__ = [
+    "AsyncResult",
+    "BrokenPool",
+    "JobCancelled",
+    "JobCrashed",
+    "JobFailed",
+    "JobTimedOut",
+    "Pool",
+    "ProcessPoolExecutor",
+    "RemoteError",
+    "TimeoutError",
+    "corral_binary",
+    "cpu_count",
+]
 
-# Pool and JobFailed load on first use: the workers import this package too, and should not pay
-# for the pool's imports (subprocess, threading) in every process they start.
-_LAZY = {"JobFailed": "corral._pool", "Pool": "corral._pool", "corral_binary": "corral._binary"}
+# The pools load on first use: the workers import this package too, and should not pay for
+# the pools' imports (subprocess, threading, concurrent.futures) in every process they start.
+_LAZY = {
+    "AsyncResult": "corral._pool",
+    "Pool": "corral._pool",
+    "cpu_count": "corral._pool",
+    "ProcessPoolExecutor": "corral._futures",
+    "BrokenPool": "corral._errors",
+    "JobCancelled": "corral._errors",
+    "JobCrashed": "corral._errors",
+    "JobFailed": "corral._errors",
+    "JobTimedOut": "corral._errors",
+    "RemoteError": "corral._errors",
+    "TimeoutError": "corral._errors",
+    "corral_binary": "corral._binary",
+}
 
 
 def __getattr__(name):

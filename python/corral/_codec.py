@@ -1,10 +1,23 @@
-"""How corral.Pool carries arguments and results: JSON when it gives the value back exactly,
-pickle (base64, inside the JSON line) when it would not (tuples, sets, bytes, objects, dicts
-with keys that are not strings, NaN)."""
+"""How corral.Pool carries arguments, results and exceptions between the caller and its
+workers.
+
+Values go as JSON when it gives them back exactly, and as pickle (base64, inside the JSON line)
+when it would not (tuples, sets, bytes, objects, dicts with keys that are not strings, NaN, text
+with lone surrogates). A payload larger than SPILL_BYTES goes through a file in the pool's
+private directory instead of the pipes, so that no size that fits in memory is refused.
+An exception goes as a record (see _spawn.exception_record) and comes back as itself, with the
+worker's traceback as its __cause__, as multiprocessing does.
+"""
 
 import base64
 import math
+import os
 import pickle
+
+# Larger payloads travel through a file.
+SPILL_BYTES = 1 << 20
+
+_HIGHEST = pickle.HIGHEST_PROTOCOL
 
 
 def plain(value, depth=0):
@@ -25,8 +38,53 @@ def plain(value, depth=0):
 
 def pack(value):
     """A base64 pickle of value, as text."""
-    return base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode()
+    return base64.b64encode(pickle.dumps(value, protocol=_HIGHEST)).decode()
 
 
 def unpack(text):
     return pickle.loads(base64.b64decode(text))
+
+
+def spill(directory, prefix, data):
+    """Writes data (bytes) to a new file of directory; its name."""
+    fd, path = _new_file(directory, prefix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return os.path.basename(path)
+
+
+def unspill(directory, name):
+    """The bytes of a spilled file, which is then removed."""
+    if os.sep in name or name.startswith("."):
+        raise ValueError(f"not a spilled file's name: {name!r}")
+    path = os.path.join(directory, name)
+    with open(path, "rb") as f:
+        data = f.read()
+    os.unlink(path)
+    return data
+
+
+def _new_file(directory, prefix):
+    import tempfile
+
+    return tempfile.mkstemp(prefix=prefix, dir=directory)
+
+
+def exception(record):
+    """The exception a record (from _spawn.exception_record) stands for, with the worker's
+    traceback as its __cause__."""
+    from corral._errors import RemoteError, remote_traceback
+
+    pickled, name, message, text = pickle.loads(record)
+    exc = None
+    if pickled is not None:
+        try:
+            exc = pickle.loads(pickled)
+        except Exception:  # noqa: BLE001 - an exception class missing on this side
+            exc = None
+        if not isinstance(exc, BaseException):
+            exc = None
+    if exc is None:
+        exc = RemoteError(name, message)
+    exc.__cause__ = remote_traceback(text)
+    return exc

@@ -1,101 +1,185 @@
-"""corral.Pool: each map call is a `corral run` child of this process, fed by a thread and read
-as an iterator (the package's docstring tells the whole story)."""
+"""corral.Pool: multiprocessing.Pool's API and semantics, on one corral supervisor for the
+pool's whole life (see _supervisor), with corral's supervision: a worker that crashes or hangs
+is replaced and its job retried, and a job that fails on every attempt fails alone.
 
-import itertools
-import json
+Results come back as they went; a task's exception comes back as itself, with the worker's
+traceback as its __cause__. The asyncio methods (amap, astarmap, aapply, aimap,
+aimap_unordered) wait without a thread of their own, and cancelling the task that awaits one
+drops the jobs of that call not yet run.
+"""
+
+import asyncio
+import functools
 import os
-import shlex
-import subprocess
-import sys
 import threading
+import warnings
+import weakref
 
-from corral._binary import corral_binary
-from corral._codec import pack, plain, unpack
+from corral._calls import ListedItems, StreamCall, StreamedItems, function_ref
+from corral._errors import TimeoutError
+from corral._supervisor import Supervisor
 
-
-class JobFailed(Exception):
-    """A job that did not produce a result: it raised (`kind` "task_error", `error_type` the
-    exception's class), crashed its worker on every attempt ("crashed"), or ran past the
-    timeout ("timeout")."""
-
-    def __init__(self, kind, message, attempts=None, worker=None, error_type=None, item=None):
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
-        self.attempts = attempts
-        self.worker = worker
-        self.error_type = error_type
-        self.item = item
-
-    def __reduce__(self):
-        return (
-            JobFailed,
-            (self.kind, self.message, self.attempts, self.worker, self.error_type, self.item),
-        )
+RUN = "RUN"
+# Items of a map that the calling thread sends itself, at most.
+SEND_NOW = 64
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
 
 
-def _function_name(fn):
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if not module or not qualname or "<lambda>" in qualname or "<locals>" in qualname:
-        raise ValueError(
-            f"corral.Pool runs module-level functions, found by module and name; {fn!r} is not "
-            "one (a lambda or a nested function): define it at the top of a module"
-        )
-    if module == "__main__":
-        main = sys.modules["__main__"]
-        if not getattr(main, "__file__", None):
-            raise ValueError(
-                f"{fn!r} is defined in an interactive __main__, which workers cannot import: "
-                "define it in a module or a script"
-            )
-    return f"{module}:{qualname}"
+def cpu_count():
+    """The number of CPUs this process may use (its affinity), as os.process_cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
-# One encoder for every job line: json.dumps with options builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def timeout_option(timeout):
+    """corral's --timeout from seconds (a number) or a duration ("30s", "500ms")."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, str)):
+        raise TypeError(f"timeout must be seconds or a duration such as '30s', not {timeout!r}")
+    if isinstance(timeout, str):
+        return timeout
+    if not timeout > 0:
+        raise ValueError(f"timeout must be more than 0 seconds, not {timeout!r}")
+    return f"{max(1, round(timeout * 1000))}ms"
 
 
-def _encode_job(index, name, args):
-    """The job line of one call; `name` is the function's name as JSON."""
-    args = list(args)
-    if len(args) == 1 and type(args[0]) is int:
-        body = f'{{"f":{name},"a":[{args[0]}]}}'
-    elif plain(args):
-        body = f'{{"f":{name},"a":{_encode(args)}}}'
-    else:
-        body = f'{{"f":{name},"p":"{pack(tuple(args))}"}}'
-    return f'{{"id":{index},"task":"call","input":{body}}}\n'.encode()
+def retries_option(retries):
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be an int, not {retries!r}")
+    if retries < 0:
+        raise ValueError(f"retries must be 0 or more, not {retries}")
+    return retries
 
 
-def _encode_chunk(index, name, chunk, star):
-    """The job line of a chunk of items, pickled: "pa" a list of single arguments, "pc" (for
-    starmap) a list of argument tuples."""
-    if star:
-        body = f'{{"f":{name},"pc":"{pack([tuple(item) for item in chunk])}"}}'
-    else:
-        body = f'{{"f":{name},"pa":"{pack(chunk)}"}}'
-    return f'{{"id":{index},"task":"call","input":{body}}}\n'.encode()
+class ApplyResult:
+    """The result of apply_async and map_async, as multiprocessing's AsyncResult."""
+
+    def __init__(self, callback=None, error_callback=None):
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = None
+        self._value = None
+
+    def ready(self):
+        return self._event.is_set()
+
+    def successful(self):
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout=None):
+        self._event.wait(timeout)
+
+    def get(self, timeout=None):
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    # What a StreamCall asks of the targets of its jobs.
+    def start(self):
+        return True
+
+    def finish(self, ok, value):
+        self._success = ok
+        self._value = value
+        try:
+            if ok and self._callback is not None:
+                self._callback(value)
+            elif not ok and self._error_callback is not None:
+                self._error_callback(value)
+        finally:
+            self._event.set()
 
 
-def _decode_output(output):
-    if "p" in output:
-        return unpack(output["p"])
-    return output["j"]
+AsyncResult = ApplyResult
 
 
-JobFailed.__module__ = "corral"
+class MapResult(ApplyResult):
+    """The result of map_async and starmap_async: the list of results."""
+
+
+class IMapIterator:
+    """Results of imap in order (next(timeout) raises corral.TimeoutError, as
+    multiprocessing's does). Dropping it, or close(), drops the jobs not run yet."""
+
+    def __init__(self, call, return_exceptions):
+        self._call = call
+        self._return_exceptions = return_exceptions
+        self._with_input = call.inputs is not None
+        self._cancel = weakref.finalize(self, call.supervisor.cancel, call)
+
+    def __iter__(self):
+        return self
+
+    def next(self, timeout=None):
+        ok, value = self._call.next(timeout)
+        return self._unwrap(ok, value)
+
+    __next__ = next
+
+    def _unwrap(self, ok, value):
+        if ok or self._return_exceptions:
+            return value
+        raise value[1] if self._with_input else value
+
+    def close(self):
+        """Drops the jobs of this call not run yet; the results not read are discarded."""
+        self._cancel()
+
+    # As an async iterator: awaited without a thread of its own.
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        call = self._call
+        event = None
+        while True:
+            with call.supervisor.lock:
+                try:
+                    outcome = call.poll()
+                except StopIteration:
+                    raise StopAsyncIteration from None
+                if outcome is None:
+                    if event is None:
+                        event = asyncio.Event()
+                        call.waker = (asyncio.get_running_loop(), event)
+                    event.clear()
+            if outcome is not None:
+                return self._unwrap(*outcome)
+            try:
+                await event.wait()
+            except asyncio.CancelledError:
+                self.close()
+                raise
+
+    async def aclose(self):
+        self.close()
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """Results of imap_unordered, as they complete."""
 
 
 class Pool:
-    """A pool of `processes` Python worker processes (default: the CPUs available).
+    """A pool of worker processes, as multiprocessing.Pool, on one corral supervisor.
 
-    timeout: a job running longer than this ("30s", "500ms", or seconds as a number) has its
-    worker killed and is retried, then fails as "timeout". retries: extra attempts for a job that
-    crashed or timed out (a function that raises is not retried). initializer(*initargs) runs
-    once in each worker before any job. max_tasks_per_child replaces a worker after that many
-    jobs. progress: a callable given (done, failed) after each result, or True for a tqdm bar
-    when tqdm is installed.
+    Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None)
+    as in multiprocessing (context is accepted and not needed: corral always starts workers as
+    fresh processes, as the spawn start method does). corral's own options are keyword-only:
+    timeout, a job running longer than this ("30s", "500ms", or seconds as a number) has its
+    worker killed and is retried, then fails as JobTimedOut; retries, extra attempts for a job
+    that crashed or timed out (an exception raised by the function is not retried);
+    max_tasks_per_child, another name for maxtasksperchild; progress, a callable given (done,
+    failed) after each result, or True for a tqdm bar when tqdm is installed.
     """
 
     def __init__(
@@ -103,334 +187,286 @@ class Pool:
         processes=None,
         initializer=None,
         initargs=(),
+        maxtasksperchild=None,
+        context=None,
+        *,
         timeout=None,
         retries=2,
         max_tasks_per_child=None,
         progress=None,
     ):
+        self._state = RUN
+        self._supervisor = None
+        if processes is None:
+            processes = cpu_count()
+        if isinstance(processes, bool) or not isinstance(processes, int):
+            raise TypeError(f"processes must be an int, not {processes!r}")
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if maxtasksperchild is not None and maxtasksperchild != max_tasks_per_child:
+                raise TypeError("give maxtasksperchild or max_tasks_per_child, not both")
+            maxtasksperchild = max_tasks_per_child
+        if maxtasksperchild is not None and (
+            isinstance(maxtasksperchild, bool)
+            or not isinstance(maxtasksperchild, int)
+            or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
         self._processes = processes
-        self._init = None
-        if initializer is not None:
-            self._init = json.dumps([_function_name(initializer), pack(tuple(initargs))])
-        if isinstance(timeout, (int, float)):
-            timeout = f"{timeout * 1000:.0f}ms"
-        self._timeout = timeout
-        self._retries = retries
-        self._max_tasks = max_tasks_per_child
         self._progress = progress
-        self._runs = []
-        self._closed = False
+        self._singles = None
+        self._singles_lock = threading.Lock()
+        self._supervisor = Supervisor(
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            timeout_option(timeout),
+            retries_option(retries),
+        )
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
+
+    def __reduce__(self):
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __del__(self, _warn=warnings.warn, RUN=RUN):
+        if self._state == RUN and self._supervisor is not None:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+            self._supervisor.abandon()
 
     def __enter__(self):
+        self._check_running()
         return self
 
     def __exit__(self, *exc):
         self.terminate()
-        return False
+
+    def _check_running(self):
+        if self._state != RUN:
+            raise ValueError("Pool not running")
 
     def close(self):
-        """No more map calls."""
-        self._closed = True
+        """No more calls: the workers exit once every call made is answered."""
+        if self._state == RUN:
+            self._state = CLOSE
+            self._supervisor.close()
 
     def terminate(self):
-        """Stops every run of this pool at once: corral and its workers are killed."""
-        self._closed = True
-        for run in self._runs:
-            run.stop()
-        self._runs.clear()
+        """Stops the workers at once; results not ready by then never come."""
+        self._state = TERMINATE
+        self._supervisor.terminate()
 
     def join(self):
-        """Waits for the runs of this pool to end (after close())."""
-        for run in self._runs:
-            run.wait()
+        """Waits for the workers to exit, after close() or terminate()."""
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state not in (CLOSE, TERMINATE):
+            raise ValueError("In unknown state")
+        self._supervisor.join()
 
-    def imap(self, fn, iterable, chunksize=1, *, with_input=False, return_exceptions=False):
-        """Results in input order, computed ahead within a bounded window.
+    # Single calls.
+
+    def apply(self, func, args=(), kwds={}):  # noqa: B006 - multiprocessing's signature
+        """func(*args, **kwds) in a worker; waits for its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):  # noqa: B006
+        """func(*args, **kwds) in a worker; an AsyncResult."""
+        self._check_running()
+        result = ApplyResult(callback, error_callback)
+        self._singles_call().add(result, func, tuple(args), dict(kwds))
+        return result
+
+    def _singles_call(self):
+        with self._singles_lock:
+            if self._singles is None:
+                self._singles = self._supervisor.open(StreamCall(self._supervisor))
+            return self._singles
+
+    # Maps into a list.
+
+    def map(self, func, iterable, chunksize=None, *, return_exceptions=False):
+        """[func(item) for item in iterable], computed by the workers; raises the first
+        failure (by position) once every item is done, unless return_exceptions."""
+        return self._map_async(func, iterable, chunksize, False, return_exceptions).get()
+
+    def starmap(self, func, iterable, chunksize=None, *, return_exceptions=False):
+        """map() with each item unpacked into arguments."""
+        return self._map_async(func, iterable, chunksize, True, return_exceptions).get()
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
+        """map() without waiting: a MapResult."""
+        return self._map_async(func, iterable, chunksize, False, False, callback, error_callback)
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
+        """starmap() without waiting: a MapResult."""
+        return self._map_async(func, iterable, chunksize, True, False, callback, error_callback)
+
+    def _map_async(
+        self, func, iterable, chunksize, star, return_exceptions, callback=None, error=None
+    ):
+        result = MapResult(callback, error)
+        done = _map_done(result.finish, return_exceptions)
+        self._listed(func, iterable, chunksize, star, done)
+        return result
+
+    def _listed(self, func, iterable, chunksize, star, done):
+        """Starts a call over iterable whose outcomes go into a list; done(values, failure)."""
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(iterable), self._processes * 4)
+            if extra:
+                chunksize += 1
+        if not iterable:
+            function_ref(func)
+            done([], None)
+            return None
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        progress, progress_end = _progress_callback(self._progress, len(iterable))
+        if progress_end is not None:
+            done = _then(done, progress_end)
+        call = ListedItems(self._supervisor, func, iterable, chunksize, star, done, progress)
+        return self._supervisor.open(call, now=len(iterable) <= SEND_NOW)
+
+    # Maps as iterators.
+
+    def imap(self, func, iterable, chunksize=1, *, with_input=False, return_exceptions=False):
+        """Results in input order, as an iterator; each failure is raised where it stands
+        (or returned, with return_exceptions), and iteration goes on after it.
 
         chunksize: items sent to a worker as one job. 1 (the default) supervises each item on
         its own; larger chunks cost less per item for tiny tasks, but a crash or timeout then
-        fails (after its retries) every item of its chunk, as it does in multiprocessing. An
-        exception raised by the function is always the item's own."""
-        return self._start(fn, iterable, chunksize, True, False, with_input, return_exceptions)
+        fails (after its retries) every item of its chunk. An exception raised by the function
+        is always the item's own. with_input: (item, result) pairs."""
+        call = self._streamed(func, iterable, chunksize, False, True, with_input)
+        return IMapIterator(call, return_exceptions)
 
     def imap_unordered(
-        self, fn, iterable, chunksize=1, *, with_input=False, return_exceptions=False
+        self, func, iterable, chunksize=1, *, with_input=False, return_exceptions=False
     ):
-        """Results as they complete (see imap for chunksize)."""
-        return self._start(fn, iterable, chunksize, False, False, with_input, return_exceptions)
+        """Results as they complete (see imap)."""
+        call = self._streamed(func, iterable, chunksize, False, False, with_input)
+        return IMapUnorderedIterator(call, return_exceptions)
 
-    def map(self, fn, iterable, chunksize=1, *, return_exceptions=False):
-        """A list of results in input order; raises the first failure unless
-        return_exceptions."""
-        return list(self.imap(fn, iterable, chunksize, return_exceptions=return_exceptions))
-
-    def starmap(self, fn, iterable, chunksize=1, *, return_exceptions=False):
-        """map() with each item unpacked into arguments."""
-        return list(self.istarmap(fn, iterable, chunksize, return_exceptions=return_exceptions))
-
-    def istarmap(self, fn, iterable, chunksize=1, *, return_exceptions=False):
+    def istarmap(self, func, iterable, chunksize=1, *, return_exceptions=False):
         """imap() with each item unpacked into arguments."""
-        return self._start(fn, iterable, chunksize, True, True, False, return_exceptions)
+        call = self._streamed(func, iterable, chunksize, True, True, False)
+        return IMapIterator(call, return_exceptions)
 
-    def _start(self, fn, iterable, chunksize, ordered, star, with_input, return_exceptions):
-        if self._closed:
-            raise ValueError("Pool not running")
-        chunksize = max(1, int(chunksize or 1))
-        name = _function_name(fn)
-        run = _Run(self, name, iterable, chunksize, ordered, star, with_input, return_exceptions)
-        self._runs.append(run)
-        return run
-
-    def _command(self, ordered):
-        cmd = [corral_binary(), "run", "-q", "--exit-with-parent"]
-        cmd += ["--worker-cmd", f"{shlex.quote(sys.executable)} -m corral._pool_worker"]
-        if self._processes:
-            cmd += ["-j", str(self._processes)]
-        if self._timeout:
-            cmd += ["--timeout", str(self._timeout)]
-        cmd += ["--retries", str(self._retries)]
-        if self._max_tasks:
-            cmd += ["--max-jobs-per-worker", str(self._max_tasks)]
-        if ordered:
-            cmd.append("--keep-order")
-        return cmd
-
-    def _environment(self):
-        env = dict(os.environ)
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        # The workers import what this process can: this package, and the user's modules.
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in [here, *sys.path, env.get("PYTHONPATH", "")] if p
-        )
-        main = sys.modules.get("__main__")
-        main_file = getattr(main, "__file__", None)
-        if main_file and getattr(main, "__spec__", None) is None:
-            env["CORRAL_POOL_MAIN"] = os.path.abspath(main_file)
-        else:
-            env.pop("CORRAL_POOL_MAIN", None)
-        if self._init:
-            env["CORRAL_POOL_INIT"] = self._init
-        return env
-
-
-_END = object()
-
-
-class _Run:
-    """One map call: a corral process fed by a thread, read as an iterator.
-
-    Each result line (one item, or a chunk) becomes a list of values handed out by a plain list
-    iterator; only a line with a failure in it, or a pool with a progress callback, goes through
-    the slower path that counts, reports and raises item by item."""
-
-    def __init__(
-        self, pool, name, iterable, chunksize, ordered, star, with_input, return_exceptions
-    ):
-        self._return_exceptions = return_exceptions
-        self._chunksize = chunksize
-        self._with_input = with_input
-        self._inputs = {} if with_input else None
-        self._lock = threading.Lock()
-        self._done = 0
-        self._failed = 0
+    def _streamed(self, func, iterable, chunksize, star, ordered, with_input):
+        self._check_running()
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be an int, not {chunksize!r}")
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         try:
             total = len(iterable)
         except TypeError:
             total = None
-        self._progress, self._progress_end = _progress_callback(pool._progress, total)
-        # What the current line hands out; `_flags` is None on the fast path, else per value
-        # whether it is a failure.
-        self._current = iter(())
-        self._flags = None
-        self._proc = subprocess.Popen(
-            pool._command(ordered),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=pool._environment(),
-            # Its own session: a Ctrl-C reaches this process only, and the pool decides.
-            start_new_session=True,
+        progress, _ = _progress_callback(self._progress, total)
+        call = StreamedItems(
+            self._supervisor,
+            func,
+            iterable,
+            chunksize,
+            star,
+            ordered,
+            progress,
+            with_input=with_input,
+            total=total,
         )
-        self._feed_error = None
-        # The size of each chunk that is not full, by index.
-        self._sizes = {}
-        self._total = total
-        self._workers = pool._processes or len(os.sched_getaffinity(0))
-        self._feeder = threading.Thread(
-            target=self._feed, args=(name, iterable, star), name="corral-feed", daemon=True
-        )
-        self._feeder.start()
+        return self._supervisor.open(call)
 
-    def _feed(self, name, iterable, star):
-        stdin = self._proc.stdin
-        name = _encode(name)
+    # asyncio: awaited without a thread of their own; cancelling the awaiting task drops the
+    # call's jobs not run yet.
+
+    async def amap(self, func, iterable, chunksize=None, *, return_exceptions=False):
+        """map(), awaited."""
+        return await self._awaited(func, iterable, chunksize, False, return_exceptions)
+
+    async def astarmap(self, func, iterable, chunksize=None, *, return_exceptions=False):
+        """starmap(), awaited."""
+        return await self._awaited(func, iterable, chunksize, True, return_exceptions)
+
+    async def aapply(self, func, args=(), kwds={}):  # noqa: B006 - as apply's
+        """apply(), awaited."""
+        if kwds:
+            func = functools.partial(func, **kwds)
+        (result,) = await self._awaited(func, [tuple(args)], 1, True, False)
+        return result
+
+    def aimap(self, func, iterable, chunksize=1, *, with_input=False, return_exceptions=False):
+        """imap() as an async iterator: `async for result in pool.aimap(...)`."""
+        return self.imap(
+            func, iterable, chunksize, with_input=with_input, return_exceptions=return_exceptions
+        )
+
+    def aimap_unordered(
+        self, func, iterable, chunksize=1, *, with_input=False, return_exceptions=False
+    ):
+        """imap_unordered() as an async iterator."""
+        return self.imap_unordered(
+            func, iterable, chunksize, with_input=with_input, return_exceptions=return_exceptions
+        )
+
+    async def _awaited(self, func, iterable, chunksize, star, return_exceptions):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(ok, value):
+            if future.done():
+                return
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        def finish(ok, value):
+            try:
+                loop.call_soon_threadsafe(settle, ok, value)
+            except RuntimeError:
+                pass
+
+        call = self._listed(func, iterable, chunksize, star, _map_done(finish, return_exceptions))
         try:
-            if self._chunksize == 1:
-                for index, item in enumerate(iterable):
-                    args = tuple(item) if star else (item,)
-                    if self._inputs is not None:
-                        with self._lock:
-                            self._inputs[index] = item
-                    stdin.write(_encode_job(index, name, args))
-            else:
-                items = iter(iterable)
-                for index, size in enumerate(self._chunk_sizes()):
-                    chunk = list(itertools.islice(items, size))
-                    if not chunk:
-                        break
-                    if len(chunk) < self._chunksize:
-                        with self._lock:
-                            self._sizes[index] = len(chunk)
-                    if self._inputs is not None:
-                        with self._lock:
-                            self._inputs[index] = chunk
-                    stdin.write(_encode_chunk(index, name, chunk, star))
-        except BrokenPipeError:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading side
-            self._feed_error = exc
-        finally:
-            try:
-                stdin.close()
-            except BrokenPipeError:
-                pass
+            return await future
+        except asyncio.CancelledError:
+            if call is not None:
+                self._supervisor.cancel(call)
+            raise
 
-    def _chunk_sizes(self):
-        """The size of each chunk: `chunksize`, but when the number of items is known, the last
-        few chunks' worth goes in quarter chunks, so that the workers run out of work together
-        instead of one finishing a whole chunk while the others wait."""
-        size = self._chunksize
-        if self._total is None:
-            return itertools.repeat(size)
-        tail = min(self._total, 2 * self._workers * size)
-        small = max(1, size // 4)
-        head = (self._total - tail) // size
-        rest = self._total - head * size
-        return itertools.chain(
-            itertools.repeat(size, head),
-            itertools.repeat(small, -(-rest // small)),
-            # Should the iterable hold more than its len() said.
-            itertools.repeat(size),
-        )
 
-    def __iter__(self):
-        return self
+def _map_done(finish, return_exceptions):
+    """The done(values, failure) of a listed call, told to finish(ok, value)."""
 
-    def __next__(self):
-        value = next(self._current, _END)
-        if value is _END:
-            return self._next_line()
-        if self._flags is None:
-            return value
-        return self._deliver(value, next(self._flags))
-
-    def _next_line(self):
-        """Reads result lines until one has something to hand out, and hands out its first."""
-        while True:
-            line = self._proc.stdout.readline()
-            if not line:
-                self._current = iter(())
-                self._flags = None
-                self._finish()
-                raise StopIteration
-            items, outcomes, failed = self._take(json.loads(line))
-            if not outcomes:
-                continue
-            values = zip(items, outcomes) if self._with_input else outcomes
-            if failed or self._progress is not None:
-                self._current = iter(values)
-                self._flags = iter([position in failed for position in range(len(outcomes))])
-            else:
-                self._done += len(outcomes)
-                self._current = iter(values)
-                self._flags = None
-            return next(self)
-
-    def _deliver(self, value, failure):
-        if failure:
-            self._failed += 1
+    def done(values, failure):
+        if failure is None or (return_exceptions and values is not None):
+            finish(True, values)
         else:
-            self._done += 1
-        if self._progress is not None:
-            self._progress(self._done, self._failed)
-        if failure and not self._return_exceptions:
-            raise value[1] if self._with_input else value
-        return value
+            finish(False, failure)
 
-    def _take(self, record):
-        """The items, outcomes and failed positions of one result line (one item, or a chunk)."""
-        index = record.get("id")
-        items = None
-        if self._inputs is not None and index is not None:
-            with self._lock:
-                items = self._inputs.pop(index, None)
-            if self._chunksize == 1:
-                items = [items]
-        attempts, worker = record.get("attempts"), record.get("worker")
-        if record.get("ok"):
-            output = record["output"]
-            if self._chunksize == 1:
-                return items, [_decode_output(output)], ()
-            outcomes = unpack(output["pr"])
-            failed = unpack(output["pe"]) if "pe" in output else {}
-            for position, (error_type, message) in failed.items():
-                item = items[position] if items is not None else None
-                outcomes[position] = JobFailed(
-                    "task_error", message, attempts, worker, error_type, item
-                )
-            return items, outcomes, failed
-        # The whole job failed: every item of it, each with the job's error.
-        if items is not None:
-            size = len(items)
-        elif self._chunksize == 1:
-            size = 1
-        else:
-            with self._lock:
-                size = self._sizes.get(index, self._chunksize)
-        error = record.get("error", {})
-        outcomes = [
-            JobFailed(
-                error.get("kind", "unknown"),
-                error.get("message", ""),
-                attempts,
-                worker,
-                error.get("type"),
-                items[position] if items is not None else None,
-            )
-            for position in range(size)
-        ]
-        return items, outcomes, range(size)
-
-    def _finish(self):
-        if self._progress_end is not None:
-            self._progress_end()
-        self._feeder.join()
-        status = self._proc.wait()
-        if self._feed_error is not None:
-            raise self._feed_error
-        # 0: every job ok; 1: some failed (each was reported as it came).
-        if status not in (0, 1):
-            raise RuntimeError(f"corral ended with status {status}")
-
-    def stop(self):
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
-        for stream in (self._proc.stdout, self._proc.stdin):
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-    def wait(self):
-        self._proc.wait()
+    return done
 
 
-Pool.__module__ = "corral"
+def _then(done, after):
+    def both(values, failure):
+        after()
+        done(values, failure)
+
+    return both
 
 
 def _progress_callback(progress, total):
     """The function told of each result, the user's own or a tqdm bar's (progress=True), and
-    the one called at the end of the run (or None)."""
+    the one called at the end of the call (or None)."""
     if progress is None or progress is False:
         return None, None
     if callable(progress):
@@ -447,3 +483,7 @@ def _progress_callback(progress, total):
             bar.set_postfix(failed=failed, refresh=False)
 
     return update, bar.close
+
+
+for _cls in (Pool, ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator):
+    _cls.__module__ = "corral"

@@ -1,120 +1,205 @@
-"""The worker corral.Pool starts: one task, `call`, that runs a module-level function by name.
+"""The worker corral's pools start (`python -m corral._pool_worker`): it becomes what a spawn
+child of the pool's process would be (see _spawn), says hello to `corral mux`, then answers one
+job line at a time with one task, `call`.
 
-A job's input is {"f": "module:qualname", "a": [args...]} with JSON arguments, or
-{"f": ..., "p": base64 pickle of the argument tuple} for arguments JSON cannot carry. The
-output is {"j": result} or {"p": base64 pickle of the result}. A chunk is {"f": ...,
-"pa": base64 pickle of a list of single arguments} (or "pc", a list of argument tuples, for
-starmap), answered with {"pr": base64 pickle of the list of results} and, if some raised,
-{"pe": base64 pickle of {position: (exception type, message)}}: pickle, written in C, is what
-makes chunks of tiny tasks cheap. Functions are found as
-multiprocessing's spawn start method finds them: by module and qualified name, the parent's
-__main__ script run again here as __mp_main__ (CORRAL_POOL_MAIN names it).
+A job's input names the function ("f": "module:qualname", or "fp": it pickled) and carries the
+arguments: "a" a JSON list of them; "p" a pickled tuple of them; "pk" a pickled (args, kwargs);
+"pa" a pickled chunk of single arguments; "pc" a pickled chunk of argument tuples (starmap); or
+"s" the name of a file in the pool's directory holding the pickle, with "k" its kind. The output
+is {"j": result} when JSON carries it exactly, else {"b": base64 pickle} or {"s": file} of
+("v", result), ("x", exception record) or ("c", results, {position: exception record}).
+
+The worker's stdout and stderr are the pool process's own (passed down as CORRAL_POOL_STDOUT
+and CORRAL_POOL_STDERR), as a multiprocessing child's are; the protocol keeps private copies of
+the pipes. When corral closes its input, the worker exits at once, without waiting for threads
+a task left running.
 """
 
-import gc
-import importlib
+import base64
 import json
 import os
-import runpy
+import pickle
 import sys
-import traceback
 
-from corral._codec import pack, plain, unpack
-from corral.worker import run, task
+from corral import _spawn
+from corral._codec import SPILL_BYTES, plain, spill, unspill
 
+_HIGHEST = pickle.HIGHEST_PROTOCOL
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _functions = {}
+HELLO = b'{"corral_protocol":1,"tasks":["call"]}\n'
 
 
-def _load_main():
-    path = os.environ.get("CORRAL_POOL_MAIN")
-    if not path:
-        return
-    main = type(sys)("__mp_main__")
-    main.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
-    sys.modules["__mp_main__"] = main
-    sys.modules["__main__"] = main
+def _function(job):
+    name = job.get("f")
+    if name is not None:
+        fn = _functions.get(name)
+        if fn is None:
+            import importlib
 
-
-def _function(name):
-    fn = _functions.get(name)
+            module_name, _, qualname = name.partition(":")
+            fn = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                fn = getattr(fn, part)
+            _functions[name] = fn
+        return fn
+    pickled = job["fp"]
+    fn = _functions.get(pickled)
     if fn is None:
-        module_name, _, qualname = name.partition(":")
-        if module_name == "__main__":
-            module_name = "__mp_main__"
-        obj = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        fn = _functions[name] = obj
+        fn = _functions[pickled] = pickle.loads(base64.b64decode(pickled))
     return fn
 
 
-def _output(result):
+def _arguments(job, directory):
+    """(kind, arguments) of a job's input."""
+    if "a" in job:
+        return "a", job["a"]
+    if "s" in job:
+        return job["k"], pickle.loads(unspill(directory, job["s"]))
+    for kind in ("p", "pk", "pa", "pc"):
+        if kind in job:
+            return kind, pickle.loads(base64.b64decode(job[kind]))
+    raise ValueError(f"a job without arguments: {sorted(job)}")
+
+
+def _pickled(raw, directory):
+    data = pickle.dumps(raw, protocol=_HIGHEST)
+    if len(data) > SPILL_BYTES:
+        return b'{"s":"%s"}' % spill(directory, "out-", data).encode()
+    return b'{"b":"%s"}' % base64.b64encode(data)
+
+
+def _failure(exc, directory):
+    return _pickled(("x", _spawn.exception_record(exc)), directory)
+
+
+def _unpicklable(exc, value):
+    from multiprocessing.pool import MaybeEncodingError
+
+    return MaybeEncodingError(exc, value)
+
+
+def _result(result, directory):
     if plain(result):
-        return {"j": result}
-    return {"p": pack(result)}
-
-
-@task
-def call(job):
-    fn = _function(job["f"])
-    if "pa" in job:
-        return _call_chunk(fn, _quietly(unpack, job["pa"]), False)
-    if "pc" in job:
-        return _call_chunk(fn, _quietly(unpack, job["pc"]), True)
-    if "p" in job:
-        args = unpack(job["p"])
-    else:
-        args = job["a"]
-    return _output(fn(*args))
-
-
-def _quietly(convert, value):
-    """convert(value) with the cyclic garbage collector held off: (un)pickling a chunk makes
-    thousands of objects at once, all alive, and collecting while it does is wasted work."""
-    if not gc.isenabled():
-        return convert(value)
-    gc.disable()
+        text = _encode(result)
+        if len(text) <= SPILL_BYTES:
+            try:
+                return b'{"j":%s}' % text.encode()
+            except UnicodeEncodeError:
+                # Lone surrogates are not UTF-8: the value travels pickled.
+                pass
     try:
-        return convert(value)
-    finally:
-        gc.enable()
+        return _pickled(("v", result), directory)
+    except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled
+        return _failure(_unpicklable(exc, result), directory)
 
 
-def _call_chunk(fn, calls, star):
-    """Calls fn on each item of a chunk: {"pr": pickled results}, plus {"pe": pickled
-    {position: (exception type, message)}} for the items that raised (their traceback goes to
-    the log): one item's exception is not the whole chunk's."""
+def _chunk(fn, calls, star, directory):
+    """Calls fn on each item of a chunk: one item's exception is not the whole chunk's."""
     results = []
     errors = {}
     for args in calls:
         try:
             results.append(fn(*args) if star else fn(args))
-        except Exception as exc:  # noqa: BLE001 - any failure of user code is the item's error
-            traceback.print_exc(file=sys.stderr)
-            errors[len(results)] = (type(exc).__name__, str(exc) or type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is the item's
+            errors[len(results)] = _spawn.exception_record(exc)
             results.append(None)
     try:
-        packed = _quietly(pack, results)
-    except Exception:  # noqa: BLE001 - find the culprits one by one
+        return _pickled(("c", results, errors), directory)
+    except Exception:  # noqa: BLE001 - find the results that cannot be pickled, one by one
         for position, result in enumerate(results):
             try:
-                pack(result)
+                pickle.dumps(result, protocol=_HIGHEST)
             except Exception as exc:  # noqa: BLE001
-                errors[position] = (type(exc).__name__, f"the result cannot be pickled: {exc}")
+                errors[position] = _spawn.exception_record(_unpicklable(exc, result))
                 results[position] = None
-        packed = pack(results)
-    if errors:
-        return {"pr": packed, "pe": pack(errors)}
-    return {"pr": packed}
+        return _pickled(("c", results, errors), directory)
 
 
-def _initialize():
-    _load_main()
-    spec = os.environ.get("CORRAL_POOL_INIT")
-    if spec:
-        name, pickled = json.loads(spec)
-        _function(name)(*unpack(pickled))
+def answer(line, directory):
+    """The response line to one request line."""
+    request = json.loads(line)
+    request_id = _raw_id(line, request)
+    job = request["input"]
+    try:
+        fn = _function(job)
+        kind, args = _arguments(job, directory)
+        if kind == "pa" or kind == "pc":
+            output = _chunk(fn, args, kind == "pc", directory)
+        else:
+            result = fn(*args[0], **args[1]) if kind == "pk" else fn(*args)
+            output = _result(result, directory)
+    except Exception as exc:  # noqa: BLE001 - the job's exception, for the caller
+        output = _failure(exc, directory)
+    return b'{"id":%s,"output":%s}\n' % (request_id, output)
+
+
+def _raw_id(line, request):
+    """The request's id as corral wrote it (between `{"id":` and `,"task":`)."""
+    if line.startswith(b'{"id":'):
+        end = line.find(b',"task":')
+        if end > 0:
+            return line[6:end]
+    return _encode(request["id"]).encode()
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _take_stdio():
+    """Private copies of the protocol's pipes; fds 0, 1 and 2 become /dev/null and the pool
+    process's own stdout and stderr, for the user's code."""
+    requests, answers = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    stdout = os.environ.pop("CORRAL_POOL_STDOUT", "")
+    stderr = os.environ.pop("CORRAL_POOL_STDERR", "")
+    if stderr.isdigit():
+        os.dup2(int(stderr), 2)
+        os.close(int(stderr))
+    if stdout.isdigit():
+        os.dup2(int(stdout), 1)
+        os.close(int(stdout))
+    else:
+        # What tasks print never goes into the protocol.
+        os.dup2(2, 1)
+    sys.stdin = open(os.devnull)
+    return requests, answers
+
+
+def _exit(status):
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - nothing to flush into
+            pass
+    # At once: a thread a task left running must not keep the worker alive.
+    os._exit(status)
+
+
+def main():
+    directory = os.environ["CORRAL_POOL_DIR"]
+    requests_fd, answers_fd = _take_stdio()
+    try:
+        _spawn.prepare(directory)
+    except BaseException as exc:  # noqa: BLE001 - reported to the pool, whatever it is
+        _spawn.report_start_failure(directory, exc)
+        _exit(1)
+    try:
+        _write_all(answers_fd, HELLO)
+        with open(requests_fd, "rb", buffering=256 * 1024) as requests:
+            for line in requests:
+                # Each answer goes out at once: corral knows which job is running from the
+                # answers it has seen, so holding one back would blame the wrong job for a crash.
+                _write_all(answers_fd, answer(line, directory))
+    except BrokenPipeError:
+        pass
+    _exit(0)
 
 
 if __name__ == "__main__":
-    run(initializer=_initialize)
+    main()

@@ -1,0 +1,85 @@
+"""The exceptions of corral's pools. A task's own exception comes back as itself; these are for
+what corral itself decided (a job that crashed its worker on every attempt, ran past its
+timeout, or was cancelled), for workers that cannot start, and for an exception that could not
+travel.
+
+JobCrashed is also a concurrent.futures.process.BrokenProcessPool, so that code written for
+ProcessPoolExecutor still catches it; but only that job failed, and the pool goes on."""
+
+import multiprocessing
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.pool import RemoteTraceback
+
+# AsyncResult.get(timeout) and IMapIterator.next(timeout) raise this, as multiprocessing does:
+# it is multiprocessing.TimeoutError itself, so either name catches it.
+TimeoutError = multiprocessing.TimeoutError
+
+
+def remote_traceback(text):
+    """The worker's traceback, as the __cause__ of its exception (multiprocessing's form)."""
+    return RemoteTraceback(f'\n"""\n{text}"""')
+
+
+class JobFailed(Exception):
+    """A job that corral could not run to a result: it crashed its worker on every attempt
+    ("crashed"), ran past the timeout on every attempt ("timeout"), or was dropped unrun
+    ("cancelled"). `attempts` and `worker` (the pid of the last worker that ran it) come from
+    corral's result; `item` is the job's input when the call asked for it."""
+
+    def __init__(self, kind, message, attempts=None, worker=None, error_type=None, item=None):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.attempts = attempts
+        self.worker = worker
+        self.error_type = error_type
+        self.item = item
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self.kind, self.message, self.attempts, self.worker, self.error_type, self.item),
+        )
+
+
+class JobCrashed(JobFailed, BrokenProcessPool):
+    """The job killed its worker on each of its attempts (a signal, an exit, a protocol
+    violation). Only this job failed: the worker was replaced and the pool goes on."""
+
+
+class JobTimedOut(JobFailed):
+    """The job ran past the pool's timeout on each of its attempts; its worker was killed."""
+
+
+class JobCancelled(JobFailed):
+    """The job never ran: its pool was terminated first."""
+
+
+_KINDS = {"crashed": JobCrashed, "timeout": JobTimedOut, "cancelled": JobCancelled}
+
+
+def job_failed(kind, message, attempts=None, worker=None, error_type=None, item=None):
+    """The JobFailed subclass for an error kind of corral's result lines."""
+    return _KINDS.get(kind, JobFailed)(kind, message, attempts, worker, error_type, item)
+
+
+class RemoteError(Exception):
+    """Stands for a task's exception that could not be pickled (or unpickled here): it names
+    the exception's type and message; the worker's traceback is its __cause__."""
+
+    def __init__(self, type_name, message):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message))
+
+
+class BrokenPool(BrokenProcessPool):
+    """The pool's workers cannot run (they fail at start, again and again), or its supervisor
+    is gone. The worker's own exception, when it raised one, is the __cause__."""
+
+
+for _cls in (JobFailed, JobCrashed, JobTimedOut, JobCancelled, RemoteError, BrokenPool):
+    _cls.__module__ = "corral"
