@@ -19,8 +19,8 @@ import types
 from collections import deque
 
 from corral import _spawn
-from corral._codec import SPILL_BYTES, exception, plain, spill, unspill
-from corral._errors import job_failed
+from corral._codec import SPILL_BYTES, exception, plain, remove_spilled, spill, unspill
+from corral._errors import JobUnreadable, job_failed
 from corral._supervisor import CALL_WINDOW, TOTAL_WINDOW
 
 _HIGHEST = pickle.HIGHEST_PROTOCOL
@@ -69,10 +69,14 @@ def _resolves(module, qualname, fn):
     return obj is fn
 
 
-def _pickled(kind, value, directory):
+def _pickled(kind, value, job, spilled):
+    """The input field of pickled arguments: inline, or the name of the file they go through
+    (`spilled` is the call's: the file's name is added to it)."""
     data = pickle.dumps(value, protocol=_HIGHEST)
     if len(data) > SPILL_BYTES:
-        return f'"s":"{spill(directory, "in-", data)}","k":"{kind}"'
+        name = spill(spilled.directory, f"in-{job}", data)
+        spilled.add(job)
+        return f'"s":"{name}","k":"{kind}"'
     return f'"{kind}":"{base64.b64encode(data).decode()}"'
 
 
@@ -80,7 +84,7 @@ def _line(job, fref, body):
     return f'{{"id":{job},"task":"call","input":{{{fref},{body}}}}}\n'.encode()
 
 
-def single_line(job, fref, args, kwargs, directory):
+def single_line(job, fref, args, kwargs, spilled):
     """The job line of one call of the function."""
     if not kwargs:
         if len(args) == 1 and type(args[0]) is int:
@@ -93,37 +97,70 @@ def single_line(job, fref, args, kwargs, directory):
                 except UnicodeEncodeError:
                     # Text with lone surrogates is not UTF-8: it travels pickled.
                     pass
-        return _line(job, fref, _pickled("p", args, directory))
-    return _line(job, fref, _pickled("pk", (args, kwargs), directory))
+        return _line(job, fref, _pickled("p", args, job, spilled))
+    return _line(job, fref, _pickled("pk", (args, kwargs), job, spilled))
 
 
-def chunk_line(job, fref, chunk, star, directory):
+def chunk_line(job, fref, chunk, star, spilled):
     """The job line of a chunk of items: "pa" a list of single arguments, "pc" a list of
     argument tuples (for starmap)."""
-    if star:
-        return _line(job, fref, _pickled("pc", chunk, directory))
-    return _line(job, fref, _pickled("pa", chunk, directory))
+    return _line(job, fref, _pickled("pc" if star else "pa", chunk, job, spilled))
 
 
-def outcomes(record, size, directory):
-    """The outcomes, [(ok, value)], of the items of one result line."""
+class Spilled(set):
+    """The jobs of a call whose arguments went through a file, removed once answered."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = directory
+
+    def answered(self, jobs):
+        for job in jobs:
+            if job in self:
+                self.discard(job)
+                remove_spilled(self.directory, f"in-{job}")
+
+
+def outcomes(record, size, directory, executor=False):
+    """The outcomes, [(ok, value)], of the items of one result line (an executor's call has
+    concurrent.futures' kind of remote traceback)."""
     if record.get("ok"):
         output = record["output"]
         if "j" in output:
             return [(True, output["j"])]
-        if "b" in output:
-            raw = pickle.loads(base64.b64decode(output["b"]))
-        else:
-            raw = pickle.loads(unspill(directory, output["s"]))
+        try:
+            if "b" in output:
+                raw = pickle.loads(base64.b64decode(output["b"]))
+            else:
+                raw = pickle.loads(unspill(directory, output["s"]))
+        except BaseException as exc:  # noqa: BLE001 - whatever unpickling does, even SystemExit
+            unreadable = JobUnreadable(
+                "unreadable",
+                f"its result could not be unpickled here: {exc!r}",
+                record.get("attempts"),
+                record.get("worker"),
+            )
+            unreadable.__cause__ = exc
+            return [(False, unreadable)] * size
         kind = raw[0]
         if kind == "v":
             return [(True, raw[1])]
         if kind == "x":
-            return [(False, exception(raw[1]))]
+            return [(False, exception(raw[1], executor))]
+        if kind == "u":
+            cause = exception(raw[1], executor)
+            unreadable = JobUnreadable(
+                "unreadable",
+                f"its arguments could not be unpickled in the worker: {cause!r}",
+                record.get("attempts"),
+                record.get("worker"),
+            )
+            unreadable.__cause__ = cause
+            return [(False, unreadable)] * size
         results, errors = raw[1], raw[2]
         out = [(True, value) for value in results]
         for position, failure in errors.items():
-            out[position] = (False, exception(failure))
+            out[position] = (False, exception(failure, executor))
         return out
     error = record.get("error") or {}
     attempts, worker = record.get("attempts"), record.get("worker")
@@ -149,6 +186,7 @@ class Call:
         self.cancelled = False
         # Once the supervisor can run nothing more: makes the exception to raise.
         self.broken = None
+        self.spilled = Spilled(self.directory)
 
     def has_work(self, closing):
         return not self.exhausted
@@ -169,6 +207,9 @@ class Call:
 
     def take(self, results):
         """The reader's results of this call: [(job index, result record)]."""
+        if self.spilled:
+            base = self.number << 32
+            self.spilled.answered([base + job for job, _ in results])
         delivered = self.deliver(results)
         with self.supervisor.lock:
             self.answered += len(results)
@@ -208,7 +249,7 @@ class ItemCall(Call):
     def lines(self, room):
         out = []
         base = self.number << 32
-        directory = self.directory
+        spilled = self.spilled
         fref = self.fref
         items = self.items
         star = self.star
@@ -219,7 +260,7 @@ class ItemCall(Call):
                     args = tuple(item) if star else (item,)
                     if inputs is not None:
                         inputs[self.taken] = item
-                    out.append(single_line(base + self.jobs, fref, args, None, directory))
+                    out.append(single_line(base + self.jobs, fref, args, None, spilled))
                     self.jobs += 1
                     self.taken += 1
                 if len(out) < room:
@@ -235,7 +276,7 @@ class ItemCall(Call):
                     for offset, item in enumerate(chunk):
                         inputs[self.taken + offset] = item
                 self.chunks[self.jobs] = (self.taken, len(chunk))
-                out.append(chunk_line(base + self.jobs, fref, chunk, star, directory))
+                out.append(chunk_line(base + self.jobs, fref, chunk, star, spilled))
                 self.jobs += 1
                 self.taken += len(chunk)
             return out, False
@@ -266,7 +307,7 @@ class ItemCall(Call):
                 first, size = job, 1
             else:
                 first, size = self.chunks.pop(job)
-            for offset, (ok, value) in enumerate(outcomes(record, size, directory)):
+            for offset, (ok, value) in enumerate(outcomes(record, size, directory, self.executor)):
                 items.append((first + offset, ok, value))
         if self.inputs is not None:
             items = [(i, ok, (self.inputs.pop(i, None), value)) for i, ok, value in items]
@@ -478,7 +519,7 @@ class StreamCall(Call):
             return
         target.start()
         try:
-            line = single_line((self.number << 32) + job, fref, args, kwargs, self.directory)
+            line = single_line((self.number << 32) + job, fref, args, kwargs, self.spilled)
         except Exception as exc:  # noqa: BLE001 - an argument that cannot be pickled
             with supervisor.lock:
                 self.targets.pop(job, None)
@@ -494,7 +535,6 @@ class StreamCall(Call):
     def lines(self, room):
         out = []
         base = self.number << 32
-        directory = self.directory
         lock = self.supervisor.lock
         failed = []
         ended = False
@@ -510,7 +550,7 @@ class StreamCall(Call):
                 self.jobs += 1
                 self.targets[job] = target
             try:
-                line = single_line(base + job, fref, args, kwargs, directory)
+                line = single_line(base + job, fref, args, kwargs, self.spilled)
             except Exception as exc:  # noqa: BLE001 - an argument that cannot be pickled
                 # Sent and answered at once, as far as the counts go.
                 with lock:
@@ -527,7 +567,8 @@ class StreamCall(Call):
     def deliver(self, results):
         directory = self.directory
         done = [
-            (self.targets.pop(job), outcomes(record, 1, directory)[0]) for job, record in results
+            (self.targets.pop(job), outcomes(record, 1, directory, self.executor)[0])
+            for job, record in results
         ]
 
         def finish():

@@ -45,34 +45,37 @@ def unpack(text):
     return pickle.loads(base64.b64decode(text))
 
 
-def spill(directory, prefix, data):
-    """Writes data (bytes) to a new file of directory; its name."""
-    fd, path = _new_file(directory, prefix)
+def spill(directory, name, data):
+    """Writes data (bytes) to a new file `name` of directory (mode 0600); its name."""
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    return os.path.basename(path)
+    return name
 
 
-def unspill(directory, name):
-    """The bytes of a spilled file, which is then removed."""
+def unspill(directory, name, remove=True):
+    """The bytes of a spilled file; removed unless told (an input stays until its job is
+    answered: a retry reads it again)."""
     if os.sep in name or name.startswith("."):
         raise ValueError(f"not a spilled file's name: {name!r}")
     path = os.path.join(directory, name)
     with open(path, "rb") as f:
         data = f.read()
-    os.unlink(path)
+    if remove:
+        os.unlink(path)
     return data
 
 
-def _new_file(directory, prefix):
-    import tempfile
+def remove_spilled(directory, name):
+    try:
+        os.unlink(os.path.join(directory, name))
+    except FileNotFoundError:
+        pass
 
-    return tempfile.mkstemp(prefix=prefix, dir=directory)
 
-
-def exception(record):
+def exception(record, executor=False):
     """The exception a record (from _spawn.exception_record) stands for, with the worker's
-    traceback as its __cause__."""
+    traceback as its __cause__ (concurrent.futures' kind of it for an executor)."""
     from corral._errors import RemoteError, remote_traceback
 
     pickled, name, message, text = pickle.loads(record)
@@ -86,5 +89,5 @@ def exception(record):
             exc = None
     if exc is None:
         exc = RemoteError(name, message)
-    exc.__cause__ = remote_traceback(text)
+    exc.__cause__ = remote_traceback(text, executor)
     return exc

@@ -15,8 +15,13 @@ from multiprocessing.pool import RemoteTraceback
 TimeoutError = multiprocessing.TimeoutError
 
 
-def remote_traceback(text):
-    """The worker's traceback, as the __cause__ of its exception (multiprocessing's form)."""
+def remote_traceback(text, executor=False):
+    """The worker's traceback, as the __cause__ of its exception: multiprocessing's
+    RemoteTraceback, or concurrent.futures' own for an executor's call."""
+    if executor:
+        from concurrent.futures.process import _RemoteTraceback
+
+        return _RemoteTraceback(f'\n"""\n{text}"""')
     return RemoteTraceback(f'\n"""\n{text}"""')
 
 
@@ -51,6 +56,12 @@ class JobTimedOut(JobFailed):
     """The job ran past the pool's timeout on each of its attempts; its worker was killed."""
 
 
+class JobUnreadable(JobFailed, BrokenProcessPool):
+    """The job's arguments could not be unpickled in the worker, or its result here (the
+    unpickling error is the __cause__). Only this job failed; like JobCrashed, it is also a
+    BrokenProcessPool, as the stdlib executor reports such a job."""
+
+
 class JobCancelled(JobFailed):
     """The job never ran: its pool was terminated first."""
 
@@ -81,5 +92,13 @@ class BrokenPool(BrokenProcessPool):
     is gone. The worker's own exception, when it raised one, is the __cause__."""
 
 
-for _cls in (JobFailed, JobCrashed, JobTimedOut, JobCancelled, RemoteError, BrokenPool):
+for _cls in (
+    JobFailed,
+    JobCrashed,
+    JobTimedOut,
+    JobUnreadable,
+    JobCancelled,
+    RemoteError,
+    BrokenPool,
+):
     _cls.__module__ = "corral"

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+from corral import _supervisor
 from corral._calls import StreamCall, StreamedItems
 from corral._errors import TimeoutError as PoolTimeoutError
 from corral._pool import cpu_count, retries_option, timeout_option
@@ -90,6 +91,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             max_tasks_per_child,
             timeout_option(timeout),
             retries_option(retries),
+            executor=True,
         )
         submits = StreamCall(self._supervisor, window=SENT_PER_WORKER * max_workers + 1)
         submits.executor = True
@@ -101,7 +103,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 raise self._submits.broken(executor=True)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if sys.is_finalizing():
+            if _supervisor.interpreter_exiting or sys.is_finalizing():
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future = _Job()
             self._submits.add(future, fn, args, kwargs)
@@ -157,7 +159,10 @@ def _results(supervisor, call, end):
                 raise concurrent.futures.TimeoutError from None
             if not ok:
                 raise value
-            yield value
+            # Held by nothing here once handed out (the stdlib's test_free_reference).
+            box = [value]
+            del value
+            yield box.pop()
     finally:
         supervisor.cancel(call)
 

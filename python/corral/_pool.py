@@ -235,7 +235,7 @@ class Pool:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __del__(self, _warn=warnings.warn, RUN=RUN):
-        if self._state == RUN and self._supervisor is not None:
+        if getattr(self, "_state", None) == RUN and self._supervisor is not None:
             _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
             self._supervisor.abandon()
 

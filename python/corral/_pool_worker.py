@@ -27,6 +27,9 @@ from corral._codec import SPILL_BYTES, plain, spill, unspill
 _HIGHEST = pickle.HIGHEST_PROTOCOL
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _functions = {}
+# Whether the pool is a concurrent.futures executor (see _spawn.prepare).
+_executor = False
+_spilled = 0
 HELLO = b'{"corral_protocol":1,"tasks":["call"]}\n'
 
 
@@ -55,7 +58,8 @@ def _arguments(job, directory):
     if "a" in job:
         return "a", job["a"]
     if "s" in job:
-        return job["k"], pickle.loads(unspill(directory, job["s"]))
+        # Left for the pool to remove once answered: a retry reads it again.
+        return job["k"], pickle.loads(unspill(directory, job["s"], remove=False))
     for kind in ("p", "pk", "pa", "pc"):
         if kind in job:
             return kind, pickle.loads(base64.b64decode(job[kind]))
@@ -63,9 +67,12 @@ def _arguments(job, directory):
 
 
 def _pickled(raw, directory):
+    global _spilled
     data = pickle.dumps(raw, protocol=_HIGHEST)
     if len(data) > SPILL_BYTES:
-        return b'{"s":"%s"}' % spill(directory, "out-", data).encode()
+        _spilled += 1
+        name = spill(directory, f"out-{os.getpid()}-{_spilled}", data)
+        return b'{"s":"%s"}' % name.encode()
     return b'{"b":"%s"}' % base64.b64encode(data)
 
 
@@ -73,7 +80,18 @@ def _failure(exc, directory):
     return _pickled(("x", _spawn.exception_record(exc)), directory)
 
 
+def _caught():
+    """What a job's failure may be: for an executor any exception, SystemExit too (as
+    concurrent.futures' workers catch them); for a pool an Exception (multiprocessing's let
+    the others end the worker)."""
+    return BaseException if _executor else Exception
+
+
 def _unpicklable(exc, value):
+    """What a result that cannot be pickled fails with: the pickling error itself for an
+    executor (as concurrent.futures), multiprocessing's MaybeEncodingError for a pool."""
+    if _executor:
+        return exc
     from multiprocessing.pool import MaybeEncodingError
 
     return MaybeEncodingError(exc, value)
@@ -90,7 +108,7 @@ def _result(result, directory):
                 pass
     try:
         return _pickled(("v", result), directory)
-    except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled
+    except _caught() as exc:  # a result that cannot be pickled
         return _failure(_unpicklable(exc, result), directory)
 
 
@@ -122,14 +140,20 @@ def answer(line, directory):
     request_id = _raw_id(line, request)
     job = request["input"]
     try:
-        fn = _function(job)
         kind, args = _arguments(job, directory)
+    except Exception as exc:  # noqa: BLE001 - the arguments do not unpickle here
+        return b'{"id":%s,"output":%s}\n' % (
+            request_id,
+            _pickled(("u", _spawn.exception_record(exc)), directory),
+        )
+    try:
+        fn = _function(job)
         if kind == "pa" or kind == "pc":
             output = _chunk(fn, args, kind == "pc", directory)
         else:
             result = fn(*args[0], **args[1]) if kind == "pk" else fn(*args)
             output = _result(result, directory)
-    except Exception as exc:  # noqa: BLE001 - the job's exception, for the caller
+    except _caught() as exc:  # the job's exception, for the caller
         output = _failure(exc, directory)
     return b'{"id":%s,"output":%s}\n' % (request_id, output)
 
@@ -184,8 +208,9 @@ def _exit(status):
 def main():
     directory = os.environ["CORRAL_POOL_DIR"]
     requests_fd, answers_fd = _take_stdio()
+    global _executor
     try:
-        _spawn.prepare(directory)
+        _executor = _spawn.prepare(directory)
     except BaseException as exc:  # noqa: BLE001 - reported to the pool, whatever it is
         _spawn.report_start_failure(directory, exc)
         _exit(1)

@@ -70,30 +70,63 @@ def main_is_importable():
     return main_to_run_again() is not None
 
 
-def write_preparation(directory, initializer, initargs):
-    """Writes what every worker of the pool needs (see the module's docstring)."""
-    import multiprocessing
+class _Spawning:
+    """Stands for multiprocessing's spawning Popen while the initializer and its arguments are
+    pickled, as spawn pickles them: queues, locks and pipes among them may then be pickled,
+    and the file descriptors they hold are duplicated for the workers, which inherit them
+    through corral at the same numbers (as a spawn child inherits them from its Popen)."""
 
+    def __init__(self):
+        self.fds = []
+
+    def duplicate_for_child(self, fd):
+        fd = os.dup(fd)
+        self.fds.append(fd)
+        return fd
+
+    DupFd = duplicate_for_child
+
+
+def write_preparation(directory, initializer, initargs, executor):
+    """Writes what every worker of the pool needs (see the module's docstring); returns the
+    file descriptors the workers must inherit (the caller closes them once they are passed)."""
+    import multiprocessing
+    from multiprocessing import context
+    from multiprocessing.reduction import ForkingPickler
+
+    spawning = _Spawning()
+    pickled = None
+    if initializer is not None:
+        context.set_spawning_popen(spawning)
+        try:
+            # Pickled apart: it may name a function of __main__, which exists in the worker
+            # only once __main__ has run again there.
+            pickled = bytes(ForkingPickler.dumps((initializer, tuple(initargs))))
+        except BaseException:
+            for fd in spawning.fds:
+                os.close(fd)
+            raise
+        finally:
+            context.set_spawning_popen(None)
     data = {
         "sys_path": list(sys.path),
         "sys_argv": list(sys.argv),
         "cwd": os.getcwd(),
         "authkey": bytes(multiprocessing.current_process().authkey),
         "main": main_to_run_again(),
-        # Pickled apart: it may name a function of __main__, which exists in the worker only
-        # once __main__ has run again there.
-        "initializer": None
-        if initializer is None
-        else pickle.dumps((initializer, tuple(initargs)), protocol=pickle.HIGHEST_PROTOCOL),
+        "initializer": pickled,
+        "executor": executor,
     }
     path = os.path.join(directory, PREPARATION)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return spawning.fds
 
 
 def prepare(directory):
-    """In a worker: becomes what a spawn child of the parent is, and runs the initializer."""
+    """In a worker: becomes what a spawn child of the parent is, and runs the initializer.
+    Returns whether the pool is a concurrent.futures executor."""
     global bootstrapping
     with open(os.path.join(directory, PREPARATION), "rb") as f:
         data = pickle.load(f)
@@ -121,7 +154,18 @@ def prepare(directory):
             bootstrapping = False
     if data["initializer"] is not None:
         initializer, initargs = pickle.loads(data["initializer"])
-        initializer(*initargs)
+        try:
+            initializer(*initargs)
+        except BaseException:
+            if data["executor"]:
+                # Where concurrent.futures' own workers say it.
+                import logging
+
+                logging.getLogger("concurrent.futures").critical(
+                    "Exception in initializer:", exc_info=True
+                )
+            raise
+    return data["executor"]
 
 
 def report_start_failure(directory, exc):

@@ -36,21 +36,35 @@ FEED_CHUNK = 1024
 READ_BYTES = 1 << 18
 
 _live = weakref.WeakSet()
+# Set once the interpreter begins to exit: an executor takes no more work then.
+interpreter_exiting = False
 
 
-@atexit.register
-def _stop_every_supervisor():
-    """At interpreter exit, no pool outlives its process: as multiprocessing terminates its
-    pools at exit, corral's are stopped (their supervisor would follow within a second
-    anyway, through --exit-with-parent)."""
+def _at_exit():
+    """At interpreter exit, as the stdlib does it: an executor finishes the work it was given
+    (concurrent.futures waits for it), a pool is terminated (multiprocessing's are); no
+    supervisor outlives this process either way."""
+    global interpreter_exiting
+    interpreter_exiting = True
     for supervisor in list(_live):
-        supervisor.terminate()
+        if supervisor.executor:
+            supervisor.close()
+            supervisor.join()
+        else:
+            supervisor.terminate()
+
+
+# Before the interpreter joins its threads, where concurrent.futures registers its own.
+_register = getattr(threading, "_register_atexit", atexit.register)
+_register(_at_exit)
 
 
 class Supervisor:
     """The `corral mux` process of one pool, with its feeder and reader threads."""
 
-    def __init__(self, processes, initializer, initargs, max_tasks, timeout, retries):
+    def __init__(
+        self, processes, initializer, initargs, max_tasks, timeout, retries, executor=False
+    ):
         _spawn.check_not_bootstrapping()
         self.processes = processes
         self.directory = tempfile.mkdtemp(prefix="corral-pool-")
@@ -81,8 +95,9 @@ class Supervisor:
             except OSError:
                 continue
             env[variable] = str(passed[-1])
+        self.executor = executor
         try:
-            _spawn.write_preparation(self.directory, initializer, initargs)
+            passed += _spawn.write_preparation(self.directory, initializer, initargs, executor)
             self.proc = subprocess.Popen(
                 self._command(processes, max_tasks, timeout, retries),
                 stdin=subprocess.PIPE,
@@ -99,6 +114,7 @@ class Supervisor:
         finally:
             for fd in passed:
                 os.close(fd)
+
         self.feeder = threading.Thread(target=self._feed, name="corral-feeder", daemon=True)
         self.reader = threading.Thread(target=self._read, name="corral-results", daemon=True)
         self.feeder.start()
@@ -275,6 +291,8 @@ class Supervisor:
                             call.check_finished()
                     self.send(call, lines, ended, controls)
                     controls = ()
+                # Nothing of a call may stay alive here while the feeder waits.
+                turn = batch = call = lines = None
         except OSError:
             # The supervisor is gone; the reader tells the calls.
             pass
@@ -310,8 +328,6 @@ class Supervisor:
 
     def _read(self):
         stdout = self.proc.stdout.fileno()
-        loads = json.loads
-        calls = self.calls
         rest = b""
         while True:
             try:
@@ -327,27 +343,34 @@ class Supervisor:
                 rest = data
                 continue
             rest = data[end + 1 :]
-            groups = {}
-            for line in data[:end].split(b"\n"):
-                if line.startswith(b'{"corral":'):
-                    self._said(line)
-                    continue
-                record = loads(line)
-                job = record.get("id")
-                if type(job) is not int:
-                    continue
-                group = groups.get(job >> 32)
-                if group is None:
-                    group = groups[job >> 32] = []
-                group.append((job & 0xFFFFFFFF, record))
-            for number, results in groups.items():
-                call = calls.get(number)
-                if call is not None:
-                    call.take(results)
+            # In a call of its own, so that nothing of a call outlives its results here.
+            self._dispatch(data[:end])
         status = self.proc.wait()
         self._ended(status)
         shutil.rmtree(self.directory, ignore_errors=True)
         _live.discard(self)
+
+    def _dispatch(self, lines):
+        """Hands each call the results among `lines` that are its own."""
+        loads = json.loads
+        groups = {}
+        for line in lines.split(b"\n"):
+            if line.startswith(b'{"corral":'):
+                self._said(line)
+                continue
+            record = loads(line)
+            job = record.get("id")
+            if type(job) is not int:
+                continue
+            group = groups.get(job >> 32)
+            if group is None:
+                group = groups[job >> 32] = []
+            group.append((job & 0xFFFFFFFF, record))
+        calls = self.calls
+        for number, results in groups.items():
+            call = calls.get(number)
+            if call is not None:
+                call.take(results)
 
     def _said(self, line):
         try:

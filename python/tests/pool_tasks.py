@@ -49,3 +49,80 @@ def who(_):
 
 def pid(_):
     return os.getpid()
+
+
+def keywords(a, b=None):
+    return {"a": a, "b": b}
+
+
+class Custom(Exception):
+    pass
+
+
+def raise_custom(*args):
+    raise Custom(*args)
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("this exception cannot travel")
+
+
+def raise_unpicklable():
+    raise Unpicklable("it cannot travel")
+
+
+def kill_self_on(n):
+    """SIGKILLs its worker for the item 2, every time."""
+    if n == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n
+
+
+def surrogate():
+    return "name-\udcff"
+
+
+def length(data):
+    return len(data)
+
+
+def make_bytes(n):
+    return b"x" * n
+
+
+REMEMBERED = {}
+
+
+def remember(shared):
+    REMEMBERED["shared"] = shared
+
+
+def append_to(job):
+    shared, value = job
+    shared.append(value)
+
+
+def append_remembered(n):
+    REMEMBERED["shared"].append(100 + n)
+
+
+def shout(text):
+    print(text, flush=True)
+
+
+def write_fd1(data):
+    os.write(1, data)
+
+
+def start_thread(n):
+    """Leaves a thread running that never ends (not a daemon)."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(3600,)).start()
+    return n
+
+
+def sleep_then_square(n):
+    time.sleep(0.01)
+    return n * n

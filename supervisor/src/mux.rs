@@ -28,8 +28,8 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use bytes::Bytes;
@@ -103,10 +103,9 @@ pub fn mux(
             names,
             intake,
             control,
-            sink: CallSink {
-                tx: out_tx.clone(),
-                gone,
-            },
+            results: out_tx.clone(),
+            gone,
+            ended: Arc::default(),
             open: HashMap::new(),
             next_source: 0,
         };
@@ -139,11 +138,27 @@ enum Out {
 }
 
 /// Where the engine hands a call's results: the one writer, shared by every call.
-#[derive(Clone)]
 struct CallSink {
     tx: Sender<Out>,
     /// The client stopped reading (a write failed).
     gone: Arc<AtomicBool>,
+    /// Which call, and its source.
+    call: u64,
+    source: SourceId,
+    /// The calls that have ended and are not answered yet (they can still be cancelled); a
+    /// call leaves it when its sink is dropped, its last result delivered.
+    ended: EndedCalls,
+}
+
+type EndedCalls = Arc<Mutex<HashMap<u64, SourceId>>>;
+
+impl Drop for CallSink {
+    fn drop(&mut self) {
+        let mut ended = self.ended.lock().expect("never poisoned");
+        if ended.get(&self.call) == Some(&self.source) {
+            ended.remove(&self.call);
+        }
+    }
 }
 
 impl Sink for CallSink {
@@ -178,7 +193,10 @@ struct Calls {
     names: TaskNames,
     intake: Sender<Intake>,
     control: Sender<Control>,
-    sink: CallSink,
+    /// What each call's sink is made of.
+    results: Sender<Out>,
+    gone: Arc<AtomicBool>,
+    ended: EndedCalls,
     open: HashMap<u64, Call>,
     next_source: u32,
 }
@@ -247,7 +265,13 @@ impl Calls {
         if !self.open.contains_key(&call) {
             let source = SourceId(self.next_source);
             self.next_source = self.next_source.checked_add(1)?;
-            let sink = Box::new(self.sink.clone());
+            let sink = Box::new(CallSink {
+                tx: self.results.clone(),
+                gone: self.gone.clone(),
+                call,
+                source,
+                ended: self.ended.clone(),
+            });
             self.intake.send(Intake::Open { source, sink }).ok()?;
             let parser =
                 JobParser::new(self.format.clone(), self.names.clone()).with_source(source);
@@ -316,8 +340,13 @@ impl Calls {
         });
     }
 
-    fn end(&mut self, call: u64) {
-        if let Some(call) = self.open.remove(&call) {
+    fn end(&mut self, number: u64) {
+        if let Some(call) = self.open.remove(&number) {
+            // Before the engine hears of the end, so that the sink's drop finds it.
+            self.ended
+                .lock()
+                .expect("never poisoned")
+                .insert(number, call.source);
             let _ = self.intake.send(Intake::Feed {
                 source: call.source,
                 feed: Feed::Ended,
@@ -325,9 +354,14 @@ impl Calls {
         }
     }
 
-    fn cancel(&mut self, call: u64) {
-        if let Some(call) = self.open.remove(&call) {
-            let _ = self.control.send(Control::Close(call.source));
+    /// Drops what a call has not run yet, whether or not it has ended.
+    fn cancel(&mut self, number: u64) {
+        let source = match self.open.remove(&number) {
+            Some(call) => Some(call.source),
+            None => self.ended.lock().expect("never poisoned").remove(&number),
+        };
+        if let Some(source) = source {
+            let _ = self.control.send(Control::Close(source));
         }
     }
 }

@@ -8,6 +8,7 @@ mod batch;
 mod engine;
 mod exec;
 mod hardening;
+mod mux;
 mod operate;
 mod serve;
 mod shard;
