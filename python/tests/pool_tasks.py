@@ -126,3 +126,12 @@ def start_thread(n):
 def sleep_then_square(n):
     time.sleep(0.01)
     return n * n
+
+
+def init_fails():
+    raise ValueError("no model here")
+
+
+def sleep_and_print(seconds, text):
+    time.sleep(seconds)
+    print(text, flush=True)
