@@ -215,7 +215,7 @@ class Call:
             self.answered += len(results)
             if not self.cancelled:
                 self.supervisor.in_flight -= len(results)
-            self.supervisor.wake()
+            self.supervisor.room_made()
             self.check_finished()
         if delivered is not None:
             delivered()
@@ -401,11 +401,11 @@ class StreamedItems(ItemCall):
             if self.position in self.buffer:
                 outcome = self.buffer.pop(self.position)
                 self.position += 1
-                self.supervisor.wake()
+                self.supervisor.room_made()
                 return outcome
         elif self.buffer:
             self.position += 1
-            self.supervisor.wake()
+            self.supervisor.room_made()
             return self.buffer.popleft()
         if self.total is not None and self.position >= self.total:
             raise StopIteration

@@ -80,6 +80,8 @@ class Supervisor:
         self.controls = []
         self.next_call = 1
         self.in_flight = 0
+        # The feeder waits for room in a call's window (see room_made).
+        self.starved = False
         self.closing = False
         self.terminated = False
         # Set once the supervisor can run nothing more: (message, start failure record).
@@ -183,8 +185,16 @@ class Supervisor:
                 _write_all(self.proc.stdin.fileno(), b"".join(out))
 
     def wake(self):
-        """Tells the feeder something changed (a call has new jobs); the lock is held."""
+        """Tells the feeder a call has new jobs; the lock is held."""
         self.feedable.notify()
+
+    def room_made(self):
+        """Tells the feeder a call's window has room again, if it waits for that; the lock is
+        held. (Results come often: waking a feeder that waits for nothing costs a thread
+        switch each time.)"""
+        if self.starved:
+            self.starved = False
+            self.feedable.notify()
 
     def cancel(self, call):
         """Drops what a call has not run yet; its results from now on are discarded."""
@@ -314,10 +324,14 @@ class Supervisor:
                 batch = []
                 total_room = TOTAL_WINDOW - self.in_flight
                 for call in self.feeding:
+                    if not call.has_work(self.closing):
+                        continue
                     room = min(call.room(), FEED_CHUNK, total_room)
-                    if room > 0 and call.has_work(self.closing):
+                    if room > 0:
                         batch.append((call, room))
                         total_room -= room
+                    else:
+                        self.starved = True
                 if controls or batch:
                     return controls, batch
                 if self.closing and not self.feeding:
