@@ -70,6 +70,7 @@ impl EngineConfig {
                 handshake_timeout: Duration::from_secs(10),
                 memory_limit: None,
                 keeper: None,
+                gather: crate::transport::stdio::GATHER,
             },
             grace: Duration::from_secs(10),
             progress: false,

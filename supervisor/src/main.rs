@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::num::NonZero;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -355,8 +356,15 @@ fn mux_command(args: MuxArgs) -> anyhow::Result<ExitCode> {
         max_line_bytes: usize::try_from(args.max_job_bytes).unwrap_or(usize::MAX),
         ..InputFormat::json(workers)
     };
+    // The results pipe, as a file of its own (corral mux makes it non-blocking).
+    let stdout = File::from(
+        io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("cannot use standard output")?,
+    );
     Ok(
-        match corral::mux::mux(config, format, io::stdin(), io::stdout()) {
+        match corral::mux::mux(config, format, io::stdin(), stdout) {
             corral::mux::MuxEnd::Done => ExitCode::SUCCESS,
             corral::mux::MuxEnd::Fatal(message) => {
                 tracing::debug!("{message}");
@@ -429,6 +437,7 @@ fn pool_settings(
         memory_limit: args.memory_limit,
         // This binary is a corral: it is its own keeper.
         keeper: std::env::current_exe().ok(),
+        gather: corral::transport::stdio::GATHER,
     };
     Ok((scheduler, pool))
 }

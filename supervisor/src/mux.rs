@@ -27,13 +27,16 @@
 //! blocks would).
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::{Sender, bounded, unbounded};
 use serde::Deserialize;
 
 use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Feed, Intake, Sink};
@@ -69,42 +72,43 @@ pub enum MuxEnd {
     Fatal(String),
 }
 
-/// Serves the calls of `input`, writing their results to `output`, until the input ends and
-/// every call is answered, or until the workers cannot run.
+/// Serves the calls of `input`, writing their results to `output` (a pipe or file, which is
+/// made non-blocking), until the input ends and every call is answered, or until the workers
+/// cannot run.
 pub fn mux(
     mut config: EngineConfig,
     format: InputFormat,
     input: impl Read + Send + 'static,
-    output: impl Write + Send + 'static,
+    output: File,
 ) -> MuxEnd {
     config.scheduler.max_queued = config.scheduler.max_queued.max(QUEUED_JOBS);
     config.scheduler.spread_always = true;
+    // Each call waits for its answers: they are read as they come.
+    config.pool.gather = Duration::ZERO;
     let names = TaskNames::default();
     let (intake, intake_rx) = bounded::<Intake>(1);
     let (control, control_rx) = unbounded::<Control>();
-    let (out_tx, out_rx) = unbounded::<Out>();
-    let gone = Arc::new(AtomicBool::new(false));
+    let pipe = Arc::new(ResultPipe::new(output));
     let engine = Engine::new(config, names.clone());
     let engine = thread::Builder::new()
         .name("corral-engine".into())
         .spawn(move || engine.run(&intake_rx, &control_rx))
         .expect("spawning a thread");
     let writer = {
-        let gone = gone.clone();
-        let echo = echo_of(&format);
+        let pipe = pipe.clone();
         thread::Builder::new()
             .name("corral-writer".into())
-            .spawn(move || write_results(&out_rx, output, echo, &gone))
+            .spawn(move || pipe.write_pending())
             .expect("spawning a thread")
     };
     {
         let calls = Calls {
+            echo: echo_of(&format),
             format,
             names,
             intake,
             control,
-            results: out_tx.clone(),
-            gone,
+            pipe: pipe.clone(),
             ended: Arc::default(),
             open: HashMap::new(),
             next_source: 0,
@@ -120,28 +124,141 @@ pub fn mux(
         EngineEnd::Fatal(message) | EngineEnd::Halted(message) => MuxEnd::Fatal(message),
         EngineEnd::Completed | EngineEnd::SinkFailed | EngineEnd::Interrupted(_) => MuxEnd::Done,
     };
-    // Every sink went with the engine, so every result is ahead of this in the channel.
-    let error = match &end {
-        MuxEnd::Fatal(message) => Some(message.clone()),
-        MuxEnd::Done => None,
-    };
-    let _ = out_tx.send(Out::End(error));
+    // Every sink went with the engine, so every result is ahead of this.
+    if let MuxEnd::Fatal(message) = &end {
+        pipe.send(
+            &Said::Error {
+                message: message.clone(),
+            }
+            .line(),
+        );
+    }
+    pipe.end();
     let _ = writer.join();
     end
 }
 
-/// What the writer is given.
-enum Out {
-    Results(Vec<JobResult>),
-    /// Nothing follows; the error, if the workers could not run.
-    End(Option<String>),
+/// The client's end of the results, shared by every call's sink. A sink writes its results
+/// itself, at once, when nothing waits to be written before them and the pipe takes them
+/// without waiting; what the pipe does not take at once goes to the writer thread, which
+/// waits for room. So results reach the client without a hand-over between threads, and the
+/// engine never waits on the client.
+struct ResultPipe {
+    file: File,
+    state: Mutex<PipeState>,
+    more: Condvar,
+    /// The client stopped reading (a write failed).
+    gone: AtomicBool,
 }
 
-/// Where the engine hands a call's results: the one writer, shared by every call.
+#[derive(Default)]
+struct PipeState {
+    /// Bytes the pipe did not take yet, in order.
+    pending: Vec<u8>,
+    /// The writer thread is writing bytes it took from `pending`.
+    writing: bool,
+    /// Nothing more will be sent.
+    ended: bool,
+}
+
+impl ResultPipe {
+    fn new(file: File) -> ResultPipe {
+        if let Err(err) = crate::pool::set_nonblocking(file.as_fd()) {
+            tracing::debug!("results are written blocking: {err}");
+        }
+        ResultPipe {
+            file,
+            state: Mutex::default(),
+            more: Condvar::new(),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    fn gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    fn lost(&self) {
+        if !self.gone.swap(true, Ordering::Relaxed) {
+            tracing::info!("the client stopped reading: dropping the jobs not started yet");
+        }
+    }
+
+    /// Writes `bytes` now as far as the pipe takes them, and leaves the rest to the writer.
+    fn send(&self, bytes: &[u8]) {
+        if bytes.is_empty() || self.gone() {
+            return;
+        }
+        let mut state = self.state.lock().expect("never poisoned");
+        let mut rest = bytes;
+        if state.pending.is_empty() && !state.writing {
+            match (&self.file).write(bytes) {
+                Ok(n) => rest = &bytes[n..],
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    drop(state);
+                    self.lost();
+                    return;
+                }
+            }
+            if rest.is_empty() {
+                return;
+            }
+        }
+        state.pending.extend_from_slice(rest);
+        self.more.notify_one();
+    }
+
+    /// Nothing more will be sent: the writer writes what is left, then returns.
+    fn end(&self) {
+        self.state.lock().expect("never poisoned").ended = true;
+        self.more.notify_one();
+    }
+
+    /// The writer thread: writes what the pipe did not take at once, waiting for room, until
+    /// the end.
+    fn write_pending(&self) {
+        loop {
+            let bytes = {
+                let mut state = self.state.lock().expect("never poisoned");
+                while state.pending.is_empty() {
+                    if state.ended {
+                        return;
+                    }
+                    state = self.more.wait(state).expect("never poisoned");
+                }
+                state.writing = true;
+                std::mem::take(&mut state.pending)
+            };
+            if !self.gone() && write_waiting(&self.file, &bytes).is_err() {
+                self.lost();
+            }
+            self.state.lock().expect("never poisoned").writing = false;
+        }
+    }
+}
+
+/// Writes all of `bytes` to a non-blocking file, waiting for room as needed.
+fn write_waiting(mut file: &File, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match file.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                crate::pool::poll_writable(file.as_fd());
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Where the engine hands a call's results: formatted and sent down the one pipe.
 struct CallSink {
-    tx: Sender<Out>,
-    /// The client stopped reading (a write failed).
-    gone: Arc<AtomicBool>,
+    pipe: Arc<ResultPipe>,
+    echo: Echo,
     /// Which call, and its source.
     call: u64,
     source: SourceId,
@@ -163,7 +280,11 @@ impl Drop for CallSink {
 
 impl Sink for CallSink {
     fn deliver(&mut self, results: Vec<JobResult>) {
-        let _ = self.tx.send(Out::Results(results));
+        let mut lines = Vec::with_capacity(results.len() * 96);
+        for result in &results {
+            format_result(result, self.echo, &mut lines);
+        }
+        self.pipe.send(&lines);
     }
 
     /// None counted: the client bounds each call's jobs in flight, so their results are
@@ -173,7 +294,7 @@ impl Sink for CallSink {
     }
 
     fn failed(&self) -> bool {
-        self.gone.load(Ordering::Relaxed)
+        self.pipe.gone()
     }
 }
 
@@ -194,8 +315,8 @@ struct Calls {
     intake: Sender<Intake>,
     control: Sender<Control>,
     /// What each call's sink is made of.
-    results: Sender<Out>,
-    gone: Arc<AtomicBool>,
+    pipe: Arc<ResultPipe>,
+    echo: Echo,
     ended: EndedCalls,
     open: HashMap<u64, Call>,
     next_source: u32,
@@ -266,8 +387,8 @@ impl Calls {
             let source = SourceId(self.next_source);
             self.next_source = self.next_source.checked_add(1)?;
             let sink = Box::new(CallSink {
-                tx: self.results.clone(),
-                gone: self.gone.clone(),
+                pipe: self.pipe.clone(),
+                echo: self.echo,
                 call,
                 source,
                 ended: self.ended.clone(),
@@ -383,36 +504,5 @@ fn skip_line(reader: &mut impl BufRead) -> io::Result<u64> {
         let len = buffer.len();
         reader.consume(len);
         skipped += len as u64;
-    }
-}
-
-/// Writes every call's results as they come, flushing whenever nothing more is waiting.
-fn write_results(rx: &Receiver<Out>, output: impl Write, echo: Echo, gone: &AtomicBool) {
-    let mut out = BufWriter::with_capacity(READ_BYTES, output);
-    let mut line = Vec::with_capacity(256);
-    let mut healthy = true;
-    while let Ok(message) = rx.recv() {
-        match message {
-            Out::Results(results) => {
-                for result in &results {
-                    line.clear();
-                    format_result(result, echo, &mut line);
-                    healthy = healthy && out.write_all(&line).is_ok();
-                }
-            }
-            Out::End(error) => {
-                if let Some(message) = error {
-                    let _ = out.write_all(&Said::Error { message }.line());
-                }
-                let _ = out.flush();
-                return;
-            }
-        }
-        if rx.is_empty() {
-            healthy = healthy && out.flush().is_ok();
-        }
-        if !healthy && !gone.swap(true, Ordering::Relaxed) {
-            tracing::info!("the client stopped reading: dropping the jobs not started yet");
-        }
     }
 }

@@ -90,6 +90,10 @@ pub struct PoolConfig {
     /// A corral binary to run as the [`Keeper`]; without one, a SIGKILLed corral can leave its
     /// workers' children behind.
     pub keeper: Option<PathBuf>,
+    /// With the stdio transport, how long answers may gather in a worker's pipe before they
+    /// are read (see [`crate::transport::stdio::GATHER`]): fewer wakeups for a run's
+    /// throughput, at this much latency per read. A library's short calls want none.
+    pub gather: Duration,
 }
 
 /// What the pool's threads report to the runtime.
@@ -400,7 +404,7 @@ fn launch(
     // arms its own PR_SET_PDEATHSIG at start-up, checking that ENV_SUPERVISOR_PID is still its
     // parent. The stdio transport arms it in the child before the exec instead.
     command.process_group(0);
-    let bootstrap = config.transport.prepare(&mut command)?;
+    let bootstrap = config.transport.prepare(&mut command, config.gather)?;
     let slot = slots.take();
     command.env(ENV_WORKER_SLOT, slot.to_string());
     let mut child = match command.spawn() {
@@ -777,6 +781,30 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>]) -> Vec<bool> {
     polls.iter().map(|p| p.revents != 0).collect()
 }
 
+/// Waits until `fd` has room to write (or is closed).
+pub(crate) fn poll_writable(fd: BorrowedFd<'_>) {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: `poll` is one valid pollfd struct, and its fd is borrowed for the call. An
+    // interrupted wait returns early: the caller writes again and, if need be, waits again.
+    unsafe { libc::poll(&mut poll, 1, -1) };
+}
+
+/// Makes reads and writes of `fd` return at once instead of waiting.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a file descriptor borrowed for the call; no memory is involved.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// One of a worker's output pipes, read without blocking and cut into bounded log lines.
 struct LogStream {
     pid: u32,
@@ -792,12 +820,7 @@ impl<T: Read + AsFd + Send> ReadFd for T {}
 
 impl LogStream {
     fn new(pid: u32, name: &'static str, pipe: Box<dyn ReadFd>) -> LogStream {
-        let fd = pipe.as_fd().as_raw_fd();
-        // SAFETY: fcntl on a file descriptor this stream owns; no memory is involved.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+        let _ = set_nonblocking(pipe.as_fd());
         LogStream {
             pid,
             name,

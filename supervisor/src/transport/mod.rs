@@ -13,6 +13,7 @@ pub mod stdio;
 
 use std::io::PipeReader;
 use std::process::{ChildStdin, ChildStdout, Command};
+use std::time::Duration;
 
 use corral_protocol::{Batch, BatchDone, RunningSlot};
 
@@ -29,12 +30,17 @@ pub enum Transport {
 
 impl Transport {
     /// Sets up `command` for this transport before it is spawned: environment and pipes.
-    pub(crate) fn prepare(self, command: &mut Command) -> Result<Bootstrap, StartFailure> {
+    /// `gather` is how long a stdio worker's answers may gather before they are read.
+    pub(crate) fn prepare(
+        self,
+        command: &mut Command,
+        gather: Duration,
+    ) -> Result<Bootstrap, StartFailure> {
         match self {
             Transport::Native => native::prepare(command).map(Bootstrap::Native),
             Transport::Stdio => {
                 stdio::prepare(command);
-                Ok(Bootstrap::Stdio)
+                Ok(Bootstrap::Stdio(gather))
             }
         }
     }
@@ -43,7 +49,8 @@ impl Transport {
 /// A transport's state between the spawn and the hello.
 pub(crate) enum Bootstrap {
     Native(native::Bootstrap),
-    Stdio,
+    /// How long answers may gather before they are read.
+    Stdio(Duration),
 }
 
 /// The worker's pipes the pool hands a transport after the spawn. `stopped` becomes readable
@@ -98,7 +105,7 @@ impl Bootstrap {
     pub(crate) fn unblocker(&self) -> Unblock {
         match self {
             Bootstrap::Native(bootstrap) => Unblock::Connect(bootstrap.server_name.clone()),
-            Bootstrap::Stdio => Unblock::Nothing,
+            Bootstrap::Stdio(_) => Unblock::Nothing,
         }
     }
 
@@ -107,7 +114,7 @@ impl Bootstrap {
     pub(crate) fn hello(self, pid: u32, pipes: Pipes) -> Result<Greeting, Refusal> {
         match self {
             Bootstrap::Native(bootstrap) => bootstrap.hello(pid),
-            Bootstrap::Stdio => stdio::hello(pipes),
+            Bootstrap::Stdio(gather) => stdio::hello(pipes, gather),
         }
     }
 }

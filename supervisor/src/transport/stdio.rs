@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufWriter, PipeReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,7 +43,7 @@ const QUOTE: usize = 200;
 /// machine takes CPU time the workers need. Answers that wait in the pipe lose nothing: after
 /// a death, the receiver reads all of them before the running job is taken to be the culprit.
 /// The cost is this much latency per read, and a timeout noticed this much later.
-const GATHER: Duration = Duration::from_micros(300);
+pub const GATHER: Duration = Duration::from_micros(300);
 
 /// Pipes stdin (the requests) and arms the death signal in the child before its exec.
 pub(crate) fn prepare(command: &mut Command) {
@@ -65,12 +65,12 @@ pub(crate) fn prepare(command: &mut Command) {
 }
 
 /// Reads the worker's hello and sets up its two ends.
-pub(crate) fn hello(pipes: Pipes) -> Result<Greeting, Refusal> {
+pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting, Refusal> {
     let refuse = |fatal: bool, message: String| Refusal { fatal, message };
     let (Some(stdin), Some(stdout)) = (pipes.stdin, pipes.stdout) else {
         return Err(refuse(false, "has no stdin or stdout pipe".into()));
     };
-    let mut lines = LineSource::new(stdout, pipes.stopped);
+    let mut lines = LineSource::new(stdout, pipes.stopped, gather);
     let hello: StdioHello = match lines.next_line() {
         Next::Line(line) => serde_json::from_slice(line).map_err(|err| {
             refuse(
@@ -386,18 +386,14 @@ struct LineSource {
     scanned: usize,
     /// No more bytes will come.
     ended: bool,
-    /// Whether to let answers gather for [`GATHER`] once some are there.
+    /// Whether to let answers gather once some are there, and for how long.
     gather: bool,
+    gather_for: Duration,
 }
 
 impl LineSource {
-    fn new(pipe: ChildStdout, stopped: Option<PipeReader>) -> LineSource {
-        let fd = pipe.as_fd().as_raw_fd();
-        // SAFETY: fcntl on a file descriptor this source owns; no memory is involved.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+    fn new(pipe: ChildStdout, stopped: Option<PipeReader>, gather_for: Duration) -> LineSource {
+        let _ = crate::pool::set_nonblocking(pipe.as_fd());
         LineSource {
             pipe,
             stopped,
@@ -406,6 +402,7 @@ impl LineSource {
             scanned: 0,
             ended: false,
             gather: true,
+            gather_for,
         }
     }
 
@@ -465,8 +462,8 @@ impl LineSource {
                         self.ended = true;
                         return;
                     }
-                    if self.gather {
-                        std::thread::sleep(GATHER);
+                    if self.gather && !self.gather_for.is_zero() {
+                        std::thread::sleep(self.gather_for);
                     }
                 }
                 Err(_) => {
