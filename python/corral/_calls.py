@@ -122,12 +122,14 @@ class Spilled(set):
 
 
 def outcomes(record, size, directory, executor=False):
-    """The outcomes, [(ok, value)], of the items of one result line (an executor's call has
-    concurrent.futures' kind of remote traceback)."""
+    """The outcomes of the items of one result line: (values, failed), the values in order
+    and `failed` None when all succeeded, else the set of the positions whose value is the
+    exception they failed with (an executor's call has concurrent.futures' kind of remote
+    traceback). A chunk of results stays one list: a map of tiny tasks hands it out whole."""
     if record.get("ok"):
         output = record["output"]
         if "j" in output:
-            return [(True, output["j"])]
+            return [output["j"]], None
         try:
             if "b" in output:
                 raw = pickle.loads(base64.b64decode(output["b"]))
@@ -141,12 +143,12 @@ def outcomes(record, size, directory, executor=False):
                 record.get("worker"),
             )
             unreadable.__cause__ = exc
-            return [(False, unreadable)] * size
+            return _all_failed(unreadable, size)
         kind = raw[0]
         if kind == "v":
-            return [(True, raw[1])]
+            return [raw[1]], None
         if kind == "x":
-            return [(False, exception(raw[1], executor))]
+            return [exception(raw[1], executor)], ALL_OF_ONE
         if kind == "u":
             cause = exception(raw[1], executor)
             unreadable = JobUnreadable(
@@ -156,16 +158,26 @@ def outcomes(record, size, directory, executor=False):
                 record.get("worker"),
             )
             unreadable.__cause__ = cause
-            return [(False, unreadable)] * size
+            return _all_failed(unreadable, size)
         results, errors = raw[1], raw[2]
-        out = [(True, value) for value in results]
+        if not errors:
+            return results, None
         for position, failure in errors.items():
-            out[position] = (False, exception(failure, executor))
-        return out
+            results[position] = exception(failure, executor)
+        return results, set(errors)
     error = record.get("error") or {}
     attempts, worker = record.get("attempts"), record.get("worker")
     kind, message = error.get("kind", "unknown"), error.get("message", "")
-    return [(False, job_failed(kind, message, attempts, worker)) for _ in range(size)]
+    failures = [job_failed(kind, message, attempts, worker) for _ in range(size)]
+    return failures, set(range(size))
+
+
+# The `failed` of a single failed item.
+ALL_OF_ONE = frozenset([0])
+
+
+def _all_failed(exc, size):
+    return [exc] * size, set(range(size))
 
 
 class Call:
@@ -291,7 +303,7 @@ class ItemCall(Call):
     def stopped_at(self, position, exc):
         """The call ends at item `position`, which fails with exc."""
         self.total = position + 1
-        return self.collect([(position, False, exc)])
+        return self.collect([(position, [exc], ALL_OF_ONE)])
 
     def _used_up(self):
         with self.supervisor.lock:
@@ -301,21 +313,23 @@ class ItemCall(Call):
 
     def deliver(self, results):
         directory = self.directory
-        items = []
+        executor = self.executor
+        chunks = []
         for job, record in results:
             if self.chunksize == 1:
                 first, size = job, 1
             else:
                 first, size = self.chunks.pop(job)
-            for offset, (ok, value) in enumerate(outcomes(record, size, directory, self.executor)):
-                items.append((first + offset, ok, value))
-        if self.inputs is not None:
-            items = [(i, ok, (self.inputs.pop(i, None), value)) for i, ok, value in items]
-        return self.collect(items)
+            values, failed = outcomes(record, size, directory, executor)
+            if self.inputs is not None:
+                inputs = self.inputs
+                values = [(inputs.pop(first + i, None), v) for i, v in enumerate(values)]
+            chunks.append((first, values, failed))
+        return self.collect(chunks)
 
-    def collect(self, items):
-        """Takes [(item index, ok, value)]; may return a function to call once the lock is
-        released (callbacks)."""
+    def collect(self, chunks):
+        """Takes [(first item's index, values, failed)] (see outcomes); may return a function
+        to call once the lock is released (callbacks)."""
         raise NotImplementedError
 
 
@@ -345,14 +359,15 @@ class _Progress:
         self.done = 0
         self.failed = 0
 
-    def report(self, items):
+    def report(self, chunks):
         progress = self.progress
-        for _, ok, _ in items:
-            if ok:
-                self.done += 1
-            else:
-                self.failed += 1
-            progress(self.done, self.failed)
+        for _, values, failed in chunks:
+            for position in range(len(values)):
+                if failed is not None and position in failed:
+                    self.failed += 1
+                else:
+                    self.done += 1
+                progress(self.done, self.failed)
 
 
 class StreamedItems(ItemCall):
@@ -370,16 +385,16 @@ class StreamedItems(ItemCall):
         # An asyncio waiter: (loop, event) to set when an outcome comes.
         self.waker = None
 
-    def collect(self, items):
+    def collect(self, chunks):
         with self.supervisor.lock:
             if self.ordered:
-                for index, ok, value in items:
-                    self.buffer[index] = (ok, value)
+                for first, values, failed in chunks:
+                    self.buffer[first] = (values, failed)
             else:
-                self.buffer.extend((ok, value) for _, ok, value in items)
+                self.buffer.extend((values, failed) for _, values, failed in chunks)
             self.wake_waiters()
         if self.progress is not None:
-            self.progress.report(items)
+            self.progress.report(chunks)
 
     def wake_waiters(self):
         self.cond.notify_all()
@@ -395,34 +410,34 @@ class StreamedItems(ItemCall):
         return (self.window_items - (self.taken - self.position)) // self.chunksize
 
     def poll(self):
-        """The next outcome, (ok, value); None if none is ready; StopIteration at the end.
-        The lock is held."""
+        """The next outcomes, (values, failed) as outcomes() gives them; None if none is
+        ready; StopIteration at the end. The lock is held."""
         if self.ordered:
-            if self.position in self.buffer:
-                outcome = self.buffer.pop(self.position)
-                self.position += 1
-                self.supervisor.room_made()
-                return outcome
-        elif self.buffer:
-            self.position += 1
+            chunk = self.buffer.pop(self.position, None)
+        else:
+            chunk = self.buffer.popleft() if self.buffer else None
+        if chunk is not None:
+            self.position += len(chunk[0])
             self.supervisor.room_made()
-            return self.buffer.popleft()
+            return chunk
         if self.total is not None and self.position >= self.total:
             raise StopIteration
         if self.broken is not None:
             # Everything not answered ends here, with the reason.
             self.total = self.position
-            return (False, self.broken(executor=self.executor))
+            return [self.broken(executor=self.executor)], ALL_OF_ONE
         return None
 
     def next(self, timeout=None):
+        """The next outcomes, (values, failed), waiting for them; StopIteration at the end,
+        corral.TimeoutError if `timeout` passes first."""
         from corral._errors import TimeoutError
 
         with self.supervisor.lock:
-            outcome = self.poll()
-            if outcome is None:
+            chunk = self.poll()
+            if chunk is None:
                 deadline = None if timeout is None else _now() + timeout
-                while outcome is None:
+                while chunk is None:
                     if deadline is None:
                         self.cond.wait()
                     else:
@@ -430,8 +445,8 @@ class StreamedItems(ItemCall):
                         if left <= 0:
                             raise TimeoutError
                         self.cond.wait(left)
-                    outcome = self.poll()
-        return outcome
+                    chunk = self.poll()
+        return chunk
 
 
 class ListedItems(ItemCall):
@@ -449,16 +464,18 @@ class ListedItems(ItemCall):
         if not items:
             self.exhausted = True
 
-    def collect(self, items):
+    def collect(self, chunks):
         with self.supervisor.lock:
-            for index, ok, value in items:
-                self.values[index] = value
-                if not ok and (self.first_failure is None or index < self.first_failure):
-                    self.first_failure = index
-            self.left -= len(items)
+            for first, values, failed in chunks:
+                self.values[first : first + len(values)] = values
+                if failed:
+                    index = first + min(failed)
+                    if self.first_failure is None or index < self.first_failure:
+                        self.first_failure = index
+                self.left -= len(values)
             finished = self.left == 0
         if self.progress is not None:
-            self.progress.report(items)
+            self.progress.report(chunks)
         return self._finish if finished else None
 
     def stopped_at(self, position, exc):
@@ -467,7 +484,7 @@ class ListedItems(ItemCall):
         self.total = position
         with self.supervisor.lock:
             self.left -= len(self.values) - position - 1
-        return self.collect([(position, False, exc)])
+        return self.collect([(position, [exc], ALL_OF_ONE)])
 
     def _finish(self):
         failure = None if self.first_failure is None else self.values[self.first_failure]
@@ -567,13 +584,13 @@ class StreamCall(Call):
     def deliver(self, results):
         directory = self.directory
         done = [
-            (self.targets.pop(job), outcomes(record, 1, directory, self.executor)[0])
+            (self.targets.pop(job), outcomes(record, 1, directory, self.executor))
             for job, record in results
         ]
 
         def finish():
-            for target, (ok, value) in done:
-                target.finish(ok, value)
+            for target, (values, failed) in done:
+                target.finish(failed is None, values[0])
 
         return finish
 

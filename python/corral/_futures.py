@@ -152,17 +152,19 @@ def _results(supervisor, call, end):
         while True:
             left = None if end is None else end - time.monotonic()
             try:
-                ok, value = call.next(left)
+                values, failed = call.next(left)
             except StopIteration:
                 return
             except PoolTimeoutError:
                 raise concurrent.futures.TimeoutError from None
-            if not ok:
-                raise value
-            # Held by nothing here once handed out (the stdlib's test_free_reference).
-            box = [value]
-            del value
-            yield box.pop()
+            values.reverse()
+            position = 0
+            while values:
+                # Held by nothing here once handed out (the stdlib's test_free_reference).
+                if failed is not None and position in failed:
+                    raise values.pop()
+                position += 1
+                yield values.pop()
     finally:
         supervisor.cancel(call)
 

@@ -8,7 +8,6 @@ aimap_unordered) wait without a thread of their own, and cancelling the task tha
 drops the jobs of that call not yet run.
 """
 
-import asyncio
 import functools
 import os
 import threading
@@ -107,27 +106,49 @@ class MapResult(ApplyResult):
     """The result of map_async and starmap_async: the list of results."""
 
 
+_END = object()
+
+
 class IMapIterator:
     """Results of imap in order (next(timeout) raises corral.TimeoutError, as
-    multiprocessing's does). Dropping it, or close(), drops the jobs not run yet."""
+    multiprocessing's does). Dropping it, or close(), drops the jobs not run yet.
+
+    Results come a chunk at a time, and a chunk with no failure in it is handed out by a plain
+    list iterator: a map of tiny tasks costs no lock per item."""
 
     def __init__(self, call, return_exceptions):
         self._call = call
         self._return_exceptions = return_exceptions
         self._with_input = call.inputs is not None
+        self._values = iter(())
+        # The positions in the current chunk that failed (None: none did), and where it is.
+        self._failed = None
+        self._at = 0
         self._cancel = weakref.finalize(self, call.supervisor.cancel, call)
 
     def __iter__(self):
         return self
 
     def next(self, timeout=None):
-        ok, value = self._call.next(timeout)
-        return self._unwrap(ok, value)
+        value = next(self._values, _END)
+        if value is _END:
+            self._start(*self._call.next(timeout))
+            value = next(self._values)
+        if self._failed is None:
+            return value
+        return self._checked(value)
 
     __next__ = next
 
-    def _unwrap(self, ok, value):
-        if ok or self._return_exceptions:
+    def _start(self, values, failed):
+        self._values = iter(values)
+        self._failed = failed
+        self._at = 0
+
+    def _checked(self, value):
+        at = self._at
+        self._at += 1
+        if at not in self._failed or self._return_exceptions:
             return value
         raise value[1] if self._with_input else value
 
@@ -140,21 +161,34 @@ class IMapIterator:
         return self
 
     async def __anext__(self):
+        value = next(self._values, _END)
+        if value is _END:
+            await self._arrived()
+            value = next(self._values)
+        if self._failed is None:
+            return value
+        return self._checked(value)
+
+    async def _arrived(self):
+        """Waits for the next chunk of outcomes without blocking the event loop."""
+        import asyncio
+
         call = self._call
         event = None
         while True:
             with call.supervisor.lock:
                 try:
-                    outcome = call.poll()
+                    chunk = call.poll()
                 except StopIteration:
                     raise StopAsyncIteration from None
-                if outcome is None:
+                if chunk is None:
                     if event is None:
                         event = asyncio.Event()
                         call.waker = (asyncio.get_running_loop(), event)
                     event.clear()
-            if outcome is not None:
-                return self._unwrap(*outcome)
+            if chunk is not None:
+                self._start(*chunk)
+                return
             try:
                 await event.wait()
             except asyncio.CancelledError:
@@ -418,6 +452,9 @@ class Pool:
         )
 
     async def _awaited(self, func, iterable, chunksize, star, return_exceptions):
+        # Imported here: asyncio costs a pool that never awaits 25 ms at start.
+        import asyncio
+
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 

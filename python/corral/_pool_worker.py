@@ -16,6 +16,7 @@ a task left running.
 """
 
 import base64
+import itertools
 import json
 import os
 import pickle
@@ -113,13 +114,17 @@ def _result(result, directory):
 
 
 def _chunk(fn, calls, star, directory):
-    """Calls fn on each item of a chunk: one item's exception is not the whole chunk's."""
+    """Calls fn on each item of a chunk: one item's exception is not the whole chunk's. The
+    calls run inside list.extend over map, at C speed; an exception stops extend with the
+    results before it kept, and map goes on from the next item."""
     results = []
     errors = {}
-    for args in calls:
+    calls = itertools.starmap(fn, calls) if star else map(fn, calls)
+    while True:
         try:
-            results.append(fn(*args) if star else fn(args))
-        except Exception as exc:  # noqa: BLE001 - any failure of user code is the item's
+            results.extend(calls)
+            break
+        except _caught() as exc:  # any failure of user code is the item's
             errors[len(results)] = _spawn.exception_record(exc)
             results.append(None)
     try:

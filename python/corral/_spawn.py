@@ -14,7 +14,6 @@ from every worker.
 import os
 import pickle
 import sys
-import traceback
 
 # Set while a worker runs its parent's __main__ again.
 bootstrapping = False
@@ -170,6 +169,8 @@ def prepare(directory):
 
 def report_start_failure(directory, exc):
     """In a worker that cannot start: its exception and traceback, for the parent."""
+    import traceback
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     sys.stderr.write(text)
     record = exception_record(exc, text)
@@ -186,6 +187,9 @@ def exception_record(exc, text=None):
     """An exception as bytes the parent turns back into it (see codec.exception): pickled with
     its traceback's text, or by type and message when it cannot be pickled and unpickled."""
     if text is None:
+        # Imported here: a worker pays for traceback only when something fails.
+        import traceback
+
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         pickled = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)

@@ -79,3 +79,23 @@ def test_an_async_iterator_left_early_drops_its_jobs():
         pool.close()
         pool.join()
     assert time.monotonic() - started < 30
+
+
+def test_the_asyncio_example_fetches_in_the_loop_and_parses_in_the_workers():
+    import os
+    import re
+    import subprocess
+    import sys
+
+    example = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "asyncio_fetch_parse.py"
+    )
+    done = subprocess.run(
+        [sys.executable, example, "6"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    loop_pid = int(re.search(r"event loop and server in pid (\d+)", done.stdout).group(1))
+    fetched = [int(p) for p in re.findall(r"fetched page .* in pid (\d+)", done.stdout)]
+    parsed = [int(p) for p in re.findall(r"parsed  page .* in pid (\d+)", done.stdout)]
+    assert fetched == [loop_pid] * 6
+    assert len(parsed) == 6 and loop_pid not in parsed

@@ -12,7 +12,8 @@ Run it through scripts/bench/run, which builds the release binaries first. Scena
   5. and 6. Python workers against multiprocessing.Pool, and commands per line against xargs,
      GNU parallel and rust-parallel (scripts/bench/workers.py);
   7. corral.Pool against multiprocessing, concurrent.futures, pebble and loky
-     (scripts/bench/pools.py);
+     (scripts/bench/pools.py), and the cost of a call: a loop of small maps, a storm of submits
+     (scripts/bench/pool_calls.py);
   8. sharding (scripts/bench/shards.py) and the data path: tiny jobs against a plain serde_json
      loop, instructions per job on each serial thread, and a projection to 64 cores
      (scripts/bench/datapath.py).
@@ -475,6 +476,10 @@ def main():
     pool_best = pools.measure(args.pool_runs, log=log)
     failures = pool_failures.table(pools.python(), pools.environment(), log=log)
     pool_rows, pool_lines = pools.report(pool_best, failures, args.pool_runs)
+    import pool_calls  # imported here, as pools is
+
+    call_runs = max(7, args.pool_runs)
+    call_rows, call_lines = pool_calls.report(pool_calls.measure(call_runs, log=log), call_runs)
     import shards  # imported here, as workers is
 
     shard_runs = max(3, args.runs - 2)
@@ -559,6 +564,7 @@ def main():
         ),
         *worker_rows,
         *pool_rows,
+        *call_rows,
         *shard_rows,
         *path_rows,
     ]
@@ -649,6 +655,7 @@ def main():
         "",
         *worker_lines,
         *pool_lines,
+        *call_lines,
         *shard_lines,
         *path_lines,
     ]
