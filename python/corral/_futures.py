@@ -140,6 +140,16 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
 
     shutdown.__doc__ = concurrent.futures.Executor.shutdown.__doc__
 
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C means stop: where the stdlib's executor waits for every job it was given
+            # (and the program does not end), corral's drops them and stops its workers now;
+            # the futures not done fail with JobCancelled.
+            self.shutdown(wait=False, cancel_futures=True)
+            self._supervisor.terminate()
+            return False
+        return super().__exit__(exc_type, exc, traceback)
+
     def __del__(self):
         supervisor = getattr(self, "_supervisor", None)
         if supervisor is not None and not self._shutdown:

@@ -166,3 +166,38 @@ def test_submit_after_interpreter_shutdown_is_refused(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "cannot schedule new futures after interpreter shutdown" in done.stdout
+
+
+def test_ctrl_c_in_the_parent_stops_the_executor_at_once(tmp_path):
+    # Where the stdlib's executor waits for every job it was given, corral's stops.
+    started = time.monotonic()
+    done = run_script(
+        tmp_path,
+        """
+        import os, signal, corral, pool_tasks
+        if __name__ == "__main__":
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            with corral.ProcessPoolExecutor(2) as executor:
+                pids = {executor.submit(pool_tasks.pid, i).result() for i in range(4)}
+                print(" ".join(map(str, pids)), flush=True)
+                futures = [executor.submit(pool_tasks.sleep_for, 30) for _ in range(8)]
+                os.kill(os.getpid(), signal.SIGINT)
+                futures[0].result()
+        """,
+    )
+    assert time.monotonic() - started < 20
+    assert "KeyboardInterrupt" in done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.02)
+    assert not any(_alive(p) for p in pids), pids
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

@@ -4,8 +4,8 @@ benchmark (pools.py runs it and puts the table in BENCHMARKS.md).
 
 Each scenario runs in a fresh interpreter, `pool_failures.py --scenario NAME POOL`, which prints
 what it saw; the harness gives it a deadline and kills its process group past it ("hangs").
-Each pool gets its own way of bounding a task where it has one (corral.Pool's and pebble's
-per-task timeout); multiprocessing.Pool, ProcessPoolExecutor and loky have none.
+Each pool gets its own way of bounding a task where it has one (corral's and pebble's per-task
+timeout); multiprocessing.Pool, ProcessPoolExecutor and loky have none.
 """
 
 import contextlib
@@ -17,7 +17,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-POOLS = ("corral.Pool", "multiprocessing.Pool", "ProcessPoolExecutor", "pebble", "loky")
+POOLS = (
+    "corral.Pool",
+    "corral.ProcessPoolExecutor",
+    "multiprocessing.Pool",
+    "ProcessPoolExecutor",
+    "pebble",
+    "loky",
+)
 DEADLINE = 20
 TASK_TIMEOUT = 2
 
@@ -60,6 +67,11 @@ def results(pool, fn, items, chunk=1, timeout=None):
 
         with corral.Pool(processes=2, timeout=timeout) as p:
             yield p.imap(fn, items, chunksize=chunk)
+    elif pool == "corral.ProcessPoolExecutor":
+        import corral
+
+        with corral.ProcessPoolExecutor(2, timeout=timeout) as p:
+            yield p.map(fn, items, chunksize=chunk)
     elif pool == "multiprocessing.Pool":
         with ctx.Pool(2) as p:
             yield p.imap(fn, items, chunksize=chunk)

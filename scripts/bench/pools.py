@@ -1,5 +1,5 @@
-"""Benchmark of Python process pools: corral.Pool against multiprocessing.Pool,
-concurrent.futures.ProcessPoolExecutor, pebble and loky (from PyPI, installed into a virtual
+"""Benchmark of Python process pools: corral.Pool and corral.ProcessPoolExecutor against
+multiprocessing.Pool, concurrent.futures.ProcessPoolExecutor, pebble and loky (from PyPI, installed into a virtual
 environment under target/tools on first use), two workers each, on
   (a) 200,000 tiny tasks (sum_squares of eight integers) and
   (b) 2,000 tasks of about 5 ms of CPU each,
@@ -56,6 +56,11 @@ def run_pool(pool, fn, items, chunk):
 
         with corral.Pool(processes=2) as p:
             return list(p.imap(fn, items, chunksize=chunk))
+    if pool == "corral.ProcessPoolExecutor":
+        import corral
+
+        with corral.ProcessPoolExecutor(2) as p:
+            return list(p.map(fn, items, chunksize=chunk))
     if pool == "multiprocessing.Pool":
         import multiprocessing
 
@@ -167,7 +172,7 @@ def report(best, outcomes, rounds):
     names = {"tiny": f"{TINY:,} tiny", "cpu": f"{CPU:,} x ~5 ms CPU"}
     for task in ("tiny", "cpu"):
         ours = best[(task, "corral.Pool")][0]
-        others = [best[(task, p)][0] for p in POOLS if p != "corral.Pool"]
+        others = [best[(task, p)][0] for p in POOLS if not p.startswith("corral.")]
         ratio = min(others) / ours
         rows.append(
             (
