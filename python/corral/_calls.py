@@ -136,14 +136,7 @@ def outcomes(record, size, directory, executor=False):
             else:
                 raw = pickle.loads(unspill(directory, output["s"]))
         except BaseException as exc:  # noqa: BLE001 - whatever unpickling does, even SystemExit
-            unreadable = JobUnreadable(
-                "unreadable",
-                f"its result could not be unpickled here: {exc!r}",
-                record.get("attempts"),
-                record.get("worker"),
-            )
-            unreadable.__cause__ = exc
-            return _all_failed(unreadable, size)
+            return _unreadable("its result could not be unpickled here", exc, record, size)
         kind = raw[0]
         if kind == "v":
             return [raw[1]], None
@@ -151,14 +144,8 @@ def outcomes(record, size, directory, executor=False):
             return [exception(raw[1], executor)], ALL_OF_ONE
         if kind == "u":
             cause = exception(raw[1], executor)
-            unreadable = JobUnreadable(
-                "unreadable",
-                f"its arguments could not be unpickled in the worker: {cause!r}",
-                record.get("attempts"),
-                record.get("worker"),
-            )
-            unreadable.__cause__ = cause
-            return _all_failed(unreadable, size)
+            what = "its arguments could not be unpickled in the worker"
+            return _unreadable(what, cause, record, size)
         results, errors = raw[1], raw[2]
         if not errors:
             return results, None
@@ -176,8 +163,13 @@ def outcomes(record, size, directory, executor=False):
 ALL_OF_ONE = frozenset([0])
 
 
-def _all_failed(exc, size):
-    return [exc] * size, set(range(size))
+def _unreadable(what, cause, record, size):
+    """Every item of a result line fails with JobUnreadable, caused by the unpickling error."""
+    unreadable = JobUnreadable(
+        "unreadable", f"{what}: {cause!r}", record.get("attempts"), record.get("worker")
+    )
+    unreadable.__cause__ = cause
+    return [unreadable] * size, set(range(size))
 
 
 class Call:

@@ -11,8 +11,8 @@ is {"j": result} when JSON carries it exactly, else {"b": base64 pickle} or {"s"
 
 The worker's stdout and stderr are the pool process's own (passed down as CORRAL_POOL_STDOUT
 and CORRAL_POOL_STDERR), as a multiprocessing child's are; the protocol keeps private copies of
-the pipes. When corral closes its input, the worker exits at once, without waiting for threads
-a task left running.
+the pipes. When corral closes its input, the worker runs its exit handlers and exits, without
+waiting for threads a task left running.
 """
 
 import base64
@@ -201,6 +201,13 @@ def _take_stdio():
 
 
 def _exit(status):
+    # What an exiting interpreter runs, but not its wait for threads a task left running.
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    except Exception:  # noqa: BLE001 - an exit handler's failure ends nothing more
+        pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -14,6 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 import corral
 import pool_tasks
 import pytest
+from processes import alive, wait_until
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -189,15 +190,4 @@ def test_ctrl_c_in_the_parent_stops_the_executor_at_once(tmp_path):
     assert "KeyboardInterrupt" in done.stderr
     pids = [int(p) for p in done.stdout.split()]
     assert pids
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
-        time.sleep(0.02)
-    assert not any(_alive(p) for p in pids), pids
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+    assert wait_until(lambda: not any(alive(p) for p in pids), 2), pids

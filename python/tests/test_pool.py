@@ -10,23 +10,7 @@ import time
 import corral
 import pool_tasks
 import pytest
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def wait_until(check, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
+from processes import alive, wait_until
 
 
 def test_imap_gives_every_result_in_order():
