@@ -126,6 +126,8 @@ class Supervisor:
     def _command(self, processes, max_tasks, timeout, retries):
         worker = f"{shlex.quote(sys.executable)} -m corral._pool_worker"
         cmd = [corral_binary(), "mux", "-q", "--exit-with-parent", "--worker-cmd", worker]
+        # corral removes the pool's directory should this process die first (even by SIGKILL).
+        cmd += ["--scratch", self.directory]
         cmd += ["-j", str(processes), "--retries", str(retries)]
         if timeout is not None:
             cmd += ["--timeout", timeout]

@@ -171,6 +171,7 @@ if __name__ == "__main__":
         it = pool.imap_unordered(pool_tasks.sleep_for, [0, 0] + [30] * 4)
         first = [next(it), next(it)]
         print(" ".join(map(str, first)), flush=True)
+        print(pool._supervisor.directory, flush=True)
         {then}
 """
 
@@ -197,9 +198,13 @@ def test_sigkill_of_the_parent_takes_corral_and_its_workers_within_a_second(tmp_
     parent = run_script(tmp_path, "time.sleep(60)")
     workers = [int(p) for p in parent.stdout.readline().split()]
     assert workers, parent.stderr.read()
+    directory = parent.stdout.readline().strip()
+    assert os.path.isdir(directory)
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=10)
     assert wait_until(lambda: not any(alive(p) for p in workers), 1), workers
+    # Nobody is left to remove the pool's private directory but corral, as it goes.
+    assert wait_until(lambda: not os.path.exists(directory), 2), directory
 
 
 def test_python_dash_m_corral_is_the_cli():

@@ -265,6 +265,11 @@ pub struct MuxArgs {
     #[arg(long)]
     pub exit_with_parent: bool,
 
+    /// With --exit-with-parent: a directory of the client's (its files for the workers) that
+    /// corral removes when the client is gone, as nobody else is left to.
+    #[arg(long, value_name = "DIR", requires = "exit_with_parent")]
+    pub scratch: Option<PathBuf>,
+
     /// The workers and how they are supervised.
     #[command(flatten)]
     pub pool: PoolArgs,

@@ -111,10 +111,10 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat, service: bool) {
 /// How often `--exit-with-parent` looks for its parent.
 const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Exits the process (status 129, like a hang-up) once its parent is gone. Exiting is what a
-/// SIGKILL of corral does, and that is already safe: the workers die with the spawner thread
-/// (their death signal) and the keeper kills their groups.
-fn exit_with_parent() {
+/// Exits the process (status 129, like a hang-up) once its parent is gone, removing `scratch`
+/// first if given. Exiting is what a SIGKILL of corral does, and that is already safe: the
+/// workers die with the spawner thread (their death signal) and the keeper kills their groups.
+fn exit_with_parent(scratch: Option<PathBuf>) {
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
     std::thread::Builder::new()
@@ -127,6 +127,9 @@ fn exit_with_parent() {
                     say(format_args!(
                         "the process that started corral is gone: stopping"
                     ));
+                    if let Some(dir) = &scratch {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
                     std::process::exit(129);
                 }
             }
@@ -136,7 +139,7 @@ fn exit_with_parent() {
 
 fn run_command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if args.exit_with_parent {
-        exit_with_parent();
+        exit_with_parent(None);
     }
     let shard = shard_of(&mut args)?;
     let mut worker_env = Vec::new();
@@ -342,7 +345,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn mux_command(args: MuxArgs) -> anyhow::Result<ExitCode> {
     if args.exit_with_parent {
-        exit_with_parent();
+        exit_with_parent(args.scratch.clone());
     }
     let (scheduler, pool) = pool_settings(&args.pool, Vec::new())?;
     let workers = scheduler.workers;
