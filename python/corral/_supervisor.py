@@ -175,16 +175,23 @@ class Supervisor:
         return call
 
     def send(self, call, lines, ended, controls=()):
-        """Writes control lines, then a call's job lines (and its end); from any thread."""
+        """Writes control lines, then a call's job lines (and its end); from any thread. False
+        if the supervisor is gone: the reader then fails the calls it had not answered."""
         out = list(controls)
         if lines:
             out.append(b'{"corral":"call","call":%d}\n' % call.number)
             out.extend(lines)
         if ended:
             out.append(b'{"corral":"end","call":%d}\n' % call.number)
-        if out:
-            with self.write_lock:
+        if not out:
+            return True
+        with self.write_lock:
+            try:
                 _write_all(self.proc.stdin.fileno(), b"".join(out))
+            except (OSError, ValueError):
+                # A closed pipe, or a file already closed at the end.
+                return False
+        return True
 
     def wake(self):
         """Tells the feeder a call has new jobs; the lock is held."""
@@ -287,8 +294,6 @@ class Supervisor:
                 if turn is None:
                     return
                 controls, batch = turn
-                if not batch:
-                    self.send(None, (), False, controls)
                 for call, room in batch:
                     lines, ended = call.lines(room)
                     with self.lock:
@@ -301,8 +306,12 @@ class Supervisor:
                             if call in self.feeding:
                                 self.feeding.remove(call)
                             call.check_finished()
-                    self.send(call, lines, ended, controls)
+                    if not self.send(call, lines, ended, controls):
+                        return
                     controls = ()
+                # Control lines not sent with a call's (it was cancelled meanwhile).
+                if controls and not self.send(None, (), False, controls):
+                    return
                 # Nothing of a call may stay alive here while the feeder waits.
                 turn = batch = call = lines = None
         except OSError:

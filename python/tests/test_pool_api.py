@@ -263,3 +263,20 @@ def test_sigkill_of_workers_mid_run_loses_nothing(tmp_path):
         for pid in set(pool.map(pool_tasks.pid, range(8), chunksize=1)):
             os.kill(pid, signal.SIGKILL)
         assert result.get(60) == [i * i for i in range(200)]
+
+
+def test_a_supervisor_killed_under_the_pool_fails_its_calls_clearly():
+    pool = corral.Pool(1)
+    try:
+        pending = pool.map_async(pool_tasks.sleep_for, [30])
+        os.kill(pool._supervisor.proc.pid, signal.SIGKILL)
+        with pytest.raises(corral.BrokenPool, match="supervisor ended"):
+            pending.get(timeout=30)
+        # Calls made after it are failed too, not left waiting or broken pipes.
+        with pytest.raises(corral.BrokenPool):
+            pool.map(pool_tasks.square, range(3))
+        with pytest.raises(corral.BrokenPool):
+            pool.apply(pool_tasks.square, (3,))
+    finally:
+        pool.terminate()
+        pool.join()
