@@ -28,9 +28,30 @@ _HIGHEST = pickle.HIGHEST_PROTOCOL
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+# The names of the functions met lately (a loop of maps names the same one each time). Only
+# functions found by name: a pickled callable (a bound method) is pickled again each call, as
+# its state may have changed.
+_names = {}
+_NAMES = 1024
+
+
 def function_ref(fn):
     """The input field that names fn for the workers: by module and name, as spawn finds
     functions, or pickled (a partial, a bound method, a callable object)."""
+    ref = _names.get(fn) if type(fn) in _NAMED else None
+    if ref is None:
+        ref = _function_ref(fn)
+        if ref.startswith('"f":'):
+            if len(_names) >= _NAMES:
+                _names.clear()
+            _names[fn] = ref
+    return ref
+
+
+_NAMED = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _function_ref(fn):
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable")
     module = getattr(fn, "__module__", None)
@@ -183,7 +204,8 @@ class Call:
     def __init__(self, supervisor):
         self.supervisor = supervisor
         self.directory = supervisor.directory
-        self.cond = threading.Condition(supervisor.lock)
+        # Only a call whose caller waits on it for outcomes has one (see StreamedItems).
+        self.cond = None
         self.sent = 0
         self.answered = 0
         self.exhausted = False
@@ -203,11 +225,12 @@ class Call:
         """Forgets the call once every job is sent and answered; the lock is held."""
         if self.exhausted and self.answered == self.sent:
             self.supervisor.finished(self)
-            self.cond.notify_all()
+            self.wake_waiters()
 
     def wake_waiters(self):
         """Wakes whoever waits for this call's outcomes; the lock is held."""
-        self.cond.notify_all()
+        if self.cond is not None:
+            self.cond.notify_all()
 
     def take(self, results):
         """The reader's results of this call: [(job index, result record)]."""
@@ -367,6 +390,7 @@ class StreamedItems(ItemCall):
 
     def __init__(self, supervisor, fn, iterable, chunksize, star, ordered, progress=None, **kw):
         super().__init__(supervisor, fn, iterable, chunksize, star, **kw)
+        self.cond = threading.Condition(supervisor.lock)
         self.ordered = ordered
         self.buffer = {} if ordered else deque()
         self.position = 0

@@ -135,3 +135,11 @@ def init_fails():
 def sleep_and_print(seconds, text):
     time.sleep(seconds)
     print(text, flush=True)
+
+
+class Adder:
+    def __init__(self, n):
+        self.n = n
+
+    def add(self, x):
+        return x + self.n

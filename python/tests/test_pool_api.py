@@ -280,3 +280,11 @@ def test_a_supervisor_killed_under_the_pool_fails_its_calls_clearly():
     finally:
         pool.terminate()
         pool.join()
+
+
+def test_a_bound_method_goes_with_its_object_s_state_at_each_call():
+    adder = pool_tasks.Adder(1)
+    with corral.Pool(1) as pool:
+        assert pool.map(adder.add, [1, 2]) == [2, 3]
+        adder.n = 10
+        assert pool.map(adder.add, [1, 2]) == [11, 12], "not the state of the first call"
