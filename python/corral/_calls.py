@@ -50,6 +50,27 @@ def function_ref(fn):
 
 _NAMED = (types.FunctionType, types.BuiltinFunctionType)
 
+# What one item of a function took lately, in milliseconds (the "ms" of its chunks' results,
+# corral's own measure, divided among their items), by the reference of a function found by
+# name (a pickled callable's reference may be large, and its state may change).
+_costs = {}
+# The work per worker, in milliseconds, under which a map with no chunksize goes in one chunk
+# per worker: smaller chunks could balance no more than this, and each job more costs tens of
+# microseconds in its passage through corral and the worker.
+ONE_CHUNK_MS = 2.0
+
+
+def default_chunksize(fn, items, workers):
+    """(chunksize, split_tail) for a map of `items` with no chunksize given. A function whose
+    items were measured cheap in an earlier call (as joblib's automatic batching measures its
+    batches) goes in one chunk per worker; otherwise multiprocessing's own rule, about four
+    chunks per worker, with the last ones split (see _chunk_sizes)."""
+    cost = _costs.get(function_ref(fn))
+    if cost is not None and cost * items <= ONE_CHUNK_MS * workers:
+        return -(-items // workers), False
+    chunksize, extra = divmod(items, workers * 4)
+    return chunksize + (1 if extra else 0), True
+
 
 def _function_ref(fn):
     if not callable(fn):
@@ -258,7 +279,9 @@ class Call:
 class ItemCall(Call):
     """A function over an iterable, a chunk of items per job; subclasses collect."""
 
-    def __init__(self, supervisor, fn, iterable, chunksize, star, with_input=False, total=None):
+    def __init__(
+        self, supervisor, fn, iterable, chunksize, star, with_input=False, total=None, split=True
+    ):
         super().__init__(supervisor)
         self.fref = function_ref(fn)
         self.items = iter(iterable)
@@ -271,7 +294,10 @@ class ItemCall(Call):
         self.jobs = 0
         # The first item and size of each chunk sent and not answered.
         self.chunks = {}
-        self.sizes = _chunk_sizes(chunksize, total, supervisor.processes)
+        if split:
+            self.sizes = _chunk_sizes(chunksize, total, supervisor.processes)
+        else:
+            self.sizes = itertools.repeat(chunksize)
 
     def lines(self, room):
         out = []
@@ -330,16 +356,25 @@ class ItemCall(Call):
         directory = self.directory
         executor = self.executor
         chunks = []
+        spent = counted = 0
         for job, record in results:
             if self.chunksize == 1:
                 first, size = job, 1
             else:
                 first, size = self.chunks.pop(job)
+            ms = record.get("ms")
+            if ms is not None:
+                spent += ms
+                counted += size
             values, failed = outcomes(record, size, directory, executor)
             if self.inputs is not None:
                 inputs = self.inputs
                 values = [(inputs.pop(first + i, None), v) for i, v in enumerate(values)]
             chunks.append((first, values, failed))
+        if counted and self.fref.startswith('"f":'):
+            if len(_costs) >= _NAMES:
+                _costs.clear()
+            _costs[self.fref] = spent / counted
         return self.collect(chunks)
 
     def collect(self, chunks):

@@ -14,7 +14,13 @@ import threading
 import warnings
 import weakref
 
-from corral._calls import ListedItems, StreamCall, StreamedItems, function_ref
+from corral._calls import (
+    ListedItems,
+    StreamCall,
+    StreamedItems,
+    default_chunksize,
+    function_ref,
+)
 from corral._errors import TimeoutError
 from corral._supervisor import Supervisor
 
@@ -354,10 +360,9 @@ class Pool:
         self._check_running()
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
+        split = True
         if chunksize is None:
-            chunksize, extra = divmod(len(iterable), self._processes * 4)
-            if extra:
-                chunksize += 1
+            chunksize, split = default_chunksize(func, len(iterable), self._processes)
         if not iterable:
             function_ref(func)
             done([], None)
@@ -367,7 +372,9 @@ class Pool:
         progress, progress_end = _progress_callback(self._progress, len(iterable))
         if progress_end is not None:
             done = _then(done, progress_end)
-        call = ListedItems(self._supervisor, func, iterable, chunksize, star, done, progress)
+        call = ListedItems(
+            self._supervisor, func, iterable, chunksize, star, done, progress, split=split
+        )
         return self._supervisor.open(call, now=len(iterable) <= SEND_NOW)
 
     # Maps as iterators.

@@ -288,3 +288,33 @@ def test_a_bound_method_goes_with_its_object_s_state_at_each_call():
         assert pool.map(adder.add, [1, 2]) == [2, 3]
         adder.n = 10
         assert pool.map(adder.add, [1, 2]) == [11, 12], "not the state of the first call"
+
+
+def test_a_map_without_chunksize_goes_in_one_chunk_per_worker_once_its_items_are_cheap():
+    from corral import _calls
+
+    ref = _calls.function_ref(pool_tasks.fail_on_three)
+    # Never measured: multiprocessing's rule, about four chunks per worker, the last ones split.
+    _calls._costs.pop(ref, None)
+    assert _calls.default_chunksize(pool_tasks.fail_on_three, 10, 2) == (2, True)
+    with corral.Pool(2) as pool:
+        with pytest.raises(ValueError):
+            pool.map(pool_tasks.fail_on_three, range(10))
+        # What each item took, as corral measured its chunks.
+        assert _calls._costs[ref] > 0
+        # Cheap items: ten of them are less work than is worth balancing.
+        _calls._costs[ref] = 0.01
+        assert _calls.default_chunksize(pool_tasks.fail_on_three, 10, 2) == (5, False)
+        assert _calls.default_chunksize(pool_tasks.fail_on_three, 200, 2) == (100, False)
+        # One chunk per worker changes nothing a map returns or raises.
+        _calls._costs[ref] = 0.01
+        with pytest.raises(ValueError, match="three"):
+            pool.map(pool_tasks.fail_on_three, range(10))
+        _calls._costs[ref] = 0.01
+        assert pool.map(pool_tasks.fail_on_three, range(3)) == [0, 1, 2]
+        # Items measured slow, or many cheap ones, are balanced as multiprocessing does.
+        _calls._costs[ref] = 50.0
+        assert _calls.default_chunksize(pool_tasks.fail_on_three, 10, 2) == (2, True)
+        _calls._costs[ref] = 0.01
+        assert _calls.default_chunksize(pool_tasks.fail_on_three, 100_000, 2) == (12_500, True)
+

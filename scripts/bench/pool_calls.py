@@ -2,7 +2,8 @@
 calls map per batch or per epoch, and the storm of submits gathered with as_completed.
 
   (a) 200 calls of pool.map(square, range(10)) on a pool of 2, per call: corral.Pool against
-      multiprocessing.Pool (the fork start method, Linux's default before 3.14, and spawn);
+      multiprocessing.Pool (the fork start method, Linux's default before 3.14, and spawn),
+      and against multiprocessing.Pool given the chunksize corral picks for itself;
   (b) 10,000 submits of a tiny function gathered with as_completed: corral.ProcessPoolExecutor
       against concurrent.futures.ProcessPoolExecutor (spawn, and fork).
 
@@ -22,7 +23,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CALLS = 200
 SUBMITS = 10_000
-MAPS = ["corral.Pool", "multiprocessing.Pool (fork)", "multiprocessing.Pool (spawn)"]
+MAPS = [
+    "corral.Pool",
+    "multiprocessing.Pool (fork)",
+    "multiprocessing.Pool (spawn)",
+    # With one chunk per worker, as corral picks for cheap items (README, chunksize).
+    "multiprocessing.Pool (fork, chunksize=5)",
+]
 EXECUTORS = [
     "corral.ProcessPoolExecutor",
     "ProcessPoolExecutor (spawn)",
@@ -45,7 +52,7 @@ def make(pool):
         import corral
 
         return corral.ProcessPoolExecutor(2)
-    method = pool.split("(")[1].rstrip(")")
+    method = pool.split("(")[1].rstrip(")").split(",")[0]
     context = multiprocessing.get_context(method)
     if pool.startswith("multiprocessing.Pool"):
         return context.Pool(2)
@@ -61,10 +68,11 @@ def one(kind, pool_name):
     pool = make(pool_name)
     try:
         if kind == "map":
-            assert pool.map(square, range(10)) == [i * i for i in range(10)]
+            chunksize = 5 if "chunksize=5" in pool_name else None
+            assert pool.map(square, range(10), chunksize) == [i * i for i in range(10)]
             started = time.perf_counter()
             for _ in range(CALLS):
-                pool.map(square, range(10))
+                pool.map(square, range(10), chunksize)
             elapsed = (time.perf_counter() - started) / CALLS
         else:
             pool.submit(square, 3).result()
