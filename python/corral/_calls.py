@@ -20,7 +20,7 @@ from collections import deque
 
 from corral import _spawn
 from corral._codec import SPILL_BYTES, exception, plain, remove_spilled, spill, unspill
-from corral._errors import JobUnreadable, job_failed
+from corral._errors import job_failed
 from corral._supervisor import CALL_WINDOW, TOTAL_WINDOW
 
 _HIGHEST = pickle.HIGHEST_PROTOCOL
@@ -207,6 +207,8 @@ ALL_OF_ONE = frozenset([0])
 
 def _unreadable(what, cause, record, size):
     """Every item of a result line fails with JobUnreadable, caused by the unpickling error."""
+    from corral._errors import JobUnreadable
+
     unreadable = JobUnreadable(
         "unreadable", f"{what}: {cause!r}", record.get("attempts"), record.get("worker")
     )

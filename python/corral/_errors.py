@@ -4,11 +4,15 @@ timeout, or was cancelled), for workers that cannot start, and for an exception 
 travel.
 
 JobCrashed is also a concurrent.futures.process.BrokenProcessPool, so that code written for
-ProcessPoolExecutor still catches it; but only that job failed, and the pool goes on."""
+ProcessPoolExecutor still catches it; but only that job failed, and the pool goes on. The
+classes built on BrokenProcessPool are made on first use (see __getattr__): importing
+concurrent.futures.process costs a pool's start about ten milliseconds, and most programs never
+see a crash."""
 
 import multiprocessing
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing.pool import RemoteTraceback
+import threading
+
+_making = threading.Lock()
 
 # AsyncResult.get(timeout) and IMapIterator.next(timeout) raise this, as multiprocessing does:
 # it is multiprocessing.TimeoutError itself, so either name catches it.
@@ -22,6 +26,8 @@ def remote_traceback(text, executor=False):
         from concurrent.futures.process import _RemoteTraceback
 
         return _RemoteTraceback(f'\n"""\n{text}"""')
+    from multiprocessing.pool import RemoteTraceback
+
     return RemoteTraceback(f'\n"""\n{text}"""')
 
 
@@ -47,31 +53,21 @@ class JobFailed(Exception):
         )
 
 
-class JobCrashed(JobFailed, BrokenProcessPool):
-    """The job killed its worker on each of its attempts (a signal, an exit, a protocol
-    violation). Only this job failed: the worker was replaced and the pool goes on."""
-
-
 class JobTimedOut(JobFailed):
     """The job ran past the pool's timeout on each of its attempts; its worker was killed."""
-
-
-class JobUnreadable(JobFailed, BrokenProcessPool):
-    """The job's arguments could not be unpickled in the worker, or its result here (the
-    unpickling error is the __cause__). Only this job failed; like JobCrashed, it is also a
-    BrokenProcessPool, as the stdlib executor reports such a job."""
 
 
 class JobCancelled(JobFailed):
     """The job never ran: its pool was terminated first."""
 
 
-_KINDS = {"crashed": JobCrashed, "timeout": JobTimedOut, "cancelled": JobCancelled}
-
-
 def job_failed(kind, message, attempts=None, worker=None, error_type=None, item=None):
     """The JobFailed subclass for an error kind of corral's result lines."""
-    return _KINDS.get(kind, JobFailed)(kind, message, attempts, worker, error_type, item)
+    if kind == "crashed":
+        cls = __getattr__("JobCrashed")
+    else:
+        cls = {"timeout": JobTimedOut, "cancelled": JobCancelled}.get(kind, JobFailed)
+    return cls(kind, message, attempts, worker, error_type, item)
 
 
 class RemoteError(Exception):
@@ -87,18 +83,40 @@ class RemoteError(Exception):
         return (type(self), (self.type_name, self.message))
 
 
-class BrokenPool(BrokenProcessPool):
-    """The pool's workers cannot run (they fail at start, again and again), or its supervisor
-    is gone. The worker's own exception, when it raised one, is the __cause__."""
+def _broken_classes():
+    """JobCrashed, JobUnreadable and BrokenPool: the classes that are BrokenProcessPools."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    class JobCrashed(JobFailed, BrokenProcessPool):
+        """The job killed its worker on each of its attempts (a signal, an exit, a protocol
+        violation). Only this job failed: the worker was replaced and the pool goes on."""
+
+    class JobUnreadable(JobFailed, BrokenProcessPool):
+        """The job's arguments could not be unpickled in the worker, or its result here (the
+        unpickling error is the __cause__). Only this job failed; like JobCrashed, it is also
+        a BrokenProcessPool, as the stdlib executor reports such a job."""
+
+    class BrokenPool(BrokenProcessPool):
+        """The pool's workers cannot run (they fail at start, again and again), or its
+        supervisor is gone. The worker's own exception, when it raised one, is the
+        __cause__."""
+
+    return {cls.__name__: cls for cls in (JobCrashed, JobUnreadable, BrokenPool)}
 
 
-for _cls in (
-    JobFailed,
-    JobCrashed,
-    JobTimedOut,
-    JobUnreadable,
-    JobCancelled,
-    RemoteError,
-    BrokenPool,
-):
+def __getattr__(name):
+    if name not in ("JobCrashed", "JobUnreadable", "BrokenPool"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _making:
+        # Made once: two threads asking at once must get the same classes.
+        if name not in globals():
+            made = _broken_classes()
+            for cls in made.values():
+                cls.__module__ = "corral"
+                cls.__qualname__ = cls.__name__
+            globals().update(made)
+    return globals()[name]
+
+
+for _cls in (JobFailed, JobTimedOut, JobCancelled, RemoteError):
     _cls.__module__ = "corral"

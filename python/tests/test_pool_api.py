@@ -318,3 +318,19 @@ def test_a_map_without_chunksize_goes_in_one_chunk_per_worker_once_its_items_are
         _calls._costs[ref] = 0.01
         assert _calls.default_chunksize(pool_tasks.fail_on_three, 100_000, 2) == (12_500, True)
 
+
+def test_corral_s_exceptions_are_importable_and_pickle_as_themselves():
+    from concurrent.futures.process import BrokenProcessPool
+
+    for name in corral.__all__:
+        cls = getattr(corral, name)
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            continue
+        assert cls.__module__ == "corral" or cls is corral.TimeoutError, name
+        if issubclass(cls, corral.JobFailed):
+            exc = cls("crashed", "message", 3, 1234)
+            again = pickle.loads(pickle.dumps(exc))
+            assert type(again) is cls and again.attempts == 3 and again.worker == 1234
+    for name in ("JobCrashed", "JobUnreadable", "BrokenPool"):
+        assert issubclass(getattr(corral, name), BrokenProcessPool), name
+    assert not issubclass(corral.JobTimedOut, BrokenProcessPool)
