@@ -350,7 +350,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "COMMAND", conflicts_with_all = ["worker", "worker_cmd", "task"], help_heading = "Commands")]
     pub exec: Option<String>,
 
-    /// With --exec: run the command with `sh -c`, each replacement shell-quoted.
+    /// With --exec: run the command with `sh -c` (pipes, redirections, `&&`). Each replacement
+    /// goes to the shell as a positional parameter, never as script text, so no quoting
+    /// around a placeholder (`"{}"`, `'{}'`) can make a line run as code.
     #[arg(long, requires = "exec", help_heading = "Commands")]
     pub shell: bool,
 

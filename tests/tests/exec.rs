@@ -102,6 +102,51 @@ fn without_shell_no_shell_runs_and_with_it_replacements_are_quoted() {
 }
 
 #[test]
+fn with_shell_no_quotes_around_a_placeholder_let_a_line_run_as_code() {
+    // People quote placeholders by habit; with the values passed as positional parameters,
+    // no quoting in the template can reopen one.
+    let dir = temp_dir();
+    let witness = dir.path().join("ran");
+    let w = witness.display();
+    let lines = [
+        format!("$(touch {w})"),
+        format!("`touch {w}`"),
+        format!("'; touch {w}; '"),
+        format!("\"; touch {w}; \""),
+    ];
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    for template in [
+        "printf '[%s]' {}",
+        "printf '[%s]' \"{}\"",
+        "printf '[%s]' '{}'",
+        "printf '[%s]' \"$(printf %s {})\"",
+        "printf '[%s]' \"{.}\"",
+        "printf '[%s]' '{1}'",
+    ] {
+        let out = Run::corral([
+            "run",
+            "--keep-order",
+            "--lines",
+            "--shell",
+            "--exec",
+            template,
+        ])
+        .stdin(input.clone())
+        .output();
+        out.expect_code(0);
+        assert!(!witness.exists(), "{template}: a line ran as code");
+        for (result, line) in out.results().iter().zip(&lines) {
+            let printed = stdout_of(result);
+            if template.contains("{.}") {
+                assert!(printed.starts_with('[') && printed.ends_with(']'), "{printed}");
+            } else {
+                assert_eq!(printed, format!("[{line}]"), "{template}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_failing_command_is_a_task_error_with_its_status_and_output() {
     let out = Run::corral([
         "run",

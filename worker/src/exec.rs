@@ -316,54 +316,124 @@ pub struct Values<'a> {
     pub slot: &'a str,
 }
 
-/// The command's words with every placeholder replaced (shell-quoted when `shell`). Without
-/// any placeholder the input is added as the last argument, as GNU parallel does.
+/// The command's words with every placeholder replaced. Without any placeholder the input is
+/// added as the last argument, as GNU parallel does. With `shell` the template is
+/// `["sh", "-c", script]`: see [`shell_command`].
 pub fn expand(template: &[String], values: &Values<'_>, shell: bool) -> Vec<String> {
+    if shell && let [sh, dash_c, script] = template {
+        return shell_command(sh, dash_c, script, values);
+    }
     let mut found = false;
     let mut argv: Vec<String> = template
         .iter()
-        .map(|word| replace(word, values, shell, &mut found))
+        .map(|word| replace(word, values, &mut found))
         .collect();
     if !found {
-        if shell {
-            if let Some(script) = argv.last_mut() {
-                script.push(' ');
-                script.push_str(&shell_words::quote(values.whole));
-            }
-        } else {
-            argv.push(values.whole.to_owned());
-        }
+        argv.push(values.whole.to_owned());
     }
     argv
 }
 
-fn replace(word: &str, values: &Values<'_>, shell: bool, found: &mut bool) -> String {
+fn replace(word: &str, values: &Values<'_>, found: &mut bool) -> String {
     let mut out = String::with_capacity(word.len());
     let mut rest = word;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let replaced = after
-            .find('}')
-            .and_then(|close| Some((placeholder(&after[..close], values)?, close)));
-        match replaced {
-            Some((value, close)) => {
+        match placeholder_at(&rest[open..], values) {
+            Some((value, len)) => {
                 *found = true;
-                if shell {
-                    out.push_str(&shell_words::quote(&value));
-                } else {
-                    out.push_str(&value);
-                }
-                rest = &after[close + 1..];
+                out.push_str(&value);
+                rest = &rest[open + len..];
             }
             None => {
                 out.push('{');
-                rest = after;
+                rest = &rest[open + 1..];
             }
         }
     }
     out.push_str(rest);
     out
+}
+
+/// The placeholder `text` starts with: its value and its length in bytes.
+fn placeholder_at(text: &str, values: &Values<'_>) -> Option<(String, usize)> {
+    let close = text.find('}')?;
+    Some((placeholder(&text[1..close], values)?, close + 1))
+}
+
+/// Where a shell script's lexer stands: what quotes or substitution it is inside.
+#[derive(Clone, Copy, PartialEq)]
+enum Quoting {
+    /// Not quoted (at the top, or inside `$(...)` with this many open parentheses).
+    Plain(u32),
+    Single,
+    Double,
+    Backtick,
+}
+
+/// `sh -c SCRIPT sh VALUE...`: every placeholder in the script becomes a reference to a
+/// positional parameter (`"${1}"`, `${1}` inside double quotes, `'"${1}"'` inside single
+/// quotes) and its value that parameter. A value is never part of the script's text, so no
+/// quoting in the template, not even quotes around the placeholder, can make the shell read a
+/// value as code; the lexer's only task is to keep each value one word.
+fn shell_command(sh: &str, dash_c: &str, script: &str, values: &Values<'_>) -> Vec<String> {
+    let mut out = String::with_capacity(script.len() + 16);
+    let mut parameters: Vec<String> = Vec::new();
+    let mut stack = vec![Quoting::Plain(0)];
+    let mut rest = script;
+    while let Some(c) = rest.chars().next() {
+        let quoting = *stack.last().expect("the bottom is never popped");
+        if c == '{'
+            && let Some((value, len)) = placeholder_at(rest, values)
+        {
+            parameters.push(value);
+            let n = parameters.len();
+            match quoting {
+                Quoting::Double => out.push_str(&format!("${{{n}}}")),
+                Quoting::Single => out.push_str(&format!("'\"${{{n}}}\"'")),
+                Quoting::Plain(_) | Quoting::Backtick => out.push_str(&format!("\"${{{n}}}\"")),
+            }
+            rest = &rest[len..];
+            continue;
+        }
+        let mut taken = c.len_utf8();
+        match (quoting, c) {
+            (Quoting::Single, '\'') | (Quoting::Double, '"') | (Quoting::Backtick, '`') => {
+                stack.pop();
+            }
+            (Quoting::Single, _) => {}
+            // A backslash quotes the next character (outside single quotes).
+            (_, '\\') => taken += rest[1..].chars().next().map_or(0, char::len_utf8),
+            (_, '$') if rest[1..].starts_with('(') => {
+                stack.push(Quoting::Plain(0));
+                taken += 1;
+            }
+            (_, '`') => stack.push(Quoting::Backtick),
+            (Quoting::Double, _) => {}
+            (_, '\'') => stack.push(Quoting::Single),
+            (_, '"') => stack.push(Quoting::Double),
+            (Quoting::Plain(depth), '(') if stack.len() > 1 => {
+                *stack.last_mut().expect("not empty") = Quoting::Plain(depth + 1);
+            }
+            (Quoting::Plain(0), ')') if stack.len() > 1 => {
+                stack.pop();
+            }
+            (Quoting::Plain(depth), ')') if stack.len() > 1 => {
+                *stack.last_mut().expect("not empty") = Quoting::Plain(depth - 1);
+            }
+            _ => {}
+        }
+        out.push_str(&rest[..taken]);
+        rest = &rest[taken..];
+    }
+    if parameters.is_empty() {
+        // No placeholder: the input is the last word.
+        parameters.push(values.whole.to_owned());
+        out.push_str(" \"${1}\"");
+    }
+    let mut argv = vec![sh.to_owned(), dash_c.to_owned(), out, sh.to_owned()];
+    argv.extend(parameters);
+    argv
 }
 
 /// The value of placeholder `{name}`; `None` when `name` is not one (the braces stay as
@@ -464,15 +534,78 @@ mod tests {
         );
         assert_eq!(
             words(&["sh", "-c", "wc -c"], "it's", true),
-            ["sh", "-c", "wc -c 'it'\\''s'"]
+            ["sh", "-c", "wc -c \"${1}\"", "sh", "it's"]
         );
     }
 
     #[test]
-    fn shell_replacements_are_quoted() {
+    fn with_shell_values_are_positional_parameters_quoted_for_where_they_stand() {
         assert_eq!(
             words(&["sh", "-c", "echo {} > {.}.txt"], "a b;rm x.c", true),
-            ["sh", "-c", "echo 'a b;rm x.c' > 'a b;rm x'.txt"]
+            [
+                "sh",
+                "-c",
+                "echo \"${1}\" > \"${2}\".txt",
+                "sh",
+                "a b;rm x.c",
+                "a b;rm x"
+            ]
         );
+        let script = |template: &str| words(&["sh", "-c", template], "v", true)[2].clone();
+        assert_eq!(script("echo \"{}\""), "echo \"${1}\"");
+        assert_eq!(script("echo '{}'"), "echo ''\"${1}\"''");
+        assert_eq!(script("echo \"it's {/}\""), "echo \"it's ${1}\"");
+        assert_eq!(script("echo \"$(basename {})\""), "echo \"$(basename \"${1}\")\"");
+        assert_eq!(script("echo `echo '{}'`"), "echo `echo ''\"${1}\"''`");
+        assert_eq!(script("echo $((1+2)) {}"), "echo $((1+2)) \"${1}\"");
+        assert_eq!(script("echo \\'{}"), "echo \\'\"${1}\"");
+        assert_eq!(script("awk '{print}' {}"), "awk '{print}' \"${1}\"");
+    }
+
+    /// What `sh` prints for `printf '[%s]'` of the template's replacements.
+    fn shell_prints(template: &str, whole: &str) -> String {
+        let argv = words(&["sh", "-c", template], whole, true);
+        let out = Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn no_quoting_around_a_placeholder_lets_the_shell_read_a_value_as_code() {
+        let dir = std::env::temp_dir().join(format!("corral-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let witness = dir.join("ran");
+        let w = witness.display();
+        let hostile = [
+            format!("$(touch {w})"),
+            format!("`touch {w}`"),
+            format!("'; touch {w}; '"),
+            format!("\"; touch {w}; \""),
+            format!("x\"$(touch {w})\"y"),
+            format!("a b\\\" ;touch {w} #"),
+        ];
+        let forms = ["{}", "{.}", "{/}", "{//}", "{/.}", "{1}"];
+        for value in &hostile {
+            for form in forms {
+                for template in [
+                    format!("printf '[%s]' {form}"),
+                    format!("printf '[%s]' \"{form}\""),
+                    format!("printf '[%s]' '{form}'"),
+                    format!("printf '[%s]' \"$(printf %s {form})\""),
+                    format!("printf '[%s]' `printf %s '{form}'`"),
+                ] {
+                    let expected = shell_prints(&format!("printf '[%s]' {form}"), value);
+                    let printed = shell_prints(&template, value);
+                    assert!(!witness.exists(), "{template} with {value:?} ran code");
+                    if !template.contains('`') {
+                        assert_eq!(printed, expected, "{template} with {value:?}");
+                    }
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
