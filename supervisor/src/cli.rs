@@ -443,6 +443,12 @@ pub struct PoolArgs {
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, help_heading = "Failures")]
     pub grace: Duration,
 
+    /// How long a worker may take to exit once corral has closed its input (at the end of the
+    /// run, or when it is recycled); then it is killed, with a warning. A worker that ignores
+    /// the end of its input (a live thread, a timer) never holds up the end of the run.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration, help_heading = "Failures")]
+    pub exit_grace: Duration,
+
     /// Restarts allowed within --restart-period without delay; beyond, restarts back off
     /// exponentially, and if workers keep dying the run stops (status 2).
     #[arg(

@@ -424,6 +424,7 @@ fn pool_settings(
         max_jobs_per_worker: args.max_jobs_per_worker,
         max_rss: args.max_rss,
         memory_limit: args.memory_limit,
+        exit_grace: args.exit_grace,
         restart: RestartPolicy {
             max_restarts: args.max_restarts,
             period: args.restart_period,

@@ -84,6 +84,10 @@ pub struct SchedulerConfig {
     pub max_rss: Option<u64>,
     /// The per-worker memory cap in force, in bytes; only used to explain crashes.
     pub memory_limit: Option<u64>,
+    /// How long a retired worker may take to exit once its input has ended before it is
+    /// killed: a worker that ignores the end of its input (a live thread, a timer) must not
+    /// hold up the end of the run.
+    pub exit_grace: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -106,6 +110,7 @@ impl Default for SchedulerConfig {
             max_jobs_per_worker: None,
             max_rss: None,
             memory_limit: None,
+            exit_grace: Duration::from_secs(5),
         }
     }
 }
@@ -471,6 +476,8 @@ struct WorkerSlot {
     recycle: Option<String>,
     /// Whether `Retire` was sent.
     retire_sent: bool,
+    /// When `Retire` was sent; cleared once the worker is killed for not exiting.
+    retired_at: Option<Instant>,
 }
 
 impl WorkerSlot {
@@ -488,6 +495,7 @@ impl WorkerSlot {
             jobs_done: 0,
             recycle: None,
             retire_sent: false,
+            retired_at: None,
         }
     }
 
@@ -1120,6 +1128,7 @@ impl Scheduler {
     }
 
     fn on_tick(&mut self, now: Instant, running: Vec<(WorkerId, RunningWord)>) {
+        self.kill_lingering(now);
         let Some(timeout) = self.cfg.timeout else {
             return;
         };
@@ -1152,6 +1161,25 @@ impl Scheduler {
         }
     }
 
+    /// Kills each retired worker that has not exited within `exit_grace` of the end of its
+    /// input.
+    fn kill_lingering(&mut self, now: Instant) {
+        let grace = self.cfg.exit_grace;
+        for (&worker, slot) in &mut self.workers {
+            let Some(at) = slot.retired_at else { continue };
+            if now.duration_since(at) < grace {
+                continue;
+            }
+            slot.retired_at = None;
+            let why = format!(
+                "it did not exit within {} of the end of its input (a thread or timer that \
+                 keeps it alive?)",
+                humantime::format_duration(grace)
+            );
+            self.actions.push(Action::Kill { worker, why });
+        }
+    }
+
     /// Starts due workers, hands out work and notices the end of the run.
     fn advance(&mut self, now: Instant) {
         let finishing = self.finishing();
@@ -1165,6 +1193,7 @@ impl Scheduler {
             if (idle_recycled || done) && !slot.retire_sent {
                 slot.phase = Phase::Retiring;
                 slot.retire_sent = true;
+                slot.retired_at = Some(now);
                 retire.push(Action::Retire {
                     worker: id,
                     recycled: slot.recycle.clone().filter(|_| !finishing),
@@ -1179,8 +1208,19 @@ impl Scheduler {
             }
             return;
         }
-        let (due, later): (Vec<Instant>, Vec<Instant>) =
+        let (mut due, mut later): (Vec<Instant>, Vec<Instant>) =
             self.spawns_due.iter().partition(|&&t| t <= now);
+        // Replacements wait while more retired workers than the pool has have not exited
+        // yet: workers recycled faster than they exit would otherwise pile up without bound
+        // (until `exit_grace` kills them).
+        let lingering = self
+            .workers
+            .values()
+            .filter(|slot| slot.retired_at.is_some())
+            .count();
+        if lingering > self.cfg.workers {
+            later.append(&mut due);
+        }
         self.spawns_due = later;
         for _ in due {
             let id = WorkerId(self.next_worker);

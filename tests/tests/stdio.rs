@@ -363,3 +363,57 @@ fn python_workers_are_recycled_by_closing_their_stdin() {
         out.stderr
     );
 }
+
+#[test]
+fn a_worker_that_ignores_the_end_of_its_input_is_killed_after_the_exit_grace() {
+    let started = std::time::Instant::now();
+    let out = Run::corral([
+        "run",
+        "-j",
+        "2",
+        "--exit-grace",
+        "300ms",
+        "--worker-cmd",
+        &python_worker("raw_worker"),
+    ])
+    .env("RAW_FAULT", "ignore-eof")
+    .stdin(square_lines(20, "square").collect::<Vec<_>>().join("\n"))
+    .output();
+    out.expect_code(0);
+    assert_eq!(out.results().len(), 20);
+    assert!(
+        out.stderr.contains("did not exit within 300ms of the end of its input"),
+        "the log says why it was killed:\n{}",
+        out.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "the run ended");
+    for pid in out.results().iter().map(|r| r["worker"].as_u64().unwrap()) {
+        assert!(!alive(pid as u32), "worker {pid} outlived the run");
+    }
+
+    // Recycled after every job: replacements wait for the lingering ones, which never pile up.
+    let out = Run::corral([
+        "run",
+        "-j",
+        "2",
+        "--exit-grace",
+        "300ms",
+        "--max-jobs-per-worker",
+        "1",
+        "--worker-cmd",
+        &python_worker("raw_worker"),
+    ])
+    .env("RAW_FAULT", "ignore-eof")
+    .stdin(square_lines(8, "square").collect::<Vec<_>>().join("\n"))
+    .output();
+    out.expect_code(0);
+    let results = out.results();
+    assert_eq!(results.len(), 8);
+    let mut pids: Vec<u64> = results.iter().map(|r| r["worker"].as_u64().unwrap()).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 8, "one worker per job");
+    for pid in pids {
+        assert!(!alive(pid as u32), "worker {pid} outlived the run");
+    }
+}

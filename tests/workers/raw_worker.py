@@ -1,5 +1,6 @@
 """A stdio worker written against the protocol by hand, without the helper, for the
-integration tests: it can break the protocol on purpose (RAW_FAULT in its environment)."""
+integration tests: it can break the protocol on purpose (RAW_FAULT in its environment), or
+ignore the end of its input (RAW_FAULT=ignore-eof: a non-daemon thread keeps it alive)."""
 
 import json
 import os
@@ -27,3 +28,9 @@ for line in sys.stdin:
         request["id"] = "not-the-id"
     output = 0 if n == "garbage" else n * n
     print(json.dumps({"id": request["id"], "output": output}), flush=True)
+
+if fault == "ignore-eof":
+    import threading
+    import time
+
+    threading.Thread(target=time.sleep, args=(3600,)).start()

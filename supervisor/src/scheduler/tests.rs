@@ -1070,6 +1070,72 @@ fn workers_are_recycled_after_max_jobs_or_max_rss_without_losing_work() {
 }
 
 #[test]
+fn a_retired_worker_that_does_not_exit_is_killed_after_the_exit_grace() {
+    let mut h = Harness::new(SchedulerConfig {
+        exit_grace: Duration::from_secs(5),
+        ..config(1)
+    });
+    h.input((0..2).map(|i| job(i, "t")));
+    h.feed(Event::InputEnded);
+    h.ready(WorkerId(1), 101);
+    h.drain(1_000);
+    assert_eq!(h.retires, [WorkerId(1)], "every job answered: the worker retires");
+    assert!(!h.finished);
+    h.advance(Duration::from_millis(4_900));
+    h.feed(Event::Tick { running: vec![] });
+    assert!(h.kills.is_empty(), "within the grace");
+    h.advance(Duration::from_millis(200));
+    h.feed(Event::Tick { running: vec![] });
+    assert_eq!(h.kills, [WorkerId(1)], "past the grace");
+    h.feed(Event::Tick { running: vec![] });
+    assert_eq!(h.kills.len(), 1, "killed once");
+    h.die(WorkerId(1), WorkerExit::Signal("SIGKILL".into()), RunningWord::IDLE);
+    assert!(h.finished, "the run ends with every result: {:?}", h.ids());
+    assert_eq!(h.ids(), ["1", "2"]);
+    assert_eq!(h.spawns.len(), 1, "a retired worker's kill is no restart");
+}
+
+#[test]
+fn recycled_workers_that_linger_hold_back_replacements_instead_of_piling_up() {
+    let mut h = Harness::new(SchedulerConfig {
+        max_jobs_per_worker: Some(1),
+        max_batch_jobs: 1,
+        exit_grace: Duration::from_secs(5),
+        ..config(1)
+    });
+    h.input((0..10).map(|i| job(i, "t")));
+    h.feed(Event::InputEnded);
+    // Each worker runs one job and is recycled; none exits.
+    for worker in 1..=2 {
+        h.ready(WorkerId(worker), 100 + worker as u32);
+        h.drain(1_000);
+    }
+    // Two retired workers linger, more than the pool's one: the next replacement waits.
+    assert_eq!(h.retires, [WorkerId(1), WorkerId(2)]);
+    assert_eq!(h.spawns, [WorkerId(1), WorkerId(2)]);
+    h.advance(Duration::from_millis(100));
+    h.feed(Event::Tick { running: vec![] });
+    assert_eq!(h.spawns.len(), 2, "still waiting");
+    // One exits: the replacement starts, runs its job and lingers too.
+    h.die(WorkerId(1), WorkerExit::Code(0), RunningWord::IDLE);
+    assert_eq!(h.spawns.len(), 3);
+    h.ready(WorkerId(3), 103);
+    h.drain(1_000);
+    assert_eq!(h.spawns.len(), 3);
+    // Past the grace both are killed; as they go, replacements start and the run goes on.
+    h.advance(Duration::from_secs(5));
+    h.feed(Event::Tick { running: vec![] });
+    let mut kills = h.kills.clone();
+    kills.sort();
+    assert_eq!(kills, [WorkerId(2), WorkerId(3)]);
+    for worker in [2, 3] {
+        h.die(WorkerId(worker), WorkerExit::Signal("SIGKILL".into()), RunningWord::IDLE);
+    }
+    assert_eq!(h.spawns.len(), 4, "{:?}", h.spawns);
+    assert_eq!(h.ids().len(), 3);
+}
+
+#[test]
 fn a_crash_under_a_memory_limit_says_so() {
     let mut h = Harness::new(SchedulerConfig {
         retries: 0,
