@@ -138,7 +138,10 @@ fn with_shell_no_quotes_around_a_placeholder_let_a_line_run_as_code() {
         for (result, line) in out.results().iter().zip(&lines) {
             let printed = stdout_of(result);
             if template.contains("{.}") {
-                assert!(printed.starts_with('[') && printed.ends_with(']'), "{printed}");
+                assert!(
+                    printed.starts_with('[') && printed.ends_with(']'),
+                    "{printed}"
+                );
             } else {
                 assert_eq!(printed, format!("[{line}]"), "{template}");
             }

@@ -382,7 +382,8 @@ fn a_worker_that_ignores_the_end_of_its_input_is_killed_after_the_exit_grace() {
     out.expect_code(0);
     assert_eq!(out.results().len(), 20);
     assert!(
-        out.stderr.contains("did not exit within 300ms of the end of its input"),
+        out.stderr
+            .contains("did not exit within 300ms of the end of its input"),
         "the log says why it was killed:\n{}",
         out.stderr
     );
@@ -409,7 +410,10 @@ fn a_worker_that_ignores_the_end_of_its_input_is_killed_after_the_exit_grace() {
     out.expect_code(0);
     let results = out.results();
     assert_eq!(results.len(), 8);
-    let mut pids: Vec<u64> = results.iter().map(|r| r["worker"].as_u64().unwrap()).collect();
+    let mut pids: Vec<u64> = results
+        .iter()
+        .map(|r| r["worker"].as_u64().unwrap())
+        .collect();
     pids.sort_unstable();
     pids.dedup();
     assert_eq!(pids.len(), 8, "one worker per job");

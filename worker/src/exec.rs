@@ -318,7 +318,8 @@ pub struct Values<'a> {
 
 /// The command's words with every placeholder replaced. Without any placeholder the input is
 /// added as the last argument, as GNU parallel does. With `shell` the template is
-/// `["sh", "-c", script]`: see [`shell_command`].
+/// `["sh", "-c", script]`, and every value goes to `sh` as a positional parameter, never as
+/// script text.
 pub fn expand(template: &[String], values: &Values<'_>, shell: bool) -> Vec<String> {
     if shell && let [sh, dash_c, script] = template {
         return shell_command(sh, dash_c, script, values);
@@ -555,7 +556,10 @@ mod tests {
         assert_eq!(script("echo \"{}\""), "echo \"${1}\"");
         assert_eq!(script("echo '{}'"), "echo ''\"${1}\"''");
         assert_eq!(script("echo \"it's {/}\""), "echo \"it's ${1}\"");
-        assert_eq!(script("echo \"$(basename {})\""), "echo \"$(basename \"${1}\")\"");
+        assert_eq!(
+            script("echo \"$(basename {})\""),
+            "echo \"$(basename \"${1}\")\""
+        );
         assert_eq!(script("echo `echo '{}'`"), "echo `echo ''\"${1}\"''`");
         assert_eq!(script("echo $((1+2)) {}"), "echo $((1+2)) \"${1}\"");
         assert_eq!(script("echo \\'{}"), "echo \\'\"${1}\"");

@@ -1079,7 +1079,11 @@ fn a_retired_worker_that_does_not_exit_is_killed_after_the_exit_grace() {
     h.feed(Event::InputEnded);
     h.ready(WorkerId(1), 101);
     h.drain(1_000);
-    assert_eq!(h.retires, [WorkerId(1)], "every job answered: the worker retires");
+    assert_eq!(
+        h.retires,
+        [WorkerId(1)],
+        "every job answered: the worker retires"
+    );
     assert!(!h.finished);
     h.advance(Duration::from_millis(4_900));
     h.feed(Event::Tick { running: vec![] });
@@ -1089,7 +1093,11 @@ fn a_retired_worker_that_does_not_exit_is_killed_after_the_exit_grace() {
     assert_eq!(h.kills, [WorkerId(1)], "past the grace");
     h.feed(Event::Tick { running: vec![] });
     assert_eq!(h.kills.len(), 1, "killed once");
-    h.die(WorkerId(1), WorkerExit::Signal("SIGKILL".into()), RunningWord::IDLE);
+    h.die(
+        WorkerId(1),
+        WorkerExit::Signal("SIGKILL".into()),
+        RunningWord::IDLE,
+    );
     assert!(h.finished, "the run ends with every result: {:?}", h.ids());
     assert_eq!(h.ids(), ["1", "2"]);
     assert_eq!(h.spawns.len(), 1, "a retired worker's kill is no restart");
@@ -1129,7 +1137,11 @@ fn recycled_workers_that_linger_hold_back_replacements_instead_of_piling_up() {
     kills.sort();
     assert_eq!(kills, [WorkerId(2), WorkerId(3)]);
     for worker in [2, 3] {
-        h.die(WorkerId(worker), WorkerExit::Signal("SIGKILL".into()), RunningWord::IDLE);
+        h.die(
+            WorkerId(worker),
+            WorkerExit::Signal("SIGKILL".into()),
+            RunningWord::IDLE,
+        );
     }
     assert_eq!(h.spawns.len(), 4, "{:?}", h.spawns);
     assert_eq!(h.ids().len(), 3);
