@@ -1285,20 +1285,25 @@ impl Scheduler {
             return;
         }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        let depth = self.depth();
-        loop {
-            let mut sent = false;
+        // Until a job has been answered nothing says the jobs are short: the first worker
+        // ready takes no batch ahead while another is still starting, or that one would find
+        // the work gone (two slow jobs on two workers would take twice one's time).
+        let unmeasured_start = self.per_job_nanos.is_none()
+            && self
+                .workers
+                .values()
+                .any(|slot| slot.phase == Phase::Starting);
+        let depth = if unmeasured_start { 1 } else { self.depth() };
+        // Level by level: every worker gets its first batch before any gets a second.
+        for level in 1..=depth {
             for &id in &ids {
                 if self.pending.is_empty() {
                     return;
                 }
                 let slot = &self.workers[&id];
-                if slot.takes_batches() && slot.in_flight.len() < depth {
-                    sent |= self.send_batch(id);
+                if slot.takes_batches() && slot.in_flight.len() < level {
+                    self.send_batch(id);
                 }
-            }
-            if !sent {
-                return;
             }
         }
     }

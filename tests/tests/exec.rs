@@ -302,3 +302,29 @@ fn a_missing_program_is_a_configuration_error() {
         out.stderr
     );
 }
+
+#[test]
+fn n_slow_jobs_on_n_workers_run_one_per_worker() {
+    // The first worker ready must not take a second job while the others are starting: four
+    // half-second commands on four workers take half a second, not one.
+    let out = Run::corral([
+        "run",
+        "-j",
+        "4",
+        "--lines",
+        "--shell",
+        "--exec",
+        "sleep 0.5 # {}",
+    ])
+    .stdin("1\n2\n3\n4\n")
+    .output();
+    out.expect_code(0);
+    let mut workers: Vec<u64> = out
+        .results()
+        .iter()
+        .map(|r| r["worker"].as_u64().unwrap())
+        .collect();
+    workers.sort_unstable();
+    workers.dedup();
+    assert_eq!(workers.len(), 4, "one job per worker: {workers:?}");
+}

@@ -194,18 +194,20 @@ fn starts_the_configured_workers_and_batches_grow_with_measured_speed() {
     );
     h.ready(WorkerId(1), 101);
     let first = h.take_sends();
-    assert_eq!(first.len(), 2, "two batches in flight per worker");
-    assert!(
-        first.iter().all(|(_, b)| b.jobs.len() == 1),
-        "unmeasured jobs go one at a time"
+    assert_eq!(
+        first.len(),
+        1,
+        "unmeasured: no batch ahead while a worker is still starting"
     );
-    // 1 µs per job and a 16 ms target: the next batch is as large as allowed.
+    assert_eq!(first[0].1.jobs.len(), 1, "unmeasured jobs go one at a time");
+    // 1 µs per job and a 16 ms target: the next batches are as large as allowed, two in
+    // flight.
     h.complete(WorkerId(1), &first[0].1, 1_000);
     let next = h.take_sends();
-    assert_eq!(next.len(), 1);
-    assert_eq!(next[0].1.jobs.len(), 64);
-    h.complete(WorkerId(1), &first[1].1, 1_000);
+    assert_eq!(next.len(), 2);
+    assert!(next.iter().all(|(_, b)| b.jobs.len() == 64));
     h.complete(WorkerId(1), &next[0].1, 1_000);
+    h.complete(WorkerId(1), &next[1].1, 1_000);
     h.ready(WorkerId(2), 102);
     h.drain(1_000);
     h.feed(Event::InputEnded);
@@ -270,6 +272,27 @@ fn a_worker_holds_one_slow_job_at_a_time_so_none_waits_behind_another() {
         }
     }
     assert_eq!(h.results.len(), 20);
+}
+
+#[test]
+fn the_first_worker_ready_does_not_take_a_job_meant_for_one_still_starting() {
+    // `seq 2 | corral run -j2 --exec 'sleep 2 # {}'` must take one job's time, not two.
+    let mut h = Harness::new(config(2));
+    h.input((0..2).map(|i| job(i, "t")));
+    h.feed(Event::InputEnded);
+    h.ready(WorkerId(1), 101);
+    let sends = h.take_sends();
+    assert_eq!(sends.len(), 1, "one job to the worker ready: {sends:?}");
+    assert_eq!(sends[0].1.jobs.len(), 1);
+    h.advance(Duration::from_millis(5));
+    h.ready(WorkerId(2), 102);
+    let sends = h.take_sends();
+    assert_eq!(sends.len(), 1);
+    assert_eq!(
+        sends[0].0,
+        WorkerId(2),
+        "the second job waited for the second worker"
+    );
 }
 
 #[test]
@@ -933,17 +956,18 @@ fn keep_order_releases_results_in_input_order_within_a_window() {
     h.ready(WorkerId(1), 101);
     h.ready(WorkerId(2), 102);
     let sends = h.take_sends();
-    // Jobs 0, 1, 2 fit the window; job 3 waits for job 0.
+    // Jobs 0, 1, 2 fit the window (0 and 2 on one worker, 1 on the other); job 3 waits for
+    // job 0.
     assert_eq!(sends.len(), 3, "{sends:?}");
-    // Job 2 (on worker 2) finishes first: held back.
-    assert_eq!(sends[2].0, WorkerId(2));
-    h.complete(sends[2].0, &sends[2].1, 1_000);
+    assert_eq!(sends[0].0, sends[2].0);
+    // Job 1 finishes first: held back.
+    h.complete(sends[1].0, &sends[1].1, 1_000);
     assert!(h.results.is_empty());
     assert!(h.sends.is_empty(), "the window is full until job 0 is done");
     h.complete(sends[0].0, &sends[0].1, 1_000);
-    assert_eq!(h.ids(), ["1"], "job 2 still waits for job 1");
-    assert_eq!(h.sends.len(), 1, "the window moved by one");
-    h.complete(sends[1].0, &sends[1].1, 1_000);
+    assert_eq!(h.ids(), ["1", "2"], "job 1 came out once job 0 had");
+    assert_eq!(h.sends.len(), 2, "the window moved by two");
+    h.complete(sends[2].0, &sends[2].1, 1_000);
     h.drain(1_000);
     let order: Vec<String> = h
         .results
