@@ -2,7 +2,6 @@
 //! results as `corral run` would, and `corral status` shows the service's state. What they
 //! say on the socket is in [`crate::wire`].
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -248,18 +247,8 @@ fn send_jobs(
         .map_err(|_| SendError::Service)?;
     let mut filter = finished.map(|keys| ResumeFilter { keys, line: 0 });
     for source in sources {
-        let (name, reader): (String, Box<dyn Read>) = match &source {
-            Source::Stdin => ("standard input".into(), Box::new(io::stdin())),
-            Source::File(path) => match File::open(path) {
-                Ok(file) => (path.display().to_string(), Box::new(file)),
-                Err(err) => {
-                    return Err(SendError::Input(format!(
-                        "cannot open {}: {err}",
-                        path.display()
-                    )));
-                }
-            },
-        };
+        let name = source.name();
+        let reader = source.reader().map_err(SendError::Input)?;
         let Some(filter) = filter.as_mut() else {
             copy_whole(reader, &mut out, &name)?;
             continue;

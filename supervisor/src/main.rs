@@ -527,15 +527,13 @@ fn refuse_input_as_output(sources: &[Source], output: &Path) -> anyhow::Result<(
     };
     for source in sources {
         let same = match source {
-            Source::File(path) => std::fs::metadata(path).ok(),
+            Source::File(_, Some(file)) => file.metadata().ok(),
+            Source::File(path, None) => std::fs::metadata(path).ok(),
             Source::Stdin => std::fs::metadata("/dev/stdin").ok(),
         }
         .is_some_and(|input| input.dev() == out.dev() && input.ino() == out.ino());
         if same {
-            let name = match source {
-                Source::File(path) => path.display().to_string(),
-                Source::Stdin => "standard input".into(),
-            };
+            let name = source.name();
             anyhow::bail!(
                 "-o {} is also the input ({name}): its jobs would be overwritten before they are read",
                 output.display()
@@ -555,9 +553,9 @@ fn sources(files: &[PathBuf]) -> anyhow::Result<Vec<Source>> {
             if path.as_os_str() == "-" {
                 return Ok(Source::Stdin);
             }
-            // Fail before any worker starts when an input cannot be opened at all.
-            File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-            Ok(Source::File(path.clone()))
+            // Fail before any worker starts when an input cannot be opened at all; the file
+            // is read through this descriptor.
+            Source::open(path).with_context(|| format!("cannot open {}", path.display()))
         })
         .collect()
 }

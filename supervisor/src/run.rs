@@ -15,7 +15,8 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,16 +44,48 @@ pub const LAST_FLUSH: Duration = Duration::from_secs(1);
 pub enum Source {
     /// Standard input.
     Stdin,
-    /// A file.
-    File(PathBuf),
+    /// A file. Anything but a regular file (a named pipe, a device) keeps the descriptor
+    /// opened when the command line was checked and is read through it: a named pipe opened
+    /// twice loses its writer to the first close. A regular file is opened again when its
+    /// turn comes, so that a thousand inputs do not hold a thousand descriptors.
+    File(PathBuf, Option<Arc<File>>),
 }
 
 impl Source {
-    fn name(&self) -> String {
+    /// Opens `path` for reading (an error now says it cannot be read at all).
+    pub fn open(path: &Path) -> io::Result<Source> {
+        let file = File::open(path)?;
+        let keep = !file.metadata()?.is_file();
+        Ok(Source::File(path.to_owned(), keep.then(|| Arc::new(file))))
+    }
+
+    /// How messages name it.
+    pub fn name(&self) -> String {
         match self {
             Source::Stdin => "standard input".into(),
-            Source::File(path) => path.display().to_string(),
+            Source::File(path, _) => path.display().to_string(),
         }
+    }
+
+    /// Its reader; an error says it cannot be opened now.
+    pub fn reader(&self) -> Result<Box<dyn Read + Send>, String> {
+        match self {
+            Source::Stdin => Ok(Box::new(io::stdin())),
+            Source::File(_, Some(file)) => Ok(Box::new(SharedFile(file.clone()))),
+            Source::File(path, None) => match File::open(path) {
+                Ok(file) => Ok(Box::new(file)),
+                Err(err) => Err(format!("cannot open {}: {err}", path.display())),
+            },
+        }
+    }
+}
+
+/// A file read through a shared descriptor.
+struct SharedFile(Arc<File>);
+
+impl Read for SharedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
     }
 }
 
@@ -333,18 +366,12 @@ fn read_inputs(
         Reading::Blocks => Input::Parallel(ParallelReader::blocks(&parser, vectors, send)),
     };
     for source in sources {
-        let reader: Box<dyn Read> = match &source {
-            Source::Stdin => Box::new(io::stdin()),
-            Source::File(path) => match File::open(path) {
-                Ok(file) => Box::new(file),
-                Err(err) => {
-                    input.feed(Feed::Failed(format!(
-                        "cannot open {}: {err}",
-                        path.display()
-                    )));
-                    return;
-                }
-            },
+        let reader = match source.reader() {
+            Ok(reader) => reader,
+            Err(message) => {
+                input.feed(Feed::Failed(message));
+                return;
+            }
         };
         match input.read(reader) {
             Ok(true) => {}

@@ -195,3 +195,54 @@ fn a_worker_whose_supervisor_is_gone_exits_at_once() {
         out.stderr
     );
 }
+
+#[test]
+fn a_named_pipe_given_as_input_is_opened_once_and_read_to_its_end() {
+    // `mkfifo p; producer > p & corral run p`: a check that opened and closed the pipe first
+    // killed the producer with SIGPIPE and left corral waiting for a writer forever.
+    let dir = temp_dir();
+    let fifo = dir.path().join("jobs.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let n = 300_000;
+    let producer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || -> std::io::Result<u64> {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&fifo)?);
+            for i in 0..n {
+                writeln!(
+                    out,
+                    r#"{{"id": {i}, "task": "sum_squares", "input": [{i}]}}"#
+                )?;
+            }
+            out.flush()?;
+            Ok(n)
+        })
+    };
+    let out = Run::corral([
+        "run".as_ref(),
+        "-j".as_ref(),
+        "2".as_ref(),
+        fifo.as_os_str(),
+    ])
+    .deadline(std::time::Duration::from_secs(60))
+    .output();
+    out.expect_code(0);
+    assert_eq!(
+        producer
+            .join()
+            .unwrap()
+            .expect("the producer wrote every line"),
+        n
+    );
+    let results = out.results();
+    assert_eq!(results.len(), n as usize);
+    let mut ids: Vec<u64> = results.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n as usize, "every line once");
+}
