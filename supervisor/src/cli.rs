@@ -173,6 +173,11 @@ pub struct MergeArgs {
     /// Write the merged results here instead of standard output.
     #[arg(short, long, value_name = "OUT")]
     pub output: Option<PathBuf>,
+
+    /// The run's --max-job-bytes: a longer job line got a `too_large` result by its line
+    /// number, whatever id it holds.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_job_size)]
+    pub max_job_bytes: u64,
 }
 
 /// Where clients find the service unless told.

@@ -249,7 +249,7 @@ fn merge_command(args: MergeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         ),
         None => Box::new(io::stdout().lock()),
     };
-    let report = corral::merge::merge(&args.jobs, &args.results, output)?;
+    let report = corral::merge::merge(&args.jobs, &args.results, args.max_job_bytes, output)?;
     let lines = |lines: &[u64], more: bool| {
         let list: Vec<String> = lines.iter().map(u64::to_string).collect();
         format!("{}{}", list.join(", "), if more { ", ..." } else { "" })
@@ -281,9 +281,17 @@ fn merge_command(args: MergeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         ));
     }
     if report.unreadable > 0 {
+        let places: Vec<String> = report
+            .unreadable_at
+            .iter()
+            .map(|(path, line)| format!("{}:{line}", path.display()))
+            .collect();
+        let more = report.unreadable > report.unreadable_at.len() as u64;
         say(format_args!(
-            "{} lines of the result files are not results",
-            report.unreadable
+            "{} lines of the result files are not results ({}{})",
+            report.unreadable,
+            places.join(", "),
+            if more { ", ..." } else { "" }
         ));
     }
     if report.repeated_ids > 0 {

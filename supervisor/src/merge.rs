@@ -4,7 +4,8 @@
 //! each once, in the order the files hold them, and counts the missing, the duplicated, and
 //! the results that answer no line of the input. Results are matched to lines as `--resume`
 //! matches them: by id (as written, so `"a"` and `"\u0061"` are one), or by line number for a
-//! line that was not a job.
+//! line that was not a job, or was longer than the run's `--max-job-bytes` (its `too_large`
+//! result names its line, whatever id it holds).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -33,6 +34,8 @@ pub struct MergeReport {
     pub unknown: u64,
     /// Lines of the result files that are not results (a torn last line is not counted).
     pub unreadable: u64,
+    /// The first few of those: file and line number.
+    pub unreadable_at: Vec<(PathBuf, u64)>,
     /// Lines of the input whose id an earlier line already had: their results cannot be told
     /// apart, so each such id must have as many results as lines.
     pub repeated_ids: u64,
@@ -54,7 +57,7 @@ struct Expected {
     repeated: u64,
 }
 
-fn read_jobs(files: &[PathBuf]) -> anyhow::Result<Expected> {
+fn read_jobs(files: &[PathBuf], max_line_bytes: u64) -> anyhow::Result<Expected> {
     let mut expected = Expected {
         per_line: Vec::new(),
         seen: Vec::new(),
@@ -77,7 +80,12 @@ fn read_jobs(files: &[PathBuf]) -> anyhow::Result<Expected> {
             }
             let number = expected.per_line.len() as u64 + 1;
             let index = u32::try_from(number - 1).context("more than 4 billion job lines")?;
-            let key = job_line_key(&line, number);
+            let key = if job_line_len(&line) > max_line_bytes {
+                // Too large to be read as a job: its result names its line.
+                Some(line_digest(number))
+            } else {
+                job_line_key(&line, number)
+            };
             let count = match key {
                 None => 0,
                 Some(key) if key == line_digest(number) => 1,
@@ -100,13 +108,23 @@ fn read_jobs(files: &[PathBuf]) -> anyhow::Result<Expected> {
     Ok(expected)
 }
 
-/// Merges `results` (the shards' result files) against `jobs` into `out`.
+/// A job line's length as `corral run` measures it against `--max-job-bytes`: without its
+/// `\n` or `\r\n`.
+fn job_line_len(line: &[u8]) -> u64 {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.len() as u64
+}
+
+/// Merges `results` (the shards' result files) against `jobs` into `out`; `max_line_bytes`
+/// is the run's `--max-job-bytes`.
 pub fn merge(
     jobs: &[PathBuf],
     results: &[PathBuf],
+    max_line_bytes: u64,
     out: impl Write,
 ) -> anyhow::Result<MergeReport> {
-    let mut expected = read_jobs(jobs)?;
+    let mut expected = read_jobs(jobs, max_line_bytes)?;
     let mut report = MergeReport {
         jobs: expected.per_line.iter().filter(|&&n| n > 0).count() as u64 + expected.repeated,
         repeated_ids: expected.repeated,
@@ -140,6 +158,7 @@ fn merge_file(
         256 * 1024,
         File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
     );
+    let mut number = 0;
     loop {
         line.clear();
         let n = reader
@@ -148,6 +167,7 @@ fn merge_file(
         if n == 0 {
             return Ok(());
         }
+        number += 1;
         let whole = line.last() == Some(&b'\n');
         let text = line.trim_ascii_end();
         if text.is_empty() {
@@ -161,6 +181,9 @@ fn merge_file(
             }
             None => {
                 report.unreadable += 1;
+                if report.unreadable_at.len() < NAMED {
+                    report.unreadable_at.push((path.to_owned(), number));
+                }
                 continue;
             }
             Some(Target::Id(id)) => expected.by_id.get(&id).copied(),
@@ -225,7 +248,7 @@ mod tests {
             ],
         );
         let mut out = Vec::new();
-        let report = merge(&jobs, &results, &mut out).unwrap();
+        let report = merge(&jobs, &results, 1 << 20, &mut out).unwrap();
         assert!(report.complete(), "{report:?}");
         assert_eq!((report.jobs, report.written), (4, 4));
         assert_eq!(String::from_utf8(out).unwrap().lines().count(), 4);
@@ -254,10 +277,11 @@ mod tests {
             ],
         );
         let mut out = Vec::new();
-        let report = merge(&jobs, &results, &mut out).unwrap();
+        let report = merge(&jobs, &results, 1 << 20, &mut out).unwrap();
         assert_eq!(report.missing, (2, vec![2, 3]));
         assert_eq!(report.duplicated, (1, vec![1]));
         assert_eq!((report.unknown, report.unreadable), (1, 1));
+        assert_eq!(report.unreadable_at, [(results[1].clone(), 2)]);
         assert_eq!(report.written, 2);
         assert!(!report.complete());
     }
@@ -267,12 +291,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jobs = files(dir.path(), &[("j", "{\"id\":1}\n{\"id\":1}\n")]);
         let one = files(dir.path(), &[("r", "{\"id\":1,\"ok\":true}\n")]);
-        let report = merge(&jobs, &one, io::sink()).unwrap();
+        let report = merge(&jobs, &one, 1 << 20, io::sink()).unwrap();
         assert_eq!((report.repeated_ids, report.missing.0), (1, 1));
         let two = files(
             dir.path(),
             &[("r2", "{\"id\":1,\"ok\":true}\n{\"id\":1,\"ok\":true}\n")],
         );
-        assert!(merge(&jobs, &two, io::sink()).unwrap().complete());
+        assert!(merge(&jobs, &two, 1 << 20, io::sink()).unwrap().complete());
+    }
+
+    #[test]
+    fn too_large_lines_are_keyed_by_line_whatever_id_they_hold() {
+        // Two lines over --max-job-bytes with one id: corral run answers each by its line.
+        let dir = tempfile::tempdir().unwrap();
+        let big = format!(
+            "{{\"id\":5,\"task\":\"t\",\"input\":\"{}\"}}",
+            "x".repeat(100)
+        );
+        let jobs = files(
+            dir.path(),
+            &[(
+                "j",
+                &format!("{big}\r\n{{\"id\":1,\"task\":\"t\"}}\n{big}\n"),
+            )],
+        );
+        let results = files(
+            dir.path(),
+            &[(
+                "r",
+                "{\"line\":1,\"ok\":false}\n{\"id\":1,\"ok\":true}\n{\"line\":3,\"ok\":false}\n",
+            )],
+        );
+        let mut out = Vec::new();
+        let report = merge(&jobs, &results, 64, &mut out).unwrap();
+        assert!(report.complete(), "{report:?}");
+        assert_eq!(
+            (report.jobs, report.written, report.repeated_ids),
+            (3, 3, 0)
+        );
+        // Under a larger limit they are jobs with one id, and these results do not fit.
+        let report = merge(&jobs, &results, 1 << 20, io::sink()).unwrap();
+        assert!(!report.complete());
     }
 }

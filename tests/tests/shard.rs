@@ -209,3 +209,39 @@ fn shard_auto_reads_slurm_and_kubernetes_and_refuses_to_guess() {
     out.expect_code(2);
     assert!(out.stderr.contains("numbered 1 to 4"), "{}", out.stderr);
 }
+
+#[test]
+fn merge_keys_lines_too_large_for_the_run_by_line_even_when_they_share_an_id() {
+    let dir = temp_dir();
+    let long = format!(
+        r#"{{"id":"dup","task":"sum_squares","input":[{}]}}"#,
+        "1,".repeat(100) + "1"
+    );
+    let lines = [
+        long.clone(),
+        r#"{"id":1,"task":"sum_squares","input":[1]}"#.to_owned(),
+        long,
+        r#"{"id":2,"task":"sum_squares","input":[2]}"#.to_owned(),
+    ];
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", lines.into_iter());
+    let shards: Vec<PathBuf> = (1..=2)
+        .map(|i| dir.path().join(format!("{i}.jsonl")))
+        .collect();
+    for (i, shard) in shards.iter().enumerate() {
+        let _ = Run::corral(["run", "--max-job-bytes", "64", "--shard"])
+            .args([format!("{}/2", i + 1)])
+            .args(["-o".as_ref(), shard.as_os_str(), jobs.as_os_str()])
+            .output();
+    }
+    let merged = Run::corral(["merge", "--max-job-bytes", "64", "--jobs"])
+        .args([&jobs])
+        .args(&shards)
+        .output();
+    merged.expect_code(0);
+    assert_eq!(merged.results().len(), 4, "{}", merged.stderr);
+    assert!(
+        merged.stderr.contains("4 jobs, 4 results written; 0 missing"),
+        "{}",
+        merged.stderr
+    );
+}
