@@ -26,6 +26,8 @@ pub struct Submit {
     pub output: Box<dyn Write + Send>,
     /// With `--resume`: jobs whose result is already written, which are not sent.
     pub finished: Option<FinishedKeys>,
+    /// With `--resume`: failures already in the results file, which the status describes.
+    pub earlier_failed: u64,
     /// No summary line.
     pub quiet: bool,
 }
@@ -110,14 +112,20 @@ pub fn submit(config: Submit) -> u8 {
             failed,
         } => {
             let (results, failed) = (results + extra, failed + extra);
+            let earlier = config.earlier_failed;
             if !config.quiet {
                 let secs = started.elapsed().as_secs_f64();
                 say(format_args!(
                     "{results} jobs: {ok} ok, {failed} failed; {secs:.2}s, {:.0} jobs/s",
                     results as f64 / secs.max(1e-9)
                 ));
+                if earlier > 0 {
+                    say(format_args!(
+                        "the results file also holds {earlier} failures from earlier runs"
+                    ));
+                }
             }
-            u8::from(failed > 0)
+            u8::from(failed + earlier > 0)
         }
         Received::Stopped { results, reason } => {
             say(format_args!(

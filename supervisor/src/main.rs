@@ -177,6 +177,8 @@ fn run_command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot write --stats {}", path.display()))
         })
         .transpose()?;
+    // Failures already in a results file that this run completes: final, and reported.
+    let mut earlier_failed = 0;
     let (output, finished): (Box<dyn Write + Send>, _) = match &args.output {
         Some(path) => {
             let (finished, file) = corral::resume::open_results(path, args.resume)?;
@@ -185,6 +187,9 @@ fn run_command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                     "{}: dropped a torn last line; its job runs again",
                     path.display()
                 );
+            }
+            if args.resume {
+                earlier_failed = finished.failed;
             }
             let keys = args.resume.then_some(finished.keys);
             // Unbuffered: the result writer buffers, and knows what reached the file.
@@ -216,7 +221,7 @@ fn run_command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if let Some((path, file)) = stats {
         write_stats(path, file, &report)?;
     }
-    Ok(finish(&report, quiet))
+    Ok(finish(&report, earlier_failed, quiet))
 }
 
 /// The shard `--shard` names, if any, with `{shard}` in `-o` and `--stats` replaced by it.
@@ -390,6 +395,7 @@ fn submit_command(args: SubmitArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if let Some(output) = &args.output {
         refuse_input_as_output(&sources, output)?;
     }
+    let mut earlier_failed = 0;
     let (output, finished): (Box<dyn Write + Send>, _) = match &args.output {
         Some(path) => {
             let (finished, file) = corral::resume::open_results(path, args.resume)?;
@@ -398,6 +404,9 @@ fn submit_command(args: SubmitArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                     "{}: dropped a torn last line; its job runs again",
                     path.display()
                 );
+            }
+            if args.resume {
+                earlier_failed = finished.failed;
             }
             (Box::new(file), args.resume.then_some(finished.keys))
         }
@@ -408,6 +417,7 @@ fn submit_command(args: SubmitArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         socket: args.socket,
         output,
         finished,
+        earlier_failed,
         quiet,
     });
     Ok(ExitCode::from(status))
@@ -568,8 +578,10 @@ fn sources(files: &[PathBuf]) -> anyhow::Result<Vec<Source>> {
         .collect()
 }
 
-fn finish(report: &RunReport, quiet: bool) -> ExitCode {
-    let failed_status = if report.tally.failed_total() == 0 {
+/// The run's exit status, and its last words; `earlier_failed` counts the failures already in
+/// the results file it resumed, which its status describes too.
+fn finish(report: &RunReport, earlier_failed: u64, quiet: bool) -> ExitCode {
+    let failed_status = if report.tally.failed_total() + earlier_failed == 0 {
         0
     } else {
         1
@@ -601,6 +613,11 @@ fn finish(report: &RunReport, quiet: bool) -> ExitCode {
     }
     if !quiet && !matches!(report.end, RunEnd::Fatal(_)) {
         say(format_args!("{}", summary(report)));
+        if earlier_failed > 0 {
+            say(format_args!(
+                "the results file also holds {earlier_failed} failures from earlier runs"
+            ));
+        }
     }
     ExitCode::from(status)
 }

@@ -264,6 +264,9 @@ pub struct Finished {
     pub keys: FinishedKeys,
     /// Whether a torn last line was dropped.
     pub dropped_torn_line: bool,
+    /// Results in the file that are failures (`"ok": false`): final, as their jobs are not
+    /// run again, so the run that completes the file reports them.
+    pub failed: u64,
 }
 
 /// Opens `path` for this run's results, locked for as long as the file stays open: truncated,
@@ -319,9 +322,10 @@ fn prepare(path: &Path, mut file: File) -> Result<(Finished, File), ResumeError>
         }
         line_no += 1;
         let complete = buf.last() == Some(&b'\n');
-        match result_key(&buf).filter(|_| complete) {
-            Some(key) => {
+        match result_entry(&buf).filter(|_| complete) {
+            Some((key, ok)) => {
                 finished.keys.insert(key);
+                finished.failed += u64::from(!ok);
                 good_end += n as u64;
             }
             None => {
@@ -353,16 +357,24 @@ struct ResultLine<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     line: Option<u64>,
-    #[allow(dead_code)]
     ok: bool,
 }
 
 /// The key of one result line, or `None` if it is not a result line.
 pub fn result_key(line: &[u8]) -> Option<ResultDigest> {
-    match result_target(line)? {
-        Target::Id(id) => Some(id),
-        Target::Line(line) => Some(line_digest(line)),
-    }
+    result_entry(line).map(|(key, _)| key)
+}
+
+/// The key of one result line and whether it is a success, or `None` if it is not a result
+/// line.
+fn result_entry(line: &[u8]) -> Option<(ResultDigest, bool)> {
+    let parsed: ResultLine<'_> = serde_json::from_slice(line).ok()?;
+    let key = match (parsed.id, parsed.line) {
+        (Some(id), _) => id_digest(id.get().as_bytes())?,
+        (None, Some(line)) => line_digest(line),
+        (None, None) => return None,
+    };
+    Some((key, parsed.ok))
 }
 
 /// Whose result a result line is.

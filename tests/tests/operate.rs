@@ -384,3 +384,79 @@ fn json_logs_are_one_object_per_line() {
     assert!(out.stderr.contains("worker started"));
     assert!(out.stderr.contains("crashed worker"));
 }
+
+#[test]
+fn a_resume_that_completes_a_file_holding_failures_exits_1() {
+    let dir = temp_dir();
+    let line = |i: u64, task: &str| format!(r#"{{"id": {i}, "task": "{task}", "input": [{i}]}}"#);
+    // The first run got as far as three jobs, one of which failed.
+    let head = write_jobs(
+        dir.path(),
+        "head.jsonl",
+        [
+            line(1, "sum_squares"),
+            line(2, "no_such_task"),
+            line(3, "sum_squares"),
+        ]
+        .into_iter(),
+    );
+    let all = write_jobs(
+        dir.path(),
+        "all.jsonl",
+        (1..=6).map(|i| {
+            line(
+                i,
+                if i == 2 {
+                    "no_such_task"
+                } else {
+                    "sum_squares"
+                },
+            )
+        }),
+    );
+    let results = dir.path().join("results.jsonl");
+    Run::corral([
+        "run".as_ref(),
+        head.as_os_str(),
+        "-o".as_ref(),
+        results.as_os_str(),
+    ])
+    .output()
+    .expect_code(1);
+    // The rest succeeds, but the file the run completes holds a failure: status 1, said so.
+    let out = Run::corral([
+        "run".as_ref(),
+        all.as_os_str(),
+        "-o".as_ref(),
+        results.as_os_str(),
+        "--resume".as_ref(),
+    ])
+    .output();
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("also holds 1 failures from earlier runs"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(line_count(&results), 6);
+    // A file without failures completes with 0.
+    std::fs::remove_file(&results).unwrap();
+    let ok = write_jobs(
+        dir.path(),
+        "ok.jsonl",
+        (1..=3).map(|i| line(i, "sum_squares")),
+    );
+    for resume in [false, true] {
+        let mut args = vec![
+            "run".as_ref(),
+            ok.as_os_str(),
+            "-o".as_ref(),
+            results.as_os_str(),
+        ];
+        if resume {
+            args.push("--resume".as_ref());
+        }
+        Run::corral(args).output().expect_code(0);
+    }
+}

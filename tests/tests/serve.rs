@@ -234,9 +234,22 @@ fn submit_resume_reports_a_repeated_id_as_run_resume_does() {
         "{}",
         submitted.stderr
     );
-    // Resumed again, nothing is left to run, and the duplicate is not reported twice.
-    resume().expect_code(0);
+    // Resumed again, nothing is left to run, and the duplicate is not reported twice; the
+    // status still describes the file, which holds its failure, as run's does.
+    let again = resume();
+    again.expect_code(1);
+    assert!(
+        again
+            .stderr
+            .contains("also holds 1 failures from earlier runs"),
+        "{}",
+        again.stderr
+    );
     assert_eq!(read_results(&submitted_out).len(), 4);
+    Run::corral(["run", "--resume", "-o"])
+        .args([&ran_out, &jobs])
+        .output()
+        .expect_code(1);
     service.stop();
 }
 

@@ -240,7 +240,9 @@ fn merge_keys_lines_too_large_for_the_run_by_line_even_when_they_share_an_id() {
     merged.expect_code(0);
     assert_eq!(merged.results().len(), 4, "{}", merged.stderr);
     assert!(
-        merged.stderr.contains("4 jobs, 4 results written; 0 missing"),
+        merged
+            .stderr
+            .contains("4 jobs, 4 results written; 0 missing"),
         "{}",
         merged.stderr
     );
