@@ -304,13 +304,14 @@ impl Engine {
         self.event_loop(intake, control);
         let stopped_at_once = !self.finished;
         if stopped_at_once {
-            // Stopped early: what is complete still goes out (in order, under --keep-order),
-            // and every worker goes down now.
+            // Stopped early: what is complete still goes out (in order, under --keep-order).
             let held = self.scheduler.abandon();
             self.emit(held);
-            for handle in self.handles.values() {
-                handle.kill();
-            }
+        }
+        // Every worker goes down now: after a stop, all of them; after the end, any that said
+        // hello once the scheduler had stopped waiting for it.
+        for handle in self.handles.values() {
+            handle.kill();
         }
         if let Some(progress) = &self.progress {
             progress.finish();

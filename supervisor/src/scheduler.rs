@@ -782,6 +782,11 @@ impl Scheduler {
 
     fn on_ready(&mut self, worker: WorkerId, pid: u32, tasks: Vec<String>, job_ids: bool) {
         let Some(slot) = self.workers.get_mut(&worker) else {
+            // Abandoned while it started: the run was finishing.
+            self.actions.push(Action::Kill {
+                worker,
+                why: "it started after the run had finished".into(),
+            });
             return;
         };
         slot.phase = Phase::Ready;
@@ -1185,6 +1190,10 @@ impl Scheduler {
         let finishing = self.finishing();
         if finishing {
             self.spawns_due.clear();
+            // A worker still starting has nothing to finish: the run does not wait for it (a
+            // stop signal while workers start must not wait out the grace). The pool abandons
+            // its start when the run ends; one that says hello first is killed.
+            self.workers.retain(|_, slot| slot.phase != Phase::Starting);
         }
         let mut retire = Vec::new();
         for (&id, slot) in &mut self.workers {

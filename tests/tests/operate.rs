@@ -460,3 +460,30 @@ fn a_resume_that_completes_a_file_holding_failures_exits_1() {
         Run::corral(args).output().expect_code(0);
     }
 }
+
+#[test]
+fn sigterm_while_workers_are_starting_ends_the_run_without_waiting_the_grace() {
+    let dir = temp_dir();
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(10, 0));
+    // Workers that never say hello: nothing is in flight, so nothing is worth waiting for.
+    let running = Run::corral([
+        "run".as_ref(),
+        "-j".as_ref(),
+        "2".as_ref(),
+        "--grace".as_ref(),
+        "60s".as_ref(),
+        "--worker-cmd".as_ref(),
+        "sleep 600".as_ref(),
+        jobs.as_os_str(),
+    ])
+    .start(dir.path());
+    let workers = wait_for_workers(running.pid(), 2);
+    signal(running.pid(), libc::SIGTERM);
+    let out = running.wait(Duration::from_secs(10));
+    out.expect_code(143);
+    assert!(out.stderr.contains("stopped by SIGTERM"), "{}", out.stderr);
+    let gone = wait_for(Duration::from_secs(2), || {
+        workers.iter().all(|&w| !alive(w)).then_some(())
+    });
+    assert!(gone.is_some(), "the starting workers were left behind");
+}

@@ -919,9 +919,29 @@ fn rejected_lines_are_emitted_at_once() {
         rejected: vec![rejected.clone()],
     }));
     assert_eq!(h.results, [rejected]);
+    // Nothing to run: the run ends without waiting for its worker to start.
     h.feed(Event::InputEnded);
-    h.ready(WorkerId(1), 1);
+    assert!(h.finished);
+}
+
+#[test]
+fn a_stop_while_workers_start_does_not_wait_for_them() {
+    let mut h = Harness::new(config(2));
+    h.input((0..10).map(|i| job(i, "t")));
+    h.ready(WorkerId(1), 101);
+    let sends = h.take_sends();
+    assert_eq!(sends.len(), 1);
+    // SIGTERM: the batch in flight finishes; worker 2, still starting, is not waited for.
+    h.feed(Event::Drain);
+    assert!(!h.finished);
+    h.complete(WorkerId(1), &sends[0].1, 1_000);
     assert_eq!(h.retires, [WorkerId(1)]);
+    // Worker 2 says hello while worker 1 exits: it is killed, not given work.
+    h.ready(WorkerId(2), 102);
+    assert_eq!(h.kills, [WorkerId(2)]);
+    assert!(h.sends.is_empty());
+    h.die(WorkerId(1), WorkerExit::Code(0), RunningWord::IDLE);
+    assert!(h.finished, "nothing waits for worker 2");
 }
 
 #[test]
