@@ -127,7 +127,8 @@ fn a_closed_stderr_does_not_take_the_run_down() {
     let jobs = write_jobs(
         dir.path(),
         "jobs.jsonl",
-        square_jobs(2_000, 0).chain([print]),
+        // 100 µs a job: the run lasts long enough for the hangup to come in the middle.
+        square_jobs(2_000, 100).chain([print]),
     );
     for (extra, signal_it) in [(None, false), (Some("--progress"), false), (None, true)] {
         let mut command = Command::new(bin("corral"));
