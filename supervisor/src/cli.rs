@@ -124,7 +124,9 @@ Examples:
   systemd-socket-activate -l /tmp/corral.sock corral serve
 
 Who may connect: the service's own user, root, and --allow-uid / --allow-gid (checked with
-SO_PEERCRED; others are refused with a message and logged). What may run: every task the
+SO_PEERCRED; others are refused with a message and logged, at most once a second). Each
+connection sends its first line within --first-line-timeout (10 s) or is closed; one user holds at most
+--max-user-connections at once. What may run: every task the
 workers serve, or only --allow-task; jobs of the `exec` task never run on a service.
 
 Signals: SIGTERM or SIGINT stops taking jobs and lets the batches in flight finish (at most
@@ -138,7 +140,9 @@ Config file (TOML, every key optional):
   allow_task = [\"sum_squares\"]
   max_job_bytes = \"1MiB\"
   max_client_jobs = 4096
-  max_connections = 256";
+  max_connections = 256
+  max_user_connections = 64
+  first_line_timeout = \"10s\"";
 
 const SUBMIT_EXAMPLES: &str = "\
 Examples:
@@ -215,6 +219,16 @@ pub struct ServeArgs {
     /// Connections at once; more are refused with a message [default: 256].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Service")]
     pub max_connections: Option<u64>,
+
+    /// Connections one user may hold at once, so that no user can take them all
+    /// [default: a quarter of --max-connections].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Service")]
+    pub max_user_connections: Option<u64>,
+
+    /// How long a connection may take to send its first line (a hello, a status request, a
+    /// job); one that sends nothing, or half a line, is then closed [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, help_heading = "Service")]
+    pub first_line_timeout: Option<Duration>,
 
     /// Longest job line accepted; a longer one gets a `too_large` result [default: 1MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_job_size, help_heading = "Service")]

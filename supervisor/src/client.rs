@@ -53,7 +53,12 @@ fn connect(socket: &Path) -> Result<UnixStream, u8> {
             "cannot reach the corral service at {}: {err}{hint}",
             socket.display()
         ));
-        EXIT_UNAVAILABLE
+        // Trying again cannot help a client the socket's permissions keep out.
+        if err.kind() == io::ErrorKind::PermissionDenied {
+            2
+        } else {
+            EXIT_UNAVAILABLE
+        }
     })
 }
 

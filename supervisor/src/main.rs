@@ -344,6 +344,8 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_job_bytes: args.max_job_bytes,
             max_client_jobs: args.max_client_jobs,
             max_connections: args.max_connections.map(|n| n as usize),
+            max_user_connections: args.max_user_connections.map(|n| n as usize),
+            first_line_timeout: args.first_line_timeout,
         },
         config_file: args.config,
     };

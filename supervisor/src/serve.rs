@@ -98,6 +98,10 @@ pub(crate) struct Shared {
     open: AtomicUsize,
     stopping: Mutex<Option<String>>,
     started: Instant,
+    /// Connections open, by user.
+    per_user: Mutex<HashMap<u32, connection::UserCounts>>,
+    /// Refusals, for the log.
+    refusals: Mutex<connection::RefusalLog>,
 }
 
 impl Shared {
@@ -216,8 +220,29 @@ fn bind(path: &std::path::Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The socket file's device, inode and change time, to know it again (an inode number freed
+/// by the removal of this service's file may be given to a successor's at once).
+fn file_id(path: &std::path::Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec()))
+}
+
+/// Removes the socket file this service bound, and only that: a service that took the path
+/// over while this one drained keeps its own.
+fn remove_own_socket(path: &std::path::Path, bound: Option<(u64, u64, i64, i64)>) {
+    if bound.is_some() && file_id(path) == bound {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Runs the service until a stop signal and its drain, or until its workers cannot run.
 pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
+    let bound = match &config.listen {
+        Listen::Path(path) => file_id(path),
+        Listen::Activated => None,
+    };
     let file = match &config.config_file {
         Some(path) => ConfigFile::read(path).unwrap_or_else(|err| {
             // Checked by the caller before it got here; a file gone since then is empty.
@@ -263,6 +288,8 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
         open: AtomicUsize::new(0),
         stopping: Mutex::new(None),
         started: Instant::now(),
+        per_user: Mutex::new(HashMap::new()),
+        refusals: Mutex::new(connection::RefusalLog::default()),
     });
     let closing = Arc::new(AtomicBool::new(false));
     // Closed to wake the accept threads. A socket systemd passed is shared with it, and must
@@ -341,7 +368,7 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
         thread::sleep(Duration::from_millis(10));
     }
     if let Listen::Path(path) = &config.listen {
-        let _ = std::fs::remove_file(path);
+        remove_own_socket(path, bound);
     }
     match report.end {
         EngineEnd::Fatal(message) | EngineEnd::Halted(message) => ServeEnd::Fatal(message),
@@ -371,10 +398,11 @@ fn accept(
                 if closing.load(Ordering::Acquire) {
                     return;
                 }
-                let shared = shared.clone();
+                // Counted for its user here, in the order the connections came.
+                let counted = connection::Counted::new(stream, shared.clone());
                 let spawned = thread::Builder::new()
                     .name("corral-conn".into())
-                    .spawn(move || connection::serve(stream, shared));
+                    .spawn(move || connection::serve(counted));
                 if let Err(err) = spawned {
                     tracing::warn!("cannot start a thread for a connection: {err}");
                 }

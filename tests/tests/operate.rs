@@ -397,8 +397,7 @@ fn a_resume_that_completes_a_file_holding_failures_exits_1() {
             line(1, "sum_squares"),
             line(2, "no_such_task"),
             line(3, "sum_squares"),
-        ]
-        .into_iter(),
+        ],
     );
     let all = write_jobs(
         dir.path(),

@@ -847,3 +847,203 @@ fn a_service_with_nothing_to_listen_on_says_so() {
         out.stderr
     );
 }
+
+/// The line a connection is told before it is closed, read within `wait`.
+fn told(stream: &mut UnixStream, wait: Duration) -> String {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn idle_connections_of_one_user_lock_out_neither_other_users_nor_itself_for_long() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root, to connect as another user");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let service = Service::start(
+        dir.path(),
+        [
+            "-j",
+            "1",
+            "--allow-uid",
+            "65533",
+            "--max-connections",
+            "8",
+            "--max-user-connections",
+            "3",
+            "--first-line-timeout",
+            "1s",
+        ],
+    );
+    std::fs::set_permissions(
+        &service.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    // Root holds five connections without a line (one sends half a line): its three job
+    // connections and the two more any user may have for status requests.
+    let mut idle: Vec<UnixStream> = (0..5)
+        .map(|_| UnixStream::connect(&service.socket).unwrap())
+        .collect();
+    idle[0].write_all(b"{\"id\":1,\"task\"").unwrap();
+    // A sixth of root's is refused, saying why.
+    let mut fourth = UnixStream::connect(&service.socket).unwrap();
+    let refusal = told(&mut fourth, Duration::from_secs(5));
+    assert!(
+        refusal.contains("too many connections from uid 0"),
+        "{refusal}"
+    );
+    // Another user is served, and can ask for the status, meanwhile.
+    let as_other = |args: &[&str], input: &str| {
+        let mut command = std::process::Command::new(bin("corral"));
+        command
+            .args(args)
+            .arg("--socket")
+            .arg(&service.socket)
+            .uid(65533)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let submitted = as_other(&["submit"], r#"{"id":1,"task":"sum_squares","input":[2]}"#);
+    assert_eq!(
+        submitted.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let status = as_other(&["status"], "");
+    assert_eq!(status.status.code(), Some(0));
+    // The idle ones are closed once the first-line deadline passes, each told why.
+    for stream in &mut idle {
+        let said = told(stream, Duration::from_secs(10));
+        assert!(said.contains("no line within 1s"), "{said}");
+    }
+    // Root's connections are free again (once each refusal has been read out).
+    let served = wait_for(Duration::from_secs(10), || {
+        let out = service
+            .submit(["-"])
+            .stdin(r#"{"id":1,"task":"sum_squares","input":[2]}"#)
+            .output();
+        out.status.success().then_some(())
+    });
+    assert!(served.is_some(), "root is served again: {}", service.log());
+    // Refusals are logged, at most once a second, and never tell the allow list.
+    assert!(
+        !refusal.contains("65533"),
+        "the allow list is not told: {refusal}"
+    );
+    service.stop();
+}
+
+#[test]
+fn a_draining_service_leaves_the_socket_of_the_service_that_took_its_path() {
+    let dir = temp_dir();
+    let first = Service::start(dir.path(), ["-j", "1", "--grace", "30s"]);
+    // A client whose jobs keep the first service draining for a while.
+    let client_dir = dir.path().join("client");
+    std::fs::create_dir_all(&client_dir).unwrap();
+    let jobs = write_jobs(
+        &client_dir,
+        "jobs.jsonl",
+        [r#"{"id":1,"task":"spin","input":1500}"#.to_owned()],
+    );
+    let client = first.submit([&jobs]).start(&client_dir);
+    wait_for(Duration::from_secs(10), || {
+        first
+            .status()
+            .filter(|s| s["clients"].as_array().is_some_and(|c| !c.is_empty()))
+    })
+    .expect("the client is connected");
+    signal(first.pid(), libc::SIGTERM);
+    // The successor binds the path as soon as the first stops listening.
+    let second_dir = dir.path().join("second");
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let socket = first.socket.clone();
+    let second = wait_for(Duration::from_secs(10), || {
+        let log = second_dir.join(format!("log-{}", Instant::now().elapsed().as_nanos()));
+        std::fs::create_dir_all(&log).unwrap();
+        let out = Run::corral(["serve", "--socket"])
+            .args([&socket])
+            .args(["-j", "1"])
+            .start(&log);
+        let up = wait_for(Duration::from_secs(5), || {
+            service_connections(&socket).map(|_| ())
+        });
+        if up.is_some() && alive(out.pid()) {
+            Some(out)
+        } else {
+            signal(out.pid(), libc::SIGKILL);
+            let _ = out.wait(Duration::from_secs(5));
+            None
+        }
+    })
+    .expect("the successor starts on the path");
+    let out = first.running.wait(Duration::from_secs(30));
+    out.expect_code(0);
+    client.wait(Duration::from_secs(30)).expect_code(0);
+    assert!(
+        socket.exists(),
+        "the draining service removed its successor's socket"
+    );
+    assert!(
+        service_connections(&socket).is_some(),
+        "the successor still answers"
+    );
+    signal(second.pid(), libc::SIGTERM);
+    second.wait(Duration::from_secs(30)).expect_code(0);
+}
+
+#[test]
+fn submit_to_a_socket_it_may_not_open_is_a_usage_error_not_try_again() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root, to connect as another user");
+        return;
+    }
+    let dir = temp_dir();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let service = Service::start(dir.path(), ["-j", "1"]);
+    // The socket is 0660 root:root: nobody may not open it.
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !setpriv.exists() {
+        eprintln!("skipped: needs setpriv, to drop every group");
+        service.stop();
+        return;
+    }
+    let out = Run::program(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([bin("corral").as_os_str()])
+        .args([
+            "submit".as_ref(),
+            "--socket".as_ref(),
+            service.socket.as_os_str(),
+        ])
+        .stdin("")
+        .output();
+    out.expect_code(2);
+    assert!(out.stderr.contains("Permission denied"), "{}", out.stderr);
+    service.stop();
+}

@@ -223,7 +223,7 @@ fn merge_keys_lines_too_large_for_the_run_by_line_even_when_they_share_an_id() {
         long,
         r#"{"id":2,"task":"sum_squares","input":[2]}"#.to_owned(),
     ];
-    let jobs = write_jobs(dir.path(), "jobs.jsonl", lines.into_iter());
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", lines);
     let shards: Vec<PathBuf> = (1..=2)
         .map(|i| dir.path().join(format!("{i}.jsonl")))
         .collect();

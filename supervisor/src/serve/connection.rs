@@ -38,6 +38,12 @@ const STATUS_WAIT: Duration = Duration::from_secs(5);
 const STATUS_ROOM: usize = 16;
 /// How often a reader waiting for credit looks whether its client is gone.
 const CREDIT_POLL: Duration = Duration::from_millis(100);
+/// How long, and how many bytes, a refused connection's input is read before it is closed:
+/// closing with its lines unread could reset the connection before the client reads why.
+const REFUSAL_DRAIN: Duration = Duration::from_millis(200);
+const REFUSAL_DRAIN_BYTES: usize = 1 << 20;
+/// Refusals logged at most this often (the rest are counted into the next one logged).
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// A connection's counts, shared by its reader, its writer, its sink and `corral status`.
 #[derive(Debug, Default)]
@@ -94,43 +100,125 @@ impl Counts {
     }
 }
 
+/// Refusals, logged at most once a period whatever a hostile peer does.
+#[derive(Default)]
+pub(super) struct RefusalLog {
+    last: Option<Instant>,
+    /// Refusals not logged since the last one that was.
+    quiet: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, peer: Option<&Peer>, why: &str, detail: &str) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_PERIOD)
+        {
+            self.quiet += 1;
+            return;
+        }
+        self.last = Some(now);
+        let more = std::mem::take(&mut self.quiet);
+        let (uid, pid) = peer.map_or((None, None), |p| (Some(p.uid), Some(p.pid)));
+        tracing::warn!(
+            uid,
+            pid,
+            "refused: {why}{detail} ({more} more refused since the last line)"
+        );
+    }
+}
+
 /// Serves one connection to its end.
-pub(super) fn serve(stream: UnixStream, shared: Arc<Shared>) {
-    let peer = match Peer::of(&stream) {
-        Ok(peer) => peer,
+pub(super) fn serve(mut counted: Counted) {
+    let shared = counted.shared.clone();
+    let Ok(stream) = counted.stream.try_clone() else {
+        return;
+    };
+    let refused = |peer: Option<&Peer>, why: &str, detail: &str| {
+        shared
+            .refusals
+            .lock()
+            .expect("never poisoned")
+            .note(peer, why, detail);
+        refuse(&stream, why);
+    };
+    let peer = match &counted.peer {
+        Ok(peer) => peer.clone(),
         Err(err) => {
-            tracing::warn!("cannot tell who connected ({err}): refusing the connection");
-            refuse(
-                &stream,
+            let detail = format!(" ({err})");
+            refused(
+                None,
                 "corral cannot tell who you are (SO_PEERCRED failed)",
+                &detail,
             );
             return;
         }
     };
     let policy = shared.policy();
     if let Err(why) = policy.admits(&peer) {
-        tracing::warn!(uid = peer.uid, pid = peer.pid, "refused: {why}");
-        refuse(&stream, &why);
+        refused(
+            Some(&peer),
+            &why,
+            &format!("; allowed: {}", policy.allowed()),
+        );
         return;
     }
     // Connections of any kind, those yet to send their first line among them, are bounded
-    // too, with room for status requests beside the job connections.
+    // for each user, and for all, with room for status requests beside the job connections.
+    let too_many_of_user = |peer: &Peer| {
+        format!(
+            "too many connections from uid {}: this corral service takes at most {} job connections from one user at once (--max-user-connections); try again later",
+            peer.uid, policy.max_user_connections
+        )
+    };
+    if counted.open > policy.max_user_connections + USER_STATUS_ROOM {
+        refused(Some(&peer), &too_many_of_user(&peer), "");
+        return;
+    }
     let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
     let _open = CountGuard(&shared.open);
     if open > policy.max_connections + STATUS_ROOM {
-        let why = "too many connections to this corral service; try again later";
-        tracing::warn!(uid = peer.uid, pid = peer.pid, "refused: {why}");
-        refuse(&stream, why);
+        refused(
+            Some(&peer),
+            "too many connections to this corral service; try again later",
+            "",
+        );
         return;
     }
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
+    // The first line comes within a deadline: a connection that sends nothing, or half a
+    // line, is not held.
+    let wait = policy.first_line_timeout;
+    if read_half.set_read_timeout(Some(wait)).is_err() {
+        return;
+    }
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let mut first = Vec::new();
     let limit = policy.max_line_bytes as u64 + 2;
-    if let Err(err) = (&mut reader).take(limit).read_until(b'\n', &mut first) {
-        tracing::debug!("a client left before its first line: {err}");
+    match (&mut reader).take(limit).read_until(b'\n', &mut first) {
+        Ok(_) => {}
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            let why = format!(
+                "no line within {}: closing the connection",
+                humantime::format_duration(wait)
+            );
+            refused(Some(&peer), &why, "");
+            return;
+        }
+        Err(err) => {
+            tracing::debug!("a client left before its first line: {err}");
+            return;
+        }
+    }
+    if reader.get_ref().set_read_timeout(None).is_err() {
         return;
     }
     let hello = match Hello::parse(first.trim_ascii_end()) {
@@ -145,6 +233,10 @@ pub(super) fn serve(stream: UnixStream, shared: Arc<Shared>) {
         return;
     }
     // Status requests are short and not counted: a full service still answers them.
+    if counted.runs_jobs(peer.uid) > policy.max_user_connections {
+        refused(Some(&peer), &too_many_of_user(&peer), "");
+        return;
+    }
     let connections = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
     let _count = CountGuard(&shared.connections);
     if connections > policy.max_connections {
@@ -152,8 +244,7 @@ pub(super) fn serve(stream: UnixStream, shared: Arc<Shared>) {
             "too many connections: this corral service takes at most {} at once (--max-connections); try again later",
             policy.max_connections
         );
-        tracing::warn!(uid = peer.uid, pid = peer.pid, "refused: {why}");
-        refuse(&stream, &why);
+        refused(Some(&peer), &why, "");
         return;
     }
 
@@ -162,6 +253,75 @@ pub(super) fn serve(stream: UnixStream, shared: Arc<Shared>) {
     }
     let jobs = Cursor::new(first).chain(reader);
     run_jobs(stream, jobs, hello.is_some(), peer, &shared);
+}
+
+/// A user's connections: all of them, and those running jobs.
+#[derive(Debug, Default)]
+pub(super) struct UserCounts {
+    open: usize,
+    jobs: usize,
+}
+
+/// Connections of any kind one user may hold beyond its job connections: room for status
+/// requests, and for connections yet to send their first line.
+const USER_STATUS_ROOM: usize = 2;
+
+/// A connection just accepted, with its peer, counted for its user (as open, and once it
+/// runs jobs as that too) while it lasts.
+pub(crate) struct Counted {
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    peer: io::Result<Peer>,
+    /// The user's open connections when this one was counted.
+    open: usize,
+    jobs: bool,
+}
+
+impl Counted {
+    /// Counts `stream`'s peer's connection (done on the accepting thread, so that a user's
+    /// connections are counted in the order they came).
+    pub(crate) fn new(stream: UnixStream, shared: Arc<Shared>) -> Counted {
+        let peer = Peer::of(&stream);
+        let mut open = 0;
+        if let Ok(peer) = &peer {
+            let mut users = shared.per_user.lock().expect("never poisoned");
+            let counts = users.entry(peer.uid).or_default();
+            counts.open += 1;
+            open = counts.open;
+        }
+        Counted {
+            stream,
+            shared,
+            peer,
+            open,
+            jobs: false,
+        }
+    }
+
+    /// Counts the connection as running jobs; returns the user's job connections now.
+    fn runs_jobs(&mut self, uid: u32) -> usize {
+        let mut users = self.shared.per_user.lock().expect("never poisoned");
+        let counts = users.entry(uid).or_default();
+        if !self.jobs {
+            self.jobs = true;
+            counts.jobs += 1;
+        }
+        counts.jobs
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let Ok(peer) = &self.peer else { return };
+        let mut users = self.shared.per_user.lock().expect("never poisoned");
+        if let Some(counts) = users.get_mut(&peer.uid) {
+            counts.open -= 1;
+            counts.jobs -= usize::from(self.jobs);
+            if counts.open == 0 {
+                users.remove(&peer.uid);
+            }
+        }
+    }
 }
 
 /// Decrements the connection count when the connection ends.
@@ -173,12 +333,28 @@ impl Drop for CountGuard<'_> {
     }
 }
 
-/// Says why, then closes.
+/// Says why, then closes; what the client sent meanwhile is read first (a little, briefly),
+/// so that the close does not reset the connection before the client has read why.
 fn refuse(mut stream: &UnixStream, why: &str) {
     let said = Said::Error {
         message: why.to_owned(),
     };
+    let _ = stream.set_write_timeout(Some(REFUSAL_DRAIN));
     let _ = stream.write_all(&said.line());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + REFUSAL_DRAIN;
+    let mut buf = [0u8; 16 * 1024];
+    let mut drained = 0;
+    while drained < REFUSAL_DRAIN_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 

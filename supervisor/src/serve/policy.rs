@@ -10,6 +10,10 @@ use serde::Deserialize;
 pub const DEFAULT_CLIENT_JOBS: u64 = 4096;
 /// Connections at once, unless set.
 pub const DEFAULT_CONNECTIONS: usize = 256;
+/// The share of the connections one user may hold at once, unless set: a quarter.
+pub const USER_SHARE: usize = 4;
+/// How long a connection may take to send its first line, unless set.
+pub const DEFAULT_FIRST_LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest job line, unless set: smaller than `corral run`'s, as many clients share memory.
 pub const DEFAULT_MAX_JOB_BYTES: u64 = 1 << 20;
 
@@ -24,6 +28,8 @@ pub const DEFAULT_MAX_JOB_BYTES: u64 = 1 << 20;
 /// max_job_bytes = "1MiB"
 /// max_client_jobs = 4096
 /// max_connections = 256
+/// max_user_connections = 64
+/// first_line_timeout = "10s"
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +51,21 @@ pub struct ConfigFile {
     pub max_client_jobs: Option<u64>,
     /// Connections at once.
     pub max_connections: Option<usize>,
+    /// Connections one user may hold at once.
+    pub max_user_connections: Option<usize>,
+    /// How long a connection may take to send its first line.
+    #[serde(default, deserialize_with = "duration_text")]
+    pub first_line_timeout: Option<std::time::Duration>,
+}
+
+/// A duration written as text ("10s", "500ms").
+fn duration_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl ConfigFile {
@@ -71,6 +92,10 @@ pub struct PolicyArgs {
     pub max_client_jobs: Option<u64>,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
+    /// `--max-user-connections`.
+    pub max_user_connections: Option<usize>,
+    /// `--first-line-timeout`.
+    pub first_line_timeout: Option<std::time::Duration>,
 }
 
 /// Who may connect and what they may do.
@@ -88,6 +113,11 @@ pub struct Policy {
     pub max_client_jobs: u64,
     /// Connections at once.
     pub max_connections: usize,
+    /// Connections one user may hold at once (of any kind, before their first line too), so
+    /// that no user can fill the service's connections and lock the others out.
+    pub max_user_connections: usize,
+    /// How long a connection may take to send its first line before it is closed.
+    pub first_line_timeout: std::time::Duration,
 }
 
 impl Policy {
@@ -117,6 +147,11 @@ impl Policy {
             .max_job_bytes
             .or(file.max_job_bytes.map(|b| b.as_u64()))
             .unwrap_or(DEFAULT_MAX_JOB_BYTES);
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_CONNECTIONS)
+            .max(1);
         Policy {
             uids,
             gids,
@@ -127,26 +162,34 @@ impl Policy {
                 .or(file.max_client_jobs)
                 .unwrap_or(DEFAULT_CLIENT_JOBS)
                 .max(1),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(DEFAULT_CONNECTIONS)
+            max_connections,
+            max_user_connections: args
+                .max_user_connections
+                .or(file.max_user_connections)
+                .unwrap_or(max_connections.div_ceil(USER_SHARE))
                 .max(1),
+            first_line_timeout: args
+                .first_line_timeout
+                .or(file.first_line_timeout)
+                .unwrap_or(DEFAULT_FIRST_LINE_TIMEOUT),
         }
     }
 
-    /// Whether a peer may connect; `Err` says why not.
+    /// Whether a peer may connect; `Err` is what the peer is told: who it is and how it may
+    /// be let in, never who else may connect.
     pub fn admits(&self, peer: &Peer) -> Result<(), String> {
         if self.uids.contains(&peer.uid) || peer.groups.iter().any(|g| self.gids.contains(g)) {
             return Ok(());
         }
         Err(format!(
-            "uid {} (pid {}) may not use this corral service; the service allows uids {} and gids {} (--allow-uid, --allow-gid, or the config file)",
-            peer.uid,
-            peer.pid,
-            list(&self.uids),
-            list(&self.gids)
+            "uid {} may not use this corral service (its administrator can allow it: --allow-uid, --allow-gid, or the config file)",
+            peer.uid
         ))
+    }
+
+    /// Who may connect, for the service's own log.
+    pub fn allowed(&self) -> String {
+        format!("uids {}; gids {}", list(&self.uids), list(&self.gids))
     }
 
     /// Whether jobs may name `task`.
@@ -232,7 +275,7 @@ mod tests {
     #[test]
     fn the_file_adds_to_the_lists_and_the_command_line_wins_on_numbers() {
         let file: ConfigFile = toml::from_str(
-            "workers = 3\nallow_uid = [1000]\nallow_gid = [50]\nallow_task = [\"t\"]\nmax_client_jobs = 10\nmax_job_bytes = \"2KiB\"\n",
+            "workers = 3\nallow_uid = [1000]\nallow_gid = [50]\nallow_task = [\"t\"]\nmax_client_jobs = 10\nmax_job_bytes = \"2KiB\"\nfirst_line_timeout = \"3s\"\n",
         )
         .unwrap();
         assert_eq!(file.workers, Some(3));
@@ -257,6 +300,15 @@ mod tests {
         assert!(policy.admits(&peer(2000, &[2000, 50])).is_ok(), "by group");
         let refused = policy.admits(&peer(2000, &[2000])).unwrap_err();
         assert!(refused.contains("uid 2000"), "{refused}");
+        assert!(
+            !refused.contains("1000"),
+            "the allow list is not told: {refused}"
+        );
+        assert_eq!(
+            policy.max_user_connections,
+            DEFAULT_CONNECTIONS / USER_SHARE
+        );
+        assert_eq!(policy.first_line_timeout, std::time::Duration::from_secs(3));
     }
 
     #[test]
