@@ -157,6 +157,8 @@ pub struct EngineStatus {
     pub dropped: u64,
     /// Whether a stop signal was received.
     pub draining: bool,
+    /// The tasks the workers serve (empty until one has said hello).
+    pub tasks: Vec<String>,
 }
 
 /// One worker, as [`EngineStatus`] shows it.
@@ -590,6 +592,7 @@ impl Engine {
             recycled: counters.recycled,
             dropped: counters.dropped,
             draining: self.interrupted.is_some(),
+            tasks: self.scheduler.served_tasks(),
         }
     }
 

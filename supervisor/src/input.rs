@@ -14,6 +14,7 @@ pub mod parallel;
 
 use std::io::{self, Read};
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use corral_protocol::JobSeq;
@@ -418,6 +419,28 @@ pub struct JobParser {
     resume: Option<FinishedKeys>,
     /// The blocks every input is read into; out only while [`JobParser::read_all`] reads.
     ring: Option<BlockRing>,
+    /// Asked before a task name is added to the run's names: `Err` is the job's result
+    /// instead (a service keeps the names of one client's jobs out of everyone's table).
+    gate: Option<TaskGate>,
+    /// Why the gate refused the name just asked for.
+    gated: Option<Refusal>,
+}
+
+/// What a task name must pass before it joins a run's names (see
+/// [`JobParser::with_task_gate`]): `Err` is the kind and message of the job's result instead.
+#[derive(Clone)]
+pub struct TaskGate(pub Arc<GateFn>);
+
+/// The check of a [`TaskGate`].
+pub type GateFn = dyn Fn(&str) -> Result<(), Refusal> + Send + Sync;
+
+/// Why a task name may not join a run's names: the kind and message of the job's result.
+pub type Refusal = (ErrorKind, String);
+
+impl std::fmt::Debug for TaskGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TaskGate")
+    }
 }
 
 enum Verdict {
@@ -446,6 +469,8 @@ impl JobParser {
             null: SharedBytes::from(&b"null"[..]),
             resume: None,
             ring: Some(BlockRing::new(format.max_blocks)),
+            gate: None,
+            gated: None,
             format,
         }
     }
@@ -554,6 +579,8 @@ impl JobParser {
             null: self.null.clone(),
             resume: None,
             ring: None,
+            gate: self.gate.clone(),
+            gated: None,
         }
     }
 
@@ -633,6 +660,10 @@ impl JobParser {
         let task = match (&parsed.task, self.default_task) {
             (Some(name), _) => match self.intern(name) {
                 Some(task) => task,
+                None if self.gated.is_some() => {
+                    let (kind, message) = self.gated.take().expect("checked");
+                    return Some(self.rejected_job(id, kind, message));
+                }
                 None => {
                     let message = format!(
                         "more than {} distinct task names in one run; is \"task\" the right field?",
@@ -691,9 +722,21 @@ impl JobParser {
         {
             return Some(*id);
         }
+        if let Some(gate) = &self.gate
+            && let Err(refusal) = (gate.0)(name)
+        {
+            self.gated = Some(refusal);
+            return None;
+        }
         let id = self.names.intern(name)?;
         self.last_task = Some((name.into(), id));
         Some(id)
+    }
+
+    /// Has every task name go through `gate` before it joins the run's names.
+    pub fn with_task_gate(mut self, gate: TaskGate) -> JobParser {
+        self.gate = Some(gate);
+        self
     }
 
     fn job(

@@ -670,6 +670,19 @@ impl Scheduler {
         views
     }
 
+    /// The tasks the workers that said hello serve, sorted.
+    pub fn served_tasks(&self) -> Vec<String> {
+        let mut tasks: Vec<String> = self
+            .workers
+            .values()
+            .filter(|slot| slot.phase != Phase::Starting)
+            .flat_map(|slot| slot.tasks.keys().map(|name| name.to_string()))
+            .collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        tasks
+    }
+
     /// Jobs waiting for a worker, and the sources they are of.
     pub fn queued(&self) -> (usize, usize) {
         (self.pending.len(), self.pending.sources())

@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     per_user: Mutex<HashMap<u32, connection::UserCounts>>,
     /// Refusals, for the log.
     refusals: Mutex<connection::RefusalLog>,
+    /// The tasks the workers serve, once one has said hello: the only names a client's jobs
+    /// may add to the service's table of task names.
+    served: RwLock<Option<Arc<Vec<String>>>>,
 }
 
 impl Shared {
@@ -166,7 +169,19 @@ impl Shared {
     fn engine_status(&self, wait: Duration) -> Option<EngineStatus> {
         let (tx, rx) = bounded(1);
         self.control.send(Control::Status(tx)).ok()?;
-        rx.recv_timeout(wait).ok()
+        let status = rx.recv_timeout(wait).ok()?;
+        if !status.tasks.is_empty() {
+            let mut served = self.served.write().expect("never poisoned");
+            if served.as_deref() != Some(&status.tasks) {
+                *served = Some(Arc::new(status.tasks.clone()));
+            }
+        }
+        Some(status)
+    }
+
+    /// The tasks the workers serve, once known.
+    fn served(&self) -> Option<Arc<Vec<String>>> {
+        self.served.read().expect("never poisoned").clone()
     }
 }
 
@@ -290,6 +305,7 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
         started: Instant::now(),
         per_user: Mutex::new(HashMap::new()),
         refusals: Mutex::new(connection::RefusalLog::default()),
+        served: RwLock::new(None),
     });
     let closing = Arc::new(AtomicBool::new(false));
     // Closed to wake the accept threads. A socket systemd passed is shared with it, and must

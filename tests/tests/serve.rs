@@ -1047,3 +1047,33 @@ fn submit_to_a_socket_it_may_not_open_is_a_usage_error_not_try_again() {
     assert!(out.stderr.contains("Permission denied"), "{}", out.stderr);
     service.stop();
 }
+
+#[test]
+fn a_client_naming_thousands_of_tasks_leaves_the_names_of_others_alone() {
+    let dir = temp_dir();
+    let service = Service::start(dir.path(), ["-j", "1"]);
+    // More distinct names than a run's table holds, none of them served.
+    let flood: Vec<String> = (0..10_050)
+        .map(|i| format!(r#"{{"id":{i},"task":"t{i}","input":[1]}}"#))
+        .collect();
+    let out = service.submit::<&str>([]).stdin(flood.join("\n")).output();
+    out.expect_code(1);
+    let results = out.results();
+    assert_eq!(results.len(), 10_050);
+    assert!(
+        results.iter().all(|r| r["error"]["kind"] == "unknown_task"
+            && r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("sum_squares"))),
+        "{}",
+        results[10_049]
+    );
+    // Another client, naming a task for the first time in the service's life, is served.
+    let out = service
+        .submit::<&str>([])
+        .stdin(r#"{"id":1,"task":"primes","input":10}"#)
+        .output();
+    out.expect_code(0);
+    assert_eq!(out.results()[0]["ok"], true, "{}", out.stdout);
+    service.stop();
+}

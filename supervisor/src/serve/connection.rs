@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use crate::engine::{Feed, Intake, Sink};
-use crate::input::{InputFormat, JobParser};
+use crate::input::{InputFormat, JobParser, TaskGate};
 use crate::output::{Echo, echo_of, format_result};
 use crate::record::{
     ErrorKind, InputChunk, InputItem, JobError, JobResult, ResultKey, SourceId, TaskId,
@@ -421,7 +421,9 @@ fn run_jobs(stream: UnixStream, jobs: impl Read, summary: bool, peer: Peer, shar
             .spawn(move || write_results(write_half, &rx, echo, &counts, summary, &shared))
             .expect("spawning a thread")
     };
-    let parser = JobParser::new(format, shared.names.clone()).with_source(source);
+    let parser = JobParser::new(format, shared.names.clone())
+        .with_source(source)
+        .with_task_gate(task_gate(shared.clone()));
     feed(jobs, parser, source, &counts, &policy, shared);
     let _ = writer.join();
     // Unblocks the reader of a client that is still writing when the service is done with it.
@@ -488,6 +490,40 @@ fn feed(
     if let Some(feed) = ended {
         send(feed);
     }
+}
+
+/// Task names one client may add to the service's table before the workers have said which
+/// tasks they serve.
+const CLIENT_NEW_NAMES: usize = 64;
+
+/// What a client's task names must pass before they join the service's table of names, which
+/// every client shares for the life of the service: a name the workers serve, or, before any
+/// worker has said hello, one of the client's first few. Any other job gets its result at
+/// once (`unknown_task`, as the scheduler would say it), so one client naming thousands of
+/// tasks cannot fill the table for everyone.
+fn task_gate(shared: Arc<Shared>) -> TaskGate {
+    let new_names = AtomicUsize::new(0);
+    TaskGate(Arc::new(move |name: &str| {
+        if let Some(served) = shared.served() {
+            if served.iter().any(|task| task == name) {
+                return Ok(());
+            }
+            let served: Vec<&str> = served.iter().map(String::as_str).collect();
+            return Err((
+                ErrorKind::UnknownTask,
+                crate::jobline::unknown_task_message(name, &served),
+            ));
+        }
+        if new_names.fetch_add(1, Ordering::Relaxed) < CLIENT_NEW_NAMES {
+            return Ok(());
+        }
+        Err((
+            ErrorKind::BadInput,
+            format!(
+                "more than {CLIENT_NEW_NAMES} distinct task names from one client before the workers were up; is \"task\" the right field?"
+            ),
+        ))
+    }))
 }
 
 /// A job naming a task the policy does not allow gets its `unknown_task` result instead.
