@@ -39,6 +39,11 @@ pub const ENV_SUPERVISOR_PID: &str = "CORRAL_SUPERVISOR_PID";
 /// pool's live workers and that a replacement takes over (GNU parallel's `{%}`).
 pub const ENV_WORKER_SLOT: &str = "CORRAL_WORKER_SLOT";
 
+/// Environment variable set (to `1`) for the workers of `corral serve`: their jobs come from
+/// clients who must not reach, through the service, what they could not reach themselves, so
+/// the built-in worker reads no file a job names.
+pub const ENV_SHARED_SERVICE: &str = "CORRAL_SHARED_SERVICE";
+
 /// Largest serialized message either side sends, in bytes. Batches are cut below it.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 

@@ -326,7 +326,12 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => Listen::Activated,
     };
     let listeners = corral::serve::listeners(&listen)?;
-    let (scheduler, pool) = pool_settings(&args.pool, Vec::new())?;
+    // The built-in worker reads no file for a service's clients.
+    let shared = vec![(
+        OsString::from(corral_protocol::ENV_SHARED_SERVICE),
+        OsString::from("1"),
+    )];
+    let (scheduler, pool) = pool_settings(&args.pool, shared)?;
     let workers = scheduler.workers;
     let config = ServeConfig {
         engine: EngineConfig {

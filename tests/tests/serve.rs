@@ -1077,3 +1077,42 @@ fn a_client_naming_thousands_of_tasks_leaves_the_names_of_others_alone() {
     assert_eq!(out.results()[0]["ok"], true, "{}", out.stdout);
     service.stop();
 }
+
+#[test]
+fn the_service_reads_no_file_for_a_client_nor_tells_which_exist() {
+    let dir = temp_dir();
+    let service = Service::start(dir.path(), ["-j", "1"]);
+    let there = dir.path().join("secret");
+    std::fs::write(&there, "abc").unwrap();
+    let lines = [
+        format!(
+            r#"{{"id":1,"task":"sha256","input":{:?}}}"#,
+            there.display().to_string()
+        ),
+        r#"{"id":2,"task":"sha256","input":"/no/such/file"}"#.to_owned(),
+        r#"{"id":3,"task":"sha256","input":{"text":"abc"}}"#.to_owned(),
+    ];
+    let out = service.submit::<&str>([]).stdin(lines.join("\n")).output();
+    out.expect_code(1);
+    let by_id = out.results_by_id();
+    let (existing, missing) = (&by_id["1"], &by_id["2"]);
+    assert_eq!(existing["ok"], false, "{existing}");
+    assert!(
+        existing["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reads no file")),
+        "{existing}"
+    );
+    assert_eq!(
+        existing["error"], missing["error"],
+        "an existing file and a missing one look the same"
+    );
+    assert_eq!(
+        by_id["3"]["output"],
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    // corral run, as the user itself, still hashes files.
+    let out = Run::corral(["run"]).stdin(lines[0].clone()).output();
+    out.expect_code(0);
+    service.stop();
+}

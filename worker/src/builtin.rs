@@ -22,7 +22,7 @@ pub fn register(worker: Worker) -> Worker {
     let worker = worker
         .skimming_task("sum_squares", sum_squares_json, sum_squares_skim)
         .task("primes", primes)
-        .task("sha256", sha256)
+        .task("sha256", sha256_task())
         .task("spin", spin)
         .task("log", log);
     match crate::exec::spec_from_env() {
@@ -227,6 +227,22 @@ pub enum HashInput {
         /// The text.
         text: String,
     },
+}
+
+/// The `sha256` task: [`sha256`], but in a worker of a shared service (see
+/// [`corral_protocol::ENV_SHARED_SERVICE`]) a path is refused before anything is looked up,
+/// so that a client can neither read a file through the service nor tell whether one exists.
+fn sha256_task() -> impl Fn(HashInput) -> Result<String, String> + Send + 'static {
+    let shared = std::env::var_os(corral_protocol::ENV_SHARED_SERVICE).is_some_and(|v| v == "1");
+    move |input| {
+        match input {
+        HashInput::Path(_) if shared => Err(
+            "this worker serves a shared corral service, which reads no file for its clients: send {\"text\": ...}"
+                .into(),
+        ),
+        input => sha256(input),
+    }
+    }
 }
 
 /// SHA-256 of a file (input: its path) or of a text (input: `{"text": ...}`), as hex.
