@@ -376,12 +376,13 @@ pub struct RunArgs {
     pub shell: bool,
 
     /// With --exec: cut each input into the columns {1}, {2}... at this string (`\t` is a tab).
-    #[arg(long, value_name = "SEP", requires = "exec", help_heading = "Commands")]
+    #[arg(long, value_name = "SEP", requires = "exec", value_parser = parse_colsep, help_heading = "Commands")]
     pub colsep: Option<String>,
 
     /// With --exec: most bytes of a command's stdout, and of its stderr, kept in its result;
-    /// past it the output is counted, not kept.
-    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size, help_heading = "Commands")]
+    /// past it the output is counted, not kept. At most 8MiB (a result must fit in a message;
+    /// --output-dir keeps any size).
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_capture, help_heading = "Commands")]
     pub capture: u64,
 
     /// With --exec: write each command's stdout and stderr to DIR/N.out and DIR/N.err (N the
@@ -509,6 +510,28 @@ fn parse_size(text: &str) -> Result<u64, String> {
     text.parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
         .map_err(|err| format!("{err} (examples: 64KiB, 16MiB, 1GB)"))
+}
+
+/// The most `--capture` takes: both streams, escaped in JSON (up to six bytes a byte), must
+/// fit in one message of the protocol.
+const MAX_CAPTURE: u64 = 8 << 20;
+
+fn parse_capture(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if size > MAX_CAPTURE {
+        return Err(format!(
+            "{text} is over the most a result can carry, {}; --output-dir writes output of any size to files",
+            bytesize::ByteSize(MAX_CAPTURE).display().iec()
+        ));
+    }
+    Ok(size)
+}
+
+fn parse_colsep(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("an empty separator would cut nothing: give the string between columns (`\\t` for a tab)".into());
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_job_size(text: &str) -> Result<u64, String> {

@@ -511,6 +511,11 @@ fn exec_spec(template: &str, args: &RunArgs) -> anyhow::Result<ExecSpec> {
         bail!("--exec is empty");
     };
     if !program.contains('{') && !on_path(program) {
+        if program.contains('/') && Path::new(program).is_file() {
+            bail!(
+                "--exec: {program:?} is there but is not executable (chmod +x it, or name its interpreter: --exec 'sh {program} ...')"
+            );
+        }
         bail!("--exec: program {program:?} not found (on $PATH, or as a path)");
     }
     if let Some(dir) = &args.output_dir {

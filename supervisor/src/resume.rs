@@ -232,12 +232,12 @@ impl FinishedKeys {
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
     /// Opening, reading or truncating the file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The results file.
         path: PathBuf,
-        /// What failed.
-        source: io::Error,
+        /// What failed (said in the message, not chained: it would be said twice).
+        error: io::Error,
     },
     /// A line before the last is not a result line: the file is not corral's, or was edited.
     #[error("{path}: line {line} is not a corral result line; refusing to append to it")]
@@ -272,9 +272,9 @@ pub struct Finished {
 /// Opens `path` for this run's results, locked for as long as the file stays open: truncated,
 /// or (with `resume`) read, cut after its last whole line and positioned at its end.
 pub fn open_results(path: &Path, resume: bool) -> Result<(Finished, File), ResumeError> {
-    let io_err = |source| ResumeError::Io {
+    let io_err = |error| ResumeError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     // Neither truncated nor read before the lock is ours: that would spoil another run's file.
     let file = OpenOptions::new()
@@ -305,9 +305,9 @@ pub fn open_results(path: &Path, resume: bool) -> Result<(Finished, File), Resum
 }
 
 fn prepare(path: &Path, mut file: File) -> Result<(Finished, File), ResumeError> {
-    let io_err = |source| ResumeError::Io {
+    let io_err = |error| ResumeError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut finished = Finished::default();
     let mut good_end = 0u64;

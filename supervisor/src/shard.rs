@@ -219,7 +219,16 @@ fn from_env(
             };
             let min = need("SLURM_ARRAY_TASK_MIN")?;
             let count = need("SLURM_ARRAY_TASK_COUNT")?;
-            let step = number(&var, "SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+            let step = match number(&var, "SLURM_ARRAY_TASK_STEP")? {
+                None => 1,
+                Some(0) => {
+                    return Err(
+                        "--shard auto: SLURM_ARRAY_TASK_STEP is 0, which no Slurm array has; give --shard I/N"
+                            .into(),
+                    );
+                }
+                Some(step) => step,
+            };
             let max = number(&var, "SLURM_ARRAY_TASK_MAX")?;
             if id < min || (id - min) % step != 0 {
                 return Err(format!(
@@ -413,6 +422,12 @@ mod tests {
         assert_eq!(slurm("20", "0", "10", "4", "30"), shard(3, 4));
         // --array=5-7
         assert_eq!(slurm("5", "5", "1", "3", "7"), shard(1, 3));
+        // A step of 0 is no array's.
+        assert!(
+            slurm("1", "1", "0", "2", "2")
+                .unwrap_err()
+                .contains("STEP is 0")
+        );
         // Off the steps, and an array with uneven gaps (--array=1,4,5: min 1, max 5, count 3).
         assert!(slurm("15", "0", "10", "4", "30").is_err());
         assert!(

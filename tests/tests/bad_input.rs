@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::util::{Lcg, Run};
+use crate::util::{Lcg, Run, temp_dir};
 
 #[test]
 fn malformed_unknown_and_oversized_lines_each_get_their_error_and_the_rest_succeed() {
@@ -259,4 +259,50 @@ fn hostile_input_gets_the_same_results_byte_for_byte_however_its_lines_are_read(
             assert_eq!(a, b, "{how:?}");
         }
     }
+}
+
+#[test]
+fn edges_of_the_command_line_each_have_one_clear_error() {
+    let dir = temp_dir();
+    let refused = |args: &[&str], says: &str| {
+        let out = Run::corral(args.iter().copied()).stdin("x\n").output();
+        out.expect_code(2);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+        out
+    };
+    refused(
+        &["run", "--lines", "--colsep", "", "--exec", "echo {1}"],
+        "an empty separator would cut nothing",
+    );
+    refused(
+        &["run", "--lines", "--capture", "1GiB", "--exec", "echo"],
+        "over the most a result can carry",
+    );
+    let plain = dir.path().join("not-executable");
+    std::fs::write(&plain, "echo hi\n").unwrap();
+    let template = format!("{} {{}}", plain.display());
+    refused(
+        &["run", "--lines", "--exec", &template],
+        "is there but is not executable",
+    );
+    let out = refused(&["run", "-o", "/nonexistent/dir/x"], "/nonexistent/dir/x");
+    assert_eq!(
+        out.stderr.matches("No such file or directory").count(),
+        1,
+        "said once: {}",
+        out.stderr
+    );
+    let config = dir.path().join("corral.toml");
+    std::fs::write(&config, "workers = 0\n").unwrap();
+    let socket = dir.path().join("corral.sock");
+    refused(
+        &[
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        "a service needs at least one worker",
+    );
 }

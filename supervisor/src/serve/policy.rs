@@ -73,7 +73,16 @@ impl ConfigFile {
     pub fn read(path: &Path) -> Result<ConfigFile, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-        toml::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))
+        let file: ConfigFile =
+            toml::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))?;
+        // As -j 0 is refused: a service with no worker would run nothing.
+        if file.workers == Some(0) {
+            return Err(format!(
+                "{}: workers = 0; a service needs at least one worker",
+                path.display()
+            ));
+        }
+        Ok(file)
     }
 }
 
