@@ -14,77 +14,152 @@
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::thread;
 
 /// The hidden subcommand of `corral` that runs [`serve`].
 pub const SUBCOMMAND: &str = "keeper";
 
-/// corral's end of a running keeper.
+/// corral's end of a running keeper. A keeper that dies while corral runs (killed by hand, by
+/// the OOM killer) is noticed at once and replaced, and the new one is told every group still
+/// listed, so a later SIGKILL of corral still takes the workers' children.
 #[derive(Debug)]
 pub struct Keeper {
-    pipe: Mutex<Option<ChildStdin>>,
-    child: Mutex<Child>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    program: PathBuf,
+    /// The running keeper's input; `None` once corral is done with it, or none could start.
+    pipe: Option<ChildStdin>,
+    /// The groups listed, to tell a replacement.
+    groups: HashSet<u32>,
+    /// Set when corral closes the pipe itself: the keeper's exit is then expected.
+    closing: bool,
+    /// The thread waiting for the current keeper; joined at the end.
+    watcher: Option<thread::JoinHandle<()>>,
 }
 
 impl Keeper {
     /// Starts `program keeper`; `program` is a corral binary.
     pub fn start(program: &Path) -> io::Result<Keeper> {
-        let mut child = Command::new(program)
-            .arg(SUBCOMMAND)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            // Its own group: a Ctrl-C or a hangup of the terminal must not end it before corral.
-            .process_group(0)
-            .spawn()?;
-        let pipe = child.stdin.take();
-        Ok(Keeper {
-            pipe: Mutex::new(pipe),
-            child: Mutex::new(child),
-        })
+        let inner = Arc::new(Mutex::new(Inner {
+            program: program.to_owned(),
+            pipe: None,
+            groups: HashSet::new(),
+            closing: false,
+            watcher: None,
+        }));
+        let child = spawn(program)?;
+        let mut guard = inner.lock().unwrap_or_else(|e| e.into_inner());
+        adopt(&inner, &mut guard, child);
+        drop(guard);
+        Ok(Keeper { inner })
     }
 
     /// Lists a worker's process group: killed if corral dies before [`Keeper::forget`].
     pub fn watch(&self, pgid: u32) {
-        self.tell(b'+', pgid);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.groups.insert(pgid);
+        tell(&mut inner, b'+', pgid);
     }
 
     /// Takes a reaped worker's group off the list.
     pub fn forget(&self, pgid: u32) {
-        self.tell(b'-', pgid);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.groups.remove(&pgid);
+        tell(&mut inner, b'-', pgid);
     }
+}
 
-    fn tell(&self, sign: u8, pgid: u32) {
-        let mut pipe = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(stdin) = pipe.as_mut() else { return };
-        let mut line = Vec::with_capacity(12);
-        line.push(sign);
-        line.extend_from_slice(itoa::Buffer::new().format(pgid).as_bytes());
-        line.push(b'\n');
-        if let Err(err) = stdin.write_all(&line) {
-            tracing::warn!(
-                "the keeper is gone ({err}): workers' children may outlive a killed corral"
-            );
-            pipe.take();
-        }
+fn spawn(program: &Path) -> io::Result<Child> {
+    Command::new(program)
+        .arg(SUBCOMMAND)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Its own group: a Ctrl-C or a hangup of the terminal must not end it before corral.
+        .process_group(0)
+        .spawn()
+}
+
+/// Makes `child` the keeper: its pipe is written to, and a thread waits for it, to replace
+/// it should it die while corral still needs it.
+fn adopt(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, mut child: Child) {
+    inner.pipe = child.stdin.take();
+    let shared = shared.clone();
+    let pid = child.id();
+    let watcher = thread::Builder::new()
+        .name("corral-keeper".into())
+        .spawn(move || {
+            let status = child.wait();
+            let mut inner = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.closing {
+                return;
+            }
+            let how = match status {
+                Ok(status) => match status.signal() {
+                    Some(signal) => format!("was killed by signal {signal}"),
+                    None => format!("exited with {status}"),
+                },
+                Err(err) => format!("could not be waited for ({err})"),
+            };
+            inner.pipe = None;
+            match spawn(&inner.program) {
+                Ok(child) => {
+                    tracing::warn!(
+                        "the keeper (pid {pid}) {how}: started another, and told it the {} worker groups listed",
+                        inner.groups.len()
+                    );
+                    // This thread ends; the replacement has its own.
+                    drop(inner.watcher.take());
+                    adopt(&shared, &mut inner, child);
+                    let groups: Vec<u32> = inner.groups.iter().copied().collect();
+                    for pgid in groups {
+                        tell(&mut inner, b'+', pgid);
+                    }
+                }
+                Err(err) => tracing::error!(
+                    "the keeper (pid {pid}) {how}, and another cannot start ({err}): workers' children may outlive a killed corral"
+                ),
+            }
+        })
+        .expect("spawning a thread");
+    inner.watcher = Some(watcher);
+}
+
+fn tell(inner: &mut Inner, sign: u8, pgid: u32) {
+    let Some(stdin) = inner.pipe.as_mut() else {
+        return;
+    };
+    let mut line = Vec::with_capacity(12);
+    line.push(sign);
+    line.extend_from_slice(itoa::Buffer::new().format(pgid).as_bytes());
+    line.push(b'\n');
+    if let Err(err) = stdin.write_all(&line) {
+        // The keeper is gone: its watcher replaces it and lists every group again.
+        tracing::debug!("cannot write to the keeper ({err})");
+        inner.pipe = None;
     }
 }
 
 impl Drop for Keeper {
     fn drop(&mut self) {
-        // Closing the pipe tells the keeper to finish: it kills what is still listed and exits.
-        self.pipe
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let _ = self
-            .child
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .wait();
+        // Closing the pipe tells the keeper to finish: it kills what is still listed and exits;
+        // its watcher ends once it has.
+        let watcher = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.closing = true;
+            inner.pipe = None;
+            inner.watcher.take()
+        };
+        if let Some(watcher) = watcher {
+            let _ = watcher.join();
+        }
     }
 }
 

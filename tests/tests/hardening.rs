@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::util::{
-    ChildGuard, Output, Run, alive, bin, children_of, fault_worker, keeper_of, process_state,
-    read_results, signal, square_jobs, temp_dir, wait_for, wait_for_workers, write_jobs,
+    ChildGuard, Output, Run, alive, all_children_of, bin, children_of, fault_worker, is_keeper,
+    keeper_of, process_state, read_results, signal, square_jobs, temp_dir, wait_for,
+    wait_for_workers, write_jobs,
 };
 
 fn stats(path: &std::path::Path) -> Value {
@@ -446,6 +447,52 @@ fn sigkill_of_corral_leaves_no_child_of_a_worker_behind() {
     assert!(
         gone.is_some(),
         "the worker's child {child} (or the keeper) outlived corral"
+    );
+}
+
+/// A keeper that dies while corral runs is replaced and told every group, so a later SIGKILL
+/// of corral still takes the workers' children.
+#[test]
+fn a_keeper_killed_mid_run_is_replaced_and_still_takes_the_children() {
+    let dir = temp_dir();
+    let pidfile = dir.path().join("child.pid");
+    let job = format!(
+        "{{\"task\": \"hang\", \"input\": {{\"pidfile\": {:?}}}}}",
+        pidfile.display().to_string()
+    );
+    let jobs = write_jobs(dir.path(), "jobs.jsonl", [job]);
+    let running = Run::corral_faulty(["run", "-j", "1"])
+        .args([jobs.as_os_str()])
+        .start(dir.path());
+    let first = keeper_of(running.pid());
+    let child: u32 = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    })
+    .expect("the job started its child");
+    signal(first, libc::SIGKILL);
+    let second = wait_for(Duration::from_secs(10), || {
+        all_children_of(running.pid())
+            .into_iter()
+            .find(|&pid| pid != first && is_keeper(pid))
+    })
+    .expect("another keeper started");
+    signal(running.pid(), libc::SIGKILL);
+    let out = running.wait(Duration::from_secs(5));
+    let gone = wait_for(Duration::from_secs(2), || {
+        (!alive(child) && !alive(second)).then_some(())
+    });
+    if gone.is_none() {
+        signal(child, libc::SIGKILL);
+    }
+    assert!(
+        gone.is_some(),
+        "the worker's child {child} outlived corral after its keeper was replaced"
+    );
+    assert!(
+        out.stderr
+            .contains("started another, and told it the 1 worker groups"),
+        "the log says so: {}",
+        out.stderr
     );
 }
 
