@@ -325,7 +325,8 @@ pub struct RunArgs {
     )]
     pub order_window: usize,
 
-    /// Draw a progress bar on stderr even when it is not a terminal.
+    /// Show progress even when stderr is not a terminal (on a terminal it is shown anyway):
+    /// there, a plain `corral: progress:` line after a second and every 5 s, results or not.
     #[arg(long, help_heading = "Output")]
     pub progress: bool,
 

@@ -480,7 +480,10 @@ fn table(status: &serde_json::Value) -> String {
             rss,
             num(w, "jobs_done"),
             num(w, "restarts"),
-            w["current"].as_str().unwrap_or("-")
+            match w["current"].as_str() {
+                Some(job) => format!("{job} (for {})", secs(w, "current_secs")),
+                None => "-".to_owned(),
+            }
         );
     }
     let _ = writeln!(

@@ -170,6 +170,8 @@ pub struct WorkerStatus {
     pub state: &'static str,
     /// The id of the job it is running, if known.
     pub current: Option<String>,
+    /// How long that job has been running, in seconds.
+    pub current_secs: Option<f64>,
     /// Seconds since it said hello.
     pub uptime_secs: f64,
     /// Its resident memory, in bytes.
@@ -391,6 +393,9 @@ impl Engine {
                     }
                 },
                 recv(ticker) -> _ => {
+                    if let Some(progress) = &self.progress {
+                        progress.tick(self.scheduler.counters().restarts);
+                    }
                     if self.grace_until.is_some_and(|until| Instant::now() >= until) {
                         tracing::warn!("grace period over: killing the workers");
                         return;
@@ -564,6 +569,11 @@ impl Engine {
                 WorkerStatus {
                     pid: view.pid,
                     state: view.state,
+                    current_secs: view
+                        .current
+                        .as_ref()
+                        .and(view.current_since)
+                        .map(|since| now.duration_since(since).as_secs_f64()),
                     current: view.current,
                     uptime_secs: handle
                         .map_or(0.0, |h| now.duration_since(h.started).as_secs_f64()),

@@ -115,6 +115,9 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// How long a job runs before the log says so (then again each time its time doubles).
+pub const STALL_NOTE: Duration = Duration::from_secs(60);
+
 /// OTP-style restart intensity: up to `max_restarts` replacements in any `period` go ahead at
 /// once; past that each replacement waits, with exponential backoff and jitter, until the rate
 /// falls back under the budget. After `give_up_after` replacements in a row over budget the run
@@ -327,6 +330,8 @@ pub struct WorkerView {
     pub in_flight: u64,
     /// The id of the job it is running, as far as its running word tells.
     pub current: Option<String>,
+    /// Since when that job has been running (as the ticks saw it).
+    pub current_since: Option<Instant>,
 }
 
 /// Something that happened, fed to [`Scheduler::handle`].
@@ -478,6 +483,8 @@ struct WorkerSlot {
     retire_sent: bool,
     /// When `Retire` was sent; cleared once the worker is killed for not exiting.
     retired_at: Option<Instant>,
+    /// How long its running job had run when that was last said in the log.
+    stall_noted: Option<Duration>,
 }
 
 impl WorkerSlot {
@@ -496,6 +503,7 @@ impl WorkerSlot {
             recycle: None,
             retire_sent: false,
             retired_at: None,
+            stall_noted: None,
         }
     }
 
@@ -664,6 +672,7 @@ impl Scheduler {
                     f.running(slot.word)
                         .map(|i| lines::running_name(f, i, slot.word))
                 }),
+                current_since: (slot.word != RunningWord::IDLE).then_some(slot.word_since),
             })
             .collect();
         views.sort_by_key(|view| view.worker);
@@ -1147,9 +1156,7 @@ impl Scheduler {
 
     fn on_tick(&mut self, now: Instant, running: Vec<(WorkerId, RunningWord)>) {
         self.kill_lingering(now);
-        let Some(timeout) = self.cfg.timeout else {
-            return;
-        };
+        let timeout = self.cfg.timeout;
         for (worker, word) in running {
             let Some(slot) = self.workers.get_mut(&worker) else {
                 continue;
@@ -1160,21 +1167,46 @@ impl Scheduler {
             if word != slot.word {
                 slot.word = word;
                 slot.word_since = now;
-            } else if word != RunningWord::IDLE
-                && now.duration_since(slot.word_since) >= timeout
-                && slot.in_flight.iter().any(|b| b.running(word).is_some())
+                slot.stall_noted = None;
+                continue;
+            }
+            if word == RunningWord::IDLE {
+                continue;
+            }
+            let Some(job) = slot
+                .in_flight
+                .iter()
+                .find_map(|b| b.running(word).map(|i| lines::running_name(b, i, word)))
+            else {
+                continue;
+            };
+            let ran = now.duration_since(slot.word_since);
+            if let Some(timeout) = timeout
+                && ran >= timeout
             {
                 slot.timed_out = Some(word);
-                let job = slot
-                    .in_flight
-                    .iter()
-                    .find_map(|b| b.running(word).map(|i| lines::running_name(b, i, word)))
-                    .expect("checked above");
                 let why = format!(
                     "job {job} ran longer than {}",
                     humantime::format_duration(timeout)
                 );
                 self.actions.push(Action::Kill { worker, why });
+                continue;
+            }
+            // A job that runs long is said in the log, and again each time its time doubles,
+            // so that a stall is never silent.
+            let next = slot.stall_noted.map_or(STALL_NOTE, |noted| noted * 2);
+            if ran >= next {
+                slot.stall_noted = Some(next);
+                let hint = if timeout.is_none() {
+                    " (no --timeout is set to end it)"
+                } else {
+                    ""
+                };
+                self.actions.push(Action::Note(format!(
+                    "job {job} has been running for {} on worker {}{hint}",
+                    humantime::format_duration(next),
+                    slot.pid
+                )));
             }
         }
     }

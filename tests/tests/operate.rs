@@ -486,3 +486,22 @@ fn sigterm_while_workers_are_starting_ends_the_run_without_waiting_the_grace() {
     });
     assert!(gone.is_some(), "the starting workers were left behind");
 }
+
+#[test]
+fn progress_into_a_pipe_is_a_plain_line_that_comes_even_while_jobs_stall() {
+    // --progress with stderr not a terminal: a line after a second, and every few seconds,
+    // whether or not results come.
+    let out = Run::corral(["run", "-j", "1", "--progress"])
+        .stdin(r#"{"id":1,"task":"spin","input":1600}"#)
+        .output();
+    out.expect_code(0);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("corral: progress: "))
+        .unwrap_or_else(|| panic!("no progress line: {}", out.stderr));
+    assert!(
+        line.contains("0/1 jobs") && line.contains("0 failed"),
+        "{line}"
+    );
+}

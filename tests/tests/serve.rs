@@ -973,6 +973,15 @@ fn a_draining_service_leaves_the_socket_of_the_service_that_took_its_path() {
             .filter(|s| s["clients"].as_array().is_some_and(|c| !c.is_empty()))
     })
     .expect("the client is connected");
+    // corral status names the running job and how long it has run.
+    let busy = wait_for(Duration::from_secs(10), || {
+        first.status().filter(|s| s["workers"][0]["current"] == "1")
+    })
+    .expect("the status names the running job");
+    assert!(
+        busy["workers"][0]["current_secs"].as_f64().is_some(),
+        "{busy}"
+    );
     signal(first.pid(), libc::SIGTERM);
     // The successor binds the path as soon as the first stops listening.
     let second_dir = dir.path().join("second");

@@ -533,6 +533,54 @@ fn a_job_past_its_deadline_gets_its_worker_killed_and_fails_with_timeout() {
 }
 
 #[test]
+fn a_long_job_is_said_in_the_log_at_a_minute_and_each_time_its_time_doubles() {
+    let mut h = Harness::new(config(1));
+    h.input([job(0, "t")]);
+    h.ready(WorkerId(1), 101);
+    let sends = h.take_sends();
+    let word = RunningWord::running(sends[0].1.id, 0);
+    let tick = |h: &mut Harness| {
+        h.feed(Event::Tick {
+            running: vec![(WorkerId(1), word)],
+        });
+    };
+    tick(&mut h);
+    let stalls = |h: &Harness| {
+        h.notes
+            .iter()
+            .filter(|n| n.contains("has been running"))
+            .count()
+    };
+    h.advance(Duration::from_secs(59));
+    tick(&mut h);
+    assert_eq!(stalls(&h), 0);
+    h.advance(Duration::from_secs(2));
+    tick(&mut h);
+    assert_eq!(stalls(&h), 1);
+    let note = h
+        .notes
+        .iter()
+        .find(|n| n.contains("has been running"))
+        .unwrap();
+    assert!(
+        note.contains("1m") && note.contains("101") && note.contains("no --timeout"),
+        "{note}"
+    );
+    h.advance(Duration::from_secs(30));
+    tick(&mut h);
+    assert_eq!(stalls(&h), 1, "not again before two minutes");
+    h.advance(Duration::from_secs(30));
+    tick(&mut h);
+    assert_eq!(stalls(&h), 2, "again at two minutes");
+    assert!(h.kills.is_empty(), "without a timeout nothing is killed");
+    let view = &h.scheduler.workers()[0];
+    assert!(
+        view.current.is_some() && view.current_since.is_some(),
+        "{view:?}"
+    );
+}
+
+#[test]
 fn a_job_that_keeps_changing_is_not_timed_out() {
     let mut h = Harness::new(SchedulerConfig {
         timeout: Some(Duration::from_millis(100)),
