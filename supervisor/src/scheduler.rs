@@ -115,6 +115,14 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// The measured nanoseconds per job of `task` among `speeds`, if any.
+fn speed_of(speeds: &[(TaskId, f64)], task: TaskId) -> Option<f64> {
+    speeds
+        .iter()
+        .find(|(t, _)| *t == task)
+        .map(|&(_, nanos)| nanos)
+}
+
 /// How long a job runs before the log says so (then again each time its time doubles).
 pub const STALL_NOTE: Duration = Duration::from_secs(60);
 
@@ -1499,11 +1507,27 @@ impl Scheduler {
         }
         let mut jobs = Jobs::with_capacity(capacity);
         let mut unknown = Vec::new();
+        // The batch was sized for its first job's task. It stays within that job's source (the
+        // sources take turns a batch each, and a batch sized for one client's fast task must
+        // not carry another's slow jobs), and takes a job of another task only while the
+        // measured times still fit the batch target.
+        let target = self.cfg.batch_target.as_nanos() as f64;
+        let mut planned = 0.0;
+        let mut first: Option<(SourceId, TaskId)> = None;
         while let Some(next) = self.pending.front() {
             if order_limit.is_some_and(|limit| next.seq.0 >= limit) {
                 break;
             }
             let alone = next.failed_attempts > 0;
+            let speed = speed_of(&self.task_nanos, next.task);
+            // A job of a task the worker lacks is answered here, not sent: it costs nothing.
+            let served = lookup.index(next.task).is_some();
+            if let Some((source, task)) = first
+                && (next.source != source
+                    || (served && next.task != task && speed.is_none_or(|n| planned + n > target)))
+            {
+                break;
+            }
             if !jobs.is_empty()
                 && (jobs.len() >= size
                     || batch.inputs.0.len() + next.input.as_bytes().len()
@@ -1511,6 +1535,10 @@ impl Scheduler {
                     || alone)
             {
                 break;
+            }
+            if served {
+                first.get_or_insert((next.source, next.task));
+                planned += speed.unwrap_or(target);
             }
             let job = self.pending.pop_front().expect("front exists");
             let Some(task) = lookup.index(job.task) else {

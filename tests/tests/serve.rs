@@ -1125,3 +1125,42 @@ fn the_service_reads_no_file_for_a_client_nor_tells_which_exist() {
     out.expect_code(0);
     service.stop();
 }
+
+#[test]
+fn a_one_job_client_is_answered_while_a_big_client_runs() {
+    let dir = temp_dir();
+    let service = Service::start(dir.path(), ["-j", "2"]);
+    let small = || {
+        service
+            .submit::<&str>([])
+            .stdin(r#"{"id":1,"task":"sum_squares","input":[1]}"#)
+            .output()
+    };
+    // sum_squares is measured fast first: batches for it may then be large.
+    small().expect_code(0);
+    let big_dir = dir.path().join("big");
+    std::fs::create_dir_all(&big_dir).unwrap();
+    let jobs = write_jobs(
+        &big_dir,
+        "jobs.jsonl",
+        (0..2_000).map(|i| format!(r#"{{"id":{i},"task":"spin","input":5}}"#)),
+    );
+    let big = service.submit([&jobs]).start(&big_dir);
+    wait_for(Duration::from_secs(10), || {
+        service
+            .status()
+            .filter(|s| s["queued"].as_u64().is_some_and(|q| q > 100))
+    })
+    .expect("the big client's jobs are queued");
+    // The small client's job goes in its own batch, in its turn: it is answered while the
+    // big client still has seconds of work queued, not after it.
+    small().expect_code(0);
+    let status = service.status().expect("the service answers");
+    assert!(
+        status["queued"].as_u64().is_some_and(|q| q > 0) && alive(big.pid()),
+        "the small client waited for the big one: {status}"
+    );
+    signal(big.pid(), libc::SIGKILL);
+    let _ = big.wait(Duration::from_secs(10));
+    service.stop();
+}

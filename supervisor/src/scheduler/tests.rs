@@ -333,6 +333,54 @@ fn sources_take_turns_a_batch_each_so_a_small_one_is_not_stuck_behind_a_large_on
 }
 
 #[test]
+fn a_batch_sized_for_a_fast_task_never_carries_another_source_s_slow_jobs() {
+    // Source 2's job is of a task measured fast: its batch may be large, but it must not fill
+    // up with source 1's slow jobs, or source 2 waits for all of them.
+    let mut h = Harness::new(SchedulerConfig {
+        max_batch_jobs: 1024,
+        ..config(1)
+    });
+    let of = |source: u32, task: &'static str, seqs: std::ops::Range<u64>| {
+        seqs.map(move |seq| Job {
+            source: SourceId(source),
+            ..job(seq, task)
+        })
+    };
+    h.ready(WorkerId(1), 101);
+    // Learn the speeds: t is fast, u (source 1's) slow.
+    h.input(of(3, "t", 0..1));
+    let warm = h.take_sends();
+    h.complete(WorkerId(1), &warm[0].1, 2_000);
+    h.input(of(4, "u", 1..2));
+    let warm = h.take_sends();
+    h.complete(WorkerId(1), &warm[0].1, 5_000_000);
+    h.input(of(1, "u", 2..2_000));
+    h.input(of(2, "t", 2_000..2_001));
+    let mut sizes = Vec::new();
+    while h.results.len() < 2_001 {
+        let sends = h.take_sends();
+        assert!(!sends.is_empty(), "work is left");
+        for (worker, batch) in sends {
+            let before = h.results.len();
+            h.complete(worker, &batch, 5_000_000 * batch.jobs.len() as u64);
+            let got: Vec<SourceId> = h.results[before..].iter().map(|r| r.source).collect();
+            assert!(
+                got.windows(2).all(|w| w[0] == w[1]),
+                "a batch of one source"
+            );
+            sizes.push((got[0], got.len()));
+        }
+    }
+    let (at, &(_, size)) = sizes
+        .iter()
+        .enumerate()
+        .find(|(_, (source, _))| *source == SourceId(2))
+        .expect("source 2 ran");
+    assert_eq!(size, 1, "source 2's batch held its own job only");
+    assert!(at <= 3, "source 2 waited {at} batches");
+}
+
+#[test]
 fn a_dropped_source_loses_its_queued_jobs_and_nothing_else() {
     let mut h = Harness::new(config(1));
     let of = |source: u32, seqs: std::ops::Range<u64>| {
