@@ -13,7 +13,8 @@ Run it through scripts/bench/run, which builds the release binaries first. Scena
      GNU parallel and rust-parallel (scripts/bench/workers.py);
   7. corral.Pool against multiprocessing, concurrent.futures, pebble and loky
      (scripts/bench/pools.py), and the cost of a call: a loop of small maps, a storm of submits
-     (scripts/bench/pool_calls.py);
+     (scripts/bench/pool_calls.py); the service's clients and N slow jobs on N workers
+     (scripts/bench/service.py);
   8. sharding (scripts/bench/shards.py) and the data path: tiny jobs against a plain serde_json
      loop, instructions per job on each serial thread, and a projection to 64 cores
      (scripts/bench/datapath.py).
@@ -480,6 +481,12 @@ def main():
 
     call_runs = max(7, args.pool_runs)
     call_rows, call_lines = pool_calls.report(pool_calls.measure(call_runs, log=log), call_runs)
+    import service  # imported here, as workers is
+
+    service_runs = max(3, args.runs - 2)
+    service_rows, service_lines = service.report(
+        service.measure(service_runs, log=log), service_runs
+    )
     import shards  # imported here, as workers is
 
     shard_runs = max(3, args.runs - 2)
@@ -565,6 +572,7 @@ def main():
         *worker_rows,
         *pool_rows,
         *call_rows,
+        *service_rows,
         *shard_rows,
         *path_rows,
     ]
@@ -656,6 +664,7 @@ def main():
         *worker_lines,
         *pool_lines,
         *call_lines,
+        *service_lines,
         *shard_lines,
         *path_lines,
     ]
