@@ -361,10 +361,12 @@ pub struct RunArgs {
     pub lines: bool,
 
     /// Run this command for each job (each line, with --lines) inside the workers, so that
-    /// --timeout, --retries and --halt apply to it. Placeholders as GNU parallel spells them:
-    /// {} the input, {.} without its extension, {/} its basename, {//} its directory, {/.}
-    /// the basename without extension, {#} the job number, {%} the worker slot, {1}, {2}... the
-    /// columns of --colsep. Without any placeholder the input is the last argument. No shell
+    /// --timeout, --retries and --halt apply to it. Placeholders as GNU parallel spells them,
+    /// giving the commands it gives: {} the input, {.} without its extension, {/} its
+    /// basename, {//} its directory, {/.} the basename without extension, {#} the job number,
+    /// {%} the worker slot; with --colsep, {1}, {2}... and {-1} (the last column), each with
+    /// the same forms ({1.}, {1/}...), {} every column, a word each, and a word that is only
+    /// a missing column is left out. Without any placeholder the input comes last. No shell
     /// runs unless --shell. The output is {"status", "signal", "stdout", "stderr"}; a command
     /// that fails is a task_error. A job file naming the task `exec` runs only with --exec.
     #[arg(long, value_name = "COMMAND", conflicts_with_all = ["worker", "worker_cmd", "task"], help_heading = "Commands")]

@@ -328,3 +328,119 @@ fn n_slow_jobs_on_n_workers_run_one_per_worker() {
     workers.dedup();
     assert_eq!(workers.len(), 4, "one job per worker: {workers:?}");
 }
+
+/// Lines whose placeholders GNU parallel has views on: dot-files, trailing and doubled
+/// slashes, extensions, quotes and shell syntax, spaces, empty and missing columns.
+const TRICKY: &[&str] = &[
+    ".bashrc",
+    "dir/.hidden",
+    "dir/sub/",
+    "a//b",
+    "//x",
+    "dir//sub/f.c",
+    "/",
+    "a.",
+    ".",
+    "..",
+    "x/..",
+    "a b.tar.gz",
+    "it's",
+    "say \"hi\"",
+    "$(touch x)",
+    "back\\slash",
+    "tab\there",
+    "ümlaut/ß.txt",
+    "a,b",
+    "a,,b",
+    ",lead",
+    "trail,",
+    "x,y,z",
+    "only",
+    "d/e.f,g/h.i",
+    "-n",
+];
+
+/// What GNU parallel prints for `printf '[%s]\n' WORDS` over `TRICKY`, in order.
+fn gnu_parallel(colsep: bool, words: &str) -> Option<String> {
+    let which = std::process::Command::new("parallel")
+        .arg("--version")
+        .output()
+        .ok()?;
+    if !which.status.success() {
+        return None;
+    }
+    let mut command = std::process::Command::new("parallel");
+    command.args(["-k", "--will-cite", "-j", "1"]);
+    if colsep {
+        command.args(["--colsep", ","]);
+    }
+    command.arg(format!("printf '[%s]\\n' {words}"));
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(TRICKY.join("\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "GNU parallel failed");
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+/// What corral prints for the same, with or without --shell.
+fn corral_prints(colsep: bool, shell: bool, words: &str) -> String {
+    let template = format!("printf '[%s]\\n' {words}");
+    let mut args = vec![
+        "run",
+        "-j",
+        "1",
+        "--keep-order",
+        "--lines",
+        "--exec",
+        &template,
+    ];
+    if colsep {
+        args.extend(["--colsep", ","]);
+    }
+    if shell {
+        args.push("--shell");
+    }
+    let out = Run::corral(args).stdin(TRICKY.join("\n") + "\n").output();
+    out.expect_code(0);
+    out.results()
+        .iter()
+        .map(|r| stdout_of(r).to_owned())
+        .collect()
+}
+
+#[test]
+fn placeholders_give_the_same_commands_as_gnu_parallel_side_by_side() {
+    let cases = [
+        (false, "{} {.} {/} {//} {/.} x{}y {1} {-1} {2} X{2}Y"),
+        (
+            true,
+            "{} {1} {2} {3} {1.} {1/} {1//} {1/.} {-1} {2.} X{3}Y {.} {/} {//} {/.} x{}y {3}{3}",
+        ),
+        // Without a placeholder the input goes last: with columns, a word each.
+        (true, ""),
+        (false, ""),
+    ];
+    for (colsep, words) in cases {
+        let Some(gnu) = gnu_parallel(colsep, words) else {
+            eprintln!("skipped: GNU parallel is not installed (scripts/test installs it)");
+            return;
+        };
+        for shell in [false, true] {
+            let ours = corral_prints(colsep, shell, words);
+            assert_eq!(
+                ours, gnu,
+                "colsep {colsep}, --shell {shell}, template {words:?}"
+            );
+        }
+    }
+}

@@ -85,6 +85,7 @@ pub fn run(
         (Arg::Line(line), None) => vec![line.clone()],
         (Arg::Columns(columns), _) => columns.clone(),
     };
+    let split = spec.colsep.is_some() || matches!(arg, Arg::Columns(_));
     let whole = match arg {
         Arg::Line(line) => line,
         Arg::Columns(columns) => columns.join(" "),
@@ -92,6 +93,7 @@ pub fn run(
     let values = Values {
         whole: &whole,
         columns: &columns,
+        split,
         number,
         slot,
     };
@@ -306,58 +308,101 @@ fn poll(fds: &[BorrowedFd<'_>], timeout: Duration) -> bool {
 
 /// What the placeholders of one job stand for.
 pub struct Values<'a> {
-    /// The whole input: `{}` and the path forms.
+    /// The whole input: `{}` and the path forms, unless it is cut into columns.
     pub whole: &'a str,
-    /// The columns: `{1}`..`{n}`.
+    /// The columns: `{1}`..`{n}`, `{-1}`..
     pub columns: &'a [String],
+    /// Whether the input is cut into columns (`--colsep`, or a job whose input is an array):
+    /// then `{}` and the path forms stand for every column, one word each, as in GNU parallel.
+    pub split: bool,
     /// The job number: `{#}`.
     pub number: u64,
     /// The worker slot: `{%}`.
     pub slot: &'a str,
 }
 
+/// What one placeholder stands for.
+#[derive(Debug, PartialEq)]
+enum Expansion {
+    /// A value.
+    One(String),
+    /// Every column, a word each (`{}` with columns).
+    Many(Vec<String>),
+    /// A column the input does not have: a word made of nothing else is left out, as GNU
+    /// parallel leaves it out.
+    Missing,
+}
+
 /// The command's words with every placeholder replaced. Without any placeholder the input is
-/// added as the last argument, as GNU parallel does. With `shell` the template is
-/// `["sh", "-c", script]`, and every value goes to `sh` as a positional parameter, never as
-/// script text.
+/// added at the end (its columns, a word each, when it is cut), as GNU parallel does. With
+/// `shell` the template is `["sh", "-c", script]`, and every value goes to `sh` as a
+/// positional parameter, never as script text.
 pub fn expand(template: &[String], values: &Values<'_>, shell: bool) -> Vec<String> {
     if shell && let [sh, dash_c, script] = template {
         return shell_command(sh, dash_c, script, values);
     }
     let mut found = false;
-    let mut argv: Vec<String> = template
-        .iter()
-        .map(|word| replace(word, values, &mut found))
-        .collect();
+    let mut argv = Vec::with_capacity(template.len() + 1);
+    for word in template {
+        replace(word, values, &mut found, &mut argv);
+    }
     if !found {
-        argv.push(values.whole.to_owned());
+        match all_of(values, |s| s.to_owned()) {
+            Expansion::Many(words) => argv.extend(words),
+            Expansion::One(word) => argv.push(word),
+            Expansion::Missing => {}
+        }
     }
     argv
 }
 
-fn replace(word: &str, values: &Values<'_>, found: &mut bool) -> String {
-    let mut out = String::with_capacity(word.len());
+/// Appends the words `word` becomes.
+fn replace(word: &str, values: &Values<'_>, found: &mut bool, out: &mut Vec<String>) {
+    let mut current = String::with_capacity(word.len());
+    // Whether anything but a missing column went into the word.
+    let mut something = false;
     let mut rest = word;
     while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
+        current.push_str(&rest[..open]);
+        something |= open > 0;
         match placeholder_at(&rest[open..], values) {
-            Some((value, len)) => {
+            Some((expansion, len)) => {
                 *found = true;
-                out.push_str(&value);
+                match expansion {
+                    Expansion::One(value) => {
+                        current.push_str(&value);
+                        something = true;
+                    }
+                    Expansion::Many(words) => {
+                        let mut words = words.into_iter();
+                        if let Some(first) = words.next() {
+                            current.push_str(&first);
+                            something = true;
+                        }
+                        for next in words {
+                            out.push(std::mem::replace(&mut current, next));
+                        }
+                    }
+                    Expansion::Missing => {}
+                }
                 rest = &rest[open + len..];
             }
             None => {
-                out.push('{');
+                current.push('{');
+                something = true;
                 rest = &rest[open + 1..];
             }
         }
     }
-    out.push_str(rest);
-    out
+    current.push_str(rest);
+    something |= !rest.is_empty();
+    if something || word.is_empty() {
+        out.push(current);
+    }
 }
 
-/// The placeholder `text` starts with: its value and its length in bytes.
-fn placeholder_at(text: &str, values: &Values<'_>) -> Option<(String, usize)> {
+/// The placeholder `text` starts with: what it stands for and its length in bytes.
+fn placeholder_at(text: &str, values: &Values<'_>) -> Option<(Expansion, usize)> {
     let close = text.find('}')?;
     Some((placeholder(&text[1..close], values)?, close + 1))
 }
@@ -376,24 +421,21 @@ enum Quoting {
 /// positional parameter (`"${1}"`, `${1}` inside double quotes, `'"${1}"'` inside single
 /// quotes) and its value that parameter. A value is never part of the script's text, so no
 /// quoting in the template, not even quotes around the placeholder, can make the shell read a
-/// value as code; the lexer's only task is to keep each value one word.
+/// value as code; the lexer's only task is to keep each value one word. A missing column is
+/// an empty parameter referred to unquoted, so that, alone, it is no word at all.
 fn shell_command(sh: &str, dash_c: &str, script: &str, values: &Values<'_>) -> Vec<String> {
     let mut out = String::with_capacity(script.len() + 16);
     let mut parameters: Vec<String> = Vec::new();
     let mut stack = vec![Quoting::Plain(0)];
     let mut rest = script;
+    let mut found = false;
     while let Some(c) = rest.chars().next() {
         let quoting = *stack.last().expect("the bottom is never popped");
         if c == '{'
-            && let Some((value, len)) = placeholder_at(rest, values)
+            && let Some((expansion, len)) = placeholder_at(rest, values)
         {
-            parameters.push(value);
-            let n = parameters.len();
-            match quoting {
-                Quoting::Double => out.push_str(&format!("${{{n}}}")),
-                Quoting::Single => out.push_str(&format!("'\"${{{n}}}\"'")),
-                Quoting::Plain(_) | Quoting::Backtick => out.push_str(&format!("\"${{{n}}}\"")),
-            }
+            found = true;
+            refer(&mut out, &mut parameters, expansion, quoting);
             rest = &rest[len..];
             continue;
         }
@@ -427,50 +469,138 @@ fn shell_command(sh: &str, dash_c: &str, script: &str, values: &Values<'_>) -> V
         out.push_str(&rest[..taken]);
         rest = &rest[taken..];
     }
-    if parameters.is_empty() {
-        // No placeholder: the input is the last word.
-        parameters.push(values.whole.to_owned());
-        out.push_str(" \"${1}\"");
+    if !found {
+        // No placeholder: the input is the last word (its columns, when it is cut).
+        out.push(' ');
+        refer(
+            &mut out,
+            &mut parameters,
+            all_of(values, |s| s.to_owned()),
+            Quoting::Plain(0),
+        );
     }
     let mut argv = vec![sh.to_owned(), dash_c.to_owned(), out, sh.to_owned()];
     argv.extend(parameters);
     argv
 }
 
-/// The value of placeholder `{name}`; `None` when `name` is not one (the braces stay as
-/// they are, so that `awk '{print}'` survives).
-fn placeholder(name: &str, values: &Values<'_>) -> Option<String> {
-    let whole = values.whole;
-    let base = whole.rsplit_once('/').map_or(whole, |(_, base)| base);
-    let no_ext = |s: &str| -> String {
-        // An extension is a dot after the last slash, not at the start of the name.
-        let name_start = s.rfind('/').map_or(0, |i| i + 1);
-        match s[name_start..].rfind('.') {
-            Some(dot) if dot > 0 => s[..name_start + dot].to_owned(),
-            _ => s.to_owned(),
-        }
+/// Writes the reference to `expansion`'s parameters into the script, as `quoting` needs it.
+fn refer(out: &mut String, parameters: &mut Vec<String>, expansion: Expansion, quoting: Quoting) {
+    let (values, missing) = match expansion {
+        Expansion::One(value) => (vec![value], false),
+        Expansion::Many(values) => (values, false),
+        Expansion::Missing => (vec![String::new()], true),
     };
-    Some(match name {
-        "" => whole.to_owned(),
-        "." => no_ext(whole),
-        "/" => base.to_owned(),
-        "//" => match whole.rsplit_once('/') {
-            Some(("", _)) => "/".to_owned(),
-            Some((dir, _)) => dir.to_owned(),
-            None => ".".to_owned(),
-        },
-        "/." => no_ext(base),
-        "#" => values.number.to_string(),
-        "%" => values.slot.to_owned(),
-        digits if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
-            let n: usize = digits.parse().ok()?;
-            values
-                .columns
-                .get(n.checked_sub(1)?)
-                .cloned()
-                .unwrap_or_default()
+    let refs: Vec<String> = values
+        .into_iter()
+        .map(|value| {
+            parameters.push(value);
+            format!("${{{}}}", parameters.len())
+        })
+        .collect();
+    match quoting {
+        _ if missing && matches!(quoting, Quoting::Plain(_) | Quoting::Backtick) => {
+            out.push_str(&refs.join(" "));
         }
+        Quoting::Double => out.push_str(&refs.join(" ")),
+        Quoting::Single => out.push_str(&format!("'\"{}\"'", refs.join(" "))),
+        Quoting::Plain(_) | Quoting::Backtick => {
+            let quoted: Vec<String> = refs.iter().map(|r| format!("\"{r}\"")).collect();
+            out.push_str(&quoted.join(" "));
+        }
+    }
+}
+
+/// GNU parallel's `{.}`: without the last `.` and what follows it, when no `/` or `.` does.
+fn no_ext(s: &str) -> String {
+    match s.rfind('.') {
+        Some(dot) if !s[dot + 1..].contains('/') => s[..dot].to_owned(),
+        _ => s.to_owned(),
+    }
+}
+
+/// GNU parallel's `{/}`: what follows the last `/`.
+fn base(s: &str) -> &str {
+    s.rsplit_once('/').map_or(s, |(_, base)| base)
+}
+
+/// GNU parallel's `{//}`, POSIX `dirname`: `dir/sub/` is in `dir`, `a//b` in `a`, `//x` in
+/// `/`, a name without a slash in `.`.
+fn dir(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b == b'/') {
+        return "/".into();
+    }
+    let trimmed = s.trim_end_matches('/');
+    let Some(slash) = trimmed.rfind('/') else {
+        return ".".into();
+    };
+    let parent = trimmed[..=slash].trim_end_matches('/');
+    if parent.is_empty() {
+        "/".into()
+    } else {
+        parent.to_owned()
+    }
+}
+
+/// A path form (`""`, `.`, `/`, `//`, `/.`) applied to `s`; `None` for anything else.
+fn path_form(form: &str, s: &str) -> Option<String> {
+    Some(match form {
+        "" => s.to_owned(),
+        "." => no_ext(s),
+        "/" => base(s).to_owned(),
+        "//" => dir(s),
+        "/." => no_ext(base(s)),
         _ => return None,
+    })
+}
+
+/// The whole input under `f`: one value, or with columns a word per column.
+fn all_of(values: &Values<'_>, f: impl Fn(&str) -> String) -> Expansion {
+    if values.split {
+        Expansion::Many(values.columns.iter().map(|c| f(c)).collect())
+    } else {
+        Expansion::One(f(values.whole))
+    }
+}
+
+/// What placeholder `{name}` stands for; `None` when `name` is not one (the braces stay as
+/// they are, so that `awk '{print}'` survives). GNU parallel's forms: `{}` `{.}` `{/}` `{//}`
+/// `{/.}` `{#}` `{%}`, and for column N (from the end with `-N`) `{N}` `{N.}` `{N/}` `{N//}`
+/// `{N/.}`. `{0}` stays as it is.
+fn placeholder(name: &str, values: &Values<'_>) -> Option<Expansion> {
+    match name {
+        "#" => return Some(Expansion::One(values.number.to_string())),
+        "%" => return Some(Expansion::One(values.slot.to_owned())),
+        _ => {}
+    }
+    if path_form(name, "").is_some() {
+        return Some(all_of(values, |s| {
+            path_form(name, s).expect("checked to be a form")
+        }));
+    }
+    let (negative, rest) = match name.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, name),
+    };
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 {
+        return None;
+    }
+    let (number, form) = rest.split_at(digits);
+    path_form(form, "")?;
+    let n: usize = number.parse().ok()?;
+    if n == 0 {
+        return None;
+    }
+    let columns = values.columns;
+    let index = if negative {
+        columns.len().checked_sub(n)
+    } else {
+        Some(n - 1)
+    };
+    Some(match index.and_then(|i| columns.get(i)) {
+        Some(column) => Expansion::One(path_form(form, column).expect("checked to be a form")),
+        None => Expansion::Missing,
     })
 }
 
@@ -484,6 +614,7 @@ mod tests {
         let values = Values {
             whole,
             columns: &columns,
+            split: false,
             number: 7,
             slot: "2",
         };
@@ -512,14 +643,22 @@ mod tests {
         );
         assert_eq!(words(&["{//}", "{.}", "{/.}"], "a", false), [".", "a", "a"]);
         assert_eq!(words(&["{//}"], "/a", false), ["/"]);
-        assert_eq!(words(&["{.}"], "d.x/.hidden", false), ["d.x/.hidden"]);
+        // As GNU parallel: a dot-file's name is all extension, and {//} is POSIX dirname.
+        assert_eq!(words(&["{.}", "{/.}"], "d.x/.hidden", false), ["d.x/", ""]);
+        assert_eq!(words(&["{//}"], "dir/sub/", false), ["dir"]);
+        assert_eq!(words(&["{//}", "{/}"], "//x", false), ["/", "x"]);
+        assert_eq!(words(&["{//}"], "a//b", false), ["a"]);
     }
 
     #[test]
     fn columns_prefixes_and_unknown_braces() {
         assert_eq!(
-            words(&["cp", "{1}", "out/{2}.bak", "{3}", "{0}"], "a,b", false),
-            ["cp", "a", "out/b.bak", "", "{0}"]
+            words(
+                &["cp", "{1}", "out/{2}.bak", "{3}", "x{3}y", "{0}", "{-1}"],
+                "a,b",
+                false
+            ),
+            ["cp", "a", "out/b.bak", "xy", "{0}", "b"]
         );
         assert_eq!(
             words(&["awk", "{print}"], "f", false),
