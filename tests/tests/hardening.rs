@@ -3,14 +3,15 @@
 //! The item numbers are those of the list of faults in the hardening issue.
 
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::util::{
-    ChildGuard, Output, Run, alive, all_children_of, bin, children_of, fault_worker, is_keeper,
-    keeper_of, process_state, read_results, signal, square_jobs, temp_dir, wait_for,
+    ChildGuard, Output, Run, Running, alive, all_children_of, bin, children_of, fault_worker,
+    is_keeper, keeper_of, process_state, read_results, signal, square_jobs, temp_dir, wait_for,
     wait_for_workers, write_jobs,
 };
 
@@ -418,24 +419,30 @@ fn a_huge_output_line_from_a_worker_is_cut_not_kept() {
     );
 }
 
-/// Item 15: SIGKILL of corral takes its workers' children down too (through the keeper).
-#[test]
-fn sigkill_of_corral_leaves_no_child_of_a_worker_behind() {
-    let dir = temp_dir();
-    let pidfile = dir.path().join("child.pid");
+/// A one-worker run whose job has started a child that hangs: the run, and the child's pid.
+fn run_with_a_worker_child(dir: &Path) -> (Running, u32) {
+    let pidfile = dir.join("child.pid");
     let job = format!(
         "{{\"task\": \"hang\", \"input\": {{\"pidfile\": {:?}}}}}",
         pidfile.display().to_string()
     );
-    let jobs = write_jobs(dir.path(), "jobs.jsonl", [job]);
+    let jobs = write_jobs(dir, "jobs.jsonl", [job]);
     let running = Run::corral_faulty(["run", "-j", "1"])
         .args([jobs.as_os_str()])
-        .start(dir.path());
-    let keeper = keeper_of(running.pid());
+        .start(dir);
     let child: u32 = wait_for(Duration::from_secs(10), || {
         std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
     })
     .expect("the job started its child");
+    (running, child)
+}
+
+/// Item 15: SIGKILL of corral takes its workers' children down too (through the keeper).
+#[test]
+fn sigkill_of_corral_leaves_no_child_of_a_worker_behind() {
+    let dir = temp_dir();
+    let (running, child) = run_with_a_worker_child(dir.path());
+    let keeper = keeper_of(running.pid());
     signal(running.pid(), libc::SIGKILL);
     running.wait(Duration::from_secs(5));
     let gone = wait_for(Duration::from_secs(2), || {
@@ -455,20 +462,8 @@ fn sigkill_of_corral_leaves_no_child_of_a_worker_behind() {
 #[test]
 fn a_keeper_killed_mid_run_is_replaced_and_still_takes_the_children() {
     let dir = temp_dir();
-    let pidfile = dir.path().join("child.pid");
-    let job = format!(
-        "{{\"task\": \"hang\", \"input\": {{\"pidfile\": {:?}}}}}",
-        pidfile.display().to_string()
-    );
-    let jobs = write_jobs(dir.path(), "jobs.jsonl", [job]);
-    let running = Run::corral_faulty(["run", "-j", "1"])
-        .args([jobs.as_os_str()])
-        .start(dir.path());
+    let (running, child) = run_with_a_worker_child(dir.path());
     let first = keeper_of(running.pid());
-    let child: u32 = wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
-    })
-    .expect("the job started its child");
     signal(first, libc::SIGKILL);
     let second = wait_for(Duration::from_secs(10), || {
         all_children_of(running.pid())

@@ -615,45 +615,58 @@ fn service_connections(socket: &Path) -> Option<u64> {
     value["connections"].as_u64()
 }
 
-#[test]
-fn a_user_not_allowed_is_refused_by_its_credentials() {
+/// A service that other users can reach (its socket 0666 in a 0755 directory), so that its
+/// credentials check is what admits or refuses them; `None`, with a message, unless root.
+fn open_to_others<S: AsRef<std::ffi::OsStr>>(
+    dir: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> Option<Service> {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
         eprintln!("skipped: needs root, to connect as another user");
-        return;
+        return None;
     }
-    use std::os::unix::process::CommandExt;
-    let dir = temp_dir();
-    // nobody must reach the socket for the credentials to be what stops it.
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let service = Service::start(dir.path(), ["-j", "1", "--allow-uid", "65533"]);
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let service = Service::start(dir, args);
     std::fs::set_permissions(
         &service.socket,
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )
     .unwrap();
-    let as_nobody = |uid: u32| {
-        let mut command = std::process::Command::new(bin("corral"));
-        command
-            .args(["submit", "--socket"])
-            .arg(&service.socket)
-            .uid(uid)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(br#"{"id":1,"task":"sum_squares","input":[2]}"#)
-            .unwrap();
-        child.wait_with_output().unwrap()
+    Some(service)
+}
+
+/// `corral ARGS --socket SOCKET` as user `uid`, with `input` on its stdin.
+fn corral_as(uid: u32, args: &[&str], socket: &Path, input: &str) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(bin("corral"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .uid(uid)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_user_not_allowed_is_refused_by_its_credentials() {
+    let dir = temp_dir();
+    // nobody must reach the socket for the credentials to be what stops it.
+    let Some(service) = open_to_others(dir.path(), ["-j", "1", "--allow-uid", "65533"]) else {
+        return;
     };
+    let job = r#"{"id":1,"task":"sum_squares","input":[2]}"#;
+    let as_nobody = |uid: u32| corral_as(uid, &["submit"], &service.socket, job);
     let refused = as_nobody(65534);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
@@ -858,19 +871,8 @@ fn told(stream: &mut UnixStream, wait: Duration) -> String {
 
 #[test]
 fn idle_connections_of_one_user_lock_out_neither_other_users_nor_itself_for_long() {
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } != 0 {
-        eprintln!("skipped: needs root, to connect as another user");
-        return;
-    }
-    use std::os::unix::process::CommandExt;
     let dir = temp_dir();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let service = Service::start(
+    let Some(service) = open_to_others(
         dir.path(),
         [
             "-j",
@@ -884,12 +886,9 @@ fn idle_connections_of_one_user_lock_out_neither_other_users_nor_itself_for_long
             "--first-line-timeout",
             "1s",
         ],
-    );
-    std::fs::set_permissions(
-        &service.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
+    ) else {
+        return;
+    };
     // Root holds five connections without a line (one sends half a line): its three job
     // connections and the two more any user may have for status requests.
     let mut idle: Vec<UnixStream> = (0..5)
@@ -904,25 +903,7 @@ fn idle_connections_of_one_user_lock_out_neither_other_users_nor_itself_for_long
         "{refusal}"
     );
     // Another user is served, and can ask for the status, meanwhile.
-    let as_other = |args: &[&str], input: &str| {
-        let mut command = std::process::Command::new(bin("corral"));
-        command
-            .args(args)
-            .arg("--socket")
-            .arg(&service.socket)
-            .uid(65533)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let as_other = |args: &[&str], input: &str| corral_as(65533, args, &service.socket, input);
     let submitted = as_other(&["submit"], r#"{"id":1,"task":"sum_squares","input":[2]}"#);
     assert_eq!(
         submitted.status.code(),
