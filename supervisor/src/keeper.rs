@@ -9,8 +9,9 @@
 //! SIGKILL to every group still listed and exits.
 //!
 //! What this does not reach: a descendant that left its worker's process group (`setsid`,
-//! `setpgid`) is in no group corral knows. Only a cgroup holds those (under systemd,
-//! `KillMode=control-group` does); without one they are the user's to manage.
+//! `setpgid`) is in no group corral knows. Only a cgroup holds those: where corral could make
+//! one for the run ([`crate::cgroup`]), it tells the keeper (`=PATH`), which kills it too;
+//! otherwise (and under systemd, `KillMode=control-group` does) they are the user's to manage.
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
@@ -38,6 +39,8 @@ struct Inner {
     pipe: Option<ChildStdin>,
     /// The groups listed, to tell a replacement.
     groups: HashSet<u32>,
+    /// The run's cgroup, killed at the end whatever is listed.
+    cgroup: Option<PathBuf>,
     /// Set when corral closes the pipe itself: the keeper's exit is then expected.
     closing: bool,
     /// The thread waiting for the current keeper; joined at the end.
@@ -51,6 +54,7 @@ impl Keeper {
             program: program.to_owned(),
             pipe: None,
             groups: HashSet::new(),
+            cgroup: None,
             closing: false,
             watcher: None,
         }));
@@ -66,6 +70,13 @@ impl Keeper {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.groups.insert(pgid);
         tell(&mut inner, b'+', pgid);
+    }
+
+    /// The run's cgroup (see [`crate::cgroup`]): killed and removed when corral dies.
+    pub fn watch_cgroup(&self, dir: &Path) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.cgroup = Some(dir.to_owned());
+        tell_cgroup(&mut inner);
     }
 
     /// Takes a reaped worker's group off the list.
@@ -122,6 +133,7 @@ fn adopt(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, mut child: Child) {
                     for pgid in groups {
                         tell(&mut inner, b'+', pgid);
                     }
+                    tell_cgroup(&mut inner);
                 }
                 Err(err) => tracing::error!(
                     "the keeper (pid {pid}) {how}, and another cannot start ({err}): workers' children may outlive a killed corral"
@@ -130,6 +142,20 @@ fn adopt(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, mut child: Child) {
         })
         .expect("spawning a thread");
     inner.watcher = Some(watcher);
+}
+
+/// Tells the keeper the run's cgroup: `=PATH`.
+fn tell_cgroup(inner: &mut Inner) {
+    use std::os::unix::ffi::OsStrExt;
+    let (Some(dir), Some(stdin)) = (&inner.cgroup, inner.pipe.as_mut()) else {
+        return;
+    };
+    let mut line = b"=".to_vec();
+    line.extend_from_slice(dir.as_os_str().as_bytes());
+    line.push(b'\n');
+    if stdin.write_all(&line).is_err() {
+        inner.pipe = None;
+    }
 }
 
 fn tell(inner: &mut Inner, sign: u8, pgid: u32) {
@@ -174,12 +200,21 @@ pub fn serve(input: impl BufRead) {
         }
     }
     let mut groups = HashSet::new();
+    let mut cgroup = None;
     for line in input.split(b'\n') {
         let Ok(line) = line else { break };
+        if let Some(path) = line.strip_prefix(b"=") {
+            use std::os::unix::ffi::OsStrExt;
+            cgroup = Some(PathBuf::from(std::ffi::OsStr::from_bytes(path)));
+            continue;
+        }
         apply(&mut groups, &line);
     }
     for pgid in groups {
         crate::pool::kill_group(pgid);
+    }
+    if let Some(dir) = cgroup {
+        crate::cgroup::kill_and_remove(&dir);
     }
 }
 

@@ -4,7 +4,7 @@
 //! The parts, from the core out:
 //! - [`scheduler`]: the pure state machine that decides everything;
 //! - [`pool`]: worker processes, their handshake, threads and deaths; [`keeper`] takes their
-//!   process groups down even when corral is killed;
+//!   process groups down even when corral is killed, and [`cgroup`] what left those groups;
 //! - [`input`] and [`output`]: job lines in, result lines out ([`jobline`] scans each line);
 //!   [`resume`] for `--resume`; [`shard`] for `--shard` and [`merge`] for `corral merge`;
 //!   [`ring`] for the reused buffers
@@ -19,6 +19,7 @@
 //! - [`cli`]: the command-line definitions, and [`manual`] the man pages and completions
 //!   made from them.
 
+pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod engine;

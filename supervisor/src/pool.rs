@@ -46,6 +46,7 @@ use corral_protocol::{
 };
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 
+use crate::cgroup::RunCgroup;
 use crate::keeper::Keeper;
 use crate::scheduler::{StartFailure, WorkerExit};
 use crate::transport::{Bootstrap, Inbox, Outbox, Pipes, Received, Transport};
@@ -171,6 +172,16 @@ impl Spawner {
                     None
                 }
             });
+        // With the keeper (corral's own runs, not a library's bare pool), a cgroup too, where
+        // corral may make one: it reaches what left the workers' process groups.
+        let cgroup = config
+            .keeper
+            .as_ref()
+            .and_then(|_| RunCgroup::create())
+            .map(Arc::new);
+        if let (Some(keeper), Some(cgroup)) = (&keeper, &cgroup) {
+            keeper.watch_cgroup(cgroup.dir());
+        }
         let (requests, inbox) = unbounded::<WorkerId>();
         let (cancel, cancelled) = bounded::<()>(0);
         let slots = Slots::default();
@@ -181,7 +192,8 @@ impl Spawner {
                     if cancelled.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
                         return;
                     }
-                    let launched = launch(&config, worker, keeper.clone(), &slots);
+                    let launched =
+                        launch(&config, worker, keeper.clone(), cgroup.as_deref(), &slots);
                     let sent = match launched {
                         Ok(launched) => {
                             launched.handshake(config.handshake_timeout, &events, &cancelled);
@@ -304,12 +316,14 @@ impl WorkerHandle {
     }
 }
 
-/// SIGKILL to a whole process group. A group that is already gone is not an error.
+/// SIGKILL to a whole process group, and to the worker's cgroup when it has one (what left
+/// the group). A group that is already gone is not an error.
 pub fn kill_group(pgid: u32) {
     // SAFETY: killpg has no memory-safety preconditions.
     unsafe {
         libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
     }
+    crate::cgroup::kill_worker(pgid);
 }
 
 /// Resident memory of a process in bytes, from `/proc/PID/statm`; `None` if it is gone.
@@ -380,6 +394,7 @@ fn launch(
     config: &PoolConfig,
     worker: WorkerId,
     keeper: Option<Arc<Keeper>>,
+    cgroup: Option<&RunCgroup>,
     slots: &Slots,
 ) -> Result<Launched, StartFailure> {
     let program = config.program.display().to_string();
@@ -432,6 +447,10 @@ fn launch(
     let pid = child.id();
     if let Some(keeper) = &keeper {
         keeper.watch(pid);
+    }
+    // Before it can have run any job (a worker starts one only after its hello).
+    if let Some(cgroup) = cgroup {
+        cgroup.enter(pid);
     }
     let discard = |child: Child, keeper: Option<&Keeper>| {
         discard(child, keeper);
@@ -505,6 +524,7 @@ fn discard(mut child: Child, keeper: Option<&Keeper>) {
     let pid = child.id();
     kill_group(pid);
     let _ = child.wait();
+    crate::cgroup::forget_worker(pid);
     if let Some(keeper) = keeper {
         keeper.forget(pid);
     }
@@ -661,6 +681,7 @@ fn reap_in_background(
                 }
             };
             kill_group(pid);
+            crate::cgroup::forget_worker(pid);
             if let Some(keeper) = &keeper {
                 keeper.forget(pid);
             }

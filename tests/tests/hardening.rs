@@ -551,6 +551,84 @@ fn an_escaped_child_does_not_keep_log_readers_alive() {
     );
 }
 
+/// Where this machine's cgroup2 hierarchy is, when these tests may make cgroups in it (root).
+fn cgroup2_for_tests() -> Option<std::path::PathBuf> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.starts_with("cgroup2 ")).then(|| before.split(' ').nth(4).map(Into::into))?
+    })
+}
+
+/// Hardening item 17: where corral can make a cgroup, a child that left its worker's process
+/// group (`setsid`) dies with the worker: at a timeout, and by the keeper when corral is
+/// SIGKILLed.
+#[test]
+fn an_escaped_child_dies_with_its_worker_where_a_cgroup_can_be_made() {
+    let Some(mount) = cgroup2_for_tests() else {
+        eprintln!("skipped: needs root and a cgroup2 hierarchy, for corral to make a cgroup");
+        return;
+    };
+    let escape = |dir: &Path| {
+        let pidfile = dir.join("escaped.pid");
+        let job = format!(
+            "{{\"task\": \"escape\", \"input\": {{\"pidfile\": {:?}}}}}",
+            pidfile.display().to_string()
+        );
+        (write_jobs(dir, "jobs.jsonl", [job]), pidfile)
+    };
+    let escaped_pid = |pidfile: &Path| -> u32 {
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()
+        })
+        .expect("the job started its child")
+    };
+    let dies = |child: u32| {
+        let gone = wait_for(Duration::from_secs(3), || (!alive(child)).then_some(()));
+        if gone.is_none() {
+            signal(child, libc::SIGKILL);
+        }
+        gone.is_some()
+    };
+    // A timeout.
+    let dir = temp_dir();
+    let (jobs, pidfile) = escape(dir.path());
+    let running = Run::corral_faulty(["run", "-j", "1", "--timeout", "500ms", "--retries", "0"])
+        .args([jobs.as_os_str()])
+        .start(dir.path());
+    let run_cgroup = mount.join(format!("corral-{}", running.pid()));
+    let child = escaped_pid(&pidfile);
+    assert!(
+        run_cgroup.exists(),
+        "corral made no cgroup at {}",
+        run_cgroup.display()
+    );
+    let out = running.wait(Duration::from_secs(20));
+    out.expect_code(1);
+    assert!(
+        dies(child),
+        "the escaped child {child} outlived its timed-out worker"
+    );
+    assert!(!run_cgroup.exists(), "the run's cgroup is left behind");
+    // A SIGKILL of corral: the keeper kills the run's cgroup.
+    let dir = temp_dir();
+    let (jobs, pidfile) = escape(dir.path());
+    let running = Run::corral_faulty(["run", "-j", "1"])
+        .args([jobs.as_os_str()])
+        .start(dir.path());
+    let child = escaped_pid(&pidfile);
+    signal(running.pid(), libc::SIGKILL);
+    let _ = running.wait(Duration::from_secs(5));
+    assert!(
+        dies(child),
+        "the escaped child {child} outlived a SIGKILLed corral"
+    );
+}
+
 /// Item 17: One worker that never says hello does not hold back the start of the others.
 #[test]
 fn a_silent_worker_does_not_delay_the_others() {
