@@ -235,3 +235,14 @@ def test_a_generator_of_ten_million_items_runs_in_bounded_memory():
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert count == 10_000_000 and total == sum(range(10_000_000))
     assert grown_mib < 64, f"the parent grew by {grown_mib:.0f} MiB"
+
+
+def test_quick_results_are_not_held_back_by_a_slow_job_in_the_same_batch():
+    # The first worker ready answers a quick job, then takes a batch of a quick one and slow
+    # ones: the quick one's result comes when it is done, not when the batch is.
+    with corral.Pool(processes=2) as pool:
+        started = time.monotonic()
+        it = pool.imap_unordered(pool_tasks.sleep_for, [0, 0] + [2] * 4)
+        next(it)
+        next(it)
+        assert time.monotonic() - started < 1.5, "a quick result waited for a slow job"

@@ -605,6 +605,16 @@ fn client_dir(dir: &Path) -> PathBuf {
     path
 }
 
+/// The pid of the service answering on `socket`, as a status request sees it.
+fn service_pid(socket: &Path) -> Option<u64> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.write_all(b"{\"corral\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    stream.read_to_string(&mut line).ok()?;
+    let value: Value = serde_json::from_str(line.trim()).ok()?;
+    value["pid"].as_u64()
+}
+
 /// Job connections open, as a status request sees them.
 fn service_connections(socket: &Path) -> Option<u64> {
     let mut stream = UnixStream::connect(socket).ok()?;
@@ -968,15 +978,18 @@ fn a_draining_service_leaves_the_socket_of_the_service_that_took_its_path() {
     let second_dir = dir.path().join("second");
     std::fs::create_dir_all(&second_dir).unwrap();
     let socket = first.socket.clone();
+    let mut attempt = 0;
     let second = wait_for(Duration::from_secs(10), || {
-        let log = second_dir.join(format!("log-{}", Instant::now().elapsed().as_nanos()));
+        attempt += 1;
+        let log = second_dir.join(format!("log-{attempt}"));
         std::fs::create_dir_all(&log).unwrap();
         let out = Run::corral(["serve", "--socket"])
             .args([&socket])
             .args(["-j", "1"])
             .start(&log);
+        // Up once it is the one that answers on the path, not the first still listening.
         let up = wait_for(Duration::from_secs(5), || {
-            service_connections(&socket).map(|_| ())
+            (service_pid(&socket) == Some(u64::from(out.pid()))).then_some(())
         });
         if up.is_some() && alive(out.pid()) {
             Some(out)

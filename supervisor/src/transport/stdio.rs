@@ -71,7 +71,7 @@ pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting, Refusal>
         return Err(refuse(false, "has no stdin or stdout pipe".into()));
     };
     let mut lines = LineSource::new(stdout, pipes.stopped, gather);
-    let hello: StdioHello = match lines.next_line() {
+    let hello: StdioHello = match lines.next_line(false) {
         Next::Line(line) => serde_json::from_slice(line).map_err(|err| {
             refuse(
                 true,
@@ -83,6 +83,7 @@ pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting, Refusal>
         })?,
         Next::End => return Err(refuse(false, "closed its stdout before saying hello".into())),
         Next::TooLong => return Err(refuse(true, "printed an endless first line".into())),
+        Next::Quiet => unreachable!("a wait for the hello does not end when quiet"),
     };
     if hello.corral_protocol != STDIO_PROTOCOL_VERSION {
         return Err(refuse(
@@ -261,8 +262,12 @@ impl Inbox {
                 let mut unanswered = pending.batches.iter().map(|b| b.len() - b.answered);
                 unanswered.next().unwrap_or(0) + unanswered.next().unwrap_or(0) > 1
             };
-            let line = match self.lines.next_line() {
+            // Answers already read go to the scheduler as soon as the worker goes quiet (it is
+            // running a job): a batch's first results never wait for its last, slow, job.
+            let quiet_ends = !self.done.outcomes.is_empty();
+            let line = match self.lines.next_line(quiet_ends) {
                 Next::Line(line) => line,
+                Next::Quiet => return Received::Done(std::mem::take(&mut self.done)),
                 Next::End => return Received::Closed,
                 Next::TooLong => {
                     return Received::Violation(format!(
@@ -297,7 +302,8 @@ impl Inbox {
                     String::from_utf8_lossy(expected)
                 ));
             }
-            if index == 0 {
+            if self.done.outcomes.is_empty() {
+                // A batch's answer, or the rest of one already answered in part.
                 self.done.batch = sent.id;
             }
             let result = match (response.output, response.error) {
@@ -372,6 +378,8 @@ enum Next<'a> {
     End,
     /// A line longer than [`MAX_LINE`].
     TooLong,
+    /// Nothing to read now (asked for with `quiet_ends`): the worker is busy with a job.
+    Quiet,
 }
 
 /// The lines of a worker's stdout. Reads never outlast the worker: once it is reaped (the
@@ -406,7 +414,9 @@ impl LineSource {
         }
     }
 
-    fn next_line(&mut self) -> Next<'_> {
+    /// The next line. With `quiet_ends`, `Quiet` when none is there (after the gathering
+    /// time, if any) rather than a wait.
+    fn next_line(&mut self, quiet_ends: bool) -> Next<'_> {
         loop {
             if let Some(at) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
                 let end = self.scanned + at;
@@ -434,20 +444,32 @@ impl LineSource {
                 self.scanned -= self.start;
                 self.start = 0;
             }
-            self.fill();
+            if !self.fill(quiet_ends) {
+                return Next::Quiet;
+            }
         }
     }
 
-    /// Waits for bytes and reads what is there, or marks the source ended.
-    fn fill(&mut self) {
+    /// Waits for bytes and reads what is there, or marks the source ended. With `quiet_ends`,
+    /// false instead of a wait when nothing comes (within the gathering time).
+    fn fill(&mut self, quiet_ends: bool) -> bool {
+        let mut gathered = false;
         loop {
             match self.read_some() {
                 Ok(0) => {
                     self.ended = true;
-                    return;
+                    return true;
                 }
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock && quiet_ends => {
+                    if gathered || self.gather_for.is_zero() {
+                        return false;
+                    }
+                    // Answers close behind each other still go together.
+                    std::thread::sleep(self.gather_for);
+                    gathered = true;
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     let reaped = match &self.stopped {
                         Some(stopped) => poll_readable(&[self.pipe.as_fd(), stopped.as_fd()])[1],
@@ -460,7 +482,7 @@ impl LineSource {
                         // The worker is gone: take what it left, then end.
                         self.drain();
                         self.ended = true;
-                        return;
+                        return true;
                     }
                     if self.gather && !self.gather_for.is_zero() {
                         std::thread::sleep(self.gather_for);
@@ -468,7 +490,7 @@ impl LineSource {
                 }
                 Err(_) => {
                     self.ended = true;
-                    return;
+                    return true;
                 }
             }
         }
