@@ -36,6 +36,15 @@ def sleep_for(seconds):
     return os.getpid()
 
 
+def hold_until(path):
+    """Returns at once for None, else once `path` exists (a minute at most): a slow job the
+    test ends when it chooses."""
+    deadline = time.monotonic() + 60
+    while path is not None and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path
+
+
 def init(tag):
     STATE["inits"] += 1
     STATE["tag"] = tag
