@@ -10,6 +10,7 @@
 //! Job inputs and task outputs travel as raw JSON bytes ([`RawJson`]): the supervisor never
 //! parses them, it splices them into result lines.
 
+pub mod byte_string;
 pub mod exec;
 pub mod frame;
 pub mod jobline;

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+use crate::byte_string;
+
 /// Version of the stdio protocol, named in the hello's `corral_protocol` field.
 pub const STDIO_PROTOCOL_VERSION: u32 = 1;
 
@@ -47,11 +49,23 @@ pub struct StdioResponse<'a> {
 /// A failed task, in a response: `{"message": "...", "type": "ValueError"}`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StdioError {
-    /// What went wrong, in words.
+    /// What went wrong, in words. Bytes that are not UTF-8 (a Python worker's message may
+    /// quote a line of `--lines` that held some, as `\udcXX`) become U+FFFD.
+    #[serde(deserialize_with = "text")]
     pub message: String,
     /// A name for the kind of error (an exception's class), optional.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub error_type: Option<String>,
+}
+
+/// A JSON string as text, where [`byte_string`] escapes of bytes that are not UTF-8 are
+/// allowed (serde's `String` refuses them).
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    let bytes = byte_string::decode(raw.get().as_bytes())
+        .ok_or_else(|| serde::de::Error::custom("a message is a string"))?;
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned()))
 }
 
 /// A field that is present, even as `null`, is `Some` (serde's default maps `null` to `None`).
@@ -71,5 +85,10 @@ mod tests {
             serde_json::from_str(r#"{"id":"a","error":{"message":"m","type":"T"}}"#).unwrap();
         assert!(r.output.is_none());
         assert_eq!(r.error.unwrap().error_type.as_deref(), Some("T"));
+        let r: StdioResponse<'_> =
+            serde_json::from_str(r#"{"id":"a","error":{"message":"caf\udce9 \u00e9"}}"#).unwrap();
+        assert_eq!(r.error.unwrap().message, "caf\u{fffd} é");
+        let bad = serde_json::from_str::<StdioResponse<'_>>(r#"{"id":"a","error":{"message":3}}"#);
+        assert!(bad.is_err());
     }
 }

@@ -87,6 +87,13 @@ def _write_all(fd, data):
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
+def _utf8(line):
+    """An answer line as bytes. A lone surrogate, which only a JSON string can hold (a line of
+    `--lines` that was not UTF-8 comes as one, os.fsdecode's surrogateescape), is written as its
+    escape, \\udcXX, as corral wrote it."""
+    return line.encode("utf-8", "backslashreplace")
+
+
 def _raw_id(line, request):
     """The request's id as JSON text. corral writes `{"id":<id>,"task":...`, so the id is
     echoed as it came rather than re-encoded (`,"task":` cannot occur inside an id: a quote in
@@ -100,7 +107,7 @@ def _raw_id(line, request):
 
 def _error(request_id, exc_type, message):
     error = _encode({"message": message, "type": exc_type})
-    return f'{{"id":{request_id},"error":{error}}}\n'.encode()
+    return _utf8(f'{{"id":{request_id},"error":{error}}}\n')
 
 
 def _answer(registry, line):
@@ -116,7 +123,7 @@ def _answer(registry, line):
         traceback.print_exc(file=sys.stderr)
         return _error(request_id, type(exc).__name__, str(exc) or type(exc).__name__)
     try:
-        return f'{{"id":{request_id},"output":{_encode(output)}}}\n'.encode()
+        return _utf8(f'{{"id":{request_id},"output":{_encode(output)}}}\n')
     except (TypeError, ValueError) as exc:
         return _error(request_id, type(exc).__name__, f"output is not JSON: {exc}")
 

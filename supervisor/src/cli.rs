@@ -158,6 +158,7 @@ const MERGE_EXAMPLES: &str = "\
 Examples:
   corral merge --jobs jobs.jsonl results.*.jsonl > all.jsonl
   corral merge --jobs part1.jsonl --jobs part2.jsonl shard-*/results.jsonl -o all.jsonl
+  corral merge --lines --jobs files.txt shard-*.jsonl -o all.jsonl    (a run of --lines)
 
 Exit status: 0 every job has exactly one result; 1 some jobs have none, or more than one, or
 results answer no job of the input (each kind is counted on stderr, with the first few line
@@ -182,6 +183,10 @@ pub struct MergeArgs {
     /// number, whatever id it holds.
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_job_size)]
     pub max_job_bytes: u64,
+
+    /// The run had --lines: every line but a blank one was a job, its id its line number.
+    #[arg(long)]
+    pub lines: bool,
 }
 
 /// Where clients find the service unless told.
@@ -356,7 +361,9 @@ pub struct RunArgs {
     pub task: Option<String>,
 
     /// Treat each input line as a plain string input rather than a JSON job; its result
-    /// carries the line back as `input`.
+    /// carries the line back as `input`. Any bytes will do (GNU parallel passes them through
+    /// too): in JSON, a byte that is not part of UTF-8 is the escape \udc80..\udcff, as
+    /// Python's surrogateescape writes it (os.fsencode(line) has the bytes back).
     #[arg(long, help_heading = "Input")]
     pub lines: bool,
 

@@ -369,7 +369,7 @@ impl ResumeFilter {
     /// What to do with `raw` (a line with its ending).
     fn keep(&mut self, raw: &[u8]) -> Verdict {
         self.line += 1;
-        let Some(key) = job_line_key(raw, self.line) else {
+        let Some(key) = job_line_key(raw, self.line, false) else {
             return Verdict::Send;
         };
         if self.keys.contains(line_digest(self.line)) {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use corral_protocol::JobSeq;
+use corral_protocol::byte_string;
 
 use crate::jobline;
 use crate::record::{
@@ -633,15 +634,13 @@ impl JobParser {
             return None;
         }
         if self.format.plain_lines {
-            let Ok(text) = std::str::from_utf8(line) else {
-                return Some(self.rejected(ErrorKind::BadInput, "line is not valid UTF-8".into()));
-            };
             match self.verdict(None) {
                 Verdict::Run => {}
                 Verdict::Skip => return None,
                 Verdict::Duplicate(first) => return Some(self.duplicate(first)),
             }
-            let input = SharedBytes::from(serde_json::to_vec(text).expect("a string serializes"));
+            // A line need not be UTF-8: other bytes are lone surrogates, as Python writes them.
+            let input = SharedBytes::from(byte_string::encode(line));
             let task = self.default_task.expect("--lines requires --task");
             // The line comes back in its result, as `input`.
             let echo = Some(input.clone());
@@ -1247,11 +1246,18 @@ mod tests {
             exec: false,
             ..with_task
         };
-        let items = read(b"a \"quoted\" path\r\n", plain);
+        let items = read(b"a \"quoted\" path\r\n", plain.clone());
         let InputItem::Job(job) = &items[0] else {
             panic!()
         };
         assert_eq!(job.input.as_bytes(), br#""a \"quoted\" path""#);
         assert_eq!(job.id.as_bytes(), b"1");
+        // A line that is not UTF-8 (a legal file name) is a job too: its other bytes are
+        // written as Python's surrogateescape writes them.
+        let items = read(b"caf\xe9.txt\n", plain);
+        let InputItem::Job(job) = &items[0] else {
+            panic!()
+        };
+        assert_eq!(job.input.as_bytes(), br#""caf\udce9.txt""#);
     }
 }

@@ -254,7 +254,12 @@ fn merge_command(args: MergeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         ),
         None => Box::new(io::stdout().lock()),
     };
-    let report = corral::merge::merge(&args.jobs, &args.results, args.max_job_bytes, output)?;
+    let jobs = corral::merge::JobFiles {
+        paths: args.jobs,
+        max_line_bytes: args.max_job_bytes,
+        lines: args.lines,
+    };
+    let report = corral::merge::merge(&jobs, &args.results, output)?;
     let lines = |lines: &[u64], more: bool| {
         let list: Vec<String> = lines.iter().map(u64::to_string).collect();
         format!("{}{}", list.join(", "), if more { ", ..." } else { "" })

@@ -5,7 +5,8 @@
 //! the results that answer no line of the input. Results are matched to lines as `--resume`
 //! matches them: by id (as written, so `"a"` and `"\u0061"` are one), or by line number for a
 //! line that was not a job, or was longer than the run's `--max-job-bytes` (its `too_large`
-//! result names its line, whatever id it holds).
+//! result names its line, whatever id it holds). A run of `--lines` read every line but a
+//! blank one as a job whose id is its number.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,6 +19,17 @@ use crate::resume::{ResultDigest, Target, job_line_key, line_digest, result_targ
 
 /// Line numbers named in a report line, at most.
 const NAMED: usize = 10;
+
+/// The job files of a run, and how the run read them.
+#[derive(Debug, Clone)]
+pub struct JobFiles {
+    /// The files, in the order the run read them (line numbers count across them).
+    pub paths: Vec<PathBuf>,
+    /// The run's `--max-job-bytes`.
+    pub max_line_bytes: u64,
+    /// Whether the run had `--lines`.
+    pub lines: bool,
+}
 
 /// What a merge found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -57,7 +69,7 @@ struct Expected {
     repeated: u64,
 }
 
-fn read_jobs(files: &[PathBuf], max_line_bytes: u64) -> anyhow::Result<Expected> {
+fn read_jobs(files: &JobFiles) -> anyhow::Result<Expected> {
     let mut expected = Expected {
         per_line: Vec::new(),
         seen: Vec::new(),
@@ -65,7 +77,7 @@ fn read_jobs(files: &[PathBuf], max_line_bytes: u64) -> anyhow::Result<Expected>
         repeated: 0,
     };
     let mut line = Vec::new();
-    for path in files {
+    for path in &files.paths {
         let mut reader = BufReader::with_capacity(
             256 * 1024,
             File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
@@ -80,11 +92,11 @@ fn read_jobs(files: &[PathBuf], max_line_bytes: u64) -> anyhow::Result<Expected>
             }
             let number = expected.per_line.len() as u64 + 1;
             let index = u32::try_from(number - 1).context("more than 4 billion job lines")?;
-            let key = if job_line_len(&line) > max_line_bytes {
+            let key = if job_line_len(&line) > files.max_line_bytes {
                 // Too large to be read as a job: its result names its line.
                 Some(line_digest(number))
             } else {
-                job_line_key(&line, number)
+                job_line_key(&line, number, files.lines)
             };
             let count = match key {
                 None => 0,
@@ -116,15 +128,9 @@ fn job_line_len(line: &[u8]) -> u64 {
     line.len() as u64
 }
 
-/// Merges `results` (the shards' result files) against `jobs` into `out`; `max_line_bytes`
-/// is the run's `--max-job-bytes`.
-pub fn merge(
-    jobs: &[PathBuf],
-    results: &[PathBuf],
-    max_line_bytes: u64,
-    out: impl Write,
-) -> anyhow::Result<MergeReport> {
-    let mut expected = read_jobs(jobs, max_line_bytes)?;
+/// Merges `results` (the shards' result files) against `jobs` into `out`.
+pub fn merge(jobs: &JobFiles, results: &[PathBuf], out: impl Write) -> anyhow::Result<MergeReport> {
+    let mut expected = read_jobs(jobs)?;
     let mut report = MergeReport {
         jobs: expected.per_line.iter().filter(|&&n| n > 0).count() as u64 + expected.repeated,
         repeated_ids: expected.repeated,
@@ -216,6 +222,14 @@ fn merge_file(
 mod tests {
     use super::*;
 
+    fn run(paths: &[PathBuf], max_line_bytes: u64) -> JobFiles {
+        JobFiles {
+            paths: paths.to_vec(),
+            max_line_bytes,
+            lines: false,
+        }
+    }
+
     fn files(dir: &Path, files: &[(&str, &str)]) -> Vec<PathBuf> {
         files
             .iter()
@@ -248,7 +262,7 @@ mod tests {
             ],
         );
         let mut out = Vec::new();
-        let report = merge(&jobs, &results, 1 << 20, &mut out).unwrap();
+        let report = merge(&run(&jobs, 1 << 20), &results, &mut out).unwrap();
         assert!(report.complete(), "{report:?}");
         assert_eq!((report.jobs, report.written), (4, 4));
         assert_eq!(String::from_utf8(out).unwrap().lines().count(), 4);
@@ -277,7 +291,7 @@ mod tests {
             ],
         );
         let mut out = Vec::new();
-        let report = merge(&jobs, &results, 1 << 20, &mut out).unwrap();
+        let report = merge(&run(&jobs, 1 << 20), &results, &mut out).unwrap();
         assert_eq!(report.missing, (2, vec![2, 3]));
         assert_eq!(report.duplicated, (1, vec![1]));
         assert_eq!((report.unknown, report.unreadable), (1, 1));
@@ -291,13 +305,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jobs = files(dir.path(), &[("j", "{\"id\":1}\n{\"id\":1}\n")]);
         let one = files(dir.path(), &[("r", "{\"id\":1,\"ok\":true}\n")]);
-        let report = merge(&jobs, &one, 1 << 20, io::sink()).unwrap();
+        let report = merge(&run(&jobs, 1 << 20), &one, io::sink()).unwrap();
         assert_eq!((report.repeated_ids, report.missing.0), (1, 1));
         let two = files(
             dir.path(),
             &[("r2", "{\"id\":1,\"ok\":true}\n{\"id\":1,\"ok\":true}\n")],
         );
-        assert!(merge(&jobs, &two, 1 << 20, io::sink()).unwrap().complete());
+        assert!(
+            merge(&run(&jobs, 1 << 20), &two, io::sink())
+                .unwrap()
+                .complete()
+        );
     }
 
     #[test]
@@ -323,14 +341,39 @@ mod tests {
             )],
         );
         let mut out = Vec::new();
-        let report = merge(&jobs, &results, 64, &mut out).unwrap();
+        let report = merge(&run(&jobs, 64), &results, &mut out).unwrap();
         assert!(report.complete(), "{report:?}");
         assert_eq!(
             (report.jobs, report.written, report.repeated_ids),
             (3, 3, 0)
         );
         // Under a larger limit they are jobs with one id, and these results do not fit.
-        let report = merge(&jobs, &results, 1 << 20, io::sink()).unwrap();
+        let report = merge(&run(&jobs, 1 << 20), &results, io::sink()).unwrap();
         assert!(!report.complete());
+    }
+
+    #[test]
+    fn a_run_of_lines_has_a_job_per_line_but_blank_ones_keyed_by_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = files(dir.path(), &[("j", "")]);
+        // Lines that look like jobs, or are not UTF-8, are lines all the same.
+        std::fs::write(&jobs[0], b"{\"id\":\"a\"}\n\n\xe9x\nnot json\n").unwrap();
+        let results = files(
+            dir.path(),
+            &[(
+                "r",
+                "{\"id\":4,\"ok\":true}\n{\"id\":1,\"ok\":true}\n{\"id\":3,\"ok\":true}\n",
+            )],
+        );
+        let lines = JobFiles {
+            lines: true,
+            ..run(&jobs, 1 << 20)
+        };
+        let report = merge(&lines, &results, io::sink()).unwrap();
+        assert!(report.complete(), "{report:?}");
+        assert_eq!((report.jobs, report.written), (3, 3));
+        // Read as job lines, the same results do not fit.
+        let as_jobs = merge(&run(&jobs, 1 << 20), &results, io::sink()).unwrap();
+        assert!(!as_jobs.complete());
     }
 }

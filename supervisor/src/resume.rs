@@ -398,11 +398,15 @@ pub fn result_target(line: &[u8]) -> Option<Target> {
 
 /// The key the result of job line `raw` (line `number` of the input, with or without its
 /// ending) has, as `corral run` keys it; `None` for a blank line, which has no result.
-pub fn job_line_key(raw: &[u8], number: u64) -> Option<ResultDigest> {
+/// With `plain` (`--lines`), every other line is a job whose id is its number.
+pub fn job_line_key(raw: &[u8], number: u64, plain: bool) -> Option<ResultDigest> {
     let line = raw.strip_suffix(b"\n").unwrap_or(raw);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.iter().all(u8::is_ascii_whitespace) {
         return None;
+    }
+    if plain {
+        return id_digest(itoa::Buffer::new().format(number).as_bytes());
     }
     let by_line = line_digest(number);
     let Ok(text) = std::str::from_utf8(line) else {

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use corral_protocol::byte_string;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::util::{Run, alive, temp_dir, wait_for};
 
@@ -362,6 +364,12 @@ const TRICKY: &[&str] = &[
 
 /// What GNU parallel prints for `printf '[%s]\n' WORDS` over `TRICKY`, in order.
 fn gnu_parallel(colsep: bool, words: &str) -> Option<String> {
+    let out = gnu_parallel_of(TRICKY.join("\n").as_bytes(), colsep, words)?;
+    Some(String::from_utf8(out).unwrap())
+}
+
+/// What GNU parallel prints for `printf '[%s]\n' WORDS` over the lines `input`, in order.
+fn gnu_parallel_of(input: &[u8], colsep: bool, words: &str) -> Option<Vec<u8>> {
     let which = std::process::Command::new("parallel")
         .arg("--version")
         .output()
@@ -381,15 +389,10 @@ fn gnu_parallel(colsep: bool, words: &str) -> Option<String> {
         .spawn()
         .ok()?;
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(TRICKY.join("\n").as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "GNU parallel failed");
-    Some(String::from_utf8(out.stdout).unwrap())
+    Some(out.stdout)
 }
 
 /// What corral prints for the same, with or without --shell.
@@ -441,6 +444,83 @@ fn placeholders_give_the_same_commands_as_gnu_parallel_side_by_side() {
                 ours, gnu,
                 "colsep {colsep}, --shell {shell}, template {words:?}"
             );
+        }
+    }
+}
+
+#[test]
+fn lines_that_are_not_utf8_pass_through_as_gnu_parallel_passes_them() {
+    // Legal file names that are not UTF-8, alone, in paths, cut in a character, in columns.
+    let lines: &[&[u8]] = &[
+        b"caf\xe9.txt",
+        b"dir/\xff\xfe/x.c",
+        b"\xc3",
+        b"ok \xc3\xa9",
+        b"a\xff,b\xfe.d/e",
+        b".\x80",
+    ];
+    let input = lines.join(&b'\n');
+    let dir = temp_dir();
+    let cases = [
+        (false, "{} {.} {/} {//} {/.}"),
+        (true, "{} {1} {2} {1.} {2/} {-1}"),
+    ];
+    for (colsep, words) in cases {
+        let Some(gnu) = gnu_parallel_of(&input, colsep, words) else {
+            eprintln!("skipped: GNU parallel is not installed (scripts/test installs it)");
+            return;
+        };
+        for shell in [false, true] {
+            let template = format!("printf '[%s]\\n' {words}");
+            let results = dir.path().join(format!("{colsep}-{shell}.jsonl"));
+            let mut args = vec![
+                "run",
+                "-j",
+                "2",
+                "--keep-order",
+                "--lines",
+                "--exec",
+                &template,
+            ];
+            let results_arg = results.to_str().unwrap();
+            args.extend(["-o", results_arg]);
+            if colsep {
+                args.extend(["--colsep", ","]);
+            }
+            if shell {
+                args.push("--shell");
+            }
+            let mut stdin = input.clone();
+            stdin.push(b'\n');
+            Run::corral(args).stdin(stdin).output().expect_code(0);
+            // The lines and the command's output come back byte for byte, each a JSON string
+            // whose other bytes are lone surrogates, as Python's surrogateescape writes them.
+            let mut printed = Vec::new();
+            let text = std::fs::read_to_string(&results).unwrap();
+            for (line, result) in lines.iter().zip(text.lines()) {
+                #[derive(serde::Deserialize)]
+                struct Ran<'a> {
+                    #[serde(borrow)]
+                    input: &'a RawValue,
+                    output: Output<'a>,
+                }
+                #[derive(serde::Deserialize)]
+                struct Output<'a> {
+                    #[serde(borrow)]
+                    stdout: &'a RawValue,
+                }
+                let ran: Ran = serde_json::from_str(result).unwrap();
+                let decode = |raw: &RawValue| byte_string::decode(raw.get().as_bytes()).unwrap();
+                assert_eq!(decode(ran.input), *line, "{result}");
+                printed.extend(decode(ran.output.stdout));
+            }
+            assert_eq!(text.lines().count(), lines.len());
+            assert_eq!(
+                String::from_utf8_lossy(&printed),
+                String::from_utf8_lossy(&gnu),
+                "colsep {colsep}, --shell {shell}"
+            );
+            assert_eq!(printed, gnu, "colsep {colsep}, --shell {shell}");
         }
     }
 }

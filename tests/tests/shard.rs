@@ -247,3 +247,49 @@ fn merge_keys_lines_too_large_for_the_run_by_line_even_when_they_share_an_id() {
         merged.stderr
     );
 }
+
+#[test]
+fn the_shards_of_a_run_of_lines_merge_with_lines() {
+    let dir = temp_dir();
+    let files = dir.path().join("files.txt");
+    // Lines that look like jobs, blank ones, and a file name that is not UTF-8.
+    let mut text = Vec::new();
+    for i in 0..300 {
+        match i % 5 {
+            0 => text.extend_from_slice(format!("{{\"id\":{i}}}\n").as_bytes()),
+            1 => text.push(b'\n'),
+            2 => text.extend_from_slice(b"caf\xe9.txt\n"),
+            _ => text.extend_from_slice(format!("f{i}.txt\n").as_bytes()),
+        }
+    }
+    std::fs::write(&files, text).unwrap();
+    let template = dir.path().join("r.{shard}.jsonl");
+    for i in 1..=3 {
+        Run::corral(["run", "-j", "2", "--lines", "--exec", "true"])
+            .args(["--shard", &format!("{i}/3"), "-o"])
+            .args([&template, &files])
+            .output()
+            .expect_code(0);
+    }
+    let shards: Vec<PathBuf> = (1..=3)
+        .map(|i| dir.path().join(format!("r.{i}.jsonl")))
+        .collect();
+    let merged = Run::corral(["merge", "--lines", "--jobs"])
+        .args([&files])
+        .args(&shards)
+        .output();
+    merged.expect_code(0);
+    assert!(
+        merged
+            .stderr
+            .contains("240 jobs, 240 results written; 0 missing"),
+        "{}",
+        merged.stderr
+    );
+    // Without --lines, merge reads them as job lines, and says they do not fit.
+    Run::corral(["merge", "--jobs"])
+        .args([&files])
+        .args(&shards)
+        .output()
+        .expect_code(1);
+}

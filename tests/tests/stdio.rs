@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use corral_protocol::byte_string;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::util::{
     Run, alive, bin, kill_workers_until_exit, python_worker, signal, temp_dir, wait_for,
@@ -105,6 +107,45 @@ fn a_raising_task_is_a_task_error_with_the_python_type_and_message() {
         "the traceback is in the log:\n{}",
         out.stderr
     );
+}
+
+#[test]
+fn a_python_worker_gets_and_gives_back_the_bytes_of_lines_that_are_not_utf8() {
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        ok: bool,
+        #[serde(borrow)]
+        input: &'a RawValue,
+        output: Option<&'a RawValue>,
+        error: Option<&'a RawValue>,
+    }
+    let bytes = |raw: &RawValue| byte_string::decode(raw.get().as_bytes()).unwrap();
+    for task in ["fsbytes", "echo", "fail"] {
+        let out = Run::corral_python("py_worker", ["run", "-j", "1", "--lines", "--task", task])
+            .stdin(&b"caf\xe9.txt\n"[..])
+            .output();
+        let line = out
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or_else(|| out.fail("no result"));
+        let answer: Answer = serde_json::from_str(line).unwrap();
+        assert_eq!(bytes(answer.input), b"caf\xe9.txt", "{line}");
+        match task {
+            "fsbytes" => assert_eq!(
+                answer.output.unwrap().get(),
+                "[99,97,102,233,46,116,120,116]"
+            ),
+            "echo" => assert_eq!(bytes(answer.output.unwrap()), b"caf\xe9.txt", "{line}"),
+            _ => {
+                assert!(!answer.ok, "{line}");
+                let error = answer.error.unwrap().get();
+                // A message is text: the byte that is not UTF-8 is U+FFFD there.
+                assert!(error.contains("\"message\":\"caf\u{fffd}.txt\""), "{line}");
+            }
+        }
+        out.expect_code(if task == "fail" { 1 } else { 0 });
+    }
 }
 
 #[test]

@@ -62,4 +62,10 @@ def echo_input(value):
     return value
 
 
+@task
+def fsbytes(line):
+    # A line that is not UTF-8 comes with its other bytes as lone surrogates.
+    return list(os.fsencode(line))
+
+
 run(initializer=init, initargs=("ready",))

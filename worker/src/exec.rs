@@ -6,15 +6,19 @@
 //! The task exists only in a worker whose environment holds an [`ExecSpec`]
 //! ([`corral_protocol::exec::ENV_EXEC`]), which only `corral run --exec` puts there.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use corral_protocol::byte_string;
 use corral_protocol::exec::{ENV_EXEC, ExecSpec};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::TaskFailure;
 
@@ -32,15 +36,28 @@ pub fn spec_from_env() -> Result<Option<ExecSpec>, String> {
     }
 }
 
-/// One job: its number (`{#}`) and its input, a string or an array of column strings.
+/// One job: its number (`{#}`) and its input, a string or an array of column strings, each a
+/// [`byte_string`] (a line need not be UTF-8).
 #[derive(serde::Deserialize)]
-struct ExecJob(u64, Arg);
+struct ExecJob<'a>(u64, #[serde(borrow)] &'a RawValue);
 
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
 enum Arg {
-    Line(String),
-    Columns(Vec<String>),
+    Line(Vec<u8>),
+    Columns(Vec<Vec<u8>>),
+}
+
+impl Arg {
+    fn of(json: &RawValue) -> Option<Arg> {
+        let text = json.get().as_bytes();
+        if text.starts_with(b"[") {
+            let columns: Vec<&RawValue> = serde_json::from_slice(text).ok()?;
+            let columns = columns
+                .iter()
+                .map(|c| byte_string::decode(c.get().as_bytes()));
+            return columns.collect::<Option<_>>().map(Arg::Columns);
+        }
+        byte_string::decode(text).map(Arg::Line)
+    }
 }
 
 /// What a command did, as its result's output.
@@ -48,10 +65,11 @@ enum Arg {
 struct Ran {
     status: Option<i32>,
     signal: Option<String>,
+    /// What the command wrote, as a [`byte_string`]: bytes that are not UTF-8 kept too.
     #[serde(skip_serializing_if = "Option::is_none")]
-    stdout: Option<String>,
+    stdout: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stderr: Option<String>,
+    stderr: Option<Box<RawValue>>,
     /// Bytes of stdout past the cap, not kept.
     #[serde(skip_serializing_if = "is_zero")]
     stdout_cut: u64,
@@ -67,6 +85,12 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// `bytes` as a JSON string that keeps them all ([`byte_string::encode`]).
+fn json_string(bytes: &[u8]) -> Box<RawValue> {
+    let json = String::from_utf8(byte_string::encode(bytes)).expect("JSON text is UTF-8");
+    RawValue::from_string(json).expect("a JSON string")
+}
+
 /// Runs the job's command and writes what it did to `out`. A command that exits non-zero or
 /// is killed by a signal fails as `exit_status` or `signal`, with the same output.
 pub fn run(
@@ -75,20 +99,19 @@ pub fn run(
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), TaskFailure> {
-    let ExecJob(number, arg) = serde_json::from_slice(input).map_err(|err| {
-        TaskFailure::BadInput(format!(
-            "an exec job's input is a string or an array of strings: {err}"
-        ))
-    })?;
+    const NOT_STRINGS: &str = "an exec job's input is a string or an array of strings";
+    let ExecJob(number, arg) = serde_json::from_slice(input)
+        .map_err(|err| TaskFailure::BadInput(format!("{NOT_STRINGS}: {err}")))?;
+    let arg = Arg::of(arg).ok_or_else(|| TaskFailure::BadInput(NOT_STRINGS.into()))?;
     let columns = match (&arg, &spec.colsep) {
-        (Arg::Line(line), Some(sep)) => line.split(sep.as_str()).map(str::to_owned).collect(),
+        (Arg::Line(line), Some(sep)) => split_on(line, sep.as_bytes()),
         (Arg::Line(line), None) => vec![line.clone()],
         (Arg::Columns(columns), _) => columns.clone(),
     };
     let split = spec.colsep.is_some() || matches!(arg, Arg::Columns(_));
     let whole = match arg {
         Arg::Line(line) => line,
-        Arg::Columns(columns) => columns.join(" "),
+        Arg::Columns(columns) => columns.join(&b' '),
     };
     let values = Values {
         whole: &whole,
@@ -101,8 +124,9 @@ pub fn run(
     let (program, args) = argv
         .split_first()
         .expect("the supervisor checked --exec is not empty");
+    let program = program.to_string_lossy().into_owned();
 
-    let mut command = Command::new(program);
+    let mut command = Command::new(&argv[0]);
     command.args(args).stdin(Stdio::null());
     let files = match &spec.output_dir {
         Some(dir) => {
@@ -147,8 +171,8 @@ pub fn run(
         stderr_file: None,
     };
     if let Some([stdout, stderr]) = captured {
-        ran.stdout = Some(String::from_utf8_lossy(&stdout.kept).into_owned());
-        ran.stderr = Some(String::from_utf8_lossy(&stderr.kept).into_owned());
+        ran.stdout = Some(json_string(&stdout.kept));
+        ran.stderr = Some(json_string(&stderr.kept));
         ran.stdout_cut = stdout.cut;
         ran.stderr_cut = stderr.cut;
     }
@@ -309,9 +333,9 @@ fn poll(fds: &[BorrowedFd<'_>], timeout: Duration) -> bool {
 /// What the placeholders of one job stand for.
 pub struct Values<'a> {
     /// The whole input: `{}` and the path forms, unless it is cut into columns.
-    pub whole: &'a str,
+    pub whole: &'a [u8],
     /// The columns: `{1}`..`{n}`, `{-1}`..
-    pub columns: &'a [String],
+    pub columns: &'a [Vec<u8>],
     /// Whether the input is cut into columns (`--colsep`, or a job whose input is an array):
     /// then `{}` and the path forms stand for every column, one word each, as in GNU parallel.
     pub split: bool,
@@ -325,9 +349,9 @@ pub struct Values<'a> {
 #[derive(Debug, PartialEq)]
 enum Expansion {
     /// A value.
-    One(String),
+    One(Vec<u8>),
     /// Every column, a word each (`{}` with columns).
-    Many(Vec<String>),
+    Many(Vec<Vec<u8>>),
     /// A column the input does not have: a word made of nothing else is left out, as GNU
     /// parallel leaves it out.
     Missing,
@@ -337,17 +361,23 @@ enum Expansion {
 /// added at the end (its columns, a word each, when it is cut), as GNU parallel does. With
 /// `shell` the template is `["sh", "-c", script]`, and every value goes to `sh` as a
 /// positional parameter, never as script text.
-pub fn expand(template: &[String], values: &Values<'_>, shell: bool) -> Vec<String> {
-    if shell && let [sh, dash_c, script] = template {
-        return shell_command(sh, dash_c, script, values);
-    }
+pub fn expand(template: &[String], values: &Values<'_>, shell: bool) -> Vec<OsString> {
+    let words = match template {
+        [sh, dash_c, script] if shell => shell_command(sh, dash_c, script, values),
+        _ => words(template, values),
+    };
+    words.into_iter().map(OsString::from_vec).collect()
+}
+
+/// [`expand`] without a shell: each word of the template, placeholders replaced.
+fn words(template: &[String], values: &Values<'_>) -> Vec<Vec<u8>> {
     let mut found = false;
     let mut argv = Vec::with_capacity(template.len() + 1);
     for word in template {
         replace(word, values, &mut found, &mut argv);
     }
     if !found {
-        match all_of(values, |s| s.to_owned()) {
+        match all_of(values, <[u8]>::to_vec) {
             Expansion::Many(words) => argv.extend(words),
             Expansion::One(word) => argv.push(word),
             Expansion::Missing => {}
@@ -357,26 +387,26 @@ pub fn expand(template: &[String], values: &Values<'_>, shell: bool) -> Vec<Stri
 }
 
 /// Appends the words `word` becomes.
-fn replace(word: &str, values: &Values<'_>, found: &mut bool, out: &mut Vec<String>) {
-    let mut current = String::with_capacity(word.len());
+fn replace(word: &str, values: &Values<'_>, found: &mut bool, out: &mut Vec<Vec<u8>>) {
+    let mut current = Vec::with_capacity(word.len());
     // Whether anything but a missing column went into the word.
     let mut something = false;
     let mut rest = word;
     while let Some(open) = rest.find('{') {
-        current.push_str(&rest[..open]);
+        current.extend_from_slice(&rest.as_bytes()[..open]);
         something |= open > 0;
         match placeholder_at(&rest[open..], values) {
             Some((expansion, len)) => {
                 *found = true;
                 match expansion {
                     Expansion::One(value) => {
-                        current.push_str(&value);
+                        current.extend_from_slice(&value);
                         something = true;
                     }
                     Expansion::Many(words) => {
                         let mut words = words.into_iter();
                         if let Some(first) = words.next() {
-                            current.push_str(&first);
+                            current.extend_from_slice(&first);
                             something = true;
                         }
                         for next in words {
@@ -388,13 +418,13 @@ fn replace(word: &str, values: &Values<'_>, found: &mut bool, out: &mut Vec<Stri
                 rest = &rest[open + len..];
             }
             None => {
-                current.push('{');
+                current.push(b'{');
                 something = true;
                 rest = &rest[open + 1..];
             }
         }
     }
-    current.push_str(rest);
+    current.extend_from_slice(rest.as_bytes());
     something |= !rest.is_empty();
     if something || word.is_empty() {
         out.push(current);
@@ -423,9 +453,9 @@ enum Quoting {
 /// quoting in the template, not even quotes around the placeholder, can make the shell read a
 /// value as code; the lexer's only task is to keep each value one word. A missing column is
 /// an empty parameter referred to unquoted, so that, alone, it is no word at all.
-fn shell_command(sh: &str, dash_c: &str, script: &str, values: &Values<'_>) -> Vec<String> {
+fn shell_command(sh: &str, dash_c: &str, script: &str, values: &Values<'_>) -> Vec<Vec<u8>> {
     let mut out = String::with_capacity(script.len() + 16);
-    let mut parameters: Vec<String> = Vec::new();
+    let mut parameters: Vec<Vec<u8>> = Vec::new();
     let mut stack = vec![Quoting::Plain(0)];
     let mut rest = script;
     let mut found = false;
@@ -475,21 +505,22 @@ fn shell_command(sh: &str, dash_c: &str, script: &str, values: &Values<'_>) -> V
         refer(
             &mut out,
             &mut parameters,
-            all_of(values, |s| s.to_owned()),
+            all_of(values, <[u8]>::to_vec),
             Quoting::Plain(0),
         );
     }
-    let mut argv = vec![sh.to_owned(), dash_c.to_owned(), out, sh.to_owned()];
+    let [sh, dash_c] = [sh, dash_c].map(|word| word.as_bytes().to_vec());
+    let mut argv = vec![sh.clone(), dash_c, out.into_bytes(), sh];
     argv.extend(parameters);
     argv
 }
 
 /// Writes the reference to `expansion`'s parameters into the script, as `quoting` needs it.
-fn refer(out: &mut String, parameters: &mut Vec<String>, expansion: Expansion, quoting: Quoting) {
+fn refer(out: &mut String, parameters: &mut Vec<Vec<u8>>, expansion: Expansion, quoting: Quoting) {
     let (values, missing) = match expansion {
         Expansion::One(value) => (vec![value], false),
         Expansion::Many(values) => (values, false),
-        Expansion::Missing => (vec![String::new()], true),
+        Expansion::Missing => (vec![Vec::new()], true),
     };
     let refs: Vec<String> = values
         .into_iter()
@@ -512,50 +543,64 @@ fn refer(out: &mut String, parameters: &mut Vec<String>, expansion: Expansion, q
 }
 
 /// GNU parallel's `{.}`: without the last `.` and what follows it, when no `/` or `.` does.
-fn no_ext(s: &str) -> String {
-    match s.rfind('.') {
-        Some(dot) if !s[dot + 1..].contains('/') => s[..dot].to_owned(),
-        _ => s.to_owned(),
+fn no_ext(s: &[u8]) -> Vec<u8> {
+    match s.iter().rposition(|&b| b == b'.') {
+        Some(dot) if !s[dot + 1..].contains(&b'/') => s[..dot].to_vec(),
+        _ => s.to_vec(),
     }
 }
 
 /// GNU parallel's `{/}`: what follows the last `/`.
-fn base(s: &str) -> &str {
-    s.rsplit_once('/').map_or(s, |(_, base)| base)
+fn base(s: &[u8]) -> &[u8] {
+    s.rsplit(|&b| b == b'/').next().unwrap_or(s)
 }
 
 /// GNU parallel's `{//}`, POSIX `dirname`: `dir/sub/` is in `dir`, `a//b` in `a`, `//x` in
 /// `/`, a name without a slash in `.`.
-fn dir(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b == b'/') {
-        return "/".into();
+fn dir(s: &[u8]) -> Vec<u8> {
+    let trim_slashes =
+        |s: &[u8]| -> usize { s.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1) };
+    if !s.is_empty() && trim_slashes(s) == 0 {
+        return b"/".to_vec();
     }
-    let trimmed = s.trim_end_matches('/');
-    let Some(slash) = trimmed.rfind('/') else {
-        return ".".into();
+    let trimmed = &s[..trim_slashes(s)];
+    let Some(slash) = trimmed.iter().rposition(|&b| b == b'/') else {
+        return b".".to_vec();
     };
-    let parent = trimmed[..=slash].trim_end_matches('/');
+    let parent = &trimmed[..trim_slashes(&trimmed[..=slash])];
     if parent.is_empty() {
-        "/".into()
+        b"/".to_vec()
     } else {
-        parent.to_owned()
+        parent.to_vec()
     }
 }
 
 /// A path form (`""`, `.`, `/`, `//`, `/.`) applied to `s`; `None` for anything else.
-fn path_form(form: &str, s: &str) -> Option<String> {
+fn path_form(form: &str, s: &[u8]) -> Option<Vec<u8>> {
     Some(match form {
-        "" => s.to_owned(),
+        "" => s.to_vec(),
         "." => no_ext(s),
-        "/" => base(s).to_owned(),
+        "/" => base(s).to_vec(),
         "//" => dir(s),
         "/." => no_ext(base(s)),
         _ => return None,
     })
 }
 
+/// `line` cut at every `sep` (not empty).
+fn split_on(line: &[u8], sep: &[u8]) -> Vec<Vec<u8>> {
+    let mut columns = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest.windows(sep.len()).position(|w| w == sep) {
+        columns.push(rest[..at].to_vec());
+        rest = &rest[at + sep.len()..];
+    }
+    columns.push(rest.to_vec());
+    columns
+}
+
 /// The whole input under `f`: one value, or with columns a word per column.
-fn all_of(values: &Values<'_>, f: impl Fn(&str) -> String) -> Expansion {
+fn all_of(values: &Values<'_>, f: impl Fn(&[u8]) -> Vec<u8>) -> Expansion {
     if values.split {
         Expansion::Many(values.columns.iter().map(|c| f(c)).collect())
     } else {
@@ -569,11 +614,11 @@ fn all_of(values: &Values<'_>, f: impl Fn(&str) -> String) -> Expansion {
 /// `{N/.}`. `{0}` stays as it is.
 fn placeholder(name: &str, values: &Values<'_>) -> Option<Expansion> {
     match name {
-        "#" => return Some(Expansion::One(values.number.to_string())),
-        "%" => return Some(Expansion::One(values.slot.to_owned())),
+        "#" => return Some(Expansion::One(values.number.to_string().into_bytes())),
+        "%" => return Some(Expansion::One(values.slot.as_bytes().to_vec())),
         _ => {}
     }
-    if path_form(name, "").is_some() {
+    if path_form(name, b"").is_some() {
         return Some(all_of(values, |s| {
             path_form(name, s).expect("checked to be a form")
         }));
@@ -587,7 +632,7 @@ fn placeholder(name: &str, values: &Values<'_>) -> Option<Expansion> {
         return None;
     }
     let (number, form) = rest.split_at(digits);
-    path_form(form, "")?;
+    path_form(form, b"")?;
     let n: usize = number.parse().ok()?;
     if n == 0 {
         return None;
@@ -610,15 +655,16 @@ mod tests {
 
     fn words(template: &[&str], whole: &str, shell: bool) -> Vec<String> {
         let template: Vec<String> = template.iter().map(|s| s.to_string()).collect();
-        let columns: Vec<String> = whole.split(',').map(str::to_owned).collect();
+        let columns = split_on(whole.as_bytes(), b",");
         let values = Values {
-            whole,
+            whole: whole.as_bytes(),
             columns: &columns,
             split: false,
             number: 7,
             slot: "2",
         };
-        expand(&template, &values, shell)
+        let argv = expand(&template, &values, shell);
+        argv.into_iter().map(|w| w.into_string().unwrap()).collect()
     }
 
     #[test]
@@ -703,6 +749,35 @@ mod tests {
         assert_eq!(script("echo $((1+2)) {}"), "echo $((1+2)) \"${1}\"");
         assert_eq!(script("echo \\'{}"), "echo \\'\"${1}\"");
         assert_eq!(script("awk '{print}' {}"), "awk '{print}' \"${1}\"");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_pass_through_every_form() {
+        let line: &[u8] = b"d\xff/a\xfe.c,x";
+        let columns = split_on(line, b",");
+        let values = Values {
+            whole: line,
+            columns: &columns,
+            split: false,
+            number: 1,
+            slot: "1",
+        };
+        let template = ["e", "{}", "{.}", "{/}", "{//}", "{/.}", "{1/.}", "{2}"].map(String::from);
+        let argv = expand(&template, &values, false);
+        let expected: [&[u8]; 8] = [
+            b"e",
+            line,
+            b"d\xff/a\xfe",
+            b"a\xfe.c,x",
+            b"d\xff",
+            b"a\xfe",
+            b"a\xfe",
+            b"x",
+        ];
+        assert_eq!(argv, expected.map(|w| OsString::from_vec(w.to_vec())));
+        let script = ["sh", "-c", "e {/}"].map(String::from);
+        let argv = expand(&script, &values, true);
+        assert_eq!(argv[4], OsString::from_vec(b"a\xfe.c,x".to_vec()));
     }
 
     /// What `sh` prints for `printf '[%s]'` of the template's replacements.

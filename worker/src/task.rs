@@ -63,6 +63,19 @@ type ErasedFn = dyn Fn(&[u8], &mut Vec<u8>) -> Result<(), TaskFailure> + Send + 
 /// A task's skim: see [`BoxedTask::skimming`].
 pub(crate) type SkimFn = fn(&[u8], &mut Vec<u8>) -> Option<(usize, Result<(), TaskFailure>)>;
 
+/// Why a job's input does not fit the task's input type, as the job's `bad_input` message.
+fn input_error(err: serde_json::Error) -> TaskFailure {
+    let mut message = err.to_string();
+    if message.contains("surrogate") {
+        // The escapes `corral_protocol::byte_string` writes for a line's bytes that are not UTF-8.
+        message.push_str(
+            " (the input holds bytes that are not UTF-8, written \\udc80..\\udcff, which a \
+             String cannot hold)",
+        );
+    }
+    TaskFailure::BadInput(message)
+}
+
 /// One task with its types erased: JSON bytes in, JSON bytes appended to a buffer.
 pub(crate) struct BoxedTask(Box<ErasedFn>, Option<SkimFn>);
 
@@ -75,8 +88,7 @@ impl BoxedTask {
         F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
     {
         let task = Box::new(move |input: &[u8], out: &mut Vec<u8>| {
-            let input: I = serde_json::from_slice(input)
-                .map_err(|err| TaskFailure::BadInput(err.to_string()))?;
+            let input: I = serde_json::from_slice(input).map_err(input_error)?;
             let output = f(input).map_err(|err| TaskFailure::TaskError(err.to_string()))?;
             serde_json::to_writer(out, &output)
                 .map_err(|err| TaskFailure::TaskError(format!("output is not JSON: {err}")))
