@@ -165,13 +165,6 @@ fn split_line(block: &Bytes, start: usize, max: usize) -> (Line<'_>, usize) {
     (line, after)
 }
 
-/// The number of lines in `lines`, whole lines each with its `\n` but perhaps the last.
-pub fn count_lines(lines: &[u8]) -> u64 {
-    // Counted with vector compares, much faster than a search for each line.
-    let newlines = bytecount::count(lines, b'\n') as u64;
-    newlines + u64::from(lines.last().is_some_and(|&last| last != b'\n'))
-}
-
 /// A run of input lines that can be parsed apart from the rest, knowing where it starts.
 #[derive(Debug, Clone)]
 pub enum Piece {

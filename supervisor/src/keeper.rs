@@ -211,7 +211,7 @@ pub fn serve(input: impl BufRead) {
         apply(&mut groups, &line);
     }
     for pgid in groups {
-        crate::pool::kill_group(pgid);
+        crate::os::kill_group(pgid);
     }
     if let Some(dir) = cgroup {
         crate::cgroup::kill_and_remove(&dir);

@@ -39,9 +39,11 @@ use bytes::Bytes;
 use crossbeam_channel::{Sender, bounded, unbounded};
 use serde::Deserialize;
 
-use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Feed, Intake, Sink};
-use crate::input::{InputFormat, JobParser, Piece, count_lines};
+use crate::engine::{Control, Engine, EngineConfig, EngineEnd};
+use crate::input::{InputFormat, JobParser, Piece};
 use crate::output::{Echo, echo_of, format_result};
+use crate::ports::{Feed, Intake, Sink};
+use crate::record::count_lines;
 use crate::record::{JobResult, Jobs, SourceId, TaskNames};
 use crate::wire::{PREFIX, Said};
 
@@ -163,7 +165,7 @@ struct PipeState {
 
 impl ResultPipe {
     fn new(file: File) -> ResultPipe {
-        if let Err(err) = crate::pool::set_nonblocking(file.as_fd()) {
+        if let Err(err) = crate::os::set_nonblocking(file.as_fd()) {
             tracing::debug!("results are written blocking: {err}");
         }
         ResultPipe {
@@ -246,7 +248,7 @@ fn write_waiting(mut file: &File, mut bytes: &[u8]) -> io::Result<()> {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                crate::pool::poll_writable(file.as_fd());
+                crate::os::poll_writable(file.as_fd());
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),

@@ -6,9 +6,9 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::engine::Sink;
 use crate::input::InputFormat;
 use crate::ordered::{OrderedPool, Pending, machine_threads};
+use crate::ports::Sink;
 use corral_protocol::result_line::{Failure, Key, Outcome, ResultLine};
 
 use crate::record::{ErrorKind, JobResult, ResultKey, SharedBytes};

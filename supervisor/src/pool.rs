@@ -31,7 +31,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io::{self, PipeReader, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
@@ -48,6 +48,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 
 use crate::cgroup::RunCgroup;
 use crate::keeper::Keeper;
+use crate::os::{kill_group, poll_readable, set_nonblocking};
 use crate::scheduler::{StartFailure, WorkerExit};
 use crate::transport::{Bootstrap, Inbox, Outbox, Pipes, Received, Transport};
 
@@ -314,25 +315,6 @@ impl WorkerHandle {
         self.killed.store(true, Ordering::Relaxed);
         kill_group(self.pid);
     }
-}
-
-/// SIGKILL to a whole process group, and to the worker's cgroup when it has one (what left
-/// the group). A group that is already gone is not an error.
-pub fn kill_group(pgid: u32) {
-    // SAFETY: killpg has no memory-safety preconditions.
-    unsafe {
-        libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
-    }
-    crate::cgroup::kill_worker(pgid);
-}
-
-/// Resident memory of a process in bytes, from `/proc/PID/statm`; `None` if it is gone.
-pub fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
 }
 
 /// Describes how a process ended.
@@ -776,54 +758,6 @@ fn log_worker_output(
             }
         })
         .expect("spawning a thread");
-}
-
-/// Waits until any of `fds` is readable (or closed); says which.
-pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>]) -> Vec<bool> {
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs, and every fd in it
-        // is borrowed for the duration of the call.
-        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) };
-        if n >= 0 {
-            break;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
-    polls.iter().map(|p| p.revents != 0).collect()
-}
-
-/// Waits until `fd` has room to write (or is closed).
-pub(crate) fn poll_writable(fd: BorrowedFd<'_>) {
-    let mut poll = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: `poll` is one valid pollfd struct, and its fd is borrowed for the call. An
-    // interrupted wait returns early: the caller writes again and, if need be, waits again.
-    unsafe { libc::poll(&mut poll, 1, -1) };
-}
-
-/// Makes reads and writes of `fd` return at once instead of waiting.
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: fcntl on a file descriptor borrowed for the call; no memory is involved.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// One of a worker's output pipes, read without blocking and cut into bounded log lines.

@@ -60,7 +60,7 @@ impl Job {
     /// The lines it stands for: those of its block, or 1.
     pub fn weight(&self) -> u64 {
         if self.is_lines() {
-            crate::input::count_lines(self.input.as_bytes())
+            count_lines(self.input.as_bytes())
         } else {
             1
         }
@@ -499,6 +499,13 @@ pub enum InputItem {
     /// A line that could not be read as a job, with its error result (boxed, as it is rare
     /// and a job is smaller).
     Rejected(Box<JobResult>),
+}
+
+/// The number of lines in `lines`, whole lines each with its `\n` but perhaps the last.
+pub fn count_lines(lines: &[u8]) -> u64 {
+    // Counted with vector compares, much faster than a search for each line.
+    let newlines = bytecount::count(lines, b'\n') as u64;
+    newlines + u64::from(lines.last().is_some_and(|&last| last != b'\n'))
 }
 
 #[cfg(test)]

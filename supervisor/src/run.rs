@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbounded};
 
-use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Feed, Intake, Sink};
+use crate::engine::{Control, Engine, EngineConfig, EngineEnd};
 use crate::input::parallel::ParallelReader;
 use crate::input::{InputFormat, JobParser};
 use crate::output::{Tally, WriterThread, echo_of};
 use crate::pool::PoolConfig;
+use crate::ports::{Feed, Intake, Sink};
 use crate::record::{InputChunk, Job, Jobs, SourceId, TaskNames};
 use crate::resume::FinishedKeys;
 use crate::ring::Ring;

@@ -17,7 +17,6 @@ pub mod notify;
 pub mod policy;
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
 
-use crate::engine::{Control, Engine, EngineConfig, EngineEnd, EngineReport, EngineStatus, Intake};
+use crate::engine::{Control, Engine, EngineConfig, EngineEnd, EngineReport, EngineStatus};
 use crate::input::InputFormat;
+use crate::ports::Intake;
 use crate::record::{SourceId, TaskNames};
 use connection::Counts;
 use policy::{ConfigFile, Policy, PolicyArgs};
@@ -402,7 +402,7 @@ fn accept(
 ) {
     use std::os::fd::AsFd;
     loop {
-        let ready = crate::pool::poll_readable(&[listener.as_fd(), woken.as_fd()]);
+        let ready = crate::os::poll_readable(&[listener.as_fd(), woken.as_fd()]);
         if ready[1] || closing.load(Ordering::Acquire) {
             return;
         }
@@ -494,11 +494,4 @@ fn signal_channel() -> Receiver<i32> {
         Err(err) => tracing::warn!("cannot handle signals: {err}"),
     }
     rx
-}
-
-/// A listening socket from a file descriptor systemd passed.
-fn listener_from_fd(fd: i32) -> UnixListener {
-    // SAFETY: the fd was passed to this process by its service manager to own, and is used
-    // nowhere else.
-    UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -22,9 +22,10 @@ use std::thread;
 use bytes::Bytes;
 use crossbeam_channel::{Sender, bounded};
 
-use super::{BlockRing, Framed, JobParser, LineReader, Piece, count_lines};
-use crate::engine::Feed;
+use super::{BlockRing, Framed, JobParser, LineReader, Piece};
 use crate::ordered::{OrderedPool, Pending};
+use crate::ports::Feed;
+use crate::record::count_lines;
 use crate::record::{InputChunk, Job, Jobs, SharedBytes};
 use crate::ring::Ring;
 use corral_protocol::JobSeq;

@@ -1484,7 +1484,7 @@ fn a_block_of_lines_is_cut_to_the_batch_size_and_answered_as_one_result() {
     // Answers come in the order the batches were sent.
     let mut waiting: VecDeque<Batch> = rest.into();
     while let Some(batch) = waiting.pop_front() {
-        let count = crate::input::count_lines(&batch.inputs.0);
+        let count = crate::record::count_lines(&batch.inputs.0);
         answered += count;
         h.feed(Event::BatchDone {
             worker: WorkerId(1),
@@ -1535,7 +1535,7 @@ fn a_worker_dying_on_a_line_of_a_block_blames_that_line_alone() {
         "{\"id\":\"c\",\"task\":\"t\"}",
     ])]);
     let (_, sent) = h.take_sends().remove(0);
-    assert_eq!(crate::input::count_lines(&sent.inputs.0), 4);
+    assert_eq!(crate::record::count_lines(&sent.inputs.0), 4);
     // The worker dies running the block's second line (line 2).
     h.die(
         worker,
@@ -1617,7 +1617,7 @@ fn blocks_that_follow_each_other_share_a_batch_and_one_result_answers_them() {
     assert_eq!(sends.len(), 1, "three blocks, one batch");
     let batch = &sends[0].1;
     assert_eq!(batch.lines.as_ref().unwrap().first_line, 2);
-    assert_eq!(crate::input::count_lines(&batch.inputs.0), 30);
+    assert_eq!(crate::record::count_lines(&batch.inputs.0), 30);
     assert_eq!(batch.jobs.len(), 1, "the worker reads them as one");
     // A block that does not follow (line 40, not 32) goes in a batch of its own.
     h.input(blocks_from(40, 1, 5));
@@ -1660,7 +1660,7 @@ fn a_worker_dying_in_the_second_of_two_blocks_blames_the_line_counted_across_the
     });
     h.input(blocks_from(2, 2, 4));
     let (_, batch) = h.take_sends().remove(0);
-    assert_eq!(crate::input::count_lines(&batch.inputs.0), 8);
+    assert_eq!(crate::record::count_lines(&batch.inputs.0), 8);
     // Line index 5 of the batch: the second line of the second block, line 7, id 7.
     h.die(
         worker,
@@ -1678,7 +1678,7 @@ fn a_worker_dying_in_the_second_of_two_blocks_blames_the_line_counted_across_the
     let mut retried = None;
     for (_, b) in h.take_sends() {
         match &b.lines {
-            Some(header) => sent.push((header.first_line, crate::input::count_lines(&b.inputs.0))),
+            Some(header) => sent.push((header.first_line, crate::record::count_lines(&b.inputs.0))),
             None => retried = Some(b),
         }
     }

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
-use crate::engine::{Feed, Intake, Sink};
 use crate::input::{InputFormat, JobParser, TaskGate};
 use crate::output::{Echo, echo_of, format_result};
+use crate::ports::{Feed, Intake, Sink};
 use crate::record::{
     ErrorKind, InputChunk, InputItem, JobError, JobResult, ResultKey, SourceId, TaskId,
 };

@@ -2,6 +2,7 @@
 //! (`NOTIFY_SOCKET`), the watchdog (`WATCHDOG_USEC`), and sockets passed at activation
 //! (`LISTEN_FDS`, `LISTEN_FDNAMES`). Outside systemd each call does nothing.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
@@ -62,7 +63,14 @@ pub fn listen_fds() -> anyhow::Result<Vec<UnixListener>> {
         if named && name != SOCKET_NAME {
             continue;
         }
-        listeners.push(super::listener_from_fd(fd));
+        listeners.push(listener_from_fd(fd));
     }
     Ok(listeners)
+}
+
+/// A listening socket from a file descriptor systemd passed.
+fn listener_from_fd(fd: i32) -> UnixListener {
+    // SAFETY: the fd was passed to this process by its service manager to own, and is used
+    // nowhere else.
+    UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -8,14 +8,16 @@
 //! - [`stdio`]: any executable that speaks JSON lines on stdin and stdout
 //!   (`docs/worker-protocol.md`); the running job is known from the order of its answers.
 
+mod link;
 pub mod native;
 pub mod stdio;
 
-use std::io::PipeReader;
-use std::process::{ChildStdin, ChildStdout, Command};
+pub(crate) use link::{Pipes, Received, Refusal};
+
+use std::process::Command;
 use std::time::Duration;
 
-use corral_protocol::{Batch, BatchDone, RunningSlot};
+use corral_protocol::Batch;
 
 use crate::scheduler::StartFailure;
 
@@ -53,35 +55,6 @@ pub(crate) enum Bootstrap {
     Stdio(Duration),
 }
 
-/// The worker's pipes the pool hands a transport after the spawn. `stopped` becomes readable
-/// once the worker has been reaped, so that a read never outlasts the worker (a descendant
-/// that escaped its group may still hold the pipe open).
-pub(crate) struct Pipes {
-    pub stdin: Option<ChildStdin>,
-    pub stdout: Option<ChildStdout>,
-    pub stopped: Option<PipeReader>,
-}
-
-/// A worker that said hello.
-pub(crate) struct Greeting {
-    /// The tasks it serves, in index order.
-    pub tasks: Vec<String>,
-    /// The job it is running.
-    pub running: RunningSlot,
-    /// Whether its batches must carry the jobs' ids.
-    pub job_ids: bool,
-    pub outbox: Outbox,
-    pub inbox: Inbox,
-}
-
-/// Who the failure of a handshake is blamed on, and how it is worded.
-pub(crate) struct Refusal {
-    /// A configuration error that another start would repeat (a wrong protocol version).
-    pub fatal: bool,
-    /// What happened, as a sentence about the worker.
-    pub message: String,
-}
-
 /// How a wait for a hello is ended from another thread (the watchdog), once the worker has
 /// been killed or is gone.
 pub(crate) enum Unblock {
@@ -113,11 +86,18 @@ impl Bootstrap {
     /// [`Unblock`] (after it killed the worker) or by the worker's exit.
     pub(crate) fn hello(self, pid: u32, pipes: Pipes) -> Result<Greeting, Refusal> {
         match self {
-            Bootstrap::Native(bootstrap) => bootstrap.hello(pid),
-            Bootstrap::Stdio(gather) => stdio::hello(pipes, gather),
+            Bootstrap::Native(bootstrap) => bootstrap
+                .hello(pid)
+                .map(|hello| hello.wrap(Outbox::Native, Inbox::Native)),
+            Bootstrap::Stdio(gather) => {
+                stdio::hello(pipes, gather).map(|hello| hello.wrap(Outbox::Stdio, Inbox::Stdio))
+            }
         }
     }
 }
+
+/// A worker that said hello, with the outbox and inbox of its transport.
+pub(crate) type Greeting = link::Greeting<Outbox, Inbox>;
 
 /// Where a worker's batches go.
 pub enum Outbox {
@@ -150,16 +130,6 @@ impl Outbox {
 pub(crate) enum Inbox {
     Native(native::Inbox),
     Stdio(stdio::Inbox),
-}
-
-/// What the next read of an [`Inbox`] gave.
-pub(crate) enum Received {
-    /// The answer to a whole batch.
-    Done(BatchDone),
-    /// The worker closed its end (it exited, or is exiting).
-    Closed,
-    /// The worker broke the protocol; the pool kills it. Says what it did.
-    Violation(String),
 }
 
 impl Inbox {

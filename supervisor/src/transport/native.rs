@@ -10,7 +10,7 @@ use corral_protocol::{
 };
 use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 
-use super::{Greeting, Received, Refusal};
+use super::link::{Greeting, Received, Refusal};
 use crate::scheduler::StartFailure;
 
 /// The bootstrap server a worker connects to, and the nonce it must echo.
@@ -48,7 +48,7 @@ pub(crate) fn unblock(server_name: String) {
 
 impl Bootstrap {
     /// Accepts the worker's connection and checks its hello.
-    pub(crate) fn hello(self, pid: u32) -> Result<Greeting, Refusal> {
+    pub(crate) fn hello(self, pid: u32) -> Result<Greeting<Outbox, Inbox>, Refusal> {
         let refuse = |fatal: bool, message: String| Refusal { fatal, message };
         // The bootstrap channel carries the hello and nothing else.
         let (_, hello) = self
@@ -80,8 +80,8 @@ impl Bootstrap {
             tasks: hello.tasks,
             running,
             job_ids: false,
-            outbox: super::Outbox::Native(Outbox(hello.batches)),
-            inbox: super::Inbox::Native(Inbox(hello.answers)),
+            outbox: Outbox(hello.batches),
+            inbox: Inbox(hello.answers),
         })
     }
 }

@@ -28,8 +28,8 @@ use corral_protocol::{
     Batch, BatchDone, BatchId, MAX_FRAME_BYTES, RawJson, RunningSlot, RunningWord, TaskResult,
 };
 
-use super::{Greeting, Pipes, Received, Refusal};
-use crate::pool::poll_readable;
+use super::link::{Greeting, Pipes, Received, Refusal};
+use crate::os::poll_readable;
 
 /// Longest line a stdio worker may print on stdout; a longer one is a violation.
 const MAX_LINE: usize = MAX_FRAME_BYTES;
@@ -65,7 +65,7 @@ pub(crate) fn prepare(command: &mut Command) {
 }
 
 /// Reads the worker's hello and sets up its two ends.
-pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting, Refusal> {
+pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting<Outbox, Inbox>, Refusal> {
     let refuse = |fatal: bool, message: String| Refusal { fatal, message };
     let (Some(stdin), Some(stdout)) = (pipes.stdin, pipes.stdout) else {
         return Err(refuse(false, "has no stdin or stdout pipe".into()));
@@ -112,17 +112,17 @@ pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting, Refusal>
         tasks: hello.tasks,
         running,
         job_ids: true,
-        outbox: super::Outbox::Stdio(Outbox {
+        outbox: Outbox {
             stdin: BufWriter::with_capacity(64 * 1024, stdin),
             shared: shared.clone(),
             task_names,
-        }),
-        inbox: super::Inbox::Stdio(Inbox {
+        },
+        inbox: Inbox {
             lines,
             shared,
             done: BatchDone::default(),
             ended: None,
-        }),
+        },
     })
 }
 
@@ -401,7 +401,7 @@ struct LineSource {
 
 impl LineSource {
     fn new(pipe: ChildStdout, stopped: Option<PipeReader>, gather_for: Duration) -> LineSource {
-        let _ = crate::pool::set_nonblocking(pipe.as_fd());
+        let _ = crate::os::set_nonblocking(pipe.as_fd());
         LineSource {
             pipe,
             stopped,
