@@ -15,6 +15,7 @@
 mod connection;
 pub mod notify;
 pub mod policy;
+mod state;
 
 use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -24,14 +25,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
+use crossbeam_channel::{Receiver, bounded, select, tick, unbounded};
 
 use crate::engine::{Control, Engine, EngineConfig, EngineEnd, EngineReport, EngineStatus};
 use crate::input::InputFormat;
 use crate::ports::Intake;
-use crate::record::{SourceId, TaskNames};
-use connection::Counts;
+use crate::record::TaskNames;
 use policy::{ConfigFile, Policy, PolicyArgs};
+use state::{RefusalLog, Shared};
 
 /// How often the service looks at its engine when no watchdog asks for more.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
@@ -73,116 +74,6 @@ pub enum ServeEnd {
     Stopped(i32),
     /// The workers could not be run; the message says why.
     Fatal(String),
-}
-
-/// A connected client, for `corral status`.
-pub(crate) struct Client {
-    uid: u32,
-    pid: i32,
-    since: Instant,
-    counts: Arc<Counts>,
-}
-
-/// What the connections share.
-pub(crate) struct Shared {
-    intake: Sender<Intake>,
-    control: Sender<Control>,
-    names: TaskNames,
-    format: InputFormat,
-    policy: RwLock<Arc<Policy>>,
-    next_source: Mutex<u32>,
-    clients: Mutex<HashMap<SourceId, Client>>,
-    /// Job connections open.
-    connections: AtomicUsize,
-    /// Connections open, of any kind.
-    open: AtomicUsize,
-    stopping: Mutex<Option<String>>,
-    started: Instant,
-    /// Connections open, by user.
-    per_user: Mutex<HashMap<u32, connection::UserCounts>>,
-    /// Refusals, for the log.
-    refusals: Mutex<connection::RefusalLog>,
-    /// The tasks the workers serve, once one has said hello: the only names a client's jobs
-    /// may add to the service's table of task names.
-    served: RwLock<Option<Arc<Vec<String>>>>,
-}
-
-impl Shared {
-    fn policy(&self) -> Arc<Policy> {
-        self.policy.read().expect("never poisoned").clone()
-    }
-
-    fn stop_reason(&self) -> String {
-        self.stopping
-            .lock()
-            .expect("never poisoned")
-            .clone()
-            .unwrap_or_else(|| "the service stopped".into())
-    }
-
-    /// The engine's state and the clients', as `corral status` shows them; `None` if the
-    /// engine does not answer within `wait`.
-    fn status(&self, wait: Duration) -> Option<serde_json::Value> {
-        let engine = self.engine_status(wait)?;
-        let now = Instant::now();
-        let mut clients: Vec<serde_json::Value> = {
-            let clients = self.clients.lock().expect("never poisoned");
-            let mut list: Vec<(&SourceId, &Client)> = clients.iter().collect();
-            list.sort_by_key(|(id, _)| **id);
-            list.into_iter()
-                .map(|(id, c)| {
-                    let sent = c.counts.sent.load(Ordering::Acquire);
-                    let written = c.counts.written.load(Ordering::Acquire);
-                    serde_json::json!({
-                        "client": id.0,
-                        "uid": c.uid,
-                        "pid": c.pid,
-                        "connected_secs": now.duration_since(c.since).as_secs_f64(),
-                        "jobs_read": sent,
-                        "results_written": written,
-                        "in_service": sent - written,
-                        "results_waiting": c.counts.backlog.load(Ordering::Acquire),
-                        "ok": c.counts.ok.load(Ordering::Relaxed),
-                        "failed": c.counts.failed.load(Ordering::Relaxed),
-                    })
-                })
-                .collect()
-        };
-        let mut status = serde_json::to_value(&engine).expect("a status serializes");
-        let map = status.as_object_mut().expect("a struct is an object");
-        map.insert("pid".into(), std::process::id().into());
-        map.insert(
-            "uptime_secs".into(),
-            now.duration_since(self.started).as_secs_f64().into(),
-        );
-        map.insert(
-            "connections".into(),
-            self.connections.load(Ordering::Acquire).into(),
-        );
-        map.insert(
-            "clients".into(),
-            serde_json::Value::Array(std::mem::take(&mut clients)),
-        );
-        Some(status)
-    }
-
-    fn engine_status(&self, wait: Duration) -> Option<EngineStatus> {
-        let (tx, rx) = bounded(1);
-        self.control.send(Control::Status(tx)).ok()?;
-        let status = rx.recv_timeout(wait).ok()?;
-        if !status.tasks.is_empty() {
-            let mut served = self.served.write().expect("never poisoned");
-            if served.as_deref() != Some(&status.tasks) {
-                *served = Some(Arc::new(status.tasks.clone()));
-            }
-        }
-        Some(status)
-    }
-
-    /// The tasks the workers serve, once known.
-    fn served(&self) -> Option<Arc<Vec<String>>> {
-        self.served.read().expect("never poisoned").clone()
-    }
 }
 
 /// The sockets to listen on: bound now, before any worker starts, so that a bad path is
@@ -304,7 +195,7 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
         stopping: Mutex::new(None),
         started: Instant::now(),
         per_user: Mutex::new(HashMap::new()),
-        refusals: Mutex::new(connection::RefusalLog::default()),
+        refusals: Mutex::new(RefusalLog::default()),
         served: RwLock::new(None),
     });
     let closing = Arc::new(AtomicBool::new(false));

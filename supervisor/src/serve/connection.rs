@@ -11,13 +11,14 @@
 
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
+use super::state::{Client, Counts, Shared};
 use crate::input::{InputFormat, JobParser, TaskGate};
 use crate::output::{Echo, echo_of, format_result};
 use crate::ports::{Feed, Intake, Sink};
@@ -25,7 +26,6 @@ use crate::record::{
     ErrorKind, InputChunk, InputItem, JobError, JobResult, ResultKey, SourceId, TaskId,
 };
 use crate::serve::policy::Peer;
-use crate::serve::{Client, Shared};
 use crate::wire::{Hello, Said};
 
 /// Items handed to the engine at once, at most.
@@ -36,98 +36,10 @@ const CONNECTION_BLOCKS: usize = 8;
 const STATUS_WAIT: Duration = Duration::from_secs(5);
 /// Connections beyond `max_connections` that may be open for status requests.
 const STATUS_ROOM: usize = 16;
-/// How often a reader waiting for credit looks whether its client is gone.
-const CREDIT_POLL: Duration = Duration::from_millis(100);
 /// How long, and how many bytes, a refused connection's input is read before it is closed:
 /// closing with its lines unread could reset the connection before the client reads why.
 const REFUSAL_DRAIN: Duration = Duration::from_millis(200);
 const REFUSAL_DRAIN_BYTES: usize = 1 << 20;
-/// Refusals logged at most this often (the rest are counted into the next one logged).
-const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(1);
-
-/// A connection's counts, shared by its reader, its writer, its sink and `corral status`.
-#[derive(Debug, Default)]
-pub(super) struct Counts {
-    /// Items (jobs and rejected lines) handed to the engine.
-    pub(super) sent: AtomicU64,
-    /// Result lines written back.
-    pub(super) written: AtomicU64,
-    pub(super) ok: AtomicU64,
-    pub(super) failed: AtomicU64,
-    /// Results handed to the writer and not yet written.
-    pub(super) backlog: AtomicUsize,
-    /// The reader read the client's input to its end.
-    read_all: AtomicBool,
-    /// The client is gone (a write failed) or the service is done with it.
-    gone: AtomicBool,
-    /// Wakes a reader waiting for credit.
-    credit: (Mutex<()>, Condvar),
-}
-
-impl Counts {
-    fn in_service(&self) -> u64 {
-        self.sent.load(Ordering::Acquire) - self.written.load(Ordering::Acquire)
-    }
-
-    fn gone(&self) -> bool {
-        self.gone.load(Ordering::Acquire)
-    }
-
-    fn wake(&self) {
-        let _guard = self.credit.0.lock().expect("never poisoned");
-        self.credit.1.notify_all();
-    }
-
-    /// Waits until `n` more items fit under `cap` (or nothing is in the service, so a chunk
-    /// larger than the cap still goes); false when the client is gone.
-    fn wait_for_credit(&self, n: u64, cap: u64) -> bool {
-        let mut guard = self.credit.0.lock().expect("never poisoned");
-        loop {
-            if self.gone() {
-                return false;
-            }
-            let in_service = self.in_service();
-            if in_service == 0 || in_service + n <= cap {
-                return true;
-            }
-            guard = self
-                .credit
-                .1
-                .wait_timeout(guard, CREDIT_POLL)
-                .expect("never poisoned")
-                .0;
-        }
-    }
-}
-
-/// Refusals, logged at most once a period whatever a hostile peer does.
-#[derive(Default)]
-pub(super) struct RefusalLog {
-    last: Option<Instant>,
-    /// Refusals not logged since the last one that was.
-    quiet: u64,
-}
-
-impl RefusalLog {
-    fn note(&mut self, peer: Option<&Peer>, why: &str, detail: &str) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_PERIOD)
-        {
-            self.quiet += 1;
-            return;
-        }
-        self.last = Some(now);
-        let more = std::mem::take(&mut self.quiet);
-        let (uid, pid) = peer.map_or((None, None), |p| (Some(p.uid), Some(p.pid)));
-        tracing::warn!(
-            uid,
-            pid,
-            "refused: {why}{detail} ({more} more refused since the last line)"
-        );
-    }
-}
 
 /// Serves one connection to its end.
 pub(super) fn serve(mut counted: Counted) {
@@ -253,13 +165,6 @@ pub(super) fn serve(mut counted: Counted) {
     }
     let jobs = Cursor::new(first).chain(reader);
     run_jobs(stream, jobs, hello.is_some(), peer, &shared);
-}
-
-/// A user's connections: all of them, and those running jobs.
-#[derive(Debug, Default)]
-pub(super) struct UserCounts {
-    open: usize,
-    jobs: usize,
 }
 
 /// Connections of any kind one user may hold beyond its job connections: room for status

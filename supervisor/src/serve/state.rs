@@ -1,0 +1,222 @@
+//! What the service's threads share: the engine's channels, the policy, the clients and
+//! their counts, the connections by user, and the log of refusals; and `corral status` made
+//! from them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, bounded};
+
+use super::policy::{Peer, Policy};
+use crate::engine::{Control, EngineStatus};
+use crate::input::InputFormat;
+use crate::ports::Intake;
+use crate::record::{SourceId, TaskNames};
+
+/// How often a reader waiting for credit looks whether its client is gone.
+const CREDIT_POLL: Duration = Duration::from_millis(100);
+/// Refusals logged at most this often (the rest are counted into the next one logged).
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(1);
+
+/// A connected client, for `corral status`.
+pub(crate) struct Client {
+    pub(super) uid: u32,
+    pub(super) pid: i32,
+    pub(super) since: Instant,
+    pub(super) counts: Arc<Counts>,
+}
+
+/// What the connections share.
+pub(crate) struct Shared {
+    pub(super) intake: Sender<Intake>,
+    pub(super) control: Sender<Control>,
+    pub(super) names: TaskNames,
+    pub(super) format: InputFormat,
+    pub(super) policy: RwLock<Arc<Policy>>,
+    pub(super) next_source: Mutex<u32>,
+    pub(super) clients: Mutex<HashMap<SourceId, Client>>,
+    /// Job connections open.
+    pub(super) connections: AtomicUsize,
+    /// Connections open, of any kind.
+    pub(super) open: AtomicUsize,
+    pub(super) stopping: Mutex<Option<String>>,
+    pub(super) started: Instant,
+    /// Connections open, by user.
+    pub(super) per_user: Mutex<HashMap<u32, UserCounts>>,
+    /// Refusals, for the log.
+    pub(super) refusals: Mutex<RefusalLog>,
+    /// The tasks the workers serve, once one has said hello: the only names a client's jobs
+    /// may add to the service's table of task names.
+    pub(super) served: RwLock<Option<Arc<Vec<String>>>>,
+}
+
+impl Shared {
+    pub(super) fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("never poisoned").clone()
+    }
+
+    pub(super) fn stop_reason(&self) -> String {
+        self.stopping
+            .lock()
+            .expect("never poisoned")
+            .clone()
+            .unwrap_or_else(|| "the service stopped".into())
+    }
+
+    /// The engine's state and the clients', as `corral status` shows them; `None` if the
+    /// engine does not answer within `wait`.
+    pub(super) fn status(&self, wait: Duration) -> Option<serde_json::Value> {
+        let engine = self.engine_status(wait)?;
+        let now = Instant::now();
+        let mut clients: Vec<serde_json::Value> = {
+            let clients = self.clients.lock().expect("never poisoned");
+            let mut list: Vec<(&SourceId, &Client)> = clients.iter().collect();
+            list.sort_by_key(|(id, _)| **id);
+            list.into_iter()
+                .map(|(id, c)| {
+                    let sent = c.counts.sent.load(Ordering::Acquire);
+                    let written = c.counts.written.load(Ordering::Acquire);
+                    serde_json::json!({
+                        "client": id.0,
+                        "uid": c.uid,
+                        "pid": c.pid,
+                        "connected_secs": now.duration_since(c.since).as_secs_f64(),
+                        "jobs_read": sent,
+                        "results_written": written,
+                        "in_service": sent - written,
+                        "results_waiting": c.counts.backlog.load(Ordering::Acquire),
+                        "ok": c.counts.ok.load(Ordering::Relaxed),
+                        "failed": c.counts.failed.load(Ordering::Relaxed),
+                    })
+                })
+                .collect()
+        };
+        let mut status = serde_json::to_value(&engine).expect("a status serializes");
+        let map = status.as_object_mut().expect("a struct is an object");
+        map.insert("pid".into(), std::process::id().into());
+        map.insert(
+            "uptime_secs".into(),
+            now.duration_since(self.started).as_secs_f64().into(),
+        );
+        map.insert(
+            "connections".into(),
+            self.connections.load(Ordering::Acquire).into(),
+        );
+        map.insert(
+            "clients".into(),
+            serde_json::Value::Array(std::mem::take(&mut clients)),
+        );
+        Some(status)
+    }
+
+    pub(super) fn engine_status(&self, wait: Duration) -> Option<EngineStatus> {
+        let (tx, rx) = bounded(1);
+        self.control.send(Control::Status(tx)).ok()?;
+        let status = rx.recv_timeout(wait).ok()?;
+        if !status.tasks.is_empty() {
+            let mut served = self.served.write().expect("never poisoned");
+            if served.as_deref() != Some(&status.tasks) {
+                *served = Some(Arc::new(status.tasks.clone()));
+            }
+        }
+        Some(status)
+    }
+
+    /// The tasks the workers serve, once known.
+    pub(super) fn served(&self) -> Option<Arc<Vec<String>>> {
+        self.served.read().expect("never poisoned").clone()
+    }
+}
+
+/// A connection's counts, shared by its reader, its writer, its sink and `corral status`.
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    /// Items (jobs and rejected lines) handed to the engine.
+    pub(super) sent: AtomicU64,
+    /// Result lines written back.
+    pub(super) written: AtomicU64,
+    pub(super) ok: AtomicU64,
+    pub(super) failed: AtomicU64,
+    /// Results handed to the writer and not yet written.
+    pub(super) backlog: AtomicUsize,
+    /// The reader read the client's input to its end.
+    pub(super) read_all: AtomicBool,
+    /// The client is gone (a write failed) or the service is done with it.
+    pub(super) gone: AtomicBool,
+    /// Wakes a reader waiting for credit.
+    pub(super) credit: (Mutex<()>, Condvar),
+}
+
+impl Counts {
+    pub(super) fn in_service(&self) -> u64 {
+        self.sent.load(Ordering::Acquire) - self.written.load(Ordering::Acquire)
+    }
+
+    pub(super) fn gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    pub(super) fn wake(&self) {
+        let _guard = self.credit.0.lock().expect("never poisoned");
+        self.credit.1.notify_all();
+    }
+
+    /// Waits until `n` more items fit under `cap` (or nothing is in the service, so a chunk
+    /// larger than the cap still goes); false when the client is gone.
+    pub(super) fn wait_for_credit(&self, n: u64, cap: u64) -> bool {
+        let mut guard = self.credit.0.lock().expect("never poisoned");
+        loop {
+            if self.gone() {
+                return false;
+            }
+            let in_service = self.in_service();
+            if in_service == 0 || in_service + n <= cap {
+                return true;
+            }
+            guard = self
+                .credit
+                .1
+                .wait_timeout(guard, CREDIT_POLL)
+                .expect("never poisoned")
+                .0;
+        }
+    }
+}
+
+/// Refusals, logged at most once a period whatever a hostile peer does.
+#[derive(Default)]
+pub(super) struct RefusalLog {
+    pub(super) last: Option<Instant>,
+    /// Refusals not logged since the last one that was.
+    pub(super) quiet: u64,
+}
+
+impl RefusalLog {
+    pub(super) fn note(&mut self, peer: Option<&Peer>, why: &str, detail: &str) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_PERIOD)
+        {
+            self.quiet += 1;
+            return;
+        }
+        self.last = Some(now);
+        let more = std::mem::take(&mut self.quiet);
+        let (uid, pid) = peer.map_or((None, None), |p| (Some(p.uid), Some(p.pid)));
+        tracing::warn!(
+            uid,
+            pid,
+            "refused: {why}{detail} ({more} more refused since the last line)"
+        );
+    }
+}
+
+/// A user's connections: all of them, and those running jobs.
+#[derive(Debug, Default)]
+pub(super) struct UserCounts {
+    pub(super) open: usize,
+    pub(super) jobs: usize,
+}
