@@ -14,7 +14,8 @@ Run it through scripts/bench/run, which builds the release binaries first. Scena
   7. corral.Pool against multiprocessing, concurrent.futures, pebble and loky
      (scripts/bench/pools.py), and the cost of a call: a loop of small maps, a storm of submits
      (scripts/bench/pool_calls.py); the service's clients and N slow jobs on N workers
-     (scripts/bench/service.py);
+     (scripts/bench/service.py); threads, fds and start-up at -j 2, 64, 256
+     (scripts/bench/threads.py);
   8. sharding (scripts/bench/shards.py) and the data path: tiny jobs against a plain serde_json
      loop, instructions per job on each serial thread, and a projection to 64 cores
      (scripts/bench/datapath.py).
@@ -487,6 +488,9 @@ def main():
     service_rows, service_lines = service.report(
         service.measure(service_runs, log=log), service_runs
     )
+    import threads  # imported here, as workers is
+
+    thread_lines = threads.report(threads.measure(3, log=log), 3)
     import shards  # imported here, as workers is
 
     shard_runs = max(3, args.runs - 2)
@@ -665,6 +669,7 @@ def main():
         *pool_lines,
         *call_lines,
         *service_lines,
+        *thread_lines,
         *shard_lines,
         *path_lines,
     ]

@@ -85,6 +85,8 @@ def measure(rounds, log=print):
 
 def report(by_workers, rounds):
     lines = [
+        "## Threads and file descriptors per worker",
+        "",
         "| workers | threads | fds | start-up of the workers |",
         "| --- | --- | --- | --- |",
     ]
