@@ -270,19 +270,24 @@ def resume_round(bin_dir, jobs, results, rng, counts, problems):
     elif status is not None and status not in (0, 1, 143, -9):
         problems.append("a resume round ended with status %s: %s" % (status, said[-1500:]))
     if ending == "sigkill" and seen:
-        # Everything of the run is gone within a second: workers, their children, the keeper.
-        until = time.monotonic() + 2
-        while time.monotonic() < until and any(alive(p) for p in seen):
-            time.sleep(0.02)
-        left = [p for p in seen if alive(p)]
-        if left:
-            problems.append("processes %s outlived a SIGKILLed corral" % left)
-            for p in left:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        nothing_left(seen, "corral", problems)
     return finished
+
+
+def nothing_left(seen, what, problems):
+    """Everything of a SIGKILLed `what` (the processes `seen` under it: workers, their
+    children, the keeper) is gone within a second or two; what is left is a problem, killed."""
+    until = time.monotonic() + 2
+    while time.monotonic() < until and any(alive(p) for p in seen):
+        time.sleep(0.02)
+    left = [p for p in seen if alive(p)]
+    if left:
+        problems.append("processes %s outlived a SIGKILLed %s" % (left, what))
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def check_file(results, keys, what, problems):
@@ -556,17 +561,7 @@ def service_round(bin_dir, tmp, rng, counts, problems):
         if ending != "sigkill" and status != 0:
             problems.append("the service ended with status %s: %s" % (status, said[-1500:]))
         if ending == "sigkill" and seen:
-            until = time.monotonic() + 2
-            while time.monotonic() < until and any(alive(p) for p in seen):
-                time.sleep(0.02)
-            left = [p for p in seen if alive(p)]
-            if left:
-                problems.append("processes %s outlived a SIGKILLed service" % left)
-                for p in left:
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            nothing_left(seen, "service", problems)
         for entry, client in clients:
             counts["client_runs"] += 1
             if client.status in (0, 1):
