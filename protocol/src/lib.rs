@@ -193,9 +193,11 @@ impl RunningSlot {
     }
 }
 
-/// A worker introducing itself.
+/// A worker introducing itself. `Answers` is how the supervisor takes the receiving end of the
+/// answers' channel: the worker sends an [`IpcBytesReceiver`]; a supervisor that waits on many
+/// workers at once may read it as any other ipc-channel receiver, which travels the same way.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Hello {
+pub struct Hello<Answers = IpcBytesReceiver> {
     /// Must equal [`PROTOCOL_VERSION`].
     pub protocol_version: u32,
     /// The nonce from [`ENV_NONCE`], proving this is the process that was started.
@@ -207,7 +209,7 @@ pub struct Hello {
     /// Where the supervisor sends work: [`ToWorker`] messages, framed by [`frame`].
     pub batches: IpcBytesSender,
     /// Where the supervisor reads the answers: [`BatchDone`] messages, framed by [`frame`].
-    pub answers: IpcBytesReceiver,
+    pub answers: Answers,
     /// [`RUNNING_REGION_BYTES`] of shared memory holding the worker's [`RunningWord`].
     pub running: IpcSharedMemory,
 }

@@ -2,7 +2,8 @@
 //! process group, reading a process's memory, and waiting on file descriptors.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 /// SIGKILL to a whole process group, and to the worker's cgroup when it has one (what left
 /// the group). A group that is already gone is not an error.
@@ -25,6 +26,12 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
 
 /// Waits until any of `fds` is readable (or closed); says which.
 pub fn poll_readable(fds: &[BorrowedFd<'_>]) -> Vec<bool> {
+    poll_readable_within(fds, None)
+}
+
+/// Waits until any of `fds` is readable (or closed), or `timeout` has passed; says which.
+pub fn poll_readable_within(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Vec<bool> {
+    let timeout = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as i32);
     let mut polls: Vec<libc::pollfd> = fds
         .iter()
         .map(|fd| libc::pollfd {
@@ -36,7 +43,7 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>]) -> Vec<bool> {
     loop {
         // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs, and every fd in it
         // is borrowed for the duration of the call.
-        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout) };
         if n >= 0 {
             break;
         }
@@ -69,4 +76,15 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A pidfd of the child `pid`: readable once it has exited (Linux 5.3 and later).
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory involved.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

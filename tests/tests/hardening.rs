@@ -491,10 +491,12 @@ fn a_keeper_killed_mid_run_is_replaced_and_still_takes_the_children() {
     );
 }
 
-/// Item 16: A child that left its worker's process group does not keep the worker's log reader (its
-/// thread and pipes) alive after the worker is gone.
+/// Item 16: A child that left its worker's process group does not keep the worker's log pipes
+/// open in corral after the worker is gone: once reaped, corral holds none of the pipes the
+/// escaped children still write to.
 #[test]
 fn an_escaped_child_does_not_keep_log_readers_alive() {
+    use std::collections::HashSet;
     let dir = temp_dir();
     let escapes = 5;
     let lines = (0..escapes)
@@ -511,34 +513,35 @@ fn an_escaped_child_does_not_keep_log_readers_alive() {
         .args([jobs.as_os_str()])
         .start(dir.path());
     let pid = running.pid();
+    // The pipes each escaped child holds (its inherited stdout and stderr), taken as soon as
+    // it is there: where corral can make a cgroup, the child dies with its worker, and with it
+    // the pipes, which is then the end the test wants.
+    let pipes = |pid: u32| -> HashSet<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .map(|link| link.display().to_string())
+                    .filter(|link| link.starts_with("pipe:"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut escaped_pipes = HashSet::new();
     let escaped: Vec<u32> = (0..escapes)
         .map(|i| {
             let pidfile = dir.path().join(format!("escaped-{i}.pid"));
-            wait_for(Duration::from_secs(20), || {
+            let child = wait_for(Duration::from_secs(20), || {
                 std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
             })
-            .expect("each escape job started its child")
+            .expect("each escape job started its child");
+            escaped_pipes.extend(pipes(child));
+            child
         })
         .collect();
-    // Once the last worker runs the long job, only its own log reader is left.
-    let log_threads = || {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter(|t| {
-                        std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| {
-                            c.starts_with("corral-log") || c.starts_with("corral-std")
-                        })
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    let settled = wait_for(Duration::from_secs(10), || {
-        (log_threads() == 1).then_some(())
-    });
-    let threads = log_threads();
+    let held = || pipes(pid).intersection(&escaped_pipes).count();
+    let settled = wait_for(Duration::from_secs(10), || (held() == 0).then_some(()));
+    let still = held();
     signal(pid, libc::SIGKILL);
     let _ = running.wait(Duration::from_secs(5));
     for &child in &escaped {
@@ -547,7 +550,7 @@ fn an_escaped_child_does_not_keep_log_readers_alive() {
     }
     assert!(
         settled.is_some(),
-        "{threads} log reader threads for one live worker"
+        "corral still holds {still} pipes of escaped children"
     );
 }
 

@@ -126,18 +126,9 @@ impl Outbox {
     }
 }
 
-/// Where a worker's answers come from.
+/// Where a worker's answers come from: the pool waits on every native worker's channel in
+/// one receiver set, and reads a stdio worker's stdout on a thread of its own.
 pub(crate) enum Inbox {
     Native(native::Inbox),
     Stdio(stdio::Inbox),
-}
-
-impl Inbox {
-    /// The next batch answered. Blocks.
-    pub(crate) fn recv(&mut self) -> Received {
-        match self {
-            Inbox::Native(inbox) => inbox.recv(),
-            Inbox::Stdio(inbox) => inbox.recv(),
-        }
-    }
 }

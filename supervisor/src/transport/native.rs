@@ -2,20 +2,30 @@
 //! environment with a nonce, a `Hello` handing over the worker's two byte channels and its
 //! running word in shared memory, then one `Batch` out and one `BatchDone` back per batch, each
 //! one message framed by [`corral_protocol::frame`].
+//!
+//! The answers' channel is taken as a typed receiver of `AnswerBytes`, so that the pool can
+//! wait on every worker's answers with one `IpcReceiverSet` (a receiver of raw bytes cannot
+//! join one); the bytes are the same.
 
+use std::fmt;
 use std::process::Command;
 
 use corral_protocol::{
     Batch, BatchDone, ENV_BOOTSTRAP, ENV_NONCE, Hello, PROTOCOL_VERSION, RunningSlot,
 };
-use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
+use ipc_channel::ipc::{IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
+use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+use serde::{Serialize, Serializer};
 
 use super::link::{Greeting, Received, Refusal};
 use crate::scheduler::StartFailure;
 
+/// The hello as the supervisor reads it: the answers' channel as a typed receiver.
+type WorkerHello = Hello<IpcReceiver<AnswerBytes>>;
+
 /// The bootstrap server a worker connects to, and the nonce it must echo.
 pub(crate) struct Bootstrap {
-    server: IpcOneShotServer<Hello>,
+    server: IpcOneShotServer<WorkerHello>,
     pub(crate) server_name: String,
     nonce: u64,
 }
@@ -24,7 +34,7 @@ pub(crate) struct Bootstrap {
 /// (not in argv, where other users could read it).
 pub(crate) fn prepare(command: &mut Command) -> Result<Bootstrap, StartFailure> {
     let transient = StartFailure::transient;
-    let (server, server_name) = IpcOneShotServer::<Hello>::new().map_err(|err| {
+    let (server, server_name) = IpcOneShotServer::<WorkerHello>::new().map_err(|err| {
         transient(format!(
             "cannot create the bootstrap socket: {err} (is $TMPDIR writable?)"
         ))
@@ -43,7 +53,7 @@ pub(crate) fn prepare(command: &mut Command) -> Result<Bootstrap, StartFailure> 
 
 /// Ends a wait in `accept`: a connection that hangs up at once.
 pub(crate) fn unblock(server_name: String) {
-    let _ = IpcSender::<Hello>::connect(server_name);
+    let _ = IpcSender::<WorkerHello>::connect(server_name);
 }
 
 impl Bootstrap {
@@ -103,17 +113,164 @@ impl Outbox {
 }
 
 /// A native worker's answers: the receiving end of its other byte channel.
-pub(crate) struct Inbox(IpcBytesReceiver);
+pub(crate) struct Inbox(IpcReceiver<AnswerBytes>);
 
 impl Inbox {
-    pub(crate) fn recv(&mut self) -> Received {
-        match self.0.recv() {
-            Ok(message) => match BatchDone::from_message(message) {
-                Ok(done) => Received::Done(done),
-                Err(err) => Received::Violation(format!("it sent a malformed message ({err})")),
-            },
-            Err(ipc_channel::IpcError::Disconnected) => Received::Closed,
-            Err(err) => Received::Violation(format!("its channel failed ({err})")),
+    /// The channel, to wait on together with other workers'.
+    pub(crate) fn into_receiver(self) -> IpcReceiver<AnswerBytes> {
+        self.0
+    }
+}
+
+/// What a message on a worker's answers' channel says.
+pub(crate) fn received(message: Result<AnswerBytes, ipc_channel::SerDeError>) -> Received {
+    match message.map(|bytes| BatchDone::from_message(bytes.0)) {
+        Ok(Ok(done)) => Received::Done(done),
+        Ok(Err(err)) => Received::Violation(format!("it sent a malformed message ({err})")),
+        Err(err) => Received::Violation(format!("its channel failed ({err})")),
+    }
+}
+
+/// A message of a byte channel, read as it is. ipc-channel hands a typed receiver's message
+/// to postcard; read as a tuple of unknown length, postcard gives its bytes as they are: 8 at a
+/// time as the raw little-endian bytes of an `f64`, the rest one by one.
+pub(crate) struct AnswerBytes(pub(crate) Vec<u8>);
+
+impl<'de> Deserialize<'de> for AnswerBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AnswerBytes, D::Error> {
+        deserializer.deserialize_tuple(usize::MAX, AllBytes)
+    }
+}
+
+/// Only so that [`AnswerBytes`] can be a receiver's type; nothing sends one.
+impl Serialize for AnswerBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+struct AllBytes;
+
+impl<'de> Visitor<'de> for AllBytes {
+    type Value = AnswerBytes;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("the bytes of a message")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnswerBytes, A::Error> {
+        let mut bytes = Vec::with_capacity(4096);
+        // Each read ends, with an error, at the end of the message; the error says no more.
+        while let Ok(Some(Word(word))) = seq.next_element::<Word>() {
+            bytes.extend_from_slice(&word.to_le_bytes());
         }
+        while let Ok(Some(byte)) = seq.next_element::<u8>() {
+            bytes.push(byte);
+        }
+        Ok(AnswerBytes(bytes))
+    }
+}
+
+/// Eight bytes of a message, read as postcard reads an `f64`: as they are, little-endian.
+struct Word(u64);
+
+impl<'de> Deserialize<'de> for Word {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Word, D::Error> {
+        struct Bits;
+        impl Visitor<'_> for Bits {
+            type Value = Word;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("eight bytes")
+            }
+            fn visit_f64<E>(self, value: f64) -> Result<Word, E> {
+                // The bits as they came: `to_bits` is exact, NaN payloads included.
+                Ok(Word(value.to_bits()))
+            }
+        }
+        deserializer.deserialize_f64(Bits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_channel::ipc::{IpcReceiverSet, IpcSelectionResult, bytes_channel};
+
+    /// A worker's raw bytes come out of a typed receiver, alone or in a receiver set, exactly
+    /// as they were sent: every length around the 8-byte steps, and NaN bit patterns.
+    #[test]
+    fn raw_bytes_come_through_a_typed_receiver_unchanged() {
+        let mut messages: Vec<Vec<u8>> = (0..=33)
+            .map(|n| (0..n).map(|i| (i * 37 + n) as u8).collect())
+            .collect();
+        for nan in [
+            0x7ff0_0000_0000_0001u64,
+            0xfff4_0000_0000_0000,
+            0x7ff8_dead_beef_0001,
+        ] {
+            let mut message = nan.to_le_bytes().to_vec();
+            message.extend_from_slice(&nan.to_le_bytes()[..3]);
+            messages.push(message);
+        }
+        messages.push(
+            (0..300_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+                .collect(),
+        );
+
+        // One at a time, as a receiver of its own.
+        let (tx, rx) = bytes_channel().unwrap();
+        let typed = pass_as_typed(rx);
+        for message in &messages {
+            tx.send(message).unwrap();
+            assert_eq!(&typed.recv().unwrap().0, message);
+        }
+
+        // Through a receiver set.
+        let (tx, rx) = bytes_channel().unwrap();
+        let mut set = IpcReceiverSet::new().unwrap();
+        set.add(pass_as_typed(rx)).unwrap();
+        for message in &messages {
+            tx.send(message).unwrap();
+        }
+        drop(tx);
+        let mut got = Vec::new();
+        let mut closed = false;
+        while !closed {
+            for event in set.select().unwrap() {
+                match event {
+                    IpcSelectionResult::MessageReceived(_, m) => {
+                        got.push(m.to::<AnswerBytes>().unwrap().0)
+                    }
+                    IpcSelectionResult::ChannelClosed(_) => closed = true,
+                }
+            }
+        }
+        assert_eq!(got, messages);
+    }
+
+    /// A byte receiver turned into a typed one the way a hello turns it: a worker's `Hello`
+    /// read as the supervisor reads it.
+    fn pass_as_typed(rx: ipc_channel::ipc::IpcBytesReceiver) -> IpcReceiver<AnswerBytes> {
+        let (server, name) = IpcOneShotServer::<WorkerHello>::new().unwrap();
+        let (batches, _) = bytes_channel().unwrap();
+        IpcSender::<Hello>::connect(name)
+            .unwrap()
+            .send(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                nonce: 1,
+                pid: 1,
+                tasks: vec!["t".into()],
+                batches,
+                answers: rx,
+                running: ipc_channel::ipc::IpcSharedMemory::from_byte(
+                    0,
+                    corral_protocol::RUNNING_REGION_BYTES,
+                ),
+            })
+            .unwrap();
+        let (_, hello) = server.accept().unwrap();
+        assert_eq!(hello.tasks, ["t"]);
+        hello.answers
     }
 }
