@@ -28,9 +28,8 @@ use corral_protocol::{RunningWord, WorkerId};
 use crossbeam_channel::{Receiver, Sender, bounded, never, select, tick, unbounded};
 
 use crate::input::{InputFormat, JobParser};
-use crate::os::resident_bytes;
 use crate::output::{Echo, echo_of, format_result};
-use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle};
+use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, WorkerPool};
 use crate::ports::{Feed, Intake, Sink};
 use crate::progress::Progress;
 use crate::record::{InputChunk, Job, JobResult, SourceId, TaskNames};
@@ -190,7 +189,7 @@ struct Source {
 /// The engine: see the module documentation.
 pub struct Engine {
     scheduler: Scheduler,
-    spawner: Spawner,
+    pool: Box<dyn WorkerPool>,
     pool_events: Receiver<PoolEvent>,
     handles: HashMap<WorkerId, WorkerHandle>,
     sources: HashMap<SourceId, Source>,
@@ -222,12 +221,25 @@ pub struct Engine {
 impl Engine {
     /// An engine whose jobs number their tasks in `names`; its first workers start at once.
     pub fn new(config: EngineConfig, names: TaskNames) -> Engine {
+        let pool = config.pool.clone();
+        Engine::with_pool(config, names, |events| {
+            Box::new(Spawner::new(pool, events)) as Box<dyn WorkerPool>
+        })
+    }
+
+    /// An engine on a pool of workers that `pool` makes: the pool reports on the sender it is
+    /// given, and must hold it as long as it lives. (`config.pool` is not used.)
+    pub fn with_pool(
+        config: EngineConfig,
+        names: TaskNames,
+        pool: impl FnOnce(Sender<PoolEvent>) -> Box<dyn WorkerPool>,
+    ) -> Engine {
         let (events_tx, pool_events) = unbounded::<PoolEvent>();
-        let spawner = Spawner::new(config.pool.clone(), events_tx);
+        let pool = pool(events_tx);
         let seed = getrandom::u64().unwrap_or(1);
         let mut engine = Engine {
             scheduler: Scheduler::new(config.scheduler.clone(), names, Instant::now(), seed),
-            spawner,
+            pool,
             pool_events,
             handles: HashMap::new(),
             sources: HashMap::new(),
@@ -274,7 +286,7 @@ impl Engine {
         // Every worker goes down now: after a stop, all of them; after the end, any that said
         // hello once the scheduler had stopped waiting for it.
         for handle in self.handles.values() {
-            handle.kill();
+            handle.kill(&*self.pool);
         }
         if let Some(progress) = &self.progress {
             progress.finish();
@@ -324,7 +336,7 @@ impl Engine {
             let event = select! {
                 recv(self.pool_events) -> event => match event {
                     Ok(event) => self.pool_event(event),
-                    Err(_) => unreachable!("the spawner holds a sender while the engine lives"),
+                    Err(_) => unreachable!("the pool holds a sender while the engine lives"),
                 },
                 recv(intake) -> msg => match msg {
                     Ok(message) => match self.on_intake(message) {
@@ -536,7 +548,7 @@ impl Engine {
                     current: view.current,
                     uptime_secs: handle
                         .map_or(0.0, |h| now.duration_since(h.started).as_secs_f64()),
-                    rss_bytes: handle.and_then(|h| resident_bytes(h.pid)),
+                    rss_bytes: handle.and_then(|h| self.pool.resident_bytes(h.pid)),
                     jobs_done: view.jobs_done,
                     in_flight: view.in_flight,
                     slot: handle.map_or(0, |h| h.slot),
@@ -602,7 +614,7 @@ impl Engine {
                 let rss = if self.measure_rss {
                     self.handles
                         .get(&worker)
-                        .and_then(|h| resident_bytes(h.pid))
+                        .and_then(|h| self.pool.resident_bytes(h.pid))
                 } else {
                     None
                 };
@@ -636,7 +648,7 @@ impl Engine {
     fn step(&mut self, event: Event) {
         for action in self.scheduler.handle(Instant::now(), event) {
             match action {
-                Action::Spawn(worker) => self.spawner.spawn(worker),
+                Action::Spawn(worker) => self.pool.spawn(worker),
                 Action::Send { worker, batch } => {
                     if let Some(handle) = self.handles.get(&worker) {
                         handle.send(batch);
@@ -645,7 +657,7 @@ impl Engine {
                 Action::Kill { worker, why } => {
                     if let Some(handle) = self.handles.get(&worker) {
                         tracing::warn!(pid = handle.pid, "killing worker: {why}");
-                        handle.kill();
+                        handle.kill(&*self.pool);
                     }
                 }
                 Action::Retire { worker, recycled } => {
@@ -718,18 +730,30 @@ pub struct Service {
     format: InputFormat,
     next: u32,
     engine: thread::JoinHandle<EngineReport>,
+    /// Disconnected once the engine's thread has ended.
+    engine_ended: Receiver<()>,
 }
 
 impl Service {
     /// Starts the engine and its workers.
     pub fn start(config: EngineConfig, format: InputFormat) -> Service {
         let names = TaskNames::default();
+        let engine = Engine::new(config, names.clone());
+        Service::around(engine, names, format)
+    }
+
+    /// Runs `engine`, whose jobs number their tasks in `names`, on a thread of its own.
+    fn around(engine: Engine, names: TaskNames, format: InputFormat) -> Service {
         let (intake, intake_rx) = bounded::<Intake>(1);
         let (control, control_rx) = unbounded::<Control>();
-        let engine = Engine::new(config, names.clone());
+        let (running, engine_ended) = bounded::<()>(0);
         let engine = thread::Builder::new()
             .name("corral-engine".into())
-            .spawn(move || engine.run(&intake_rx, &control_rx))
+            .spawn(move || {
+                let report = engine.run(&intake_rx, &control_rx);
+                drop(running);
+                report
+            })
             .expect("spawning a thread");
         Service {
             intake,
@@ -738,6 +762,7 @@ impl Service {
             format,
             next: 0,
             engine,
+            engine_ended,
         }
     }
 
@@ -762,7 +787,12 @@ impl Service {
                 .spawn(move || feed(source, parser, jobs, &intake))
                 .expect("spawning a thread");
         }
-        Results { source, rx, gone }
+        Results {
+            source,
+            rx,
+            engine_ended: self.engine_ended.clone(),
+            gone,
+        }
     }
 
     /// Stops a submission early: its jobs not started yet never run, and its results end
@@ -785,6 +815,8 @@ impl Service {
 pub struct Results {
     source: SourceId,
     rx: Receiver<Vec<u8>>,
+    /// Disconnected once the engine's thread has ended.
+    engine_ended: Receiver<()>,
     /// Set when dropped: nobody reads the results any more.
     gone: Arc<AtomicBool>,
 }
@@ -799,7 +831,12 @@ impl Iterator for Results {
     type Item = Vec<u8>;
 
     fn next(&mut self) -> Option<Vec<u8>> {
-        self.rx.recv().ok()
+        select! {
+            recv(self.rx) -> line => line.ok(),
+            // The engine has stopped: what it delivered is still there to read, and nothing
+            // more comes, even if its submission never reached it (it may sit in the intake).
+            recv(self.engine_ended) -> _ => self.rx.try_recv().ok(),
+        }
     }
 }
 
@@ -865,3 +902,6 @@ fn feed(source: SourceId, mut parser: JobParser, jobs: impl Read, intake: &Sende
 
 /// Items a submission hands to the engine at once, at most.
 const FEED_CHUNK: usize = 1024;
+
+#[cfg(test)]
+mod tests;

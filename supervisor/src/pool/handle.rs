@@ -10,7 +10,7 @@ use std::time::Instant;
 use corral_protocol::{Batch, RunningSlot, WorkerId};
 use crossbeam_channel::{Receiver, Sender};
 
-use super::types::StartedWorker;
+use super::types::{StartedWorker, WorkerPool};
 use crate::os::kill_group;
 use crate::scheduler::WorkerExit;
 use crate::transport::Outbox;
@@ -33,15 +33,25 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     /// Takes over a started worker.
     pub fn new(started: StartedWorker) -> (WorkerId, Vec<String>, bool, WorkerHandle) {
+        let StartedWorker {
+            worker,
+            pid,
+            slot,
+            tasks,
+            job_ids,
+            batches,
+            running,
+            killed,
+        } = started;
         let handle = WorkerHandle {
-            pid: started.pid,
-            running: started.running,
+            pid,
+            running,
             started: Instant::now(),
-            slot: started.slot,
-            batches: Some(started.batches),
-            killed: started.killed,
+            slot,
+            batches: Some(batches),
+            killed,
         };
-        (started.worker, started.tasks, started.job_ids, handle)
+        (worker, tasks, job_ids, handle)
     }
 
     /// Queues a batch for the worker.
@@ -61,10 +71,10 @@ impl WorkerHandle {
         self.batches.is_none()
     }
 
-    /// Kills the worker and its process group.
-    pub fn kill(&self) {
+    /// Kills the worker and its process group, through its pool.
+    pub fn kill(&self, pool: &dyn WorkerPool) {
         self.killed.store(true, Ordering::Relaxed);
-        kill_group(self.pid);
+        pool.kill(self.pid);
     }
 }
 

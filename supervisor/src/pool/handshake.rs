@@ -3,12 +3,11 @@
 //! sender, the one thread each worker keeps.
 
 use std::process::ExitStatus;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, select};
 
 use super::handle::{describe_exit, send_batches};
 use super::inbox::{Answering, Inboxes};
@@ -54,19 +53,13 @@ impl Launched {
                         return;
                     }
                 };
-                let (batches, queued) = unbounded();
-                let killed = Arc::new(AtomicBool::new(false));
                 let kill_note = Arc::new(OnceLock::new());
-                let started = StartedWorker {
+                let (started, queued, killed) = StartedWorker::new(
                     worker,
                     pid,
-                    slot: hello.slot,
-                    tasks: hello.tasks,
-                    job_ids: hello.job_ids,
-                    batches,
-                    running: hello.running,
-                    killed: killed.clone(),
-                };
+                    hello.slot,
+                    (hello.tasks, hello.job_ids, hello.running),
+                );
                 // Started first: the worker's answers and its end come after it.
                 if events.send(PoolEvent::Started(started)).is_err() {
                     kill_group(pid);

@@ -40,7 +40,7 @@ mod types;
 
 pub use handle::{WorkerHandle, describe_exit};
 pub use monitor::{LogLine, LogLines, MAX_LOG_LINE};
-pub use types::{PoolConfig, PoolEvent, StartedWorker};
+pub use types::{PoolConfig, PoolEvent, StartedWorker, WorkerPool};
 
 use std::sync::Arc;
 use std::thread;
@@ -143,6 +143,20 @@ impl Spawner {
             // The thread only stops when this handle is dropped.
             let _ = requests.send(worker);
         }
+    }
+}
+
+impl WorkerPool for Spawner {
+    fn spawn(&self, worker: WorkerId) {
+        Spawner::spawn(self, worker);
+    }
+
+    fn kill(&self, pid: u32) {
+        crate::os::kill_group(pid);
+    }
+
+    fn resident_bytes(&self, pid: u32) -> Option<u64> {
+        crate::os::resident_bytes(pid)
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use corral_protocol::{Batch, BatchDone, RunningSlot, WorkerId};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use crate::scheduler::{StartFailure, WorkerExit};
 use crate::transport::Transport;
@@ -85,6 +85,44 @@ pub struct StartedWorker {
     pub running: RunningSlot,
     /// Set by the runtime before it kills the worker: its sender then expects failed sends.
     pub(super) killed: Arc<AtomicBool>,
+}
+
+impl StartedWorker {
+    /// A worker that said hello, with the receiving end of its batches and the flag the
+    /// runtime sets before it kills it: both for whoever sends its batches.
+    pub fn new(
+        worker: WorkerId,
+        pid: u32,
+        slot: u32,
+        hello: (Vec<String>, bool, RunningSlot),
+    ) -> (StartedWorker, Receiver<Batch>, Arc<AtomicBool>) {
+        let (batches, queued) = unbounded();
+        let killed = Arc::new(AtomicBool::new(false));
+        let (tasks, job_ids, running) = hello;
+        let started = StartedWorker {
+            worker,
+            pid,
+            slot,
+            tasks,
+            job_ids,
+            batches,
+            running,
+            killed: killed.clone(),
+        };
+        (started, queued, killed)
+    }
+}
+
+/// What the engine asks of a pool of workers. The process pool ([`super::Spawner`]) is one;
+/// the engine's unit tests use a scripted one. A pool reports on the events channel it was
+/// made with: each worker's `Started` (or `StartFailed`), its answers, and its `Gone`.
+pub trait WorkerPool: Send {
+    /// Starts a worker under this id.
+    fn spawn(&self, worker: WorkerId);
+    /// Kills the worker whose pid this is, and its process group.
+    fn kill(&self, pid: u32);
+    /// The resident memory of the worker whose pid this is, if known.
+    fn resident_bytes(&self, pid: u32) -> Option<u64>;
 }
 
 /// The slots of live workers (see the pool's docs): the lowest one free when a worker starts,
