@@ -8,13 +8,10 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Instant;
 
+use crate::exit::Exit;
 use crate::resume::{FinishedKeys, Meeting, job_line_key, line_digest};
 use crate::run::Source;
 use crate::wire::{Hello, Said};
-
-/// Exit status when the service is not there, or stopped before every job had its result
-/// (`EX_TEMPFAIL`: try again, with `--resume`).
-pub const EXIT_UNAVAILABLE: u8 = 75;
 
 /// What `corral submit` does.
 pub struct Submit {
@@ -38,7 +35,7 @@ fn say(message: std::fmt::Arguments<'_>) {
 }
 
 /// Connects to the service, or says why not.
-fn connect(socket: &Path) -> Result<UnixStream, u8> {
+fn connect(socket: &Path) -> Result<UnixStream, Exit> {
     UnixStream::connect(socket).map_err(|err| {
         let hint = match err.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
@@ -55,15 +52,15 @@ fn connect(socket: &Path) -> Result<UnixStream, u8> {
         ));
         // Trying again cannot help a client the socket's permissions keep out.
         if err.kind() == io::ErrorKind::PermissionDenied {
-            2
+            Exit::Usage
         } else {
-            EXIT_UNAVAILABLE
+            Exit::Unavailable
         }
     })
 }
 
 /// Runs `corral submit`; returns its exit status.
-pub fn submit(config: Submit) -> u8 {
+pub fn submit(config: Submit) -> Exit {
     let started = Instant::now();
     let stream = match connect(&config.socket) {
         Ok(stream) => stream,
@@ -71,7 +68,7 @@ pub fn submit(config: Submit) -> u8 {
     };
     let Ok(send_half) = stream.try_clone() else {
         say(format_args!("cannot use the connection to the service"));
-        return EXIT_UNAVAILABLE;
+        return Exit::Unavailable;
     };
     let sources = config.sources;
     let finished = config.finished;
@@ -87,7 +84,7 @@ pub fn submit(config: Submit) -> u8 {
     let repeated = match sent {
         Err(SendError::Input(message)) => {
             say(format_args!("{message}"));
-            return 2;
+            return Exit::Usage;
         }
         Err(SendError::Service) => Vec::new(),
         Ok(repeated) => repeated,
@@ -102,14 +99,14 @@ pub fn submit(config: Submit) -> u8 {
     match outcome {
         Received::Output(err) => {
             if err.kind() == io::ErrorKind::BrokenPipe {
-                return 0;
+                return Exit::Success;
             }
             say(format_args!("cannot write results: {err}"));
-            2
+            Exit::Usage
         }
         Received::Refused(message) => {
             say(format_args!("the service refused: {message}"));
-            2
+            Exit::Usage
         }
         Received::End {
             results,
@@ -130,20 +127,20 @@ pub fn submit(config: Submit) -> u8 {
                     ));
                 }
             }
-            u8::from(failed + earlier > 0)
+            Exit::failed_if(failed + earlier > 0)
         }
         Received::Stopped { results, reason } => {
             say(format_args!(
                 "{reason}: {results} results came before it stopped; the other jobs did not run. Run again with -o FILE --resume to finish them"
             ));
-            EXIT_UNAVAILABLE
+            Exit::Unavailable
         }
         Received::Lost { results, error } => {
             let error = error.map_or_else(String::new, |e| format!(" ({e})"));
             say(format_args!(
                 "the connection to the service was lost{error} after {results} results; run again with -o FILE --resume to finish"
             ));
-            EXIT_UNAVAILABLE
+            Exit::Unavailable
         }
     }
 }
@@ -384,19 +381,19 @@ impl ResumeFilter {
 }
 
 /// Runs `corral status`; returns its exit status.
-pub fn status(socket: &Path, json: bool) -> u8 {
+pub fn status(socket: &Path, json: bool) -> Exit {
     let mut stream = match connect(socket) {
         Ok(stream) => stream,
         Err(status) => return status,
     };
     if stream.write_all(&Hello::Status.line()).is_err() {
         say(format_args!("the service closed the connection"));
-        return EXIT_UNAVAILABLE;
+        return Exit::Unavailable;
     }
     let mut line = Vec::new();
     if let Err(err) = BufReader::new(&stream).read_until(b'\n', &mut line) {
         say(format_args!("cannot read the service's answer: {err}"));
-        return EXIT_UNAVAILABLE;
+        return Exit::Unavailable;
     }
     match Said::parse(line.trim_ascii_end()) {
         Some(Said::Status(value)) => {
@@ -406,17 +403,17 @@ pub fn status(socket: &Path, json: bool) -> u8 {
                 table(&value)
             };
             let _ = writeln!(io::stdout().lock(), "{text}");
-            0
+            Exit::Success
         }
         Some(Said::Error { message }) => {
             say(format_args!("the service refused: {message}"));
-            2
+            Exit::Usage
         }
         _ => {
             say(format_args!(
                 "the service did not answer with its status (it may be stopping)"
             ));
-            EXIT_UNAVAILABLE
+            Exit::Unavailable
         }
     }
 }

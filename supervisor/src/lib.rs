@@ -23,6 +23,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod engine;
+pub mod exit;
 pub mod input;
 pub use corral_protocol::jobline;
 pub mod journal;

@@ -17,6 +17,7 @@ use corral::cli::{
     Cli, Command, LogFormat, MergeArgs, MuxArgs, PoolArgs, RunArgs, ServeArgs, SubmitArgs,
 };
 use corral::engine::EngineConfig;
+use corral::exit::Exit;
 use corral::input::{EXEC_TASK, InputFormat, ring_blocks};
 use corral::pool::PoolConfig;
 use corral::run::{RunConfig, RunEnd, RunReport, Source, run};
@@ -32,20 +33,20 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Keeper => {
             corral::keeper::serve(io::stdin().lock());
-            return ExitCode::SUCCESS;
+            return Exit::Success.into();
         }
         Command::Worker => return corral_worker::builtin::register(Worker::new()).run(),
         Command::Generate { dir } => {
             return match corral::manual::generate(&dir) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => Exit::Success.into(),
                 Err(err) => {
                     say(format_args!("cannot write under {}: {err}", dir.display()));
-                    ExitCode::from(2)
+                    Exit::Usage.into()
                 }
             };
         }
         Command::Status(args) => {
-            return ExitCode::from(corral::client::status(&args.socket, args.json));
+            return corral::client::status(&args.socket, args.json).into();
         }
         command => command,
     };
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
     };
     done.unwrap_or_else(|err| {
         say(format_args!("{err:#}"));
-        ExitCode::from(2)
+        Exit::Usage.into()
     })
 }
 
@@ -130,7 +131,7 @@ fn exit_with_parent(scratch: Option<PathBuf>) {
                     if let Some(dir) = &scratch {
                         let _ = std::fs::remove_dir_all(dir);
                     }
-                    std::process::exit(129);
+                    std::process::exit(Exit::Signal(libc::SIGHUP).code().into());
                 }
             }
         })
@@ -316,7 +317,7 @@ fn merge_command(args: MergeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             report.jobs, report.written, report.missing.0, report.duplicated.0, report.unknown
         ));
     }
-    Ok(ExitCode::from(u8::from(!report.complete())))
+    Ok(Exit::failed_if(!report.complete()).into())
 }
 
 fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -360,10 +361,10 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config_file: args.config,
     };
     Ok(match corral::serve::serve(config, listeners) {
-        ServeEnd::Stopped(_) => ExitCode::SUCCESS,
+        ServeEnd::Stopped(_) => Exit::Success.into(),
         ServeEnd::Fatal(message) => {
             say(format_args!("{message}"));
-            ExitCode::from(2)
+            Exit::Usage.into()
         }
     })
 }
@@ -393,10 +394,10 @@ fn mux_command(args: MuxArgs) -> anyhow::Result<ExitCode> {
     );
     Ok(
         match corral::mux::mux(config, format, io::stdin(), stdout) {
-            corral::mux::MuxEnd::Done => ExitCode::SUCCESS,
+            corral::mux::MuxEnd::Done => Exit::Success.into(),
             corral::mux::MuxEnd::Fatal(message) => {
                 tracing::debug!("{message}");
-                ExitCode::from(2)
+                Exit::Usage.into()
             }
         },
     )
@@ -432,7 +433,7 @@ fn submit_command(args: SubmitArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         earlier_failed,
         quiet,
     });
-    Ok(ExitCode::from(status))
+    Ok(status.into())
 }
 
 /// The scheduler's and the pool's settings, shared by `run` and `serve`; `env` is for the
@@ -598,31 +599,29 @@ fn sources(files: &[PathBuf]) -> anyhow::Result<Vec<Source>> {
 /// The run's exit status, and its last words; `earlier_failed` counts the failures already in
 /// the results file it resumed, which its status describes too.
 fn finish(report: &RunReport, earlier_failed: u64, quiet: bool) -> ExitCode {
-    let failed_status = if report.tally.failed_total() + earlier_failed == 0 {
-        0
-    } else {
-        1
-    };
+    let failed_status = Exit::failed_if(report.tally.failed_total() + earlier_failed > 0);
     let (message, status) = match &report.end {
-        RunEnd::Fatal(message) | RunEnd::InputFailed(message) => (Some(message.clone()), 2),
+        RunEnd::Fatal(message) | RunEnd::InputFailed(message) => {
+            (Some(message.clone()), Exit::Usage)
+        }
         // A reader that went away (`corral run | head -1`) is a normal way to end.
-        RunEnd::OutputFailed(io::ErrorKind::BrokenPipe, _) => return ExitCode::from(failed_status),
+        RunEnd::OutputFailed(io::ErrorKind::BrokenPipe, _) => return failed_status.into(),
         RunEnd::OutputFailed(_, message) => (
             Some(format!(
                 "cannot write results: {message}; {} results were not written",
                 report.unwritten
             )),
-            2,
+            Exit::Usage,
         ),
         RunEnd::Interrupted(signal) => {
             let name =
                 nix::sys::signal::Signal::try_from(*signal).map_or("a signal", |s| s.as_str());
             (
                 Some(format!("stopped by {name}; {}", not_run(report))),
-                128 + *signal as u8,
+                Exit::Signal(*signal),
             )
         }
-        RunEnd::Halted(reason) => (Some(format!("{reason}; {}", not_run(report))), 1),
+        RunEnd::Halted(reason) => (Some(format!("{reason}; {}", not_run(report))), Exit::Failed),
         RunEnd::Completed => (None, failed_status),
     };
     if let Some(message) = message {
@@ -636,7 +635,7 @@ fn finish(report: &RunReport, earlier_failed: u64, quiet: bool) -> ExitCode {
             ));
         }
     }
-    ExitCode::from(status)
+    status.into()
 }
 
 fn not_run(report: &RunReport) -> String {
