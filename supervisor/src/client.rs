@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::exit::Exit;
 use crate::resume::{FinishedKeys, Meeting, job_line_key, line_digest};
 use crate::run::Source;
-use crate::wire::{Hello, Said};
+use crate::wire::{Hello, Said, ServiceStatus};
 
 /// What `corral submit` does.
 pub struct Submit {
@@ -419,66 +419,55 @@ pub fn status(socket: &Path, json: bool) -> Exit {
 }
 
 /// The status as a few lines for a person.
-fn table(status: &serde_json::Value) -> String {
+fn table(status: &ServiceStatus) -> String {
     use std::fmt::Write as _;
-    let num = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or(0);
-    let secs = |v: &serde_json::Value, key: &str| {
-        let s = v[key].as_f64().unwrap_or(0.0);
-        humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string()
+    let secs = |s: f64| {
+        humantime::format_duration(std::time::Duration::from_secs(s.max(0.0) as u64)).to_string()
     };
+    let engine = &status.engine;
     let mut out = String::new();
-    let workers = status["workers"].as_array().cloned().unwrap_or_default();
-    let clients = status["clients"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(
         out,
         "corral service pid {}, up {}{}",
-        num(status, "pid"),
-        secs(status, "uptime_secs"),
-        if status["draining"].as_bool() == Some(true) {
-            ", stopping"
-        } else {
-            ""
-        }
+        status.pid,
+        secs(status.uptime_secs),
+        if engine.draining { ", stopping" } else { "" }
     );
     let _ = writeln!(
         out,
         "workers: {} ready of {}; {} restarts, {} recycled",
-        num(status, "ready"),
-        workers.len(),
-        num(status, "restarts"),
-        num(status, "recycled")
+        engine.ready,
+        engine.workers.len(),
+        engine.restarts,
+        engine.recycled
     );
     let _ = writeln!(
         out,
         "queue: {} jobs waiting from {} clients; {} in service; {} results since start; {} dropped (their client left)",
-        num(status, "queued"),
-        num(status, "queued_sources"),
-        num(status, "outstanding"),
-        num(status, "answered"),
-        num(status, "dropped")
+        engine.queued, engine.queued_sources, engine.outstanding, engine.answered, engine.dropped
     );
     let _ = writeln!(
         out,
         "\n  {:<5} {:<8} {:<10} {:>10} {:>10} {:>10} {:>8}  JOB",
         "SLOT", "PID", "STATE", "UPTIME", "RSS", "DONE", "RESTARTS"
     );
-    for w in &workers {
-        let rss = w["rss_bytes"].as_u64().map_or_else(
+    for w in &engine.workers {
+        let rss = w.rss_bytes.map_or_else(
             || "-".to_owned(),
             |b| bytesize::ByteSize(b).display().iec().to_string(),
         );
         let _ = writeln!(
             out,
             "  {:<5} {:<8} {:<10} {:>10} {:>10} {:>10} {:>8}  {}",
-            num(w, "slot"),
-            num(w, "pid"),
-            w["state"].as_str().unwrap_or("?"),
-            secs(w, "uptime_secs"),
+            w.slot,
+            w.pid,
+            w.state.as_str(),
+            secs(w.uptime_secs),
             rss,
-            num(w, "jobs_done"),
-            num(w, "restarts"),
-            match w["current"].as_str() {
-                Some(job) => format!("{job} (for {})", secs(w, "current_secs")),
+            w.jobs_done,
+            w.restarts,
+            match &w.current {
+                Some(job) => format!("{job} (for {})", secs(w.current_secs.unwrap_or(0.0))),
                 None => "-".to_owned(),
             }
         );
@@ -488,18 +477,18 @@ fn table(status: &serde_json::Value) -> String {
         "\n  {:<8} {:<8} {:<8} {:>10} {:>10} {:>10} {:>8} {:>8}",
         "CLIENT", "UID", "PID", "READ", "WRITTEN", "IN SERVICE", "OK", "FAILED"
     );
-    for c in &clients {
+    for c in &status.clients {
         let _ = writeln!(
             out,
             "  {:<8} {:<8} {:<8} {:>10} {:>10} {:>10} {:>8} {:>8}",
-            num(c, "client"),
-            num(c, "uid"),
-            num(c, "pid"),
-            num(c, "jobs_read"),
-            num(c, "results_written"),
-            num(c, "in_service"),
-            num(c, "ok"),
-            num(c, "failed")
+            c.client,
+            c.uid,
+            c.pid.max(0),
+            c.jobs_read,
+            c.results_written,
+            c.in_service,
+            c.ok,
+            c.failed
         );
     }
     out.trim_end().to_owned()

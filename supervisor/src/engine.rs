@@ -33,7 +33,7 @@ use crate::pool::{PoolConfig, PoolEvent, Spawner, WorkerHandle, WorkerPool};
 use crate::ports::{Feed, Intake, Sink};
 use crate::progress::Progress;
 use crate::record::{InputChunk, Job, JobResult, SourceId, TaskNames};
-use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig};
+use crate::scheduler::{Action, Event, RunCounters, Scheduler, SchedulerConfig, WorkerState};
 use crate::transport::Transport;
 
 /// How often deadlines, delayed restarts and the grace period are checked.
@@ -93,7 +93,8 @@ pub enum Control {
 }
 
 /// The engine's state, as [`Control::Status`] answers.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EngineStatus {
     /// Every worker, starting or running.
     pub workers: Vec<WorkerStatus>,
@@ -120,12 +121,13 @@ pub struct EngineStatus {
 }
 
 /// One worker, as [`EngineStatus`] shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct WorkerStatus {
     /// Its process id (0 while it starts).
     pub pid: u32,
-    /// starting, idle, busy, recycling or retiring.
-    pub state: &'static str,
+    /// Where it is in its life.
+    pub state: WorkerState,
     /// The id of the job it is running, if known.
     pub current: Option<String>,
     /// How long that job has been running, in seconds.
@@ -560,10 +562,7 @@ impl Engine {
         let (queued, queued_sources) = self.scheduler.queued();
         let counters = self.counters();
         EngineStatus {
-            ready: workers
-                .iter()
-                .filter(|w| w.state != "starting" && w.state != "retiring")
-                .count(),
+            ready: workers.iter().filter(|w| w.state.takes_jobs()).count(),
             workers,
             queued,
             queued_sources,
@@ -579,7 +578,7 @@ impl Engine {
 
     /// The first stop signal drains; a second one ends the loop (the caller kills the workers).
     fn on_signal(&mut self, signal: i32) -> Option<Event> {
-        let name = nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
+        let name = crate::os::Signal(signal);
         if self.interrupted.is_some() {
             tracing::warn!("{name} again: killing the workers");
             return None;

@@ -614,8 +614,7 @@ fn finish(report: &RunReport, earlier_failed: u64, quiet: bool) -> ExitCode {
             Exit::Usage,
         ),
         RunEnd::Interrupted(signal) => {
-            let name =
-                nix::sys::signal::Signal::try_from(*signal).map_or("a signal", |s| s.as_str());
+            let name = corral::os::Signal(*signal);
             (
                 Some(format!("stopped by {name}; {}", not_run(report))),
                 Exit::Signal(*signal),

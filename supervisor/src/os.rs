@@ -5,6 +5,34 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
+/// A signal, by number; shown by its name (`SIGSEGV`), or as `signal N` when it has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signal(pub i32);
+
+impl Signal {
+    /// What `kill -9`, the OOM killer and corral's own kills send.
+    pub const KILL: Signal = Signal(libc::SIGKILL);
+    /// A segmentation fault.
+    pub const SEGV: Signal = Signal(libc::SIGSEGV);
+    /// An abort (a failed allocation in Rust, `abort()` in C).
+    pub const ABRT: Signal = Signal(libc::SIGABRT);
+    /// A bus error.
+    pub const BUS: Signal = Signal(libc::SIGBUS);
+
+    /// Its name, as result lines and logs show it.
+    pub fn name(self) -> String {
+        nix::sys::signal::Signal::try_from(self.0)
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|_| format!("signal {}", self.0))
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
 /// SIGKILL to a whole process group, and to the worker's cgroup when it has one (what left
 /// the group). A group that is already gone is not an error.
 pub fn kill_group(pgid: u32) {

@@ -28,6 +28,7 @@ use corral_protocol::{
     Batch, BatchDone, BatchId, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
 };
 
+use crate::os::Signal;
 use crate::record::{
     Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, ResultKey, SharedBytes,
     SourceId, TaskId, TaskNames,
@@ -277,8 +278,8 @@ pub struct RunCounters {
 pub enum WorkerExit {
     /// It exited with this status.
     Code(i32),
-    /// It was killed by this signal (`"SIGSEGV"`).
-    Signal(String),
+    /// It was killed by this signal.
+    Signal(Signal),
 }
 
 impl std::fmt::Display for WorkerExit {
@@ -323,6 +324,42 @@ impl StartFailure {
     }
 }
 
+/// Where a worker is in its life, as `corral status` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Started, and not said hello yet.
+    #[default]
+    Starting,
+    /// Ready, and holding no job.
+    Idle,
+    /// Holding jobs.
+    Busy,
+    /// Holding jobs, to be replaced once they are answered (`--max-jobs-per-worker`,
+    /// `--max-rss`).
+    Recycling,
+    /// Told to finish what it holds and exit.
+    Retiring,
+}
+
+impl WorkerState {
+    /// The state as `corral status` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Recycling => "recycling",
+            WorkerState::Retiring => "retiring",
+        }
+    }
+
+    /// Whether it takes jobs (it has said hello and is not on its way out).
+    pub fn takes_jobs(self) -> bool {
+        !matches!(self, WorkerState::Starting | WorkerState::Retiring)
+    }
+}
+
 /// A worker as the scheduler sees it ([`Scheduler::workers`]).
 #[derive(Debug, Clone)]
 pub struct WorkerView {
@@ -330,8 +367,8 @@ pub struct WorkerView {
     pub worker: WorkerId,
     /// Its process id (0 while it starts).
     pub pid: u32,
-    /// starting, idle, busy, recycling or retiring.
-    pub state: &'static str,
+    /// Where it is in its life.
+    pub state: WorkerState,
     /// Jobs it has answered.
     pub jobs_done: u64,
     /// Jobs it holds.
@@ -668,11 +705,11 @@ impl Scheduler {
                 worker,
                 pid: slot.pid,
                 state: match slot.phase {
-                    Phase::Starting => "starting",
-                    Phase::Ready if slot.in_flight.is_empty() => "idle",
-                    Phase::Ready if slot.recycle.is_some() => "recycling",
-                    Phase::Ready => "busy",
-                    Phase::Retiring => "retiring",
+                    Phase::Starting => WorkerState::Starting,
+                    Phase::Ready if slot.in_flight.is_empty() => WorkerState::Idle,
+                    Phase::Ready if slot.recycle.is_some() => WorkerState::Recycling,
+                    Phase::Ready => WorkerState::Busy,
+                    Phase::Retiring => WorkerState::Retiring,
                 },
                 jobs_done: slot.jobs_done,
                 in_flight: slot.jobs_in_flight(),
@@ -1040,7 +1077,7 @@ impl Scheduler {
         // blame, is what a broken build or environment looks like: count it towards giving up.
         // A SIGKILL that corral did not send (kill -9, the OOM killer) is not.
         let killed_from_outside =
-            note.is_none() && !timed_out && exit == WorkerExit::Signal("SIGKILL".into());
+            note.is_none() && !timed_out && exit == WorkerExit::Signal(Signal::KILL);
         if !attributed && slot.jobs_done == 0 && !killed_from_outside {
             self.start_failures += 1;
             if self.start_failures >= self.cfg.max_start_failures {
@@ -1147,7 +1184,7 @@ impl Scheduler {
             message.push_str(": ");
             message.push_str(note);
         }
-        let memory_signal = matches!(exit, WorkerExit::Signal(s) if ["SIGABRT", "SIGSEGV", "SIGBUS", "SIGKILL"].contains(&s.as_str()));
+        let memory_signal = matches!(exit, WorkerExit::Signal(s) if [Signal::ABRT, Signal::SEGV, Signal::BUS, Signal::KILL].contains(s));
         if let (Some(limit), true) = (self.cfg.memory_limit, memory_signal) {
             message.push_str(&format!(
                 "; workers run under --memory-limit {}, which this job may have exceeded",
@@ -1157,7 +1194,7 @@ impl Scheduler {
         let mut error = JobError::new(ErrorKind::Crashed, message);
         match exit {
             WorkerExit::Code(code) => error.exit_code = Some(*code),
-            WorkerExit::Signal(signal) => error.signal = Some(signal.clone()),
+            WorkerExit::Signal(signal) => error.signal = Some(signal.name()),
         }
         error
     }

@@ -233,7 +233,7 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
                     workers = reload(&config, &shared, workers);
                     continue;
                 }
-                let name = nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
+                let name = crate::os::Signal(signal);
                 if !stopping {
                     stopping = true;
                     notify::stopping();
@@ -354,7 +354,11 @@ fn reload(config: &ServeConfig, shared: &Shared, workers: usize) -> usize {
 }
 
 fn status_line(status: &EngineStatus, shared: &Shared) -> String {
-    let busy = status.workers.iter().filter(|w| w.state == "busy").count();
+    let busy = status
+        .workers
+        .iter()
+        .filter(|w| w.state == crate::scheduler::WorkerState::Busy)
+        .count();
     format!(
         "{} clients, {} jobs queued, {busy}/{} workers busy, {} results, {} restarts",
         shared.clients.lock().expect("never poisoned").len(),

@@ -14,6 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::EngineStatus;
+
 /// What opens every line the service or a client says of its own.
 pub const PREFIX: &[u8] = b"{\"corral\":";
 
@@ -56,7 +58,51 @@ pub enum Said {
         reason: String,
     },
     /// The answer to [`Hello::Status`].
-    Status(Box<serde_json::Value>),
+    Status(Box<ServiceStatus>),
+}
+
+/// The service's state, as `corral status` shows it: the engine's, and each client's. A field
+/// a service does not send (an older one) reads as its default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceStatus {
+    /// Workers, queue and counters.
+    #[serde(flatten)]
+    pub engine: EngineStatus,
+    /// The service's pid.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_secs: f64,
+    /// Connections open, clients or not.
+    pub connections: usize,
+    /// Each connected client, by number.
+    pub clients: Vec<ClientStatus>,
+}
+
+/// One client of the service, as [`ServiceStatus`] shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientStatus {
+    /// Its number in the service.
+    pub client: u32,
+    /// Its user.
+    pub uid: u32,
+    /// Its process.
+    pub pid: i32,
+    /// Seconds since it connected.
+    pub connected_secs: f64,
+    /// Job lines read from it.
+    pub jobs_read: u64,
+    /// Result lines written to it.
+    pub results_written: u64,
+    /// Jobs read and not answered yet.
+    pub in_service: u64,
+    /// Results waiting for it to read them.
+    pub results_waiting: usize,
+    /// Of its results, successes.
+    pub ok: u64,
+    /// Of its results, failures.
+    pub failed: u64,
 }
 
 impl Said {
@@ -116,7 +162,15 @@ mod tests {
                 read: 5,
                 reason: "SIGTERM".into(),
             },
-            Said::Status(Box::new(serde_json::json!({"queued": 4}))),
+            Said::Status(Box::new(ServiceStatus {
+                pid: 7,
+                clients: vec![ClientStatus {
+                    client: 1,
+                    ok: 2,
+                    ..ClientStatus::default()
+                }],
+                ..ServiceStatus::default()
+            })),
         ] {
             let line = said.line();
             assert!(

@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender, select, unbounded};
 
 use super::{EngineConfig, EngineEnd, EngineReport, Service};
 use crate::input::InputFormat;
+use crate::os::Signal;
 use crate::pool::{PoolEvent, StartedWorker, WorkerPool};
 use crate::record::TaskNames;
 use crate::scheduler::{StartFailure, WorkerExit};
@@ -121,7 +122,7 @@ fn scripted_worker(
     };
     loop {
         let batch = select! {
-            recv(killed) -> _ => return gone(WorkerExit::Signal("SIGKILL".into())),
+            recv(killed) -> _ => return gone(WorkerExit::Signal(Signal::KILL)),
             recv(queued) -> batch => match batch {
                 Ok(batch) => batch,
                 // Retired: it exits once its input ends.
@@ -139,10 +140,10 @@ fn scripted_worker(
                     done.outputs.0.extend_from_slice(input);
                     done.push(1_000, TaskResult::Ok);
                 }
-                Act::Die => return gone(WorkerExit::Signal("SIGSEGV".into())),
+                Act::Die => return gone(WorkerExit::Signal(Signal::SEGV)),
                 Act::Stall => {
                     let _ = killed.recv();
-                    return gone(WorkerExit::Signal("SIGKILL".into()));
+                    return gone(WorkerExit::Signal(Signal::KILL));
                 }
             }
         }

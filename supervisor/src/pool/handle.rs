@@ -11,7 +11,7 @@ use corral_protocol::{Batch, RunningSlot, WorkerId};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::types::{StartedWorker, WorkerPool};
-use crate::os::kill_group;
+use crate::os::{Signal, kill_group};
 use crate::scheduler::WorkerExit;
 use crate::transport::Outbox;
 
@@ -106,10 +106,7 @@ pub(super) fn send_batches(
 /// Describes how a process ended.
 pub fn describe_exit(status: ExitStatus) -> WorkerExit {
     if let Some(signal) = status.signal() {
-        let name = nix::sys::signal::Signal::try_from(signal)
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_else(|_| format!("signal {signal}"));
-        WorkerExit::Signal(name)
+        WorkerExit::Signal(Signal(signal))
     } else {
         WorkerExit::Code(status.code().unwrap_or(-1))
     }

@@ -13,7 +13,7 @@ use super::handle::{describe_exit, send_batches};
 use super::inbox::{Answering, Inboxes};
 use super::launch::Launched;
 use super::types::{PoolEvent, StartedWorker};
-use crate::os::kill_group;
+use crate::os::{Signal, kill_group};
 use crate::scheduler::{StartFailure, WorkerExit};
 use crate::transport::{Inbox, Outbox};
 
@@ -115,7 +115,7 @@ impl Launched {
                                 Ok(exit) => format!("worker {pid} ({program}) {exit} before saying hello"),
                                 Err(_) => format!("worker {pid} ({program}) vanished before saying hello"),
                             });
-                            failure.killed = exit == Ok(WorkerExit::Signal("SIGKILL".into()));
+                            failure.killed = exit == Ok(WorkerExit::Signal(Signal::KILL));
                             failure
                         },
                         recv(cancelled) -> _ => {

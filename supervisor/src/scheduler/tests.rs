@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult, WorkerId};
 
 use super::{Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartFailure, WorkerExit};
+use crate::os::Signal;
 use crate::record::{
     ErrorKind, InputChunk, Job, JobId, JobResult, Jobs, ResultKey, SharedBytes, SourceId, TaskNames,
 };
@@ -177,7 +178,7 @@ fn config(workers: usize) -> SchedulerConfig {
 }
 
 fn sigsegv() -> WorkerExit {
-    WorkerExit::Signal("SIGSEGV".into())
+    WorkerExit::Signal(Signal::SEGV)
 }
 
 #[test]
@@ -573,7 +574,7 @@ fn a_job_past_its_deadline_gets_its_worker_killed_and_fails_with_timeout() {
         running: vec![(WorkerId(1), word)],
     });
     assert_eq!(h.kills.len(), 1, "killed once");
-    h.die(WorkerId(1), WorkerExit::Signal("SIGKILL".into()), word);
+    h.die(WorkerId(1), WorkerExit::Signal(Signal::KILL), word);
     assert_eq!(h.results.len(), 1);
     let error = h.results[0].outcome.as_ref().unwrap_err();
     assert_eq!(error.kind, ErrorKind::Timeout);
@@ -839,11 +840,7 @@ fn workers_killed_from_outside_before_any_work_are_restarts_not_a_broken_build()
             // Killed after its hello, idle.
             h.ready(worker, 10 + round);
             h.take_sends();
-            h.die(
-                worker,
-                WorkerExit::Signal("SIGKILL".into()),
-                RunningWord::IDLE,
-            );
+            h.die(worker, WorkerExit::Signal(Signal::KILL), RunningWord::IDLE);
         }
         h.advance(Duration::from_secs(1));
         h.feed(Event::Tick { running: vec![] });
@@ -986,7 +983,7 @@ fn an_answer_to_the_wrong_batch_kills_the_worker_and_nothing_is_lost() {
     assert_eq!(h.kills, [WorkerId(1)]);
     h.die(
         WorkerId(1),
-        WorkerExit::Signal("SIGKILL".into()),
+        WorkerExit::Signal(Signal::KILL),
         RunningWord::running(sends[0].1.id, 0),
     );
     h.ready(WorkerId(2), 102);
@@ -1235,7 +1232,7 @@ fn a_retired_worker_that_does_not_exit_is_killed_after_the_exit_grace() {
     assert_eq!(h.kills.len(), 1, "killed once");
     h.die(
         WorkerId(1),
-        WorkerExit::Signal("SIGKILL".into()),
+        WorkerExit::Signal(Signal::KILL),
         RunningWord::IDLE,
     );
     assert!(h.finished, "the run ends with every result: {:?}", h.ids());
@@ -1279,7 +1276,7 @@ fn recycled_workers_that_linger_hold_back_replacements_instead_of_piling_up() {
     for worker in [2, 3] {
         h.die(
             WorkerId(worker),
-            WorkerExit::Signal("SIGKILL".into()),
+            WorkerExit::Signal(Signal::KILL),
             RunningWord::IDLE,
         );
     }
@@ -1299,7 +1296,7 @@ fn a_crash_under_a_memory_limit_says_so() {
     let sends = h.take_sends();
     h.die(
         WorkerId(1),
-        WorkerExit::Signal("SIGABRT".into()),
+        WorkerExit::Signal(Signal::ABRT),
         RunningWord::running(sends[0].1.id, 0),
     );
     let error = h.results[0].outcome.as_ref().unwrap_err();
@@ -1539,7 +1536,7 @@ fn a_worker_dying_on_a_line_of_a_block_blames_that_line_alone() {
     // The worker dies running the block's second line (line 2).
     h.die(
         worker,
-        WorkerExit::Signal("SIGSEGV".into()),
+        WorkerExit::Signal(Signal::SEGV),
         RunningWord::running(sent.id, 1),
     );
     assert!(
@@ -1664,7 +1661,7 @@ fn a_worker_dying_in_the_second_of_two_blocks_blames_the_line_counted_across_the
     // Line index 5 of the batch: the second line of the second block, line 7, id 7.
     h.die(
         worker,
-        WorkerExit::Signal("SIGKILL".into()),
+        WorkerExit::Signal(Signal::KILL),
         RunningWord::running(batch.id, 5),
     );
     assert!(

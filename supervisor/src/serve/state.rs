@@ -14,6 +14,7 @@ use crate::engine::{Control, EngineStatus};
 use crate::input::InputFormat;
 use crate::ports::Intake;
 use crate::record::{SourceId, TaskNames};
+use crate::wire::{ClientStatus, ServiceStatus};
 
 /// How often a reader waiting for credit looks whether its client is gone.
 const CREDIT_POLL: Duration = Duration::from_millis(100);
@@ -67,10 +68,10 @@ impl Shared {
 
     /// The engine's state and the clients', as `corral status` shows them; `None` if the
     /// engine does not answer within `wait`.
-    pub(super) fn status(&self, wait: Duration) -> Option<serde_json::Value> {
+    pub(super) fn status(&self, wait: Duration) -> Option<ServiceStatus> {
         let engine = self.engine_status(wait)?;
         let now = Instant::now();
-        let mut clients: Vec<serde_json::Value> = {
+        let clients = {
             let clients = self.clients.lock().expect("never poisoned");
             let mut list: Vec<(&SourceId, &Client)> = clients.iter().collect();
             list.sort_by_key(|(id, _)| **id);
@@ -78,37 +79,28 @@ impl Shared {
                 .map(|(id, c)| {
                     let sent = c.counts.sent.load(Ordering::Acquire);
                     let written = c.counts.written.load(Ordering::Acquire);
-                    serde_json::json!({
-                        "client": id.0,
-                        "uid": c.uid,
-                        "pid": c.pid,
-                        "connected_secs": now.duration_since(c.since).as_secs_f64(),
-                        "jobs_read": sent,
-                        "results_written": written,
-                        "in_service": sent - written,
-                        "results_waiting": c.counts.backlog.load(Ordering::Acquire),
-                        "ok": c.counts.ok.load(Ordering::Relaxed),
-                        "failed": c.counts.failed.load(Ordering::Relaxed),
-                    })
+                    ClientStatus {
+                        client: id.0,
+                        uid: c.uid,
+                        pid: c.pid,
+                        connected_secs: now.duration_since(c.since).as_secs_f64(),
+                        jobs_read: sent,
+                        results_written: written,
+                        in_service: sent - written,
+                        results_waiting: c.counts.backlog.load(Ordering::Acquire),
+                        ok: c.counts.ok.load(Ordering::Relaxed),
+                        failed: c.counts.failed.load(Ordering::Relaxed),
+                    }
                 })
                 .collect()
         };
-        let mut status = serde_json::to_value(&engine).expect("a status serializes");
-        let map = status.as_object_mut().expect("a struct is an object");
-        map.insert("pid".into(), std::process::id().into());
-        map.insert(
-            "uptime_secs".into(),
-            now.duration_since(self.started).as_secs_f64().into(),
-        );
-        map.insert(
-            "connections".into(),
-            self.connections.load(Ordering::Acquire).into(),
-        );
-        map.insert(
-            "clients".into(),
-            serde_json::Value::Array(std::mem::take(&mut clients)),
-        );
-        Some(status)
+        Some(ServiceStatus {
+            engine,
+            pid: std::process::id(),
+            uptime_secs: now.duration_since(self.started).as_secs_f64(),
+            connections: self.connections.load(Ordering::Acquire),
+            clients,
+        })
     }
 
     pub(super) fn engine_status(&self, wait: Duration) -> Option<EngineStatus> {
