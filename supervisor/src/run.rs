@@ -298,28 +298,94 @@ enum Reading {
     /// Framed on the thread that reads them, parsed on this many others.
     Parallel(usize),
     /// Framed on the thread that reads them, and sent as blocks of raw lines that the workers
-    /// read, run and answer themselves ([`crate::record::Job::lines`]): the usual way, for
-    /// native workers, when nothing needs each job in the supervisor before it runs
-    /// (`--keep-order`, `--shard`, `--lines`, `--exec`, `--max-jobs-per-worker` do).
+    /// read, run and answer themselves ([`crate::record::Job::lines`]): the usual way, when
+    /// nothing needs each job in the supervisor before it runs
+    /// ([`RunConfig::needs_each_job`]).
     Blocks,
 }
 
 impl Reading {
     fn of(config: &RunConfig) -> Reading {
-        let format = &config.format;
-        let scheduler = &config.scheduler;
         if config.parse_threads == 0 || config.finished.is_some() {
             Reading::Serial
-        } else if config.pool.transport == Transport::Native
-            && scheduler.keep_order.is_none()
-            && scheduler.max_jobs_per_worker.is_none()
-            && format.shard.is_none()
-            && !format.plain_lines
-            && !format.exec
-        {
+        } else if config.needs_each_job().is_none() {
             Reading::Blocks
         } else {
             Reading::Parallel(config.parse_threads)
+        }
+    }
+}
+
+impl RunConfig {
+    /// Why the supervisor must see each job before it runs, so that lines cannot go to the
+    /// workers as blocks of raw lines; `None` when they can. Every setting is named here, so
+    /// that a new one cannot be added without deciding whether it needs each job.
+    pub fn needs_each_job(&self) -> Option<&'static str> {
+        let RunConfig {
+            scheduler,
+            pool,
+            format,
+            sources: _,
+            grace: _,
+            progress: _,
+            // Their reading order is decided apart (see `Reading`).
+            finished: _,
+            parse_threads: _,
+        } = self;
+        let InputFormat {
+            plain_lines,
+            default_task: _,
+            exec,
+            max_line_bytes: _,
+            max_blocks: _,
+            shard,
+        } = format;
+        let SchedulerConfig {
+            keep_order,
+            max_jobs_per_worker,
+            workers: _,
+            retries: _,
+            // A block's running word names its running line, as a batch's names its job.
+            timeout: _,
+            max_queued: _,
+            max_queued_bytes: _,
+            batch_target: _,
+            max_batch_jobs: _,
+            max_batch_bytes: _,
+            batches_in_flight: _,
+            spread_always: _,
+            restart: _,
+            max_start_failures: _,
+            // Failures are counted from the answers, a block's as a batch's.
+            halt: _,
+            max_rss: _,
+            memory_limit: _,
+            exit_grace: _,
+        } = scheduler;
+        let PoolConfig {
+            transport,
+            program: _,
+            args: _,
+            env: _,
+            handshake_timeout: _,
+            memory_limit: _,
+            keeper: _,
+            gather: _,
+        } = pool;
+        if *transport != Transport::Native {
+            Some("only native workers read blocks of lines")
+        } else if keep_order.is_some() {
+            Some("--keep-order holds each result in input order")
+        } else if max_jobs_per_worker.is_some() {
+            Some("--max-jobs-per-worker counts each job")
+        } else if shard.is_some() {
+            Some("--shard picks each job by its line or id")
+        } else if *plain_lines {
+            Some("--lines makes each line a job of its own")
+        } else if *exec {
+            Some("--exec checks each job before it runs a program")
+        } else {
+            None
         }
     }
 }
@@ -444,5 +510,92 @@ impl Input {
                 send(feed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{HaltRule, HaltThreshold};
+    use crate::shard::{Shard, ShardBy};
+
+    fn plain() -> RunConfig {
+        let engine = EngineConfig::native("corral-worker".into(), 2);
+        RunConfig {
+            scheduler: engine.scheduler,
+            pool: engine.pool,
+            format: InputFormat::json(2),
+            sources: Vec::new(),
+            grace: engine.grace,
+            progress: false,
+            finished: None,
+            parse_threads: 2,
+        }
+    }
+
+    /// Each setting, changed from a plain run's, either needs each job in the supervisor or
+    /// does not; the ones that do are exactly these.
+    #[test]
+    fn only_settings_that_look_at_each_job_turn_blocks_off() {
+        assert_eq!(plain().needs_each_job(), None);
+        assert_eq!(Reading::of(&plain()), Reading::Blocks);
+        type Change = fn(&mut RunConfig);
+        let needs: [(&str, Change); 6] = [
+            ("stdio", |c| c.pool.transport = Transport::Stdio),
+            ("keep-order", |c| c.scheduler.keep_order = Some(64)),
+            ("max-jobs", |c| c.scheduler.max_jobs_per_worker = Some(10)),
+            ("shard", |c| {
+                c.format.shard = Some(Shard::new(1, 2, ShardBy::Line).unwrap());
+            }),
+            ("lines", |c| c.format.plain_lines = true),
+            ("exec", |c| c.format.exec = true),
+        ];
+        for (name, change) in needs {
+            let mut config = plain();
+            change(&mut config);
+            assert!(config.needs_each_job().is_some(), "{name}");
+            assert_eq!(Reading::of(&config), Reading::Parallel(2), "{name}");
+        }
+        let needs_not: [(&str, Change); 18] = [
+            ("task", |c| c.format.default_task = Some("t".into())),
+            ("max-job-bytes", |c| c.format.max_line_bytes = 10),
+            ("blocks", |c| c.format.max_blocks = 3),
+            ("grace", |c| c.grace = Duration::from_secs(1)),
+            ("progress", |c| c.progress = true),
+            ("workers", |c| c.scheduler.workers = 7),
+            ("retries", |c| c.scheduler.retries = 9),
+            ("timeout", |c| {
+                c.scheduler.timeout = Some(Duration::from_secs(1))
+            }),
+            ("max-queued", |c| c.scheduler.max_queued = 3),
+            ("batch", |c| c.scheduler.max_batch_jobs = 3),
+            ("in-flight", |c| c.scheduler.batches_in_flight = 1),
+            ("spread", |c| c.scheduler.spread_always = true),
+            ("halt", |c| {
+                c.scheduler.halt = Some(HaltRule {
+                    now: true,
+                    threshold: HaltThreshold::Count(1),
+                });
+            }),
+            ("max-rss", |c| c.scheduler.max_rss = Some(1 << 30)),
+            ("memory-limit", |c| c.pool.memory_limit = Some(1 << 30)),
+            ("args", |c| c.pool.args = vec!["x".into()]),
+            ("env", |c| c.pool.env = vec![("A".into(), "1".into())]),
+            ("start-timeout", |c| {
+                c.pool.handshake_timeout = Duration::from_secs(1)
+            }),
+        ];
+        for (name, change) in needs_not {
+            let mut config = plain();
+            change(&mut config);
+            assert_eq!(config.needs_each_job(), None, "{name}");
+        }
+        // Read in order, apart from the rest: --parse-threads 0 and --resume.
+        let mut serial = plain();
+        serial.parse_threads = 0;
+        assert_eq!(Reading::of(&serial), Reading::Serial);
+        let mut resumed = plain();
+        resumed.finished = Some(FinishedKeys::default());
+        assert_eq!(Reading::of(&resumed), Reading::Serial);
     }
 }
