@@ -11,8 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use corral_protocol::WorkerId;
+use corral_protocol::frame;
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use ipc_channel::ipc::{IpcReceiverSet, IpcSelectionResult, IpcSender};
+use ipc_channel::ipc::{IpcMessage, IpcReceiverSet, IpcSelectionResult, IpcSender};
 
 use super::handle::describe_exit;
 use super::types::PoolEvent;
@@ -95,6 +96,8 @@ struct Reading {
     /// Set when the worker broke the protocol: it has been killed, and what it sends after
     /// that is dropped.
     violation: Option<String>,
+    /// About how long its last answer was, in bytes.
+    last_len: usize,
 }
 
 /// The receiver set's thread.
@@ -129,9 +132,7 @@ impl Answers {
                         open = false;
                         true
                     }
-                    IpcSelectionResult::MessageReceived(id, message) => {
-                        self.answer(id, native::received(message.to()))
-                    }
+                    IpcSelectionResult::MessageReceived(id, message) => self.answer(id, message),
                     IpcSelectionResult::ChannelClosed(id) => {
                         if let Some(reading) = self.reading.remove(&id) {
                             self.ending.push(reading);
@@ -158,6 +159,7 @@ impl Answers {
                         Reading {
                             answering,
                             violation: None,
+                            last_len: 0,
                         },
                     );
                 }
@@ -168,6 +170,7 @@ impl Answers {
                     self.ending.push(Reading {
                         answering,
                         violation: Some(format!("corral could not read its answers ({err})")),
+                        last_len: 0,
                     });
                 }
             }
@@ -175,12 +178,16 @@ impl Answers {
     }
 
     /// Hands on what a worker sent; false once nobody takes events.
-    fn answer(&mut self, id: u64, received: Received) -> bool {
+    fn answer(&mut self, id: u64, message: IpcMessage) -> bool {
         let Some(reading) = self.reading.get_mut(&id) else {
             return true;
         };
         if reading.violation.is_some() {
             return true;
+        }
+        let received = native::received(message, reading.last_len);
+        if let Received::Done(done) = &received {
+            reading.last_len = done.outputs.0.len() + frame::head_room(done.outcomes.len());
         }
         match received {
             Received::Done(done) => {
@@ -278,6 +285,7 @@ fn receive_stdio(
         Reading {
             answering,
             violation,
+            last_len: 0,
         },
         exit,
     ));

@@ -122,9 +122,15 @@ impl Inbox {
     }
 }
 
-/// What a message on a worker's answers' channel says.
-pub(crate) fn received(message: Result<AnswerBytes, ipc_channel::SerDeError>) -> Received {
-    match message.map(|bytes| BatchDone::from_message(bytes.0)) {
+/// What a message on a worker's answers' channel says. `expected` is about how long it is (the
+/// length of the worker's previous one): its bytes are copied out of the message once, into a
+/// buffer of that size, rather than into one that grows.
+pub(crate) fn received(message: ipc_channel::ipc::IpcMessage, expected: usize) -> Received {
+    EXPECTED.set(expected);
+    match message
+        .to::<AnswerBytes>()
+        .map(|bytes| BatchDone::from_message(bytes.0))
+    {
         Ok(Ok(done)) => Received::Done(done),
         Ok(Err(err)) => Received::Violation(format!("it sent a malformed message ({err})")),
         Err(err) => Received::Violation(format!("its channel failed ({err})")),
@@ -149,6 +155,15 @@ impl Serialize for AnswerBytes {
     }
 }
 
+thread_local! {
+    /// The size to make the next [`AnswerBytes`]' buffer: set by [`received`] just before it
+    /// reads one, since a visitor cannot be given it.
+    static EXPECTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A first answer's buffer, and the least any is made.
+const MIN_ANSWER: usize = 4096;
+
 struct AllBytes;
 
 impl<'de> Visitor<'de> for AllBytes {
@@ -159,7 +174,10 @@ impl<'de> Visitor<'de> for AllBytes {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnswerBytes, A::Error> {
-        let mut bytes = Vec::with_capacity(4096);
+        // A little more than expected, so that an answer slightly longer than the last one
+        // does not grow the buffer (a copy of all of it).
+        let expected = EXPECTED.get();
+        let mut bytes = Vec::with_capacity((expected + expected / 8).max(MIN_ANSWER));
         // Each read ends, with an error, at the end of the message; the error says no more.
         while let Ok(Some(Word(word))) = seq.next_element::<Word>() {
             bytes.extend_from_slice(&word.to_le_bytes());
