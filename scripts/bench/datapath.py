@@ -298,10 +298,10 @@ def report(measured, runs):
     return rows, lines
 
 
-def splice(path, section):
-    """Replaces the Data path section of BENCHMARKS.md (or appends it)."""
+def splice(path, section, heading=HEADING):
+    """Replaces the section of BENCHMARKS.md under `heading` (or appends it)."""
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     body = "\n".join(section).rstrip("\n") + "\n\n"
     text = pattern.sub(body, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
     with open(path, "w") as out:

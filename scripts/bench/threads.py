@@ -28,11 +28,11 @@ def _count(path):
         return 0
 
 
-def one_run(workers):
-    """(start-up seconds, threads, fds) of one `corral run -j WORKERS`."""
+def one_run(workers, corral=CORRAL):
+    """(start-up seconds, threads, fds) of one `corral run -j WORKERS` of the binary `corral`."""
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [CORRAL, "run", "-v", "-j", str(workers)],
+        [corral, "run", "-v", "-j", str(workers)],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
