@@ -874,26 +874,19 @@ impl Sink for LineSink {
 /// Parses `jobs` as `source` and feeds them to the engine, then says the source ended.
 fn feed(source: SourceId, mut parser: JobParser, jobs: impl Read, intake: &Sender<Intake>) {
     let send = |feed: Feed| intake.send(Intake::Feed { source, feed }).is_ok();
-    let mut chunk = InputChunk::default();
-    let read = parser.read_all(jobs, |item, would_wait| {
-        chunk.push(item);
-        if chunk.len() >= FEED_CHUNK || would_wait {
-            return send(Feed::Jobs(std::mem::take(&mut chunk)));
-        }
-        true
-    });
+    let read = parser.read_chunks(
+        jobs,
+        FEED_CHUNK,
+        InputChunk::default,
+        |item| item,
+        |chunk| send(Feed::Jobs(chunk)),
+    );
     match read {
         Ok(true) => {
-            if !chunk.is_empty() {
-                send(Feed::Jobs(chunk));
-            }
             send(Feed::Ended);
         }
         Ok(false) => {}
         Err(err) => {
-            if !chunk.is_empty() {
-                send(Feed::Jobs(chunk));
-            }
             send(Feed::Failed(format!("cannot read the jobs: {err}")));
         }
     }

@@ -527,6 +527,40 @@ impl JobParser {
         read
     }
 
+    /// The one read-and-feed loop of every mode: reads all of `reader` and hands its items on
+    /// in chunks, each made by `new_chunk` and passed through `item` (a filter that may turn
+    /// a job into a refusal), once it holds `chunk_len` items or the next line needs another
+    /// read. The last chunk goes after the end or an error. `hand_over` returns false once
+    /// nothing more is taken; then this returns `Ok(false)`. `Ok(true)` means every item was
+    /// handed over.
+    pub fn read_chunks<R: Read>(
+        &mut self,
+        reader: R,
+        chunk_len: usize,
+        mut new_chunk: impl FnMut() -> InputChunk,
+        mut item: impl FnMut(InputItem) -> InputItem,
+        mut hand_over: impl FnMut(InputChunk) -> bool,
+    ) -> io::Result<bool> {
+        // A chunk is made only once the last one is handed over, so that waiting for one (a
+        // ring's vector) never holds items back.
+        let mut chunk: Option<InputChunk> = None;
+        let read = self.read_all(reader, |read, would_wait| {
+            let filling = chunk.get_or_insert_with(&mut new_chunk);
+            filling.push(item(read));
+            if filling.len() >= chunk_len || would_wait {
+                let full = chunk.take().expect("just filled");
+                return hand_over(full);
+            }
+            true
+        });
+        if let Some(last) = chunk.take().filter(|chunk| !chunk.is_empty())
+            && !hand_over(last)
+        {
+            return Ok(false);
+        }
+        read
+    }
+
     fn read_lines<R: Read>(
         &mut self,
         lines: &mut LineReader<R>,

@@ -473,30 +473,16 @@ impl Input {
     fn read(&mut self, reader: Box<dyn Read>) -> io::Result<bool> {
         match self {
             Input::Parallel(parallel) => parallel.read(reader),
-            Input::Serial { parser, ring, send } => {
-                // A vector is taken only once the last chunk is sent, so that waiting for one
-                // never holds jobs back from the scheduler.
-                let mut chunk: Option<InputChunk> = None;
-                let read = parser.read_all(reader, |item, would_wait| {
-                    let filling = chunk.get_or_insert_with(|| InputChunk {
-                        jobs: Jobs::from_ring(ring, INPUT_CHUNK),
-                        rejected: Vec::new(),
-                    });
-                    filling.push(item);
-                    if filling.len() >= INPUT_CHUNK || would_wait {
-                        let full = chunk.take().expect("just filled");
-                        return send(Feed::Jobs(full));
-                    }
-                    true
-                });
-                // What was read before an error or the end goes too.
-                if let Some(full) = chunk.take().filter(|chunk| !chunk.is_empty())
-                    && !send(Feed::Jobs(full))
-                {
-                    return Ok(false);
-                }
-                read
-            }
+            Input::Serial { parser, ring, send } => parser.read_chunks(
+                reader,
+                INPUT_CHUNK,
+                || InputChunk {
+                    jobs: Jobs::from_ring(ring, INPUT_CHUNK),
+                    rejected: Vec::new(),
+                },
+                |item| item,
+                |chunk| send(Feed::Jobs(chunk)),
+            ),
         }
     }
 

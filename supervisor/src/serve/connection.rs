@@ -360,7 +360,6 @@ fn feed(
     let chunk_len = FEED_CHUNK.min(cap as usize).max(1);
     let send = |feed: Feed| shared.intake.send(Intake::Feed { source, feed }).is_ok();
     let mut allowed: Vec<(TaskId, bool)> = Vec::new();
-    let mut chunk = InputChunk::default();
     let hand_over = |chunk: InputChunk| {
         let n = chunk.len() as u64;
         if !counts.wait_for_credit(n, cap) {
@@ -369,28 +368,22 @@ fn feed(
         counts.sent.fetch_add(n, Ordering::AcqRel);
         send(Feed::Jobs(chunk))
     };
-    let read = parser.read_all(jobs, |item, would_wait| {
-        chunk.push(check_task(item, &mut allowed, policy, shared));
-        if chunk.len() >= chunk_len || would_wait {
-            return hand_over(std::mem::take(&mut chunk));
-        }
-        true
-    });
+    let read = parser.read_chunks(
+        jobs,
+        chunk_len,
+        InputChunk::default,
+        |item| check_task(item, &mut allowed, policy, shared),
+        hand_over,
+    );
     let ended = match read {
         Ok(true) => {
-            let handed = chunk.is_empty() || hand_over(chunk);
-            counts.read_all.store(handed, Ordering::Release);
-            handed.then_some(Feed::Ended)
+            counts.read_all.store(true, Ordering::Release);
+            Some(Feed::Ended)
         }
         Ok(false) => None,
-        Err(err) => {
-            if !chunk.is_empty() {
-                hand_over(chunk);
-            }
-            // The client's own connection failed: what it sent still runs, but it will not
-            // see the results, so they are not kept for it.
-            Some(Feed::Failed(format!("a client's connection failed: {err}")))
-        }
+        // The client's own connection failed: what it sent still runs, but it will not see
+        // the results, so they are not kept for it.
+        Err(err) => Some(Feed::Failed(format!("a client's connection failed: {err}"))),
     };
     if let Some(feed) = ended {
         send(feed);
