@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Instant;
 
-use crate::exit::Exit;
+use crate::exit::{Exit, say};
 use crate::resume::{FinishedKeys, Meeting, job_line_key, line_digest};
 use crate::run::Source;
 use crate::wire::{Hello, Said, ServiceStatus};
@@ -27,11 +27,6 @@ pub struct Submit {
     pub earlier_failed: u64,
     /// No summary line.
     pub quiet: bool,
-}
-
-/// A `corral:` line on stderr (a failed write is ignored: the exit status still tells).
-fn say(message: std::fmt::Arguments<'_>) {
-    let _ = writeln!(io::stderr().lock(), "corral: {message}");
 }
 
 /// Connects to the service, or says why not.

@@ -1,7 +1,15 @@
 //! The one table of exit statuses. Every mode (`run`, `merge`, `serve`, `submit`, `status`,
 //! `mux`) ends through it; the README's table says the same, and a test holds them together.
+//! Also [`say`], the `corral:` line a command's last words go out on.
 
+use std::io::Write;
 use std::process::ExitCode;
+
+/// A `corral:` line on stderr. A closed or hung-up stderr must not end the run (`eprintln!`
+/// would panic), so a failed write is ignored: the exit status still tells.
+pub fn say(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "corral: {message}");
+}
 
 /// How a corral command ended, as its exit status says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use corral::cli::{
     Cli, Command, LogFormat, MergeArgs, MuxArgs, PoolArgs, RunArgs, ServeArgs, SubmitArgs,
 };
 use corral::engine::EngineConfig;
-use corral::exit::Exit;
+use corral::exit::{Exit, say};
 use corral::input::{EXEC_TASK, InputFormat, ring_blocks};
 use corral::pool::PoolConfig;
 use corral::run::{RunConfig, RunEnd, RunReport, Source, run};
@@ -66,12 +66,6 @@ fn main() -> ExitCode {
         say(format_args!("{err:#}"));
         Exit::Usage.into()
     })
-}
-
-/// A `corral:` line on stderr. A closed or hung-up stderr must not end the run (`eprintln!`
-/// would panic), so a failed write is ignored: the exit status still tells.
-fn say(message: std::fmt::Arguments<'_>) {
-    let _ = writeln!(io::stderr().lock(), "corral: {message}");
 }
 
 fn init_logging(verbose: u8, quiet: bool, format: LogFormat, service: bool) {

@@ -116,3 +116,32 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: the syscall returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// Forwards SIGINT, SIGTERM and SIGHUP, as `wrap` makes them, to `tx` from a thread of their
+/// own, until `tx` is closed; the handle stops the forwarding. `None` (with a warning) if they
+/// cannot be caught.
+pub fn forward_stop_signals<T: Send + 'static>(
+    tx: crossbeam_channel::Sender<T>,
+    wrap: fn(i32) -> T,
+) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(err) => {
+            tracing::warn!("cannot handle stop signals: {err}");
+            return None;
+        }
+    };
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("corral-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(wrap(signal)).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawning a thread");
+    Some(handle)
+}

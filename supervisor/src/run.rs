@@ -167,7 +167,7 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         .expect("spawning a thread");
 
     let (control_tx, control_rx) = unbounded::<Control>();
-    let signals = forward_signals(control_tx);
+    let signals = crate::os::forward_stop_signals(control_tx, Control::Stop);
     let mut engine = Engine::new(
         EngineConfig {
             scheduler: config.scheduler.clone(),
@@ -263,30 +263,6 @@ fn wait_for_writer(
             }
         }
     }
-}
-
-/// Forwards SIGINT, SIGTERM and SIGHUP to the engine. Returns a handle to stop forwarding.
-fn forward_signals(tx: Sender<Control>) -> Option<signal_hook::iterator::Handle> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-        Ok(signals) => signals,
-        Err(err) => {
-            tracing::warn!("cannot handle stop signals: {err}");
-            return None;
-        }
-    };
-    let handle = signals.handle();
-    thread::Builder::new()
-        .name("corral-signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if tx.send(Control::Stop(signal)).is_err() {
-                    return;
-                }
-            }
-        })
-        .expect("spawning a thread");
-    Some(handle)
 }
 
 /// How `corral run` reads its lines.

@@ -371,22 +371,8 @@ fn status_line(status: &EngineStatus, shared: &Shared) -> String {
 
 /// SIGINT, SIGTERM and SIGHUP as they come.
 fn signal_channel() -> Receiver<i32> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let (tx, rx) = unbounded();
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-        Ok(mut signals) => {
-            thread::Builder::new()
-                .name("corral-signals".into())
-                .spawn(move || {
-                    for signal in signals.forever() {
-                        if tx.send(signal).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .expect("spawning a thread");
-        }
-        Err(err) => tracing::warn!("cannot handle signals: {err}"),
-    }
+    // Forwarding stops only with the process.
+    let _ = crate::os::forward_stop_signals(tx, |signal| signal);
     rx
 }
