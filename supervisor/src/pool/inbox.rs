@@ -229,24 +229,35 @@ impl Answers {
             kill_group(reading.answering.pid);
         }
         for reading in readings {
-            let exit = match reading.answering.exits.recv() {
-                Ok(status) => describe_exit(status),
-                Err(_) => WorkerExit::Code(-1),
-            };
+            let exit = wait_for_exit(&reading.answering);
             let _ = self.events.send(gone(reading, exit));
         }
     }
 }
 
+/// How the worker ended, once the monitor has reaped it.
+fn wait_for_exit(answering: &Answering) -> WorkerExit {
+    match answering.exits.recv() {
+        Ok(status) => describe_exit(status),
+        Err(_) => WorkerExit::Code(-1),
+    }
+}
+
 /// A worker's `Gone`, with the note of why the pool killed it, if it did.
 fn gone(reading: Reading, exit: WorkerExit) -> PoolEvent {
+    ended(reading.answering, reading.violation, exit)
+}
+
+/// The `Gone` of the worker `answering` was about; `violation` says how it broke the protocol,
+/// if it did.
+fn ended(answering: Answering, violation: Option<String>, exit: WorkerExit) -> PoolEvent {
     let Answering {
         worker,
         pid,
         kill_note,
         ..
-    } = reading.answering;
-    let note = reading.violation.or_else(|| kill_note.get().cloned());
+    } = answering;
+    let note = violation.or_else(|| kill_note.get().cloned());
     if let Some(note) = &note {
         tracing::warn!(pid, "worker killed: {note}");
     }
@@ -277,16 +288,6 @@ fn receive_stdio(
         }
     }
     drop(inbox);
-    let exit = match answering.exits.recv() {
-        Ok(status) => describe_exit(status),
-        Err(_) => WorkerExit::Code(-1),
-    };
-    let _ = events.send(gone(
-        Reading {
-            answering,
-            violation,
-            last_len: 0,
-        },
-        exit,
-    ));
+    let exit = wait_for_exit(&answering);
+    let _ = events.send(ended(answering, violation, exit));
 }
