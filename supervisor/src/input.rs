@@ -22,7 +22,7 @@ use corral_protocol::byte_string;
 
 use crate::jobline;
 use crate::record::{
-    ErrorKind, InputChunk, InputItem, Job, JobError, JobId, JobResult, Jobs, ResultKey,
+    ErrorKind, InputChunk, InputItem, Job, JobError, JobId, JobResult, Jobs, OneJob, ResultKey,
     SharedBytes, SourceId, TaskId, TaskNames,
 };
 use crate::resume::{FinishedKeys, Meeting, id_digest, line_digest};
@@ -175,6 +175,8 @@ pub enum Piece {
         first_line: u64,
         /// The lines, sharing the block they were read into.
         lines: Bytes,
+        /// How many lines they are.
+        count: u64,
     },
     /// Line `line` was `len` bytes long, over the limit.
     TooLong {
@@ -628,7 +630,9 @@ impl JobParser {
                     chunk.push(item);
                 }
             }
-            Piece::Lines { first_line, lines } => {
+            Piece::Lines {
+                first_line, lines, ..
+            } => {
                 self.line = first_line - 1;
                 let mut at = 0;
                 while at < lines.len() {
@@ -792,16 +796,17 @@ impl JobParser {
             Some(id) => JobId::from(id),
             None => JobId::from(self.line.to_string().into_bytes()),
         };
-        InputItem::Job(Job {
+        InputItem::Job(Job::one(
             seq,
-            source: self.source,
-            line: self.line,
-            id,
-            task,
-            input,
-            meta,
-            failed_attempts: 0,
-        })
+            self.source,
+            self.line,
+            OneJob {
+                id,
+                task,
+                input,
+                meta,
+            },
+        ))
     }
 
     fn duplicate(&mut self, first: Option<u64>) -> InputItem {
@@ -1034,7 +1039,7 @@ mod tests {
         let items = read(&text, format());
         assert_eq!(items.len(), 4);
         assert!(
-            matches!(&items[0], InputItem::Job(job) if job.input.as_bytes() == "\"café\"".as_bytes())
+            matches!(&items[0], InputItem::Job(job) if job.as_one().unwrap().input.as_bytes() == "\"café\"".as_bytes())
         );
         assert_eq!(
             error_of(&items[1]),
@@ -1062,19 +1067,32 @@ mod tests {
         let InputItem::Job(first) = &items[0] else {
             panic!()
         };
-        assert_eq!(first.id.as_bytes(), b"\"a\"");
-        assert_eq!(first.input.as_bytes(), b"[1, 2]");
+        assert_eq!(first.as_one().unwrap().id.as_bytes(), b"\"a\"");
+        assert_eq!(first.as_one().unwrap().input.as_bytes(), b"[1, 2]");
         assert_eq!(
-            first.meta.as_ref().map(SharedBytes::as_bytes),
+            first
+                .as_one()
+                .unwrap()
+                .meta
+                .as_ref()
+                .map(SharedBytes::as_bytes),
             Some(&b"{\"k\": 1}"[..])
         );
         assert_eq!((first.seq, first.line), (JobSeq(0), 1));
         let InputItem::Job(second) = &items[1] else {
             panic!()
         };
-        assert_eq!(second.id.as_bytes(), b"3", "blank line 2 is counted");
-        assert_eq!(second.input.as_bytes(), b"null");
-        assert_eq!(first.task, second.task, "one name, one number");
+        assert_eq!(
+            second.as_one().unwrap().id.as_bytes(),
+            b"3",
+            "blank line 2 is counted"
+        );
+        assert_eq!(second.as_one().unwrap().input.as_bytes(), b"null");
+        assert_eq!(
+            first.as_one().unwrap().task,
+            second.as_one().unwrap().task,
+            "one name, one number"
+        );
     }
 
     #[test]
@@ -1089,14 +1107,14 @@ mod tests {
         let InputItem::Job(first) = &items[0] else {
             panic!()
         };
-        assert_eq!(&*names.name(first.task), "t0");
+        assert_eq!(&*names.name(first.as_one().unwrap().task), "t0");
         let (key, kind) = error_of(&items[TaskNames::MAX]);
         assert_eq!(kind, ErrorKind::BadInput);
         assert!(matches!(key, ResultKey::Job { line, .. } if *line == TaskNames::MAX as u64 + 1));
         let InputItem::Job(again) = &items[TaskNames::MAX + 1] else {
             panic!("a known name still works after the cap")
         };
-        assert_eq!(&*names.name(again.task), "t7");
+        assert_eq!(&*names.name(again.as_one().unwrap().task), "t7");
     }
 
     #[test]
@@ -1158,14 +1176,14 @@ mod tests {
         // line 6 (id 6): runs.
         assert_eq!(items.len(), 3, "{items:?}");
         assert!(
-            matches!(&items[0], InputItem::Job(job) if job.id.as_bytes() == b"\"b\"" && job.seq == JobSeq(0))
+            matches!(&items[0], InputItem::Job(job) if job.as_one().unwrap().id.as_bytes() == b"\"b\"" && job.seq == JobSeq(0))
         );
         assert_eq!(
             error_of(&items[1]),
             (&ResultKey::Line(5), ErrorKind::BadInput)
         );
         assert!(
-            matches!(&items[2], InputItem::Job(job) if job.id.as_bytes() == b"6" && job.seq == JobSeq(2))
+            matches!(&items[2], InputItem::Job(job) if job.as_one().unwrap().id.as_bytes() == b"6" && job.seq == JobSeq(2))
         );
     }
 
@@ -1267,7 +1285,9 @@ mod tests {
             ..format()
         };
         let (items, names) = read_names(b"{\"input\": 1}\n", with_task.clone());
-        assert!(matches!(&items[0], InputItem::Job(job) if &*names.name(job.task) == "t"));
+        assert!(
+            matches!(&items[0], InputItem::Job(job) if &*names.name(job.as_one().unwrap().task) == "t")
+        );
         let plain = InputFormat {
             plain_lines: true,
             exec: false,
@@ -1277,14 +1297,20 @@ mod tests {
         let InputItem::Job(job) = &items[0] else {
             panic!()
         };
-        assert_eq!(job.input.as_bytes(), br#""a \"quoted\" path""#);
-        assert_eq!(job.id.as_bytes(), b"1");
+        assert_eq!(
+            job.as_one().unwrap().input.as_bytes(),
+            br#""a \"quoted\" path""#
+        );
+        assert_eq!(job.as_one().unwrap().id.as_bytes(), b"1");
         // A line that is not UTF-8 (a legal file name) is a job too: its other bytes are
         // written as Python's surrogateescape writes them.
         let items = read(b"caf\xe9.txt\n", plain);
         let InputItem::Job(job) = &items[0] else {
             panic!()
         };
-        assert_eq!(job.input.as_bytes(), br#""caf\udce9.txt""#);
+        assert_eq!(
+            job.as_one().unwrap().input.as_bytes(),
+            br#""caf\udce9.txt""#
+        );
     }
 }

@@ -425,6 +425,7 @@ impl Calls {
         let piece = Piece::Lines {
             first_line: call.line + 1,
             lines,
+            count,
         };
         let mut chunk = call
             .parser

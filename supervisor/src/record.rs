@@ -11,18 +11,37 @@ use corral_protocol::JobSeq;
 
 use crate::ring::{Home, Ring};
 
-/// A job read from input, waiting for or under execution.
+/// A job read from input, waiting for or under execution: one job line, or a block of raw
+/// job lines that a native worker reads and answers itself.
 ///
-/// A job costs no allocation of its own: `input` and `meta` are slices of the block of lines
-/// it was read with, and a short id is kept inline. That matters at a million jobs a second.
+/// A job costs no allocation of its own: its bytes are slices of the block of lines it was
+/// read with, and a short id is kept inline. That matters at a million jobs a second.
 #[derive(Debug, Clone)]
 pub struct Job {
     /// Its place in the input, from 0.
     pub seq: JobSeq,
     /// Where it came from (a run has one source; a service one per connection).
     pub source: SourceId,
-    /// The 1-based line it came from, counted across all inputs.
+    /// The 1-based line it came from (a block's first line), counted across all inputs.
     pub line: u64,
+    /// What it asks of a worker.
+    pub work: Work,
+    /// Attempts that ended in a crash or a timeout so far.
+    pub failed_attempts: u32,
+}
+
+/// What a [`Job`] asks of a worker.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// One job line, read by the supervisor.
+    One(OneJob),
+    /// A block of raw job lines.
+    Lines(Lines),
+}
+
+/// One job line, as the supervisor read it.
+#[derive(Debug, Clone)]
+pub struct OneJob {
     /// The job's `id` as raw JSON (a string or a number).
     pub id: JobId,
     /// The task that runs it, by its number in the run's [`TaskNames`].
@@ -31,55 +50,162 @@ pub struct Job {
     pub input: SharedBytes,
     /// The job's `meta` as raw JSON, echoed in its result.
     pub meta: Option<SharedBytes>,
-    /// Attempts that ended in a crash or a timeout so far.
-    pub failed_attempts: u32,
+}
+
+/// A block of raw job lines that a native worker reads and answers itself
+/// ([`corral_protocol::LineBlock`]): one job for the scheduler, one result (all their result
+/// lines) for the sink. Its lines are counted once, when it is cut.
+#[derive(Debug, Clone)]
+pub struct Lines {
+    /// The lines, whole, each with its `\n` but perhaps the last.
+    bytes: SharedBytes,
+    /// How many there are.
+    count: u64,
+}
+
+impl Lines {
+    /// The block of `bytes`, which holds `count` lines (as [`count_lines`] counts them).
+    pub fn new(bytes: SharedBytes, count: u64) -> Lines {
+        debug_assert_eq!(count, count_lines(bytes.as_bytes()));
+        Lines { bytes, count }
+    }
+
+    /// Its lines.
+    pub fn bytes(&self) -> &SharedBytes {
+        &self.bytes
+    }
+
+    /// How many lines it holds.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Splits it after its first `count` lines (at least one, fewer than it has): this keeps
+    /// them, the rest is returned.
+    pub fn split_off(&mut self, count: u64) -> Lines {
+        debug_assert!(count > 0 && count < self.count);
+        let bytes = self.bytes.as_bytes();
+        let end = memchr::memchr_iter(b'\n', bytes)
+            .nth(count as usize - 1)
+            .map_or(bytes.len(), |i| i + 1);
+        let rest = Lines {
+            bytes: self.bytes.slice(end..bytes.len()),
+            count: self.count - count,
+        };
+        self.bytes = self.bytes.slice(0..end);
+        self.count = count;
+        rest
+    }
 }
 
 impl Job {
-    /// A block of raw job lines, the first of which is line `line`, that a native worker reads
-    /// and answers itself ([`corral_protocol::LineBlock`]): one job for the scheduler, one
-    /// result (all their result lines) for the sink.
-    pub fn lines(seq: JobSeq, source: SourceId, line: u64, lines: SharedBytes) -> Job {
+    /// The job of a job line, line `line`, not tried yet.
+    pub fn one(seq: JobSeq, source: SourceId, line: u64, one: OneJob) -> Job {
         Job {
             seq,
             source,
             line,
-            id: JobId::from(&b""[..]),
-            task: TaskId::LINES,
-            input: lines,
-            meta: None,
+            work: Work::One(one),
             failed_attempts: 0,
+        }
+    }
+
+    /// A block of raw job lines, the first of which is line `line`.
+    pub fn lines(seq: JobSeq, source: SourceId, line: u64, lines: Lines) -> Job {
+        Job {
+            seq,
+            source,
+            line,
+            work: Work::Lines(lines),
+            failed_attempts: 0,
+        }
+    }
+
+    /// The block of lines it is, if it is one.
+    pub fn as_lines(&self) -> Option<&Lines> {
+        match &self.work {
+            Work::Lines(lines) => Some(lines),
+            Work::One(_) => None,
+        }
+    }
+
+    /// The one job line it is, if it is one.
+    pub fn as_one(&self) -> Option<&OneJob> {
+        match &self.work {
+            Work::One(one) => Some(one),
+            Work::Lines(_) => None,
         }
     }
 
     /// Whether it is a block of raw job lines.
     pub fn is_lines(&self) -> bool {
-        self.task == TaskId::LINES
+        matches!(self.work, Work::Lines(_))
     }
 
     /// The lines it stands for: those of its block, or 1.
     pub fn weight(&self) -> u64 {
-        if self.is_lines() {
-            count_lines(self.input.as_bytes())
-        } else {
-            1
+        match &self.work {
+            Work::One(_) => 1,
+            Work::Lines(lines) => lines.count,
+        }
+    }
+
+    /// The bytes it sends a worker: its input, or its block's lines.
+    pub fn bytes(&self) -> &SharedBytes {
+        match &self.work {
+            Work::One(one) => &one.input,
+            Work::Lines(lines) => &lines.bytes,
+        }
+    }
+
+    /// The result of this job line, keyed by its id and line and echoing its `meta`.
+    ///
+    /// # Panics
+    ///
+    /// If it is a block of lines: a block's result holds its worker's own result lines, and
+    /// the scheduler makes it (`ResultKey::Lines`); a line of a block that fails alone is read
+    /// into a job line first.
+    pub fn into_result(
+        self,
+        attempts: u32,
+        worker: Option<u32>,
+        outcome: Result<Completed, Box<JobError>>,
+    ) -> JobResult {
+        let Work::One(one) = self.work else {
+            panic!("a block of lines has no result of its own")
+        };
+        JobResult {
+            seq: self.seq,
+            source: self.source,
+            key: ResultKey::Job {
+                id: one.id,
+                line: self.line,
+            },
+            meta: one.meta,
+            attempts,
+            worker,
+            outcome,
         }
     }
 
     /// Splits a block of lines after its first `count` lines (at least one, fewer than it
-    /// has): this keeps them, the rest is returned.
+    /// has): this keeps them, the rest is returned, a block starting `count` lines later.
+    ///
+    /// # Panics
+    ///
+    /// If it is not a block of lines.
     pub fn split_lines(&mut self, count: u64) -> Job {
-        let bytes = self.input.as_bytes();
-        let end = memchr::memchr_iter(b'\n', bytes)
-            .nth(count as usize - 1)
-            .map_or(bytes.len(), |i| i + 1);
-        let rest = Job {
-            line: self.line + count,
-            input: self.input.slice(end..bytes.len()),
-            ..self.clone()
+        let Work::Lines(lines) = &mut self.work else {
+            panic!("only a block of lines is split")
         };
-        self.input = self.input.slice(0..end);
-        rest
+        let rest = lines.split_off(count);
+        Job {
+            seq: self.seq,
+            source: self.source,
+            line: self.line + count,
+            work: Work::Lines(rest),
+            failed_attempts: self.failed_attempts,
+        }
     }
 }
 
@@ -91,12 +217,6 @@ pub struct SourceId(pub u32);
 /// A task name's number within one run (see [`TaskNames`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TaskId(u32);
-
-impl TaskId {
-    /// The task of a block of raw job lines (see [`Job::lines`]), which a native worker reads
-    /// and answers itself; no task name has it.
-    pub const LINES: TaskId = TaskId(u32::MAX);
-}
 
 /// The task names of one run, numbered as they are first read: jobs carry the number, which
 /// costs nothing to copy or drop, where a shared name would cost two atomic operations per job
@@ -513,16 +633,13 @@ mod tests {
     use super::*;
 
     fn job(seq: u64) -> Job {
-        Job {
-            seq: JobSeq(seq),
-            source: SourceId::default(),
-            line: seq + 1,
+        let one = OneJob {
             id: JobId::from(&b"1"[..]),
             task: TaskId(0),
             input: SharedBytes::from(&b"null"[..]),
             meta: None,
-            failed_attempts: 0,
-        }
+        };
+        Job::one(JobSeq(seq), SourceId::default(), seq + 1, one)
     }
 
     #[test]

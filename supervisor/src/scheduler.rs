@@ -30,8 +30,8 @@ use corral_protocol::{
 
 use crate::os::Signal;
 use crate::record::{
-    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, ResultKey, SharedBytes,
-    SourceId, TaskId, TaskNames,
+    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, SharedBytes, SourceId,
+    TaskId, TaskNames,
 };
 
 mod config;
@@ -42,11 +42,20 @@ pub use config::{HaltRule, HaltThreshold, RestartBudget, RestartPolicy, Schedule
 use queue::JobQueue;
 pub use types::{Action, Event, RunCounters, StartFailure, WorkerExit, WorkerState, WorkerView};
 
-/// The measured nanoseconds per job of `task` among `speeds`, if any.
-fn speed_of(speeds: &[(TaskId, f64)], task: TaskId) -> Option<f64> {
+/// What a speed is measured for: the jobs of one task, or the lines of blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Jobs of a task, each a job line.
+    Task(TaskId),
+    /// Lines of blocks, which a worker reads and answers itself.
+    Lines,
+}
+
+/// The measured nanoseconds per job (or line) of `pace` among `speeds`, if any.
+fn speed_of(speeds: &[(Pace, f64)], pace: Pace) -> Option<f64> {
     speeds
         .iter()
-        .find(|(t, _)| *t == task)
+        .find(|(p, _)| *p == pace)
         .map(|&(_, nanos)| nanos)
 }
 
@@ -189,7 +198,7 @@ pub struct Scheduler {
     per_job_nanos: Option<f64>,
     /// The same for each task: a batch is sized by its first job's task, so that a slow task
     /// arriving after a fast one (another client of a service) is not sent in huge batches.
-    task_nanos: Vec<(TaskId, f64)>,
+    task_nanos: Vec<(Pace, f64)>,
     rng: u64,
     stopped: bool,
     /// Stopping early: nothing new is dispatched.
@@ -538,7 +547,7 @@ impl Scheduler {
         let sample = total as f64 / block.unwrap_or(n).max(1) as f64;
         self.per_job_nanos = Some(ewma(self.per_job_nanos, sample));
         match block {
-            Some(lines) => self.learn_speed(TaskId::LINES, total as f64 / lines.max(1) as f64),
+            Some(lines) => self.learn_speed(Pace::Lines, total as f64 / lines.max(1) as f64),
             None => self.learn_task_speeds(&batch.jobs, &done),
         }
 
@@ -590,18 +599,8 @@ impl Scheduler {
                     "the worker answered a job as a block of lines",
                 )),
             };
-            self.emit(JobResult {
-                seq: job.seq,
-                source: job.source,
-                key: ResultKey::Job {
-                    id: job.id,
-                    line: job.line,
-                },
-                meta: job.meta,
-                attempts: job.failed_attempts + 1,
-                worker: Some(pid),
-                outcome: result,
-            });
+            let attempts = job.failed_attempts + 1;
+            self.emit(job.into_result(attempts, Some(pid), result));
         }
     }
 
@@ -680,7 +679,7 @@ impl Scheduler {
     fn failed_attempt(&mut self, job: Job, death: &lines::Death<'_>, requeue: &mut Vec<Job>) {
         self.actions.push(Action::Note(format!(
             "job {} (line {}) {} worker {} ({}); attempt {} of {}",
-            job.id,
+            job.as_one().expect("a block's line fails as a job line").id,
             job.line,
             if death.timed_out {
                 "timed out on"
@@ -698,18 +697,8 @@ impl Scheduler {
         }
         let error = self.attempt_error(&job, death.pid, death.exit, death.timed_out, death.note);
         self.outstanding -= 1;
-        self.emit(JobResult {
-            seq: job.seq,
-            source: job.source,
-            key: ResultKey::Job {
-                id: job.id,
-                line: job.line,
-            },
-            meta: job.meta,
-            attempts: job.failed_attempts,
-            worker: Some(death.pid),
-            outcome: Err(error),
-        });
+        let attempts = job.failed_attempts;
+        self.emit(job.into_result(attempts, Some(death.pid), Err(error)));
     }
 
     /// Schedules a replacement for a worker that died for no job's fault, as the restart
@@ -987,9 +976,11 @@ impl Scheduler {
     fn learn_task_speeds(&mut self, jobs: &Jobs, done: &BatchDone) {
         let mut i = 0;
         while i < jobs.len().min(done.outcomes.len()) {
-            let task = jobs[i].task;
+            let task = Pace::Task(jobs[i].as_one().expect("a batch of job lines").task);
             let (mut total, mut count) = (0u64, 0u64);
-            while i < jobs.len().min(done.outcomes.len()) && jobs[i].task == task {
+            while i < jobs.len().min(done.outcomes.len())
+                && jobs[i].as_one().map(|one| Pace::Task(one.task)) == Some(task)
+            {
                 total += done.outcomes[i].nanos;
                 count += 1;
                 i += 1;
@@ -999,7 +990,7 @@ impl Scheduler {
     }
 
     /// Updates the speed of `task` with a sample of nanoseconds per job.
-    fn learn_speed(&mut self, task: TaskId, sample: f64) {
+    fn learn_speed(&mut self, task: Pace, sample: f64) {
         match self.task_nanos.iter_mut().find(|(t, _)| *t == task) {
             Some((_, avg)) => *avg = ewma(Some(*avg), sample),
             None => self.task_nanos.push((task, sample)),
@@ -1019,7 +1010,7 @@ impl Scheduler {
 
     /// Jobs in a batch that starts with a job of `task`: what its task takes in the batch
     /// target; one job while the task's speed is not known yet.
-    fn batch_size(&self, task: Option<TaskId>) -> usize {
+    fn batch_size(&self, task: Option<Pace>) -> usize {
         let cap = self.cfg.max_batch_jobs;
         let mut size = self.batch_size_by_time(task, cap);
         if self.input_ended || self.cfg.spread_always {
@@ -1036,13 +1027,8 @@ impl Scheduler {
     }
 
     /// Jobs of `task` that take the batch target, at most `cap`.
-    fn batch_size_by_time(&self, task: Option<TaskId>, cap: usize) -> usize {
-        let nanos = task.and_then(|task| {
-            self.task_nanos
-                .iter()
-                .find(|(t, _)| *t == task)
-                .map(|&(_, nanos)| nanos)
-        });
+    fn batch_size_by_time(&self, task: Option<Pace>, cap: usize) -> usize {
+        let nanos = task.and_then(|task| speed_of(&self.task_nanos, task));
         let by_time = match nanos {
             None => 1,
             Some(nanos) => (self.cfg.batch_target.as_nanos() as f64 / nanos.max(50.0)) as usize,
@@ -1055,7 +1041,12 @@ impl Scheduler {
         if self.pending.front().is_some_and(Job::is_lines) {
             return self.send_lines(worker);
         }
-        let mut size = self.batch_size(self.pending.front().map(|job| job.task));
+        let mut size = self.batch_size(
+            self.pending
+                .front()
+                .and_then(Job::as_one)
+                .map(|one| Pace::Task(one.task)),
+        );
         let slot = self
             .workers
             .get_mut(&worker)
@@ -1093,15 +1084,20 @@ impl Scheduler {
                 && order_limit.is_none_or(|limit| group.jobs.iter().all(|job| job.seq.0 < limit))
         });
         if let Some(group) = whole {
-            let known = group.jobs.iter().all(|job| match lookup.index(job.task) {
-                Some(task) => {
-                    batch.push(task, job.input.as_bytes());
-                    if job_ids {
-                        batch.push_id(job.id.as_bytes());
+            let known = group.jobs.iter().all(|job| {
+                let Some(one) = job.as_one() else {
+                    return false;
+                };
+                match lookup.index(one.task) {
+                    Some(task) => {
+                        batch.push(task, one.input.as_bytes());
+                        if job_ids {
+                            batch.push_id(one.id.as_bytes());
+                        }
+                        true
                     }
-                    true
+                    None => false,
                 }
-                None => false,
             });
             if known {
                 let jobs = self
@@ -1130,52 +1126,46 @@ impl Scheduler {
             if order_limit.is_some_and(|limit| next.seq.0 >= limit) {
                 break;
             }
+            // A block of lines goes in a batch of its own.
+            let Some(one) = next.as_one() else {
+                break;
+            };
             let alone = next.failed_attempts > 0;
-            let speed = speed_of(&self.task_nanos, next.task);
+            let speed = speed_of(&self.task_nanos, Pace::Task(one.task));
             // A job of a task the worker lacks is answered here, not sent: it costs nothing.
-            let served = lookup.index(next.task).is_some();
+            let served = lookup.index(one.task);
             if let Some((source, task)) = first
                 && (next.source != source
-                    || (served && next.task != task && speed.is_none_or(|n| planned + n > target)))
+                    || (served.is_some()
+                        && one.task != task
+                        && speed.is_none_or(|n| planned + n > target)))
             {
                 break;
             }
             if !jobs.is_empty()
                 && (jobs.len() >= size
-                    || batch.inputs.0.len() + next.input.as_bytes().len()
-                        > self.cfg.max_batch_bytes
+                    || batch.inputs.0.len() + one.input.as_bytes().len() > self.cfg.max_batch_bytes
                     || alone)
             {
                 break;
             }
-            if served {
-                first.get_or_insert((next.source, next.task));
-                planned += speed.unwrap_or(target);
-            }
-            let job = self.pending.pop_front().expect("front exists");
-            let Some(task) = lookup.index(job.task) else {
+            let Some(task) = served else {
                 let served: Vec<&str> = lookup.tasks.keys().map(|k| &**k).collect();
                 let message =
-                    crate::jobline::unknown_task_message(&self.names.name(job.task), &served);
+                    crate::jobline::unknown_task_message(&self.names.name(one.task), &served);
+                let job = self.pending.pop_front().expect("front exists");
                 self.outstanding -= 1;
-                unknown.push(JobResult {
-                    seq: job.seq,
-                    source: job.source,
-                    key: ResultKey::Job {
-                        id: job.id,
-                        line: job.line,
-                    },
-                    meta: job.meta,
-                    attempts: 0,
-                    worker: None,
-                    outcome: Err(JobError::new(ErrorKind::UnknownTask, message)),
-                });
+                let error = JobError::new(ErrorKind::UnknownTask, message);
+                unknown.push(job.into_result(0, None, Err(error)));
                 continue;
             };
-            batch.push(task, job.input.as_bytes());
+            first.get_or_insert((next.source, one.task));
+            planned += speed.unwrap_or(target);
+            batch.push(task, one.input.as_bytes());
             if job_ids {
-                batch.push_id(job.id.as_bytes());
+                batch.push_id(one.id.as_bytes());
             }
+            let job = self.pending.pop_front().expect("front exists");
             jobs.push_back(job);
             if alone {
                 break;

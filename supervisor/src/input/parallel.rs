@@ -26,7 +26,7 @@ use super::{BlockRing, Framed, JobParser, LineReader, Piece};
 use crate::ordered::{OrderedPool, Pending};
 use crate::ports::Feed;
 use crate::record::count_lines;
-use crate::record::{InputChunk, Job, Jobs, SharedBytes};
+use crate::record::{InputChunk, Job, Jobs, Lines, SharedBytes};
 use crate::ring::Ring;
 use corral_protocol::JobSeq;
 
@@ -181,6 +181,7 @@ impl ParallelReader {
                 if !self.give(Piece::Lines {
                     first_line,
                     lines: piece,
+                    count,
                 }) {
                     return Ok(false);
                 }
@@ -207,8 +208,12 @@ impl ParallelReader {
             } => {
                 let mut jobs = Jobs::from_ring(&mut self.vectors, 1);
                 let mut chunk = match piece {
-                    Piece::Lines { first_line, lines } => {
-                        let lines = SharedBytes::new(&lines, 0..lines.len());
+                    Piece::Lines {
+                        first_line,
+                        lines,
+                        count,
+                    } => {
+                        let lines = Lines::new(SharedBytes::new(&lines, 0..lines.len()), count);
                         jobs.push_back(Job::lines(JobSeq(0), parser.source(), first_line, lines));
                         InputChunk {
                             jobs,
@@ -258,10 +263,12 @@ mod tests {
                 "job seq={} line={} id={} task={} input={} meta={:?}",
                 job.seq.0,
                 job.line,
-                String::from_utf8_lossy(job.id.as_bytes()),
-                names.name(job.task),
-                String::from_utf8_lossy(job.input.as_bytes()),
-                job.meta
+                String::from_utf8_lossy(job.as_one().unwrap().id.as_bytes()),
+                names.name(job.as_one().unwrap().task),
+                String::from_utf8_lossy(job.as_one().unwrap().input.as_bytes()),
+                job.as_one()
+                    .unwrap()
+                    .meta
                     .as_ref()
                     .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
             ),

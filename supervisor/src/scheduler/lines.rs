@@ -15,9 +15,9 @@ use corral_protocol::{
     frame,
 };
 
-use super::{InFlight, Scheduler, WorkerExit};
+use super::{InFlight, Pace, Scheduler, WorkerExit};
 use crate::input::{JobParser, Piece};
-use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey, TaskId};
+use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey, Work};
 
 /// Most bytes of lines in one batch: well below the size ipc-channel sends as one message, so
 /// that a batch is one write and one read, and below the 128 KiB past which glibc's malloc
@@ -56,7 +56,7 @@ impl Scheduler {
         };
         // Lines of a block are answered together, so more of them than --max-batch-jobs may
         // share a batch (one line while their speed is not known yet).
-        let mut size = self.batch_size_by_time(Some(TaskId::LINES), LINE_BATCH_LINES) as u64;
+        let mut size = self.batch_size_by_time(Some(Pace::Lines), LINE_BATCH_LINES) as u64;
         let mut job = self.pending.pop_front().expect("a block is in front");
         let mut lines = job.weight();
         if self.input_ended {
@@ -82,7 +82,7 @@ impl Scheduler {
             // Room for the blocks that may follow it and for the message's head, so that
             // neither moves the bytes.
             inputs: RawJson(Vec::with_capacity(
-                job.input.as_bytes().len().max(LINE_BATCH_BYTES) + frame::head_room(1),
+                job.bytes().as_bytes().len().max(LINE_BATCH_BYTES) + frame::head_room(1),
             )),
             lines: Some(LineBlock {
                 first_line: job.line,
@@ -93,27 +93,29 @@ impl Scheduler {
             }),
             ..Batch::default()
         };
-        batch.inputs.0.extend_from_slice(job.input.as_bytes());
+        batch.inputs.0.extend_from_slice(job.bytes().as_bytes());
         let mut next_line = job.line + lines;
         let mut blocks = Jobs::from(vec![job]);
         // The blocks right after it in the input go too, while they fit whole.
         while let Some(next) = self.pending.front() {
             // (A block whose last line has no line ending is the end of an input file: the
             // next one's first line is a line of its own.)
-            if !next.is_lines()
-                || batch.inputs.0.last() != Some(&b'\n')
+            let Some(block) = next.as_lines() else {
+                break;
+            };
+            if batch.inputs.0.last() != Some(&b'\n')
                 || next.source != blocks[0].source
                 || next.line != next_line
-                || batch.inputs.0.len() + next.input.as_bytes().len() > LINE_BATCH_BYTES
+                || batch.inputs.0.len() + block.bytes().as_bytes().len() > LINE_BATCH_BYTES
             {
                 break;
             }
-            let count = next.weight();
+            let count = block.count();
             if lines + count > size {
                 break;
             }
             let next = self.pending.pop_front().expect("just seen");
-            batch.inputs.0.extend_from_slice(next.input.as_bytes());
+            batch.inputs.0.extend_from_slice(next.bytes().as_bytes());
             lines += count;
             next_line += count;
             blocks.push_back(next);
@@ -224,7 +226,8 @@ impl Scheduler {
         let reading = self.lines.as_mut()?;
         let piece = Piece::Lines {
             first_line: block.line,
-            lines: block.input.to_bytes(),
+            lines: block.bytes().to_bytes(),
+            count: 1,
         };
         let mut chunk = reading.parser.parse_piece(&piece, Jobs::with_capacity(1));
         if let Some(job) = chunk.jobs.pop_front() {
@@ -265,9 +268,11 @@ pub(super) struct Death<'a> {
 /// number of a line in a block of lines.
 pub(super) fn running_name(flight: &InFlight, index: usize, word: RunningWord) -> String {
     let job = &flight.jobs[index];
-    if !job.is_lines() {
-        return job.id.to_string();
+    match &job.work {
+        Work::One(one) => one.id.to_string(),
+        Work::Lines(_) => {
+            let line = word.index_in(flight.id).unwrap_or(0) as u64;
+            format!("on line {}", job.line + line)
+        }
     }
-    let line = word.index_in(flight.id).unwrap_or(0) as u64;
-    format!("on line {}", job.line + line)
 }

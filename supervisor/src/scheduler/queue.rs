@@ -103,7 +103,7 @@ impl JobQueue {
         if jobs.is_empty() {
             return None;
         }
-        let bytes = jobs.iter().map(|job| job.input.as_bytes().len()).sum();
+        let bytes = jobs.iter().map(|job| job.bytes().as_bytes().len()).sum();
         let retries = jobs.iter().any(|job| job.failed_attempts > 0);
         self.len += jobs.len();
         self.bytes += bytes;
@@ -149,7 +149,7 @@ impl JobQueue {
             .jobs
             .pop_front()
             .expect("groups in the queue are not empty");
-        let bytes = job.input.as_bytes().len();
+        let bytes = job.bytes().as_bytes().len();
         group.bytes -= bytes;
         if group.jobs.is_empty() {
             groups.pop_front();
@@ -187,7 +187,7 @@ impl JobQueue {
             group.jobs.retain(|job| {
                 let keep = job.source != source;
                 if !keep {
-                    removed_bytes += job.input.as_bytes().len();
+                    removed_bytes += job.bytes().as_bytes().len();
                 }
                 keep
             });
@@ -217,20 +217,22 @@ impl JobQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{JobId, SharedBytes, TaskNames};
+    use crate::record::{JobId, OneJob, SharedBytes, TaskNames, Work};
     use corral_protocol::JobSeq;
 
     fn jobs(seqs: std::ops::Range<u64>, failed_attempts: u32) -> Vec<Job> {
         let task = TaskNames::default().intern("t").unwrap();
-        seqs.map(|seq| Job {
-            seq: JobSeq(seq),
-            source: SourceId(0),
-            line: seq + 1,
-            id: JobId::from(seq.to_string().into_bytes()),
-            task,
-            input: SharedBytes::from(vec![b'1'; seq as usize + 1]),
-            meta: None,
-            failed_attempts,
+        seqs.map(|seq| {
+            let one = OneJob {
+                id: JobId::from(seq.to_string().into_bytes()),
+                task,
+                input: SharedBytes::from(vec![b'1'; seq as usize + 1]),
+                meta: None,
+            };
+            Job {
+                failed_attempts,
+                ..Job::one(JobSeq(seq), SourceId(0), seq + 1, one)
+            }
         })
         .collect()
     }
@@ -274,11 +276,15 @@ mod tests {
         jobs(0..seqs.len() as u64, 0)
             .into_iter()
             .zip(seqs)
-            .map(|(job, &seq)| Job {
-                seq: JobSeq(seq),
-                source: SourceId(source),
-                input: SharedBytes::from(vec![b'1'; seq as usize + 1]),
-                ..job
+            .map(|(mut job, &seq)| {
+                if let Work::One(one) = &mut job.work {
+                    one.input = SharedBytes::from(vec![b'1'; seq as usize + 1]);
+                }
+                Job {
+                    seq: JobSeq(seq),
+                    source: SourceId(source),
+                    ..job
+                }
             })
             .collect()
     }

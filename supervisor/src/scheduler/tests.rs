@@ -8,7 +8,8 @@ use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult
 use super::{Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartFailure, WorkerExit};
 use crate::os::Signal;
 use crate::record::{
-    ErrorKind, InputChunk, Job, JobId, JobResult, Jobs, ResultKey, SharedBytes, SourceId, TaskNames,
+    ErrorKind, InputChunk, Job, JobId, JobResult, Jobs, Lines, OneJob, ResultKey, SharedBytes,
+    SourceId, TaskNames,
 };
 
 /// A scheduler with a clock that only moves when told, and everything it emitted.
@@ -33,16 +34,13 @@ thread_local! {
 }
 
 fn job(seq: u64, task: &str) -> Job {
-    Job {
-        seq: JobSeq(seq),
-        source: SourceId::default(),
-        line: seq + 1,
+    let one = OneJob {
         id: JobId::from((seq + 1).to_string().into_bytes()),
         task: NAMES.with(|names| names.intern(task).expect("few names")),
         input: SharedBytes::from(format!("[{seq}]").into_bytes()),
         meta: None,
-        failed_attempts: 0,
-    }
+    };
+    Job::one(JobSeq(seq), SourceId::default(), seq + 1, one)
 }
 
 /// A worker's answer to `batch`: one outcome per result, each ok one with output `1`.
@@ -1411,7 +1409,7 @@ fn block(lines: &[&str]) -> Job {
         JobSeq(0),
         SourceId::default(),
         1,
-        SharedBytes::from(text.into_bytes()),
+        Lines::new(SharedBytes::from(text.into_bytes()), lines.len() as u64),
     )
 }
 
@@ -1588,7 +1586,7 @@ fn blocks_from(first: u64, blocks: usize, count: u64) -> Vec<Job> {
                 JobSeq(b),
                 SourceId::default(),
                 first + b * count,
-                SharedBytes::from(text.into_bytes()),
+                Lines::new(SharedBytes::from(text.into_bytes()), count),
             )
         })
         .collect()

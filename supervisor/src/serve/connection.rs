@@ -23,7 +23,7 @@ use crate::input::{InputFormat, JobParser, TaskGate};
 use crate::output::{Echo, echo_of, format_result};
 use crate::ports::{Feed, Intake, Sink};
 use crate::record::{
-    ErrorKind, InputChunk, InputItem, JobError, JobResult, ResultKey, SourceId, TaskId,
+    ErrorKind, InputChunk, InputItem, JobError, JobResult, SourceId, TaskId, Work,
 };
 use crate::serve::policy::Peer;
 use crate::wire::{Hello, Said};
@@ -437,11 +437,16 @@ fn check_task(
     if policy.tasks.is_none() {
         return InputItem::Job(job);
     }
-    let ok = match allowed.iter().find(|(task, _)| *task == job.task) {
+    let task = match &job.work {
+        Work::One(one) => one.task,
+        // A connection's lines are read one by one (a block would pass them unchecked).
+        Work::Lines(_) => unreachable!("a service reads each job line of its clients"),
+    };
+    let ok = match allowed.iter().find(|(seen, _)| *seen == task) {
         Some(&(_, ok)) => ok,
         None => {
-            let ok = policy.allows_task(&shared.names.name(job.task));
-            allowed.push((job.task, ok));
+            let ok = policy.allows_task(&shared.names.name(task));
+            allowed.push((task, ok));
             ok
         }
     };
@@ -450,20 +455,10 @@ fn check_task(
     }
     let message = format!(
         "task {:?} is not allowed by this corral service (--allow-task, or allow_task in its config file)",
-        &*shared.names.name(job.task)
+        &*shared.names.name(task)
     );
-    InputItem::Rejected(Box::new(JobResult {
-        seq: job.seq,
-        source: job.source,
-        key: ResultKey::Job {
-            id: job.id,
-            line: job.line,
-        },
-        meta: job.meta,
-        attempts: 0,
-        worker: None,
-        outcome: Err(JobError::new(ErrorKind::UnknownTask, message)),
-    }))
+    let error = JobError::new(ErrorKind::UnknownTask, message);
+    InputItem::Rejected(Box::new(job.into_result(0, None, Err(error))))
 }
 
 /// Where the engine hands a connection's results.

@@ -18,9 +18,7 @@ use std::time::Instant;
 
 use corral::input::{InputFormat, JobParser, ring_blocks};
 use corral::output::format_result;
-use corral::record::{
-    Completed, ErrorKind, InputItem, JobError, JobResult, ResultKey, TaskId, TaskNames,
-};
+use corral::record::{Completed, ErrorKind, InputItem, JobError, TaskId, TaskNames};
 use corral_worker::{TaskFailure, Worker, builtin};
 
 fn main() -> ExitCode {
@@ -119,11 +117,12 @@ fn floor() -> io::Result<()> {
         let result = match item {
             InputItem::Rejected(result) => *result,
             InputItem::Job(job) => {
+                let one = job.as_one().expect("read_all reads each job line");
                 let index = match task_cache {
-                    Some((task, index)) if task == job.task => index,
+                    Some((task, index)) if task == one.task => index,
                     _ => {
-                        let index = worker.task_index(&names.name(job.task));
-                        task_cache = Some((job.task, index));
+                        let index = worker.task_index(&names.name(one.task));
+                        task_cache = Some((one.task, index));
                         index
                     }
                 };
@@ -132,10 +131,10 @@ fn floor() -> io::Result<()> {
                 let outcome = match index {
                     None => Err(JobError::new(
                         ErrorKind::UnknownTask,
-                        format!("unknown task {:?}", &*names.name(job.task)),
+                        format!("unknown task {:?}", &*names.name(one.task)),
                     )),
                     Some(index) => {
-                        match worker.run_task(index, job.input.as_bytes(), &mut output) {
+                        match worker.run_task(index, one.input.as_bytes(), &mut output) {
                             Ok(()) => Ok(Completed {
                                 output: output.into(),
                                 nanos: started.elapsed().as_nanos() as u64,
@@ -150,18 +149,7 @@ fn floor() -> io::Result<()> {
                         }
                     }
                 };
-                JobResult {
-                    seq: job.seq,
-                    source: job.source,
-                    key: ResultKey::Job {
-                        id: job.id,
-                        line: job.line,
-                    },
-                    meta: job.meta,
-                    attempts: 1,
-                    worker: Some(pid),
-                    outcome,
-                }
+                job.into_result(1, Some(pid), outcome)
             }
         };
         line.clear();
