@@ -72,6 +72,7 @@ impl EngineConfig {
                 memory_limit: None,
                 keeper: None,
                 gather: crate::transport::stdio::GATHER,
+                own_readers: PoolConfig::own_readers_default(),
             },
             grace: Duration::from_secs(10),
             progress: false,

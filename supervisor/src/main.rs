@@ -467,6 +467,7 @@ fn pool_settings(
         // This binary is a corral: it is its own keeper.
         keeper: std::env::current_exe().ok(),
         gather: corral::transport::stdio::GATHER,
+        own_readers: PoolConfig::own_readers_default(),
     };
     Ok((scheduler, pool))
 }

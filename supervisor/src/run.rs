@@ -347,6 +347,7 @@ impl RunConfig {
             memory_limit: _,
             keeper: _,
             gather: _,
+            own_readers: _,
         } = pool;
         if *transport != Transport::Native {
             Some("only native workers read blocks of lines")

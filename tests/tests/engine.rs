@@ -68,3 +68,23 @@ fn a_submission_given_up_early_costs_the_others_nothing() {
     assert!(report.counters.dropped > 0, "{:?}", report.counters);
     assert_eq!(report.counters.not_run, 0);
 }
+
+#[test]
+fn answers_read_alone_and_in_the_shared_set_each_come_once() {
+    // One worker's answers on a thread of their own, the other two's in the receiver set.
+    let mut config = EngineConfig::native(bin("corral-worker"), 3);
+    config.pool.own_readers = 1;
+    let mut service = Service::start(config, InputFormat::json(2));
+    let n = 20_000;
+    let mut seen = HashMap::new();
+    for line in service.submit(jobs(0, n)) {
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(value["ok"], true, "{value}");
+        *seen
+            .entry(value["id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), n);
+    assert!(seen.values().all(|&count| count == 1), "a duplicate");
+    assert_eq!(service.shutdown().end, EngineEnd::Completed);
+}

@@ -10,11 +10,24 @@ use crate::util::{
 
 #[test]
 fn workers_killed_at_random_moments_lose_nothing_and_duplicate_nothing() {
+    killed_at_random(2);
+}
+
+/// Workers past the first one per CPU have their answers read in the pool's receiver set,
+/// not on a thread of their own: two more than CPUs, so that both ways are used at once.
+#[test]
+fn workers_whose_answers_share_one_thread_killed_at_random_lose_nothing() {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    killed_at_random(cpus + 2);
+}
+
+fn killed_at_random(workers: usize) {
     let dir = temp_dir();
     let jobs = write_jobs(dir.path(), "jobs.jsonl", square_jobs(50_000, 40));
     // Generous retries: an outside kill blames the job that was running, and this test is about
     // exactly-once delivery, not the poison-pill limit.
-    let running = Run::corral_faulty(["run", "-j", "2", "--retries", "50"])
+    let workers = workers.to_string();
+    let running = Run::corral_faulty(["run", "-j", &workers, "--retries", "50"])
         .args([jobs.as_os_str()])
         .start(dir.path());
     let supervisor = running.pid();

@@ -1,5 +1,7 @@
-//! Workers' answers in: one thread waits on every native worker's answers' channel in an
-//! ipc-channel receiver set; a stdio worker's stdout, a pipe, is read on a thread of its own.
+//! Workers' answers in. A native worker's answers' channel is read either on a thread of its
+//! own (the first workers, one per CPU: see `PoolConfig::own_readers`) or, with every other
+//! native worker's, by one thread waiting on an ipc-channel receiver set; a stdio worker's
+//! stdout, a pipe, is read on a thread of its own.
 //! Either way a worker's `Gone` goes out only once its channel has closed and the monitor has
 //! reported its exit, from the thread that sent its answers, so it always comes after the
 //! last of them.
@@ -13,13 +15,16 @@ use std::thread;
 use corral_protocol::WorkerId;
 use corral_protocol::frame;
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use ipc_channel::ipc::{IpcMessage, IpcReceiverSet, IpcSelectionResult, IpcSender};
+use ipc_channel::ipc::{IpcMessage, IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender};
 
 use super::handle::describe_exit;
 use super::types::PoolEvent;
 use crate::os::kill_group;
 use crate::scheduler::WorkerExit;
 use crate::transport::{Inbox, Received, native};
+
+/// A native worker's answers' channel, as the receiver set reads it.
+type SharedInbox = IpcReceiver<native::AnswerBytes>;
 
 /// Who is answering on an inbox, and how the end of that worker is learnt.
 pub(super) struct Answering {
@@ -35,7 +40,7 @@ pub(super) struct Answering {
 /// every worker it reads has ended, or when nobody takes the pool's events any more.
 #[derive(Clone)]
 pub(super) struct Inboxes {
-    adds: Sender<(native::Inbox, Answering)>,
+    adds: Sender<(SharedInbox, Answering)>,
     /// Wakes the thread: a new inbox to add, or an exit reported.
     poke: IpcSender<()>,
     events: Sender<PoolEvent>,
@@ -67,20 +72,23 @@ impl Inboxes {
 
     /// Reads a started worker's answers from now until it ends.
     pub(super) fn add(&self, inbox: Inbox, answering: Answering) {
-        match inbox {
-            Inbox::Native(inbox) => {
+        let events = self.events.clone();
+        let name = format!("corral-recv-{}", answering.pid);
+        let spawned = match inbox {
+            Inbox::Native(native::Inbox::Shared(inbox)) => {
                 let _ = self.adds.send((inbox, answering));
                 self.wake();
+                return;
             }
-            Inbox::Stdio(inbox) => {
-                let events = self.events.clone();
-                let spawned = thread::Builder::new()
-                    .name(format!("corral-recv-{}", answering.pid))
-                    .spawn(move || receive_stdio(inbox, answering, &events));
-                if let Err(err) = spawned {
-                    tracing::error!("cannot start a thread for a worker's answers: {err}");
-                }
-            }
+            Inbox::Native(native::Inbox::Own(inbox)) => thread::Builder::new()
+                .name(name)
+                .spawn(move || receive_alone(|| native::recv(&inbox), answering, &events)),
+            Inbox::Stdio(mut inbox) => thread::Builder::new()
+                .name(name)
+                .spawn(move || receive_alone(|| inbox.recv(), answering, &events)),
+        };
+        if let Err(err) = spawned {
+            tracing::error!("cannot start a thread for a worker's answers: {err}");
         }
     }
 
@@ -104,7 +112,7 @@ struct Reading {
 struct Answers {
     set: IpcReceiverSet,
     control: u64,
-    added: Receiver<(native::Inbox, Answering)>,
+    added: Receiver<(SharedInbox, Answering)>,
     events: Sender<PoolEvent>,
     reading: HashMap<u64, Reading>,
     /// Workers whose channel closed, waiting for their exit.
@@ -152,7 +160,7 @@ impl Answers {
     fn take_added(&mut self) {
         for (inbox, answering) in self.added.try_iter() {
             let pid = answering.pid;
-            match self.set.add(inbox.into_receiver()) {
+            match self.set.add(inbox) {
                 Ok(id) => {
                     self.reading.insert(
                         id,
@@ -264,15 +272,16 @@ fn ended(answering: Answering, violation: Option<String>, exit: WorkerExit) -> P
     PoolEvent::Gone { worker, exit, note }
 }
 
-/// Forwards a stdio worker's answers until its stdout ends, then waits for its exit.
-fn receive_stdio(
-    mut inbox: crate::transport::stdio::Inbox,
+/// Forwards a worker's answers, each as `next` waits for it, until its channel or stdout ends,
+/// then waits for its exit.
+fn receive_alone(
+    mut next: impl FnMut() -> Received,
     answering: Answering,
     events: &Sender<PoolEvent>,
 ) {
     let mut violation = None;
     loop {
-        match inbox.recv() {
+        match next() {
             Received::Done(done) => {
                 let worker = answering.worker;
                 if events.send(PoolEvent::Done { worker, done }).is_err() {
@@ -287,7 +296,8 @@ fn receive_stdio(
             }
         }
     }
-    drop(inbox);
+    // Its channel is closed before the wait: a worker writing to it ends, not blocks.
+    drop(next);
     let exit = wait_for_exit(&answering);
     let _ = events.send(ended(answering, violation, exit));
 }

@@ -15,7 +15,7 @@ use crate::cgroup::RunCgroup;
 use crate::keeper::Keeper;
 use crate::os::kill_group;
 use crate::scheduler::StartFailure;
-use crate::transport::{Bootstrap, Pipes, Transport};
+use crate::transport::{Bootstrap, Pipes, Transport, native};
 
 /// Environment variables a worker must not inherit: they belong to the supervisor's own service
 /// manager (systemd notify, watchdog and socket activation).
@@ -72,8 +72,22 @@ pub(super) fn launch(
     // arms its own PR_SET_PDEATHSIG at start-up, checking that ENV_SUPERVISOR_PID is still its
     // parent. The stdio transport arms it in the child before the exec instead.
     command.process_group(0);
-    let bootstrap = config.transport.prepare(&mut command, config.gather)?;
     let slot = slots.take();
+    let answers = if slot as usize <= config.own_readers {
+        native::Answers::Own
+    } else {
+        native::Answers::Shared
+    };
+    let bootstrap = match config
+        .transport
+        .prepare(&mut command, config.gather, answers)
+    {
+        Ok(bootstrap) => bootstrap,
+        Err(failure) => {
+            slots.give_back(slot);
+            return Err(failure);
+        }
+    };
     command.env(ENV_WORKER_SLOT, slot.to_string());
     let mut child = match command.spawn() {
         Ok(child) => child,

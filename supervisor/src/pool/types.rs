@@ -36,6 +36,19 @@ pub struct PoolConfig {
     /// are read (see [`crate::transport::stdio::GATHER`]): fewer wakeups for a run's
     /// throughput, at this much latency per read. A library's short calls want none.
     pub gather: Duration,
+    /// With the native transport, how many workers (by slot, from the first) have their
+    /// answers read on a thread of their own, which hands on each answer as it was received;
+    /// the others' answers share one thread, which waits on all of them and copies each answer
+    /// once. [`PoolConfig::own_readers_default`] gives one per CPU: as many workers as CPUs pay no
+    /// copy, and a pool of hundreds does not hold a thread per worker for it.
+    pub own_readers: usize,
+}
+
+impl PoolConfig {
+    /// The default [`PoolConfig::own_readers`]: the number of CPUs this process may use.
+    pub fn own_readers_default() -> usize {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
 }
 
 /// What the pool's threads report to the runtime.

@@ -32,14 +32,16 @@ pub enum Transport {
 
 impl Transport {
     /// Sets up `command` for this transport before it is spawned: environment and pipes.
-    /// `gather` is how long a stdio worker's answers may gather before they are read.
+    /// `gather` is how long a stdio worker's answers may gather before they are read;
+    /// `answers` how a native worker's will be.
     pub(crate) fn prepare(
         self,
         command: &mut Command,
         gather: Duration,
+        answers: native::Answers,
     ) -> Result<Bootstrap, StartFailure> {
         match self {
-            Transport::Native => native::prepare(command).map(Bootstrap::Native),
+            Transport::Native => native::prepare(command, answers).map(Bootstrap::Native),
             Transport::Stdio => {
                 stdio::prepare(command);
                 Ok(Bootstrap::Stdio(gather))
@@ -126,8 +128,8 @@ impl Outbox {
     }
 }
 
-/// Where a worker's answers come from: the pool waits on every native worker's channel in
-/// one receiver set, and reads a stdio worker's stdout on a thread of its own.
+/// Where a worker's answers come from: a native worker's channel (read on a thread of its own
+/// or in the pool's receiver set), or a stdio worker's stdout (read on a thread of its own).
 pub(crate) enum Inbox {
     Native(native::Inbox),
     Stdio(stdio::Inbox),

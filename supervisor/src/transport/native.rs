@@ -3,9 +3,11 @@
 //! running word in shared memory, then one `Batch` out and one `BatchDone` back per batch, each
 //! one message framed by [`corral_protocol::frame`].
 //!
-//! The answers' channel is taken as a typed receiver of `AnswerBytes`, so that the pool can
-//! wait on every worker's answers with one `IpcReceiverSet` (a receiver of raw bytes cannot
-//! join one); the bytes are the same.
+//! The answers' channel is read in one of two ways, chosen before the worker starts ([`Answers`]):
+//! as raw bytes on a thread of its own, which hands on the very buffer received; or as a typed
+//! receiver of `AnswerBytes`, so that the pool can wait on many workers' answers with one
+//! `IpcReceiverSet` (a receiver of raw bytes cannot join one), at the cost of copying each
+//! answer out of the message once. The bytes on the wire are the same.
 
 use std::fmt;
 use std::process::Command;
@@ -13,32 +15,55 @@ use std::process::Command;
 use corral_protocol::{
     Batch, BatchDone, ENV_BOOTSTRAP, ENV_NONCE, Hello, PROTOCOL_VERSION, RunningSlot,
 };
-use ipc_channel::ipc::{IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender};
+use ipc_channel::ipc::{
+    IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender,
+};
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
 
 use super::link::{Greeting, Received, Refusal};
 use crate::scheduler::StartFailure;
 
-/// The hello as the supervisor reads it: the answers' channel as a typed receiver.
-type WorkerHello = Hello<IpcReceiver<AnswerBytes>>;
+/// The hello as the supervisor reads it for the receiver set: the answers' channel as a
+/// typed receiver.
+type SharedHello = Hello<IpcReceiver<AnswerBytes>>;
+
+/// How a worker's answers will be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// On a thread of their own, each message taken as it was received.
+    Own,
+    /// In the pool's receiver set, with other workers' answers.
+    Shared,
+}
 
 /// The bootstrap server a worker connects to, and the nonce it must echo.
 pub(crate) struct Bootstrap {
-    server: IpcOneShotServer<WorkerHello>,
+    server: Server,
     pub(crate) server_name: String,
     nonce: u64,
 }
 
+/// The bootstrap server, typed for how the answers will be read.
+enum Server {
+    Own(IpcOneShotServer<Hello>),
+    Shared(IpcOneShotServer<SharedHello>),
+}
+
 /// Creates the bootstrap server and names it, with a fresh nonce, in `command`'s environment
 /// (not in argv, where other users could read it).
-pub(crate) fn prepare(command: &mut Command) -> Result<Bootstrap, StartFailure> {
+pub(crate) fn prepare(command: &mut Command, answers: Answers) -> Result<Bootstrap, StartFailure> {
     let transient = StartFailure::transient;
-    let (server, server_name) = IpcOneShotServer::<WorkerHello>::new().map_err(|err| {
+    let failed = |err: std::io::Error| {
         transient(format!(
             "cannot create the bootstrap socket: {err} (is $TMPDIR writable?)"
         ))
-    })?;
+    };
+    let (server, server_name) = match answers {
+        Answers::Own => IpcOneShotServer::new().map(|(s, name)| (Server::Own(s), name)),
+        Answers::Shared => IpcOneShotServer::new().map(|(s, name)| (Server::Shared(s), name)),
+    }
+    .map_err(failed)?;
     let nonce =
         getrandom::u64().map_err(|err| transient(format!("no randomness for the nonce: {err}")))?;
     command
@@ -53,47 +78,61 @@ pub(crate) fn prepare(command: &mut Command) -> Result<Bootstrap, StartFailure> 
 
 /// Ends a wait in `accept`: a connection that hangs up at once.
 pub(crate) fn unblock(server_name: String) {
-    let _ = IpcSender::<WorkerHello>::connect(server_name);
+    let _ = IpcSender::<SharedHello>::connect(server_name);
 }
 
 impl Bootstrap {
     /// Accepts the worker's connection and checks its hello.
     pub(crate) fn hello(self, pid: u32) -> Result<Greeting<Outbox, Inbox>, Refusal> {
-        let refuse = |fatal: bool, message: String| Refusal { fatal, message };
-        // The bootstrap channel carries the hello and nothing else.
-        let (_, hello) = self
-            .server
-            .accept()
-            .map_err(|err| refuse(false, format!("failed the handshake: {err}")))?;
-        if hello.protocol_version != PROTOCOL_VERSION {
-            return Err(refuse(
-                true,
-                format!(
-                    "speaks protocol version {}, this corral speaks {PROTOCOL_VERSION}; rebuild it against this corral-worker",
-                    hello.protocol_version
-                ),
-            ));
-        }
-        if hello.nonce != self.nonce {
-            return Err(refuse(true, "answered with the wrong nonce".into()));
-        }
-        if hello.pid != pid {
-            tracing::debug!(pid, "worker reports pid {} (a wrapper?)", hello.pid);
-        }
-        let Some(running) = RunningSlot::from_shared(hello.running) else {
-            return Err(refuse(
-                true,
-                "sent a running-word region of the wrong size".into(),
-            ));
+        let failed = |err| Refusal {
+            fatal: false,
+            message: format!("failed the handshake: {err}"),
         };
-        Ok(Greeting {
-            tasks: hello.tasks,
-            running,
-            job_ids: false,
-            outbox: Outbox(hello.batches),
-            inbox: Inbox(hello.answers),
-        })
+        // The bootstrap channel carries the hello and nothing else.
+        match self.server {
+            Server::Own(server) => {
+                let (_, hello) = server.accept().map_err(failed)?;
+                check(hello, self.nonce, pid).map(|greeting| greeting.wrap(|o| o, Inbox::Own))
+            }
+            Server::Shared(server) => {
+                let (_, hello) = server.accept().map_err(failed)?;
+                check(hello, self.nonce, pid).map(|greeting| greeting.wrap(|o| o, Inbox::Shared))
+            }
+        }
     }
+}
+
+/// Checks a worker's hello: its protocol version, the nonce it echoes and its running word.
+fn check<A>(hello: Hello<A>, nonce: u64, pid: u32) -> Result<Greeting<Outbox, A>, Refusal> {
+    let refuse = |fatal: bool, message: String| Refusal { fatal, message };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(refuse(
+            true,
+            format!(
+                "speaks protocol version {}, this corral speaks {PROTOCOL_VERSION}; rebuild it against this corral-worker",
+                hello.protocol_version
+            ),
+        ));
+    }
+    if hello.nonce != nonce {
+        return Err(refuse(true, "answered with the wrong nonce".into()));
+    }
+    if hello.pid != pid {
+        tracing::debug!(pid, "worker reports pid {} (a wrapper?)", hello.pid);
+    }
+    let Some(running) = RunningSlot::from_shared(hello.running) else {
+        return Err(refuse(
+            true,
+            "sent a running-word region of the wrong size".into(),
+        ));
+    };
+    Ok(Greeting {
+        tasks: hello.tasks,
+        running,
+        job_ids: false,
+        outbox: Outbox(hello.batches),
+        inbox: hello.answers,
+    })
 }
 
 /// A native worker's batches: the sending end of its byte channel.
@@ -112,13 +151,24 @@ impl Outbox {
     }
 }
 
-/// A native worker's answers: the receiving end of its other byte channel.
-pub(crate) struct Inbox(IpcReceiver<AnswerBytes>);
+/// A native worker's answers: the receiving end of its other byte channel, as [`Answers`]
+/// chose to read it.
+pub(crate) enum Inbox {
+    /// Read on a thread of its own ([`Inbox::recv`]).
+    Own(IpcBytesReceiver),
+    /// To wait on together with other workers' in a receiver set ([`received`]).
+    Shared(IpcReceiver<AnswerBytes>),
+}
 
-impl Inbox {
-    /// The channel, to wait on together with other workers'.
-    pub(crate) fn into_receiver(self) -> IpcReceiver<AnswerBytes> {
-        self.0
+/// What the next message on a worker's own answers' channel says; blocks until one comes.
+pub(crate) fn recv(answers: &IpcBytesReceiver) -> Received {
+    match answers.recv() {
+        Ok(message) => match BatchDone::from_message(message) {
+            Ok(done) => Received::Done(done),
+            Err(err) => Received::Violation(format!("it sent a malformed message ({err})")),
+        },
+        Err(ipc_channel::IpcError::Disconnected) => Received::Closed,
+        Err(err) => Received::Violation(format!("its channel failed ({err})")),
     }
 }
 
@@ -270,7 +320,7 @@ mod tests {
     /// A byte receiver turned into a typed one the way a hello turns it: a worker's `Hello`
     /// read as the supervisor reads it.
     fn pass_as_typed(rx: ipc_channel::ipc::IpcBytesReceiver) -> IpcReceiver<AnswerBytes> {
-        let (server, name) = IpcOneShotServer::<WorkerHello>::new().unwrap();
+        let (server, name) = IpcOneShotServer::<SharedHello>::new().unwrap();
         let (batches, _) = bytes_channel().unwrap();
         IpcSender::<Hello>::connect(name)
             .unwrap()
