@@ -24,40 +24,24 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corral_protocol::{
-    Batch, BatchDone, BatchId, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
-};
+use corral_protocol::{BatchDone, BatchId, RunningWord, TaskIndex, TaskResult, WorkerId};
 
-use crate::os::Signal;
+use crate::input::JobParser;
 use crate::record::{
-    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, SharedBytes, SourceId,
-    TaskId, TaskNames,
+    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, SharedBytes, TaskNames, Work,
 };
 
+mod batching;
 mod config;
+mod deaths;
 mod lines;
 mod queue;
+mod speed;
 mod types;
 pub use config::{HaltRule, HaltThreshold, RestartBudget, RestartPolicy, SchedulerConfig};
 use queue::JobQueue;
+use speed::{Pace, ewma};
 pub use types::{Action, Event, RunCounters, StartFailure, WorkerExit, WorkerState, WorkerView};
-
-/// What a speed is measured for: the jobs of one task, or the lines of blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pace {
-    /// Jobs of a task, each a job line.
-    Task(TaskId),
-    /// Lines of blocks, which a worker reads and answers itself.
-    Lines,
-}
-
-/// The measured nanoseconds per job (or line) of `pace` among `speeds`, if any.
-fn speed_of(speeds: &[(Pace, f64)], pace: Pace) -> Option<f64> {
-    speeds
-        .iter()
-        .find(|(p, _)| *p == pace)
-        .map(|&(_, nanos)| nanos)
-}
 
 /// How long a job runs before the log says so (then again each time its time doubles).
 pub const STALL_NOTE: Duration = Duration::from_secs(60);
@@ -79,6 +63,19 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// What names the job `word` says this batch's worker runs, its job at `index`: a job's
+    /// id, or the number of a line in a block of lines.
+    fn running_name(&self, index: usize, word: RunningWord) -> String {
+        let job = &self.jobs[index];
+        match &job.work {
+            Work::One(one) => one.id.to_string(),
+            Work::Lines(_) => {
+                let line = word.index_in(self.id).unwrap_or(0) as u64;
+                format!("on line {}", job.line + line)
+            }
+        }
+    }
+
     /// Whether `word` names one of the jobs not answered yet, and which.
     fn running(&self, word: RunningWord) -> Option<usize> {
         if self.jobs.front().is_some_and(Job::is_lines) {
@@ -148,33 +145,20 @@ impl WorkerSlot {
     }
 }
 
-/// A worker's index for each job's task. Jobs mostly name the task the previous one named, so
-/// the last answer is kept and the name looked up only when the task changes.
-struct TaskLookup<'a> {
-    names: &'a TaskNames,
-    tasks: &'a HashMap<Box<str>, TaskIndex>,
-    last: Option<(TaskId, TaskIndex)>,
-}
-
-impl TaskLookup<'_> {
-    fn index(&mut self, task: TaskId) -> Option<TaskIndex> {
-        if let Some((id, index)) = self.last
-            && id == task
-        {
-            return Some(index);
-        }
-        let index = self.tasks.get(&*self.names.name(task)).copied()?;
-        self.last = Some((task, index));
-        Some(index)
-    }
-}
-
 /// Holds results back until every earlier job has its result (`keep_order`).
 #[derive(Debug)]
 struct Reorder {
     next: u64,
     window: u64,
     held: BTreeMap<u64, JobResult>,
+}
+
+/// What the scheduler needs to send blocks of lines, and to read one of their lines itself.
+#[derive(Debug)]
+struct LineReading {
+    parser: JobParser,
+    max_line_bytes: u64,
+    default_task: Option<String>,
 }
 
 /// The state machine. See the module documentation.
@@ -212,7 +196,7 @@ pub struct Scheduler {
     actions: Vec<Action>,
     emitted: Vec<JobResult>,
     /// Set when blocks of raw lines may come (see [`Scheduler::read_lines_with`]).
-    lines: Option<lines::LineReading>,
+    lines: Option<LineReading>,
 }
 
 impl Scheduler {
@@ -297,10 +281,10 @@ impl Scheduler {
                 },
                 jobs_done: slot.jobs_done,
                 in_flight: slot.jobs_in_flight(),
-                current: slot.in_flight.iter().find_map(|f| {
-                    f.running(slot.word)
-                        .map(|i| lines::running_name(f, i, slot.word))
-                }),
+                current: slot
+                    .in_flight
+                    .iter()
+                    .find_map(|f| f.running(slot.word).map(|i| f.running_name(i, slot.word))),
                 current_since: (slot.word != RunningWord::IDLE).then_some(slot.word_since),
             })
             .collect();
@@ -561,16 +545,7 @@ impl Scheduler {
                 .outcomes
                 .pop()
                 .expect("an answer covers the batch's jobs");
-            let answer = lines::Answer {
-                nanos: outcome.nanos,
-                result: outcome.result,
-                pid,
-            };
-            if !matches!(answer.result, TaskResult::Lines(_)) {
-                let why = format!("worker {pid} answered a block of lines as one job");
-                self.actions.push(Action::Kill { worker, why });
-            }
-            self.lines_done(jobs, outputs, answer);
+            self.lines_done(worker, pid, jobs, outputs, outcome);
             return;
         }
         for (job, (outcome, range)) in jobs.drain(..).zip(done.iter()) {
@@ -601,241 +576,6 @@ impl Scheduler {
             };
             let attempts = job.failed_attempts + 1;
             self.emit(job.into_result(attempts, Some(pid), result));
-        }
-    }
-
-    fn on_gone(
-        &mut self,
-        now: Instant,
-        worker: WorkerId,
-        exit: WorkerExit,
-        running: RunningWord,
-        note: Option<String>,
-    ) {
-        let Some(slot) = self.workers.remove(&worker) else {
-            return;
-        };
-        let timed_out = slot.timed_out.is_some();
-        let culprit = slot.timed_out.unwrap_or(running);
-        let note = note.or(slot.violation);
-        let mut requeue = Vec::new();
-        let mut attributed = false;
-        let death = lines::Death {
-            pid: slot.pid,
-            exit: &exit,
-            timed_out,
-            note: note.as_deref(),
-        };
-        for mut batch in slot.in_flight {
-            if batch.jobs.front().is_some_and(Job::is_lines) {
-                let blocks = std::mem::take(&mut batch.jobs);
-                attributed |= self.lines_lost(batch.id, blocks, culprit, &death, &mut requeue);
-                continue;
-            }
-            for (index, mut job) in batch.jobs.drain(..).enumerate() {
-                if !culprit.is(batch.id, batch.answered + index) {
-                    requeue.push(job);
-                    continue;
-                }
-                attributed = true;
-                job.failed_attempts += 1;
-                self.failed_attempt(job, &death, &mut requeue);
-            }
-        }
-        self.pending.push_front(requeue.into());
-        if slot.phase == Phase::Retiring || slot.recycle.is_some() || self.finishing() {
-            // Retired at the end, or recycled (its replacement is already on the way).
-            return;
-        }
-        // A worker that died (or broke the protocol) before finishing anything, with no job to
-        // blame, is what a broken build or environment looks like: count it towards giving up.
-        // A SIGKILL that corral did not send (kill -9, the OOM killer) is not.
-        let killed_from_outside =
-            note.is_none() && !timed_out && exit == WorkerExit::Signal(Signal::KILL);
-        if !attributed && slot.jobs_done == 0 && !killed_from_outside {
-            self.start_failures += 1;
-            if self.start_failures >= self.cfg.max_start_failures {
-                let why = note.map(|note| format!(": {note}")).unwrap_or_default();
-                self.fatal(format!(
-                    "workers died before finishing any work {} times in a row; the last one (pid {}) {exit}{why}",
-                    self.start_failures, slot.pid
-                ));
-                return;
-            }
-        }
-        self.counters.restarts += 1;
-        if attributed {
-            // The crash is the job's: its own attempts bound how often it can happen (each one
-            // costs it an attempt), so it must not spend the budget that protects everyone's
-            // run from workers that die for no job's fault.
-            self.spawns_due.push(now);
-            return;
-        }
-        self.restart_within_budget(now, &format!("pid {}, {exit}", slot.pid));
-    }
-
-    /// A job whose worker died running it: says so, and requeues it while it has attempts
-    /// left, or fails it.
-    fn failed_attempt(&mut self, job: Job, death: &lines::Death<'_>, requeue: &mut Vec<Job>) {
-        self.actions.push(Action::Note(format!(
-            "job {} (line {}) {} worker {} ({}); attempt {} of {}",
-            job.as_one().expect("a block's line fails as a job line").id,
-            job.line,
-            if death.timed_out {
-                "timed out on"
-            } else {
-                "crashed"
-            },
-            death.pid,
-            death.exit,
-            job.failed_attempts,
-            self.cfg.retries + 1
-        )));
-        if job.failed_attempts <= self.cfg.retries {
-            requeue.push(job);
-            return;
-        }
-        let error = self.attempt_error(&job, death.pid, death.exit, death.timed_out, death.note);
-        self.outstanding -= 1;
-        let attempts = job.failed_attempts;
-        self.emit(job.into_result(attempts, Some(death.pid), Err(error)));
-    }
-
-    /// Schedules a replacement for a worker that died for no job's fault, as the restart
-    /// budget allows; stops the run when even backoff cannot keep workers alive.
-    fn restart_within_budget(&mut self, now: Instant, last: &str) {
-        let jitter = self.next_jitter();
-        let Some(delay) = self.budget.delay(now, jitter) else {
-            let policy = &self.cfg.restart;
-            self.fatal(format!(
-                "workers keep dying: more than {} restarts within {}, even with backoff (the last one: {last}); see --max-restarts and --restart-period",
-                policy.max_restarts,
-                humantime::format_duration(policy.period),
-            ));
-            return;
-        };
-        self.spawns_due.push(now + delay);
-    }
-
-    fn attempt_error(
-        &self,
-        job: &Job,
-        pid: u32,
-        exit: &WorkerExit,
-        timed_out: bool,
-        note: Option<&str>,
-    ) -> Box<JobError> {
-        let attempts = format!(
-            "attempt {} of {}",
-            job.failed_attempts,
-            self.cfg.retries + 1
-        );
-        if timed_out {
-            let limit = self
-                .cfg
-                .timeout
-                .map(|t| humantime::format_duration(t).to_string())
-                .unwrap_or_default();
-            return JobError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "ran longer than {limit}; worker {pid} and its process group were killed ({attempts})"
-                ),
-            );
-        }
-        let mut message = format!("worker {pid} {exit} while running this job ({attempts})");
-        if let Some(note) = note {
-            message.push_str(": ");
-            message.push_str(note);
-        }
-        let memory_signal = matches!(exit, WorkerExit::Signal(s) if [Signal::ABRT, Signal::SEGV, Signal::BUS, Signal::KILL].contains(s));
-        if let (Some(limit), true) = (self.cfg.memory_limit, memory_signal) {
-            message.push_str(&format!(
-                "; workers run under --memory-limit {}, which this job may have exceeded",
-                bytesize::ByteSize(limit).display().iec()
-            ));
-        }
-        let mut error = JobError::new(ErrorKind::Crashed, message);
-        match exit {
-            WorkerExit::Code(code) => error.exit_code = Some(*code),
-            WorkerExit::Signal(signal) => error.signal = Some(signal.name()),
-        }
-        error
-    }
-
-    fn on_tick(&mut self, now: Instant, running: Vec<(WorkerId, RunningWord)>) {
-        self.kill_lingering(now);
-        let timeout = self.cfg.timeout;
-        for (worker, word) in running {
-            let Some(slot) = self.workers.get_mut(&worker) else {
-                continue;
-            };
-            if slot.phase != Phase::Ready || slot.timed_out.is_some() {
-                continue;
-            }
-            if word != slot.word {
-                slot.word = word;
-                slot.word_since = now;
-                slot.stall_noted = None;
-                continue;
-            }
-            if word == RunningWord::IDLE {
-                continue;
-            }
-            let Some(job) = slot
-                .in_flight
-                .iter()
-                .find_map(|b| b.running(word).map(|i| lines::running_name(b, i, word)))
-            else {
-                continue;
-            };
-            let ran = now.duration_since(slot.word_since);
-            if let Some(timeout) = timeout
-                && ran >= timeout
-            {
-                slot.timed_out = Some(word);
-                let why = format!(
-                    "job {job} ran longer than {}",
-                    humantime::format_duration(timeout)
-                );
-                self.actions.push(Action::Kill { worker, why });
-                continue;
-            }
-            // A job that runs long is said in the log, and again each time its time doubles,
-            // so that a stall is never silent.
-            let next = slot.stall_noted.map_or(STALL_NOTE, |noted| noted * 2);
-            if ran >= next {
-                slot.stall_noted = Some(next);
-                let hint = if timeout.is_none() {
-                    " (no --timeout is set to end it)"
-                } else {
-                    ""
-                };
-                self.actions.push(Action::Note(format!(
-                    "job {job} has been running for {} on worker {}{hint}",
-                    humantime::format_duration(next),
-                    slot.pid
-                )));
-            }
-        }
-    }
-
-    /// Kills each retired worker that has not exited within `exit_grace` of the end of its
-    /// input.
-    fn kill_lingering(&mut self, now: Instant) {
-        let grace = self.cfg.exit_grace;
-        for (&worker, slot) in &mut self.workers {
-            let Some(at) = slot.retired_at else { continue };
-            if now.duration_since(at) < grace {
-                continue;
-            }
-            slot.retired_at = None;
-            let why = format!(
-                "it did not exit within {} of the end of its input (a thread or timer that \
-                 keeps it alive?)",
-                humantime::format_duration(grace)
-            );
-            self.actions.push(Action::Kill { worker, why });
         }
     }
 
@@ -941,262 +681,6 @@ impl Scheduler {
         }
     }
 
-    /// Hands batches to ready workers, one per worker per round, until the queue is empty or
-    /// every worker has its fill.
-    fn dispatch(&mut self) {
-        if self.draining {
-            return;
-        }
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        // Until a job has been answered nothing says the jobs are short: the first worker
-        // ready takes no batch ahead while another is still starting, or that one would find
-        // the work gone (two slow jobs on two workers would take twice one's time).
-        let unmeasured_start = self.per_job_nanos.is_none()
-            && self
-                .workers
-                .values()
-                .any(|slot| slot.phase == Phase::Starting);
-        let depth = if unmeasured_start { 1 } else { self.depth() };
-        // Level by level: every worker gets its first batch before any gets a second.
-        for level in 1..=depth {
-            for &id in &ids {
-                if self.pending.is_empty() {
-                    return;
-                }
-                let slot = &self.workers[&id];
-                if slot.takes_batches() && slot.in_flight.len() < level {
-                    self.send_batch(id);
-                }
-            }
-        }
-    }
-
-    /// Updates the speed of each task in an answered batch, a run of jobs of one task at a
-    /// time (a batch is nearly always of one task).
-    fn learn_task_speeds(&mut self, jobs: &Jobs, done: &BatchDone) {
-        let mut i = 0;
-        while i < jobs.len().min(done.outcomes.len()) {
-            let task = Pace::Task(jobs[i].as_one().expect("a batch of job lines").task);
-            let (mut total, mut count) = (0u64, 0u64);
-            while i < jobs.len().min(done.outcomes.len())
-                && jobs[i].as_one().map(|one| Pace::Task(one.task)) == Some(task)
-            {
-                total += done.outcomes[i].nanos;
-                count += 1;
-                i += 1;
-            }
-            self.learn_speed(task, total as f64 / count as f64);
-        }
-    }
-
-    /// Updates the speed of `task` with a sample of nanoseconds per job.
-    fn learn_speed(&mut self, task: Pace, sample: f64) {
-        match self.task_nanos.iter_mut().find(|(t, _)| *t == task) {
-            Some((_, avg)) => *avg = ewma(Some(*avg), sample),
-            None => self.task_nanos.push((task, sample)),
-        }
-    }
-
-    /// Batches one worker holds at once. More than one hides the round trip between an answer
-    /// and the next batch, which short jobs feel; a job slower than the batch target does not,
-    /// and one queued behind another on a busy worker at the end of the input would wait while
-    /// a worker beside it sits idle.
-    fn depth(&self) -> usize {
-        match self.per_job_nanos {
-            Some(nanos) if nanos >= self.cfg.batch_target.as_nanos() as f64 => 1,
-            _ => self.cfg.batches_in_flight,
-        }
-    }
-
-    /// Jobs in a batch that starts with a job of `task`: what its task takes in the batch
-    /// target; one job while the task's speed is not known yet.
-    fn batch_size(&self, task: Option<Pace>) -> usize {
-        let cap = self.cfg.max_batch_jobs;
-        let mut size = self.batch_size_by_time(task, cap);
-        if self.input_ended || self.cfg.spread_always {
-            // Near the end, spread what is left over every worker instead of loading one.
-            let ready = self
-                .workers
-                .values()
-                .filter(|s| s.phase == Phase::Ready)
-                .count()
-                .max(1);
-            size = size.min(self.pending.len().div_ceil(ready * self.depth()).max(1));
-        }
-        size
-    }
-
-    /// Jobs of `task` that take the batch target, at most `cap`.
-    fn batch_size_by_time(&self, task: Option<Pace>, cap: usize) -> usize {
-        let nanos = task.and_then(|task| speed_of(&self.task_nanos, task));
-        let by_time = match nanos {
-            None => 1,
-            Some(nanos) => (self.cfg.batch_target.as_nanos() as f64 / nanos.max(50.0)) as usize,
-        };
-        by_time.clamp(1, cap.min(RunningWord::MAX_BATCH_JOBS))
-    }
-
-    /// Builds and sends one batch to `worker`; false when nothing could be sent.
-    fn send_batch(&mut self, worker: WorkerId) -> bool {
-        if self.pending.front().is_some_and(Job::is_lines) {
-            return self.send_lines(worker);
-        }
-        let mut size = self.batch_size(
-            self.pending
-                .front()
-                .and_then(Job::as_one)
-                .map(|one| Pace::Task(one.task)),
-        );
-        let slot = self
-            .workers
-            .get_mut(&worker)
-            .expect("dispatch passes live workers");
-        if let Some(max) = self.cfg.max_jobs_per_worker {
-            // Never hand a worker more than it may run before it is recycled.
-            let room = max.saturating_sub(slot.jobs_done + slot.jobs_in_flight());
-            size = size.min(room as usize);
-            if size == 0 {
-                return false;
-            }
-        }
-        let order_limit = self.reorder.as_ref().map(|r| r.next + r.window);
-        let capacity = size.min(self.pending.len());
-        let job_ids = slot.job_ids;
-        let mut batch = Batch {
-            id: BatchId(self.next_batch),
-            jobs: Vec::with_capacity(capacity),
-            inputs: RawJson(Vec::with_capacity(capacity * 32)),
-            ..Batch::default()
-        };
-        let mut lookup = TaskLookup {
-            names: &self.names,
-            tasks: &slot.tasks,
-            last: None,
-        };
-        // A group of jobs read together that makes a batch of a good size on its own goes out
-        // whole: its vector moves, not each job.
-        let whole = self.pending.front_group().filter(|group| {
-            let n = group.jobs.len();
-            n <= size
-                && 2 * n >= size
-                && group.bytes <= self.cfg.max_batch_bytes
-                && !group.retries
-                && order_limit.is_none_or(|limit| group.jobs.iter().all(|job| job.seq.0 < limit))
-        });
-        if let Some(group) = whole {
-            let known = group.jobs.iter().all(|job| {
-                let Some(one) = job.as_one() else {
-                    return false;
-                };
-                match lookup.index(one.task) {
-                    Some(task) => {
-                        batch.push(task, one.input.as_bytes());
-                        if job_ids {
-                            batch.push_id(one.id.as_bytes());
-                        }
-                        true
-                    }
-                    None => false,
-                }
-            });
-            if known {
-                let jobs = self
-                    .pending
-                    .pop_group()
-                    .expect("the group was just seen")
-                    .jobs;
-                return self.send(worker, batch, jobs);
-            }
-            // A job names a task the worker lacks: take the jobs one by one, to answer it.
-            batch.jobs.clear();
-            batch.inputs.0.clear();
-            batch.ids.0.clear();
-            batch.id_ends.clear();
-        }
-        let mut jobs = Jobs::with_capacity(capacity);
-        let mut unknown = Vec::new();
-        // The batch was sized for its first job's task. It stays within that job's source (the
-        // sources take turns a batch each, and a batch sized for one client's fast task must
-        // not carry another's slow jobs), and takes a job of another task only while the
-        // measured times still fit the batch target.
-        let target = self.cfg.batch_target.as_nanos() as f64;
-        let mut planned = 0.0;
-        let mut first: Option<(SourceId, TaskId)> = None;
-        while let Some(next) = self.pending.front() {
-            if order_limit.is_some_and(|limit| next.seq.0 >= limit) {
-                break;
-            }
-            // A block of lines goes in a batch of its own.
-            let Some(one) = next.as_one() else {
-                break;
-            };
-            let alone = next.failed_attempts > 0;
-            let speed = speed_of(&self.task_nanos, Pace::Task(one.task));
-            // A job of a task the worker lacks is answered here, not sent: it costs nothing.
-            let served = lookup.index(one.task);
-            if let Some((source, task)) = first
-                && (next.source != source
-                    || (served.is_some()
-                        && one.task != task
-                        && speed.is_none_or(|n| planned + n > target)))
-            {
-                break;
-            }
-            if !jobs.is_empty()
-                && (jobs.len() >= size
-                    || batch.inputs.0.len() + one.input.as_bytes().len() > self.cfg.max_batch_bytes
-                    || alone)
-            {
-                break;
-            }
-            let Some(task) = served else {
-                let served: Vec<&str> = lookup.tasks.keys().map(|k| &**k).collect();
-                let message =
-                    crate::jobline::unknown_task_message(&self.names.name(one.task), &served);
-                let job = self.pending.pop_front().expect("front exists");
-                self.outstanding -= 1;
-                let error = JobError::new(ErrorKind::UnknownTask, message);
-                unknown.push(job.into_result(0, None, Err(error)));
-                continue;
-            };
-            first.get_or_insert((next.source, one.task));
-            planned += speed.unwrap_or(target);
-            batch.push(task, one.input.as_bytes());
-            if job_ids {
-                batch.push_id(one.id.as_bytes());
-            }
-            let job = self.pending.pop_front().expect("front exists");
-            jobs.push_back(job);
-            if alone {
-                break;
-            }
-        }
-        let answered = !unknown.is_empty();
-        for result in unknown {
-            self.emit(result);
-        }
-        if jobs.is_empty() {
-            // Unknown tasks were answered: the caller may try again.
-            return answered;
-        }
-        self.send(worker, batch, jobs)
-    }
-
-    /// Records `jobs` as in flight on `worker` and sends their `batch`.
-    fn send(&mut self, worker: WorkerId, batch: Batch, jobs: Jobs) -> bool {
-        let slot = self.workers.get_mut(&worker).expect("still live");
-        self.next_batch += 1;
-        // Sources take turns, a batch each.
-        self.pending.rotate();
-        slot.in_flight.push_back(InFlight {
-            id: batch.id,
-            jobs,
-            answered: 0,
-        });
-        self.actions.push(Action::Send { worker, batch });
-        true
-    }
-
     fn fatal(&mut self, message: String) {
         self.stopped = true;
         self.actions.push(Action::Fatal(message));
@@ -1208,14 +692,6 @@ impl Scheduler {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// A moving average that follows a change in a few samples.
-fn ewma(average: Option<f64>, sample: f64) -> f64 {
-    match average {
-        None => sample,
-        Some(avg) => 0.7 * avg + 0.3 * sample,
     }
 }
 

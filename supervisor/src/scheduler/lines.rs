@@ -11,13 +11,13 @@
 //! runs alone, is retried or fails, as any job that crashed its worker).
 
 use corral_protocol::{
-    Batch, BatchId, JobRequest, LineBlock, RawJson, RunningWord, TaskIndex, TaskResult, WorkerId,
-    frame,
+    Batch, BatchId, JobRequest, LineBlock, Outcome, RawJson, RunningWord, TaskIndex, TaskResult,
+    WorkerId, frame,
 };
 
-use super::{InFlight, Pace, Scheduler, WorkerExit};
+use super::{Action, LineReading, Pace, Scheduler, WorkerExit};
 use crate::input::{JobParser, Piece};
-use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey, Work};
+use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey};
 
 /// Most bytes of lines in one batch: well below the size ipc-channel sends as one message, so
 /// that a batch is one write and one read, and below the 128 KiB past which glibc's malloc
@@ -26,14 +26,6 @@ pub(super) const LINE_BATCH_BYTES: usize = 120 * 1024;
 
 /// Most lines in one batch (besides the batch size the time per line asks for).
 const LINE_BATCH_LINES: usize = 16 * 1024;
-
-/// What the scheduler needs to send blocks of lines, and to read one of their lines itself.
-#[derive(Debug)]
-pub(super) struct LineReading {
-    parser: JobParser,
-    max_line_bytes: u64,
-    default_task: Option<String>,
-}
 
 impl Scheduler {
     /// Lets the scheduler take blocks of raw lines ([`Job::lines`]) read as `parser` reads
@@ -128,10 +120,20 @@ impl Scheduler {
         self.send(worker, batch, blocks)
     }
 
-    /// The answer to the blocks of a batch: their result lines, as one result.
-    pub(super) fn lines_done(&mut self, mut blocks: Jobs, outputs: bytes::Bytes, answer: Answer) {
-        let Answer { nanos, result, pid } = answer;
+    /// The answer to the blocks of a batch that `worker` (`pid`) held: their result lines, as
+    /// one result.
+    pub(super) fn lines_done(
+        &mut self,
+        worker: WorkerId,
+        pid: u32,
+        mut blocks: Jobs,
+        outputs: bytes::Bytes,
+        outcome: Outcome,
+    ) {
+        let Outcome { nanos, result, .. } = outcome;
         let TaskResult::Lines(tally) = result else {
+            let why = format!("worker {pid} answered a block of lines as one job");
+            self.actions.push(Action::Kill { worker, why });
             // Only a worker that does not know blocks answers otherwise; it is being replaced
             // (see `on_batch_done`): the blocks wait for another.
             self.outstanding += blocks.len() as u64;
@@ -249,30 +251,10 @@ impl Scheduler {
     }
 }
 
-/// A block's answer, as `on_batch_done` found it.
-pub(super) struct Answer {
-    pub(super) nanos: u64,
-    pub(super) result: TaskResult,
-    pub(super) pid: u32,
-}
-
 /// How a worker died, for the jobs it held.
 pub(super) struct Death<'a> {
     pub(super) pid: u32,
     pub(super) exit: &'a WorkerExit,
     pub(super) timed_out: bool,
     pub(super) note: Option<&'a str>,
-}
-
-/// What names the job `word` says a worker runs, of the jobs of `flight`: a job's id, or the
-/// number of a line in a block of lines.
-pub(super) fn running_name(flight: &InFlight, index: usize, word: RunningWord) -> String {
-    let job = &flight.jobs[index];
-    match &job.work {
-        Work::One(one) => one.id.to_string(),
-        Work::Lines(_) => {
-            let line = word.index_in(flight.id).unwrap_or(0) as u64;
-            format!("on line {}", job.line + line)
-        }
-    }
 }
