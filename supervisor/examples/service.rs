@@ -7,8 +7,7 @@
 use std::io::Cursor;
 use std::path::PathBuf;
 
-use corral::engine::{EngineConfig, Service};
-use corral::input::InputFormat;
+use corral::{EngineConfig, InputFormat, Service};
 
 fn main() {
     let worker = std::env::args_os()

@@ -24,13 +24,13 @@ use bytes::Bytes;
 use corral_protocol::JobSeq;
 use corral_protocol::byte_string;
 
-use crate::jobline;
 use crate::record::{
     ErrorKind, InputChunk, InputItem, Job, JobError, JobId, JobResult, Jobs, OneJob, ResultKey,
     SharedBytes, SourceId, TaskId, TaskNames,
 };
 use crate::resume::{FinishedKeys, Meeting, id_digest, line_digest};
 use crate::shard::{Shard, ShardBy};
+use corral_protocol::jobline;
 
 /// How lines become jobs.
 #[derive(Debug, Clone)]

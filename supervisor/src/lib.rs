@@ -18,6 +18,36 @@
 //!   (Python's corral.Pool);
 //! - [`cli`]: the command-line definitions, and [`manual`] the man pages and completions
 //!   made from them.
+//!
+//! # The Rust API
+//!
+//! What the crate root re-exports is the supported API: [`Service`] runs one pool of workers
+//! for a Rust program, shared by any number of submissions of job lines, each answered with
+//! exactly its own result lines ([`Results`]); [`EngineConfig`] (with [`SchedulerConfig`],
+//! [`PoolConfig`] and [`Transport`]) and [`InputFormat`] are its settings, and
+//! [`EngineReport`] what it did. `supervisor/examples/service.rs` is a whole program.
+//!
+//! ```no_run
+//! use corral::{EngineConfig, InputFormat, Service};
+//!
+//! let worker = std::path::PathBuf::from("target/release/corral-worker");
+//! let mut service = Service::start(EngineConfig::native(worker, 2), InputFormat::json(2));
+//! let results = service.submit(std::io::Cursor::new(b"{\"task\": \"echo\", \"input\": 1}\n".to_vec()));
+//! for line in results {
+//!     println!("{}", String::from_utf8_lossy(&line));
+//! }
+//! let report = service.shutdown();
+//! ```
+//!
+//! The modules are the implementation, public so that the `corral` binary and the benchmark
+//! tool can be built on them; they change without notice.
+
+pub use engine::{EngineConfig, EngineEnd, EngineReport};
+pub use input::InputFormat;
+pub use pool::PoolConfig;
+pub use scheduler::{RunCounters, SchedulerConfig};
+pub use service::{Results, Service};
+pub use transport::Transport;
 
 pub mod cgroup;
 pub mod cli;
@@ -43,6 +73,7 @@ pub mod ring;
 pub mod run;
 pub mod scheduler;
 pub mod serve;
+pub mod service;
 pub mod shard;
 pub mod transport;
 pub mod wire;

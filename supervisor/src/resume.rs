@@ -412,7 +412,7 @@ pub fn job_line_key(raw: &[u8], number: u64, plain: bool) -> Option<ResultDigest
     let Ok(text) = std::str::from_utf8(line) else {
         return Some(by_line);
     };
-    let Ok(parsed) = crate::jobline::scan(text) else {
+    let Ok(parsed) = corral_protocol::jobline::scan(text) else {
         return Some(by_line);
     };
     Some(match parsed.id.map(|span| &line[span]) {

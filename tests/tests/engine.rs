@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 
-use corral::engine::{EngineConfig, EngineEnd, Service};
-use corral::input::InputFormat;
+use corral::{EngineConfig, EngineEnd, InputFormat, Service};
 
 use crate::util::bin;
 

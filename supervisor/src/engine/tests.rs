@@ -11,12 +11,13 @@ use std::time::Duration;
 use corral_protocol::{Batch, BatchDone, RunningSlot, RunningWord, TaskResult, WorkerId};
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 
-use super::{EngineConfig, EngineEnd, EngineReport, Service};
+use super::{EngineConfig, EngineEnd, EngineReport};
 use crate::input::InputFormat;
 use crate::os::Signal;
 use crate::pool::{PoolEvent, StartedWorker, WorkerPool};
 use crate::record::TaskNames;
 use crate::scheduler::{StartFailure, WorkerExit};
+use crate::service::Service;
 
 /// Pids of scripted workers: far above any real one, and never signalled.
 const FIRST_PID: u32 = 4_000_000_000;

@@ -7,9 +7,9 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use crate::jobline;
 use crate::record::SharedBytes;
 use crate::ring::{Home, Ring};
+use corral_protocol::jobline;
 
 /// Bytes read at a time: the size of the blocks whose lines jobs share.
 const BLOCK_BYTES: usize = 64 * 1024;

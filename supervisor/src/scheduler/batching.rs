@@ -242,8 +242,10 @@ impl Scheduler {
             }
             let Some(task) = served else {
                 let served: Vec<&str> = lookup.tasks.keys().map(|k| &**k).collect();
-                let message =
-                    crate::jobline::unknown_task_message(&self.names.name(one.task), &served);
+                let message = corral_protocol::jobline::unknown_task_message(
+                    &self.names.name(one.task),
+                    &served,
+                );
                 let job = self.pending.pop_front().expect("front exists");
                 self.outstanding -= 1;
                 let error = JobError::new(ErrorKind::UnknownTask, message);

@@ -409,7 +409,7 @@ fn task_gate(shared: Arc<Shared>) -> TaskGate {
             let served: Vec<&str> = served.iter().map(String::as_str).collect();
             return Err((
                 ErrorKind::UnknownTask,
-                crate::jobline::unknown_task_message(name, &served),
+                corral_protocol::jobline::unknown_task_message(name, &served),
             ));
         }
         if new_names.fetch_add(1, Ordering::Relaxed) < CLIENT_NEW_NAMES {
