@@ -17,7 +17,8 @@
 //!   job and result lines; [`mux`] is the engine for one library client's many calls at once
 //!   (Python's corral.Pool);
 //! - [`cli`]: the command-line definitions, and [`manual`] the man pages and completions
-//!   made from them.
+//!   made from them; [`cmd`] runs them, one module per subcommand, and [`exit`] is the table
+//!   of exit statuses they end with.
 //!
 //! # The Rust API
 //!
@@ -52,6 +53,7 @@ pub use transport::Transport;
 pub mod cgroup;
 pub mod cli;
 pub mod client;
+pub mod cmd;
 pub mod engine;
 pub mod exit;
 pub mod input;
