@@ -1,5 +1,5 @@
 //! The `corral` command line: one module per subcommand on the engine's modes, the settings
-//! they share built once (`cmd/settings.rs`), and the exit statuses of [`crate::exit`]. The
+//! they share built once (`cmd/settings.rs`), and the exit statuses of `crate::exit`. The
 //! binary's `main` is [`main`].
 
 mod common;

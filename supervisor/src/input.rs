@@ -5,7 +5,7 @@
 //! `id` takes its line number. Empty lines (also `\r\n` and whitespace-only ones) are skipped
 //! but counted.
 //!
-//! Input is read into a fixed ring of blocks ([`BlockRing`], a [`crate::ring::Ring`]): jobs are
+//! Input is read into a fixed ring of blocks ([`BlockRing`], a `crate::ring::Ring`): jobs are
 //! views of their block, and a block goes back to the ring when the last job read from it is
 //! answered, so the memory that input takes is set by the ring's size, not by how far the
 //! workers lag.
@@ -47,7 +47,7 @@ pub struct InputFormat {
     /// Most blocks of input alive at once (see [`BlockRing`]), and most vectors of jobs read
     /// and not yet answered; [`ring_blocks`] gives the size for a pool.
     pub max_blocks: usize,
-    /// Only this shard's lines are jobs; the others are skipped (see [`crate::shard`]).
+    /// Only this shard's lines are jobs; the others are skipped (see [`crate::Shard`]).
     pub shard: Option<Shard>,
 }
 

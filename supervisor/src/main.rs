@@ -1,5 +1,5 @@
-//! `corral`: the command-line entry point; the commands are [`corral::cmd`], and the exit
-//! statuses they end with are [`corral::exit::Exit`].
+//! `corral`: the command-line entry point; the commands, and the exit statuses they end with,
+//! are [`corral::cmd`].
 
 fn main() -> std::process::ExitCode {
     corral::cmd::main()

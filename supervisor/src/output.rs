@@ -216,7 +216,7 @@ impl<W: Write> ResultWriter<W> {
 /// the scheduler's loop: results are handed over without waiting, and the loop reads
 /// [`WriterThread::backlog`] to stop taking input while too many wait to be written.
 ///
-/// Results are formatted on a pool of threads sized to the machine ([`OrderedPool`]), each
+/// Results are formatted on a pool of threads sized to the machine (`OrderedPool`), each
 /// group handed over as one block; the writer thread only writes the blocks, in the order
 /// they were handed over.
 pub struct WriterThread {

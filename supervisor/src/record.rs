@@ -500,7 +500,7 @@ impl JobResult {
     }
 }
 
-/// Jobs in input order, in a vector that goes back to the input reader's [`Ring`] of them when
+/// Jobs in input order, in a vector that goes back to the input reader's `Ring` of them when
 /// it is dropped (if it came from there), so that the vectors in flight are a fixed set reused
 /// in turn. The jobs read together travel in one of these from the reader through the queue to
 /// a worker's batch, so that a batch can take them all by moving it.

@@ -70,8 +70,8 @@ pub struct ServeConfig {
 /// How the service ended.
 #[derive(Debug)]
 pub enum ServeEnd {
-    /// Stopped by a signal (its number), after its drain.
-    Stopped(i32),
+    /// Stopped by a signal, after its drain.
+    Stopped,
     /// The workers could not be run; the message says why.
     Fatal(String),
 }
@@ -279,8 +279,9 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
     }
     match report.end {
         EngineEnd::Fatal(message) | EngineEnd::Halted(message) => ServeEnd::Fatal(message),
-        EngineEnd::Interrupted(signal) => ServeEnd::Stopped(signal),
-        EngineEnd::Completed | EngineEnd::SinkFailed => ServeEnd::Stopped(libc::SIGTERM),
+        EngineEnd::Interrupted(_) | EngineEnd::Completed | EngineEnd::SinkFailed => {
+            ServeEnd::Stopped
+        }
     }
 }
 

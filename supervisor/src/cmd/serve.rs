@@ -51,7 +51,7 @@ pub(super) fn command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config_file: args.config,
     };
     Ok(match crate::serve::serve(config, listeners) {
-        ServeEnd::Stopped(_) => Exit::Success.into(),
+        ServeEnd::Stopped => Exit::Success.into(),
         ServeEnd::Fatal(message) => {
             say(format_args!("{message}"));
             Exit::Usage.into()

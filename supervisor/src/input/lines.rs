@@ -23,7 +23,7 @@ pub fn ring_blocks(workers: usize) -> usize {
     4 + 4 * workers
 }
 
-/// The blocks one reader reads into: a [`Ring`], so input never holds more than its size in
+/// The blocks one reader reads into: a `Ring`, so input never holds more than its size in
 /// blocks, and the reader waits for a block to come back when it has used them all.
 ///
 /// Blocks keep their length as they go round, so that reading into one never zeroes it

@@ -12,7 +12,7 @@
 //! reading order.
 //!
 //! Memory stays bounded as it does for serial reading: pieces are views of the reader's
-//! [`BlockRing`], each chunk's jobs travel in a vector of a [`Ring`], and at most a few pieces
+//! [`BlockRing`], each chunk's jobs travel in a vector of a `Ring`, and at most a few pieces
 //! wait for a parser or for the engine.
 
 use std::collections::VecDeque;

@@ -38,9 +38,10 @@ mod launch;
 mod monitor;
 mod types;
 
-pub use handle::{WorkerHandle, describe_exit};
-pub use monitor::{LogLine, LogLines, MAX_LOG_LINE};
-pub use types::{PoolConfig, PoolEvent, StartedWorker, WorkerPool};
+pub use handle::WorkerHandle;
+#[cfg(test)]
+pub use types::StartedWorker;
+pub use types::{PoolConfig, PoolEvent, WorkerPool};
 
 use std::sync::Arc;
 use std::thread;
