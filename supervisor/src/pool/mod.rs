@@ -38,6 +38,9 @@ mod launch;
 mod monitor;
 mod types;
 
+#[cfg(test)]
+mod tests;
+
 pub use handle::WorkerHandle;
 #[cfg(test)]
 pub use types::StartedWorker;
