@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 
+use super::answering::Answering;
 use super::handle::{describe_exit, send_batches};
-use super::inbox::{Answering, Inboxes};
+use super::inbox::Inboxes;
 use super::launch::Launched;
 use super::types::{PoolEvent, StartedWorker};
 use crate::os::{Signal, kill_group};

@@ -1,40 +1,27 @@
 //! Workers' answers in. A native worker's answers' channel is read either on a thread of its
 //! own (the first workers, one per CPU: see `PoolConfig::own_readers`) or, with every other
-//! native worker's, by one thread waiting on an ipc-channel receiver set; a stdio worker's
-//! stdout, a pipe, is read on a thread of its own.
+//! native worker's, by one thread waiting on an ipc-channel receiver set; every stdio worker's
+//! stdout, a pipe, is read by one more thread (`stdout`).
 //! Either way a worker's `Gone` goes out only once its channel has closed and the monitor has
 //! reported its exit, from the thread that sent its answers, so it always comes after the
 //! last of them.
 
 use std::collections::HashMap;
 use std::io;
-use std::process::ExitStatus;
-use std::sync::{Arc, OnceLock};
 use std::thread;
 
-use corral_protocol::WorkerId;
 use corral_protocol::frame;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use ipc_channel::ipc::{IpcMessage, IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender};
 
-use super::handle::describe_exit;
+use super::answering::Answering;
+use super::stdout::StdoutReader;
 use super::types::PoolEvent;
 use crate::os::kill_group;
-use crate::scheduler::WorkerExit;
 use crate::transport::{Inbox, Received, native};
 
 /// A native worker's answers' channel, as the receiver set reads it.
 type SharedInbox = IpcReceiver<native::AnswerBytes>;
-
-/// Who is answering on an inbox, and how the end of that worker is learnt.
-pub(super) struct Answering {
-    pub(super) worker: WorkerId,
-    pub(super) pid: u32,
-    /// The monitor's report of the worker's exit.
-    pub(super) exits: Receiver<ExitStatus>,
-    /// Why the pool killed the worker, when it did.
-    pub(super) kill_note: Arc<OnceLock<String>>,
-}
 
 /// The handle on the receiver set's thread. The thread ends once every handle is dropped and
 /// every worker it reads has ended, or when nobody takes the pool's events any more.
@@ -44,6 +31,7 @@ pub(super) struct Inboxes {
     /// Wakes the thread: a new inbox to add, or an exit reported.
     poke: IpcSender<()>,
     events: Sender<PoolEvent>,
+    stdout: StdoutReader,
 }
 
 impl Inboxes {
@@ -67,34 +55,39 @@ impl Inboxes {
                 };
                 answers.run();
             })?;
-        Ok(Inboxes { adds, poke, events })
+        let stdout = StdoutReader::start(events.clone())?;
+        Ok(Inboxes {
+            adds,
+            poke,
+            events,
+            stdout,
+        })
     }
 
     /// Reads a started worker's answers from now until it ends.
     pub(super) fn add(&self, inbox: Inbox, answering: Answering) {
-        let events = self.events.clone();
-        let name = format!("corral-recv-{}", answering.pid);
-        let spawned = match inbox {
+        match inbox {
             Inbox::Native(native::Inbox::Shared(inbox)) => {
                 let _ = self.adds.send((inbox, answering));
-                self.wake();
-                return;
+                let _ = self.poke.send(());
             }
-            Inbox::Native(native::Inbox::Own(inbox)) => thread::Builder::new()
-                .name(name)
-                .spawn(move || receive_alone(|| native::recv(&inbox), answering, &events)),
-            Inbox::Stdio(mut inbox) => thread::Builder::new()
-                .name(name)
-                .spawn(move || receive_alone(|| inbox.recv(), answering, &events)),
-        };
-        if let Err(err) = spawned {
-            tracing::error!("cannot start a thread for a worker's answers: {err}");
+            Inbox::Native(native::Inbox::Own(inbox)) => {
+                let events = self.events.clone();
+                let spawned = thread::Builder::new()
+                    .name(format!("corral-recv-{}", answering.pid))
+                    .spawn(move || receive_alone(&inbox, answering, &events));
+                if let Err(err) = spawned {
+                    tracing::error!("cannot start a thread for a worker's answers: {err}");
+                }
+            }
+            Inbox::Stdio(inbox) => self.stdout.add(inbox, answering),
         }
     }
 
-    /// Wakes the thread: an inbox was added, or the monitor reported an exit.
+    /// Wakes the threads that wait for exits: the monitor reported one.
     pub(super) fn wake(&self) {
         let _ = self.poke.send(());
+        self.stdout.wake();
     }
 }
 
@@ -215,17 +208,16 @@ impl Answers {
     fn end_exited(&mut self) {
         let mut i = 0;
         while i < self.ending.len() {
-            match self.ending[i].answering.exits.try_recv() {
-                Ok(status) => {
-                    let reading = self.ending.swap_remove(i);
-                    let _ = self.events.send(gone(reading, describe_exit(status)));
-                }
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    let reading = self.ending.swap_remove(i);
-                    let _ = self.events.send(gone(reading, WorkerExit::Code(-1)));
-                }
-                Err(crossbeam_channel::TryRecvError::Empty) => i += 1,
-            }
+            let Some(exit) = self.ending[i].answering.exit_now() else {
+                i += 1;
+                continue;
+            };
+            let Reading {
+                answering,
+                violation,
+                ..
+            } = self.ending.swap_remove(i);
+            let _ = self.events.send(answering.gone(violation, exit));
         }
     }
 
@@ -236,52 +228,28 @@ impl Answers {
         for reading in &readings {
             kill_group(reading.answering.pid);
         }
-        for reading in readings {
-            let exit = wait_for_exit(&reading.answering);
-            let _ = self.events.send(gone(reading, exit));
+        for Reading {
+            answering,
+            violation,
+            ..
+        } in readings
+        {
+            let exit = answering.wait_for_exit();
+            let _ = self.events.send(answering.gone(violation, exit));
         }
     }
 }
 
-/// How the worker ended, once the monitor has reaped it.
-fn wait_for_exit(answering: &Answering) -> WorkerExit {
-    match answering.exits.recv() {
-        Ok(status) => describe_exit(status),
-        Err(_) => WorkerExit::Code(-1),
-    }
-}
-
-/// A worker's `Gone`, with the note of why the pool killed it, if it did.
-fn gone(reading: Reading, exit: WorkerExit) -> PoolEvent {
-    ended(reading.answering, reading.violation, exit)
-}
-
-/// The `Gone` of the worker `answering` was about; `violation` says how it broke the protocol,
-/// if it did.
-fn ended(answering: Answering, violation: Option<String>, exit: WorkerExit) -> PoolEvent {
-    let Answering {
-        worker,
-        pid,
-        kill_note,
-        ..
-    } = answering;
-    let note = violation.or_else(|| kill_note.get().cloned());
-    if let Some(note) = &note {
-        tracing::warn!(pid, "worker killed: {note}");
-    }
-    PoolEvent::Gone { worker, exit, note }
-}
-
-/// Forwards a worker's answers, each as `next` waits for it, until its channel or stdout ends,
+/// Forwards a native worker's answers, read from its own channel, until the channel closes,
 /// then waits for its exit.
 fn receive_alone(
-    mut next: impl FnMut() -> Received,
+    inbox: &ipc_channel::ipc::IpcBytesReceiver,
     answering: Answering,
     events: &Sender<PoolEvent>,
 ) {
     let mut violation = None;
     loop {
-        match next() {
+        match native::recv(inbox) {
             Received::Done(done) => {
                 let worker = answering.worker;
                 if events.send(PoolEvent::Done { worker, done }).is_err() {
@@ -296,8 +264,6 @@ fn receive_alone(
             }
         }
     }
-    // Its channel is closed before the wait: a worker writing to it ends, not blocks.
-    drop(next);
-    let exit = wait_for_exit(&answering);
-    let _ = events.send(ended(answering, violation, exit));
+    let exit = answering.wait_for_exit();
+    let _ = events.send(answering.gone(violation, exit));
 }

@@ -22,20 +22,25 @@
 //! thread a worker has: a send blocks while the worker is busy and its channel full.
 //!
 //! Everything else is shared by the whole pool: one monitor thread (`monitor`) reaps every
-//! worker as it exits (pidfds) and logs what each prints; one thread (`inbox`) takes the
-//! answers of every native worker from an ipc-channel receiver set (a stdio worker's stdout is
-//! still read on a thread of its own, a second one for such a worker). The handshake thread
-//! reports `Started` before the worker's inbox is read, and a worker's `Done`s and its `Gone`
-//! come from one thread, so they always arrive in that order.
+//! worker as it exits (pidfds) and logs what each prints; one thread (`stdout`) reads every
+//! stdio worker's answers, waiting on all of their pipes at once; and a native worker's
+//! answers are read either on a thread of their own, for the first workers, one per CPU
+//! (`PoolConfig::own_readers`: no copy of each answer), or, for the rest, by one thread
+//! (`inbox`) waiting on an ipc-channel receiver set. So a pool holds one thread per worker,
+//! plus at most one per CPU, plus a constant. The handshake thread reports `Started` before the
+//! worker's inbox is read, and a worker's `Done`s and its `Gone` come from one thread, so they
+//! always arrive in that order.
 //!
-//! The pool's parts: `launch` (the command and the fork), `handshake`, `monitor`,
-//! `inbox` and `handle` (the runtime's side of a live worker, and its sender).
+//! The pool's parts: `launch` (the command and the fork), `handshake`, `monitor`, `inbox`,
+//! `stdout` and `handle` (the runtime's side of a live worker, and its sender).
 
+mod answering;
 mod handle;
 mod handshake;
 mod inbox;
 mod launch;
 mod monitor;
+mod stdout;
 mod types;
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufWriter, PipeReader, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -70,8 +70,8 @@ pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting<Outbox, I
     let (Some(stdin), Some(stdout)) = (pipes.stdin, pipes.stdout) else {
         return Err(refuse(false, "has no stdin or stdout pipe".into()));
     };
-    let mut lines = LineSource::new(stdout, pipes.stopped, gather);
-    let hello: StdioHello = match lines.next_line(false) {
+    let mut lines = LineSource::new(stdout, pipes.stopped);
+    let hello: StdioHello = match lines.next_line() {
         Next::Line(line) => serde_json::from_slice(line).map_err(|err| {
             refuse(
                 true,
@@ -83,7 +83,7 @@ pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting<Outbox, I
         })?,
         Next::End => return Err(refuse(false, "closed its stdout before saying hello".into())),
         Next::TooLong => return Err(refuse(true, "printed an endless first line".into())),
-        Next::Quiet => unreachable!("a wait for the hello does not end when quiet"),
+        Next::Quiet => unreachable!("a wait for the hello ends with a line or the end"),
     };
     if hello.corral_protocol != STDIO_PROTOCOL_VERSION {
         return Err(refuse(
@@ -122,6 +122,8 @@ pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting<Outbox, I
             shared,
             done: BatchDone::default(),
             ended: None,
+            gathered: false,
+            gather_for: gather,
         },
     })
 }
@@ -226,7 +228,9 @@ impl Outbox {
     }
 }
 
-/// A stdio worker's stdout, where its answers come from.
+/// A stdio worker's stdout, where its answers come from. It never blocks: whoever reads it
+/// ([`Inbox::step`]) waits for its pipe ([`Inbox::fds`]) and keeps its time, so that one thread
+/// can read every stdio worker's answers.
 pub(crate) struct Inbox {
     lines: LineSource,
     shared: Arc<Shared>,
@@ -234,73 +238,126 @@ pub(crate) struct Inbox {
     done: BatchDone,
     /// How the worker's output ended, once it has, after the answers it gave were handed on.
     ended: Option<Received>,
+    /// Whether the gathering time was waited since the last bytes came, with answers read.
+    gathered: bool,
+    /// How long answers may gather before they are read.
+    gather_for: Duration,
+}
+
+/// What an [`Inbox`] has, or waits for.
+pub(crate) enum Step {
+    /// An answer, or how the worker's output ended (its last step).
+    Answer(Received),
+    /// Nothing until its pipe is readable.
+    Readable,
+    /// Nothing before this time (answers are gathering); then step again.
+    Until(Instant),
 }
 
 impl Inbox {
-    /// The next answer. When the worker's output ends (it died, or broke the protocol) in the
-    /// middle of a batch, the answers it gave for that batch come first, as a partial answer:
-    /// they are results like any other, and only the jobs after them run again.
-    pub(crate) fn recv(&mut self) -> Received {
-        if let Some(ended) = self.ended.take() {
-            return ended;
+    /// The pipe to wait on, and the one that becomes readable once the worker is reaped.
+    pub(crate) fn fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
+        (
+            self.lines.pipe.as_fd(),
+            self.lines.stopped.as_ref().map(AsFd::as_fd),
+        )
+    }
+
+    /// Whether, once its pipe is readable, answers should gather a while before they are read:
+    /// only when more than one answer can come (a worker holding a single request, a slow job
+    /// that goes alone, would only wait longer for its next one).
+    pub(crate) fn gathers(&self) -> bool {
+        if self.gather_for.is_zero() {
+            return false;
         }
-        match self.next() {
-            end @ (Received::Closed | Received::Violation(_)) if !self.done.outcomes.is_empty() => {
+        let pending = self.shared.lock();
+        let mut unanswered = pending.batches.iter().map(|b| b.len() - b.answered);
+        unanswered.next().unwrap_or(0) + unanswered.next().unwrap_or(0) > 1
+    }
+
+    /// How long answers may gather before they are read.
+    pub(crate) fn gather_for(&self) -> Duration {
+        self.gather_for
+    }
+
+    /// The worker has been reaped: what it left in the pipe is read, and its output ends.
+    pub(crate) fn reaped(&mut self) {
+        self.lines.drain();
+        self.lines.ended = true;
+    }
+
+    /// The next answer, or what to wait for. When the worker's output ends (it died, or broke
+    /// the protocol) in the middle of a batch, the answers it gave for that batch come first,
+    /// as a partial answer: they are results like any other, and only the jobs after them run
+    /// again.
+    pub(crate) fn step(&mut self, now: Instant) -> Step {
+        if let Some(ended) = self.ended.take() {
+            return Step::Answer(ended);
+        }
+        match self.next(now) {
+            Step::Answer(end @ (Received::Closed | Received::Violation(_)))
+                if !self.done.outcomes.is_empty() =>
+            {
                 self.ended = Some(end);
-                Received::Done(std::mem::take(&mut self.done))
+                Step::Answer(Received::Done(std::mem::take(&mut self.done)))
             }
-            received => received,
+            step => step,
         }
     }
 
-    fn next(&mut self) -> Received {
+    fn next(&mut self, now: Instant) -> Step {
         loop {
-            // Gathering pays only when more than one answer can come: a worker holding a
-            // single request (a slow job goes alone) would only wait longer for its next one.
-            self.lines.gather = {
-                let pending = self.shared.lock();
-                let mut unanswered = pending.batches.iter().map(|b| b.len() - b.answered);
-                unanswered.next().unwrap_or(0) + unanswered.next().unwrap_or(0) > 1
-            };
-            // Answers already read go to the scheduler as soon as the worker goes quiet (it is
-            // running a job): a batch's first results never wait for its last, slow, job.
-            let quiet_ends = !self.done.outcomes.is_empty();
-            let line = match self.lines.next_line(quiet_ends) {
-                Next::Line(line) => line,
-                Next::Quiet => return Received::Done(std::mem::take(&mut self.done)),
-                Next::End => return Received::Closed,
+            let line = match self.lines.try_line() {
+                Next::Line(line) => {
+                    self.gathered = false;
+                    line
+                }
+                Next::Quiet if self.done.outcomes.is_empty() => return Step::Readable,
+                // Answers already read go to the scheduler as soon as the worker goes quiet (it
+                // is running a job), after the gathering time (answers close behind each other
+                // still go together): a batch's first results never wait for its last, slow,
+                // job.
+                Next::Quiet if !self.gathered && !self.gather_for.is_zero() => {
+                    self.gathered = true;
+                    return Step::Until(now + self.gather_for);
+                }
+                Next::Quiet => {
+                    self.gathered = false;
+                    return Step::Answer(Received::Done(std::mem::take(&mut self.done)));
+                }
+                Next::End => return Step::Answer(Received::Closed),
                 Next::TooLong => {
-                    return Received::Violation(format!(
+                    return Step::Answer(Received::Violation(format!(
                         "it printed a line longer than {} on stdout",
                         bytesize::ByteSize(MAX_LINE as u64).display().iec()
-                    ));
+                    )));
                 }
             };
             let response: StdioResponse<'_> = match serde_json::from_slice(line) {
                 Ok(response) => response,
                 Err(_) => {
-                    return Received::Violation(format!(
+                    return Step::Answer(Received::Violation(format!(
                         "it printed {} on stdout, which is not a response (print to stderr instead)",
                         quote(line)
-                    ));
+                    )));
                 }
             };
             let mut pending = self.shared.lock();
             let since = pending.since;
             let Some(sent) = pending.batches.front_mut() else {
-                return Received::Violation(format!(
+                return Step::Answer(Received::Violation(format!(
                     "it printed {} on stdout with no request waiting",
                     quote(line)
-                ));
+                )));
             };
             let index = sent.answered;
             let expected = sent.id_at(index);
             if !same_id(expected, response.id.get().as_bytes()) {
-                return Received::Violation(format!(
+                return Step::Answer(Received::Violation(format!(
                     "it answered id {} where {} was next",
                     response.id.get(),
                     String::from_utf8_lossy(expected)
-                ));
+                )));
             }
             if self.done.outcomes.is_empty() {
                 // A batch's answer, or the rest of one already answered in part.
@@ -319,10 +376,10 @@ impl Inbox {
                     error_type: error.error_type,
                 },
                 _ => {
-                    return Received::Violation(format!(
+                    return Step::Answer(Received::Violation(format!(
                         "it answered {} with neither or both of \"output\" and \"error\"",
                         quote(line)
-                    ));
+                    )));
                 }
             };
             let now = Instant::now();
@@ -342,7 +399,7 @@ impl Inbox {
                 None => RunningWord::IDLE,
             };
             self.shared.running.store(next);
-            return Received::Done(std::mem::take(&mut self.done));
+            return Step::Answer(Received::Done(std::mem::take(&mut self.done)));
         }
     }
 }
@@ -378,12 +435,13 @@ enum Next<'a> {
     End,
     /// A line longer than [`MAX_LINE`].
     TooLong,
-    /// Nothing to read now (asked for with `quiet_ends`): the worker is busy with a job.
+    /// No whole line to read now.
     Quiet,
 }
 
-/// The lines of a worker's stdout. Reads never outlast the worker: once it is reaped (the
-/// `stopped` pipe becomes readable), what is left in the pipe is read and the source ends.
+/// The lines of a worker's stdout, read without blocking. Reads never outlast the worker: once
+/// it is reaped (the `stopped` pipe becomes readable), what is left in the pipe is read and the
+/// source ends.
 struct LineSource {
     pipe: ChildStdout,
     stopped: Option<PipeReader>,
@@ -394,13 +452,10 @@ struct LineSource {
     scanned: usize,
     /// No more bytes will come.
     ended: bool,
-    /// Whether to let answers gather once some are there, and for how long.
-    gather: bool,
-    gather_for: Duration,
 }
 
 impl LineSource {
-    fn new(pipe: ChildStdout, stopped: Option<PipeReader>, gather_for: Duration) -> LineSource {
+    fn new(pipe: ChildStdout, stopped: Option<PipeReader>) -> LineSource {
         let _ = crate::os::set_nonblocking(pipe.as_fd());
         LineSource {
             pipe,
@@ -409,89 +464,77 @@ impl LineSource {
             start: 0,
             scanned: 0,
             ended: false,
-            gather: true,
-            gather_for,
         }
     }
 
-    /// The next line. With `quiet_ends`, `Quiet` when none is there (after the gathering
-    /// time, if any) rather than a wait.
-    fn next_line(&mut self, quiet_ends: bool) -> Next<'_> {
+    /// The next line, waiting for it (the hello, read on the worker's own thread).
+    fn next_line(&mut self) -> Next<'_> {
+        while !self.fill() {
+            let reaped = match &self.stopped {
+                Some(stopped) => poll_readable(&[self.pipe.as_fd(), stopped.as_fd()])[1],
+                None => {
+                    poll_readable(&[self.pipe.as_fd()]);
+                    false
+                }
+            };
+            if reaped {
+                // The worker is gone: take what it left, then end.
+                self.drain();
+                self.ended = true;
+            }
+        }
+        self.try_line()
+    }
+
+    /// The next whole line if there is one, reading what the pipe holds; never waits.
+    fn try_line(&mut self) -> Next<'_> {
+        if !self.fill() {
+            return Next::Quiet;
+        }
+        if let Some(at) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+            let end = self.scanned + at;
+            let line = self.start..end;
+            self.start = end + 1;
+            self.scanned = self.start;
+            return Next::Line(&self.buf[line]);
+        }
+        if self.buf.len() - self.start > MAX_LINE {
+            return Next::TooLong;
+        }
+        if self.start < self.buf.len() {
+            // The end, and a last line without its newline.
+            let line = self.start..self.buf.len();
+            self.start = self.buf.len();
+            self.scanned = self.start;
+            return Next::Line(&self.buf[line]);
+        }
+        Next::End
+    }
+
+    /// Reads what the pipe holds until a whole line, an overlong one or the end is there;
+    /// false when none is yet and the pipe is empty.
+    fn fill(&mut self) -> bool {
         loop {
             if let Some(at) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
-                let end = self.scanned + at;
-                let line = self.start..end;
-                self.start = end + 1;
-                self.scanned = self.start;
-                return Next::Line(&self.buf[line]);
+                // (Nothing before `scanned` is a line ending, still.)
+                self.scanned += at;
+                return true;
             }
             self.scanned = self.buf.len();
-            if self.buf.len() - self.start > MAX_LINE {
-                return Next::TooLong;
-            }
-            if self.ended {
-                if self.start < self.buf.len() {
-                    // A last line without its newline.
-                    let line = self.start..self.buf.len();
-                    self.start = self.buf.len();
-                    self.scanned = self.start;
-                    return Next::Line(&self.buf[line]);
-                }
-                return Next::End;
+            if self.buf.len() - self.start > MAX_LINE || self.ended {
+                return true;
             }
             if self.start > 0 {
                 self.buf.drain(..self.start);
                 self.scanned -= self.start;
                 self.start = 0;
             }
-            if !self.fill(quiet_ends) {
-                return Next::Quiet;
-            }
-        }
-    }
-
-    /// Waits for bytes and reads what is there, or marks the source ended. With `quiet_ends`,
-    /// false instead of a wait when nothing comes (within the gathering time).
-    fn fill(&mut self, quiet_ends: bool) -> bool {
-        let mut gathered = false;
-        loop {
             match self.read_some() {
-                Ok(0) => {
-                    self.ended = true;
-                    return true;
-                }
-                Ok(_) => return true,
+                Ok(0) => self.ended = true,
+                Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock && quiet_ends => {
-                    if gathered || self.gather_for.is_zero() {
-                        return false;
-                    }
-                    // Answers close behind each other still go together.
-                    std::thread::sleep(self.gather_for);
-                    gathered = true;
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    let reaped = match &self.stopped {
-                        Some(stopped) => poll_readable(&[self.pipe.as_fd(), stopped.as_fd()])[1],
-                        None => {
-                            poll_readable(&[self.pipe.as_fd()]);
-                            false
-                        }
-                    };
-                    if reaped {
-                        // The worker is gone: take what it left, then end.
-                        self.drain();
-                        self.ended = true;
-                        return true;
-                    }
-                    if self.gather && !self.gather_for.is_zero() {
-                        std::thread::sleep(self.gather_for);
-                    }
-                }
-                Err(_) => {
-                    self.ended = true;
-                    return true;
-                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => self.ended = true,
             }
         }
     }
