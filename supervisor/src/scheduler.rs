@@ -36,6 +36,7 @@ mod config;
 mod deaths;
 mod lines;
 mod queue;
+mod say;
 mod speed;
 mod types;
 pub use config::{HaltRule, HaltThreshold, RestartBudget, RestartPolicy, SchedulerConfig};
@@ -71,7 +72,7 @@ impl InFlight {
             Work::One(one) => one.id.to_string(),
             Work::Lines(_) => {
                 let line = word.index_in(self.id).unwrap_or(0) as u64;
-                format!("on line {}", job.line + line)
+                say::on_line(job.line + line)
             }
         }
     }
@@ -410,7 +411,7 @@ impl Scheduler {
         staying.sort_unstable_by(|a, b| b.cmp(a));
         for id in staying.into_iter().take(extra) {
             if let Some(slot) = self.workers.get_mut(&id) {
-                slot.recycle = Some(format!("the pool now runs {workers} workers"));
+                slot.recycle = Some(say::resized(workers));
             }
         }
     }
@@ -448,10 +449,7 @@ impl Scheduler {
         if failure.fatal {
             self.fatal(failure.message);
         } else if self.start_failures >= self.cfg.max_start_failures {
-            self.fatal(format!(
-                "workers failed to start {} times in a row; the last one: {}",
-                self.start_failures, failure.message
-            ));
+            self.fatal(say::start_failures(self.start_failures, &failure.message));
         } else {
             let delay = self
                 .cfg
@@ -480,7 +478,7 @@ impl Scheduler {
         }) && done.is_well_formed();
         if !matches {
             if slot.violation.is_none() {
-                let why = format!("worker {} answered a batch it was not running", slot.pid);
+                let why = say::wrong_batch(slot.pid);
                 slot.violation = Some(why.clone());
                 self.actions.push(Action::Kill { worker, why });
             }
@@ -505,15 +503,10 @@ impl Scheduler {
         self.start_failures = 0;
         if slot.recycle.is_none() {
             let why = match (self.cfg.max_jobs_per_worker, self.cfg.max_rss, rss) {
-                (Some(max), _, _) if slot.jobs_done >= max => Some(format!(
-                    "it ran {} jobs (--max-jobs-per-worker {max})",
-                    slot.jobs_done
-                )),
-                (_, Some(max), Some(rss)) if rss > max => Some(format!(
-                    "its memory reached {} (--max-rss {})",
-                    bytesize::ByteSize(rss).display().iec(),
-                    bytesize::ByteSize(max).display().iec()
-                )),
+                (Some(max), _, _) if slot.jobs_done >= max => {
+                    Some(say::ran_jobs(slot.jobs_done, max))
+                }
+                (_, Some(max), Some(rss)) if rss > max => Some(say::memory_reached(rss, max)),
                 _ => None,
             };
             if let Some(why) = why {
@@ -672,7 +665,7 @@ impl Scheduler {
         if !triggered {
             return;
         }
-        let reason = format!("halted after {} failed jobs (--halt {rule})", self.failed);
+        let reason = say::halted(self.failed, &rule);
         self.halt_reason = Some(reason.clone());
         self.draining = true;
         if rule.now {

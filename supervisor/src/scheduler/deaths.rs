@@ -8,7 +8,7 @@ use std::time::Instant;
 use corral_protocol::{RunningWord, WorkerId};
 
 use super::lines;
-use super::{Action, Phase, STALL_NOTE, Scheduler, WorkerExit};
+use super::{Action, Phase, STALL_NOTE, Scheduler, WorkerExit, say};
 use crate::os::Signal;
 use crate::record::{ErrorKind, Job, JobError};
 
@@ -64,10 +64,11 @@ impl Scheduler {
         if !attributed && slot.jobs_done == 0 && !killed_from_outside {
             self.start_failures += 1;
             if self.start_failures >= self.cfg.max_start_failures {
-                let why = note.map(|note| format!(": {note}")).unwrap_or_default();
-                self.fatal(format!(
-                    "workers died before finishing any work {} times in a row; the last one (pid {}) {exit}{why}",
-                    self.start_failures, slot.pid
+                self.fatal(say::died_before_work(
+                    self.start_failures,
+                    slot.pid,
+                    &exit,
+                    note.as_deref(),
                 ));
                 return;
             }
@@ -80,7 +81,7 @@ impl Scheduler {
             self.spawns_due.push(now);
             return;
         }
-        self.restart_within_budget(now, &format!("pid {}, {exit}", slot.pid));
+        self.restart_within_budget(now, &say::last_death(slot.pid, &exit));
     }
 
     /// A job whose worker died running it: says so, and requeues it while it has attempts
@@ -91,19 +92,15 @@ impl Scheduler {
         death: &lines::Death<'_>,
         requeue: &mut Vec<Job>,
     ) {
-        self.actions.push(Action::Note(format!(
-            "job {} (line {}) {} worker {} ({}); attempt {} of {}",
-            job.as_one().expect("a block's line fails as a job line").id,
+        let name = &job.as_one().expect("a block's line fails as a job line").id;
+        self.actions.push(Action::Note(say::failed_attempt(
+            &name.to_string(),
             job.line,
-            if death.timed_out {
-                "timed out on"
-            } else {
-                "crashed"
-            },
+            death.timed_out,
             death.pid,
             death.exit,
             job.failed_attempts,
-            self.cfg.retries + 1
+            self.cfg.retries + 1,
         )));
         if job.failed_attempts <= self.cfg.retries {
             requeue.push(job);
@@ -120,12 +117,7 @@ impl Scheduler {
     pub(super) fn restart_within_budget(&mut self, now: Instant, last: &str) {
         let jitter = self.next_jitter();
         let Some(delay) = self.budget.delay(now, jitter) else {
-            let policy = &self.cfg.restart;
-            self.fatal(format!(
-                "workers keep dying: more than {} restarts within {}, even with backoff (the last one: {last}); see --max-restarts and --restart-period",
-                policy.max_restarts,
-                humantime::format_duration(policy.period),
-            ));
+            self.fatal(say::restarts_spent(&self.cfg.restart, last));
             return;
         };
         self.spawns_due.push(now + delay);
@@ -139,36 +131,14 @@ impl Scheduler {
         timed_out: bool,
         note: Option<&str>,
     ) -> Box<JobError> {
-        let attempts = format!(
-            "attempt {} of {}",
-            job.failed_attempts,
-            self.cfg.retries + 1
-        );
+        let attempts = (job.failed_attempts, self.cfg.retries + 1);
         if timed_out {
-            let limit = self
-                .cfg
-                .timeout
-                .map(|t| humantime::format_duration(t).to_string())
-                .unwrap_or_default();
-            return JobError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "ran longer than {limit}; worker {pid} and its process group were killed ({attempts})"
-                ),
-            );
-        }
-        let mut message = format!("worker {pid} {exit} while running this job ({attempts})");
-        if let Some(note) = note {
-            message.push_str(": ");
-            message.push_str(note);
+            let message = say::timed_out(self.cfg.timeout, pid, attempts.0, attempts.1);
+            return JobError::new(ErrorKind::Timeout, message);
         }
         let memory_signal = matches!(exit, WorkerExit::Signal(s) if [Signal::ABRT, Signal::SEGV, Signal::BUS, Signal::KILL].contains(s));
-        if let (Some(limit), true) = (self.cfg.memory_limit, memory_signal) {
-            message.push_str(&format!(
-                "; workers run under --memory-limit {}, which this job may have exceeded",
-                bytesize::ByteSize(limit).display().iec()
-            ));
-        }
+        let memory_limit = self.cfg.memory_limit.filter(|_| memory_signal);
+        let message = say::crashed(pid, exit, attempts, note, memory_limit);
         let mut error = JobError::new(ErrorKind::Crashed, message);
         match exit {
             WorkerExit::Code(code) => error.exit_code = Some(*code),
@@ -208,10 +178,7 @@ impl Scheduler {
                 && ran >= timeout
             {
                 slot.timed_out = Some(word);
-                let why = format!(
-                    "job {job} ran longer than {}",
-                    humantime::format_duration(timeout)
-                );
+                let why = say::ran_longer(&job, timeout);
                 self.actions.push(Action::Kill { worker, why });
                 continue;
             }
@@ -220,16 +187,8 @@ impl Scheduler {
             let next = slot.stall_noted.map_or(STALL_NOTE, |noted| noted * 2);
             if ran >= next {
                 slot.stall_noted = Some(next);
-                let hint = if timeout.is_none() {
-                    " (no --timeout is set to end it)"
-                } else {
-                    ""
-                };
-                self.actions.push(Action::Note(format!(
-                    "job {job} has been running for {} on worker {}{hint}",
-                    humantime::format_duration(next),
-                    slot.pid
-                )));
+                let note = say::running_long(&job, next, slot.pid, timeout.is_some());
+                self.actions.push(Action::Note(note));
             }
         }
     }
@@ -244,11 +203,7 @@ impl Scheduler {
                 continue;
             }
             slot.retired_at = None;
-            let why = format!(
-                "it did not exit within {} of the end of its input (a thread or timer that \
-                 keeps it alive?)",
-                humantime::format_duration(grace)
-            );
+            let why = say::lingering(grace);
             self.actions.push(Action::Kill { worker, why });
         }
     }

@@ -15,7 +15,7 @@ use corral_protocol::{
     WorkerId, frame,
 };
 
-use super::{Action, LineReading, Pace, Scheduler, WorkerExit};
+use super::{Action, LineReading, Pace, Scheduler, WorkerExit, say};
 use crate::input::{JobParser, Piece};
 use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey};
 
@@ -132,7 +132,7 @@ impl Scheduler {
     ) {
         let Outcome { nanos, result, .. } = outcome;
         let TaskResult::Lines(tally) = result else {
-            let why = format!("worker {pid} answered a block of lines as one job");
+            let why = say::block_as_one_job(pid);
             self.actions.push(Action::Kill { worker, why });
             // Only a worker that does not know blocks answers otherwise; it is being replaced
             // (see `on_batch_done`): the blocks wait for another.
