@@ -42,7 +42,9 @@ mod types;
 pub use config::{HaltRule, HaltThreshold, RestartBudget, RestartPolicy, SchedulerConfig};
 use queue::JobQueue;
 use speed::{Pace, ewma};
-pub use types::{Action, Event, RunCounters, StartFailure, WorkerExit, WorkerState, WorkerView};
+pub use types::{
+    Action, Event, RunCounters, StartCause, StartFailure, WorkerExit, WorkerState, WorkerView,
+};
 
 /// How long a job runs before the log says so (then again each time its time doubles).
 pub const STALL_NOTE: Duration = Duration::from_secs(60);
@@ -440,15 +442,17 @@ impl Scheduler {
         if self.finishing() {
             return;
         }
-        if failure.killed && !failure.fatal {
-            self.counters.restarts += 1;
-            self.restart_within_budget(now, &failure.message);
-            return;
+        match failure.cause {
+            StartCause::KilledFromOutside => {
+                self.counters.restarts += 1;
+                self.restart_within_budget(now, &failure.message);
+                return;
+            }
+            StartCause::Fatal => return self.fatal(failure.message),
+            StartCause::Transient => {}
         }
         self.start_failures += 1;
-        if failure.fatal {
-            self.fatal(failure.message);
-        } else if self.start_failures >= self.cfg.max_start_failures {
+        if self.start_failures >= self.cfg.max_start_failures {
             self.fatal(say::start_failures(self.start_failures, &failure.message));
         } else {
             let delay = self

@@ -15,7 +15,7 @@ use super::inbox::Inboxes;
 use super::launch::Launched;
 use super::types::{PoolEvent, StartedWorker};
 use crate::os::{Signal, kill_group};
-use crate::scheduler::{StartFailure, WorkerExit};
+use crate::scheduler::{StartCause, StartFailure, WorkerExit};
 use crate::transport::{Inbox, Outbox};
 
 /// How long a worker whose hello failed (its pipe closed) is given to exit, so that its exit
@@ -112,12 +112,17 @@ impl Launched {
                         recv(watch) -> _ => return,
                         recv(exits_during_handshake) -> exit => {
                             let exit = exit.map(describe_exit);
-                            let mut failure = StartFailure::transient(match &exit {
-                                Ok(exit) => format!("worker {pid} ({program}) {exit} before saying hello"),
-                                Err(_) => format!("worker {pid} ({program}) vanished before saying hello"),
-                            });
-                            failure.killed = exit == Ok(WorkerExit::Signal(Signal::KILL));
-                            failure
+                            StartFailure {
+                                cause: if exit == Ok(WorkerExit::Signal(Signal::KILL)) {
+                                    StartCause::KilledFromOutside
+                                } else {
+                                    StartCause::Transient
+                                },
+                                message: match &exit {
+                                    Ok(exit) => format!("worker {pid} ({program}) {exit} before saying hello"),
+                                    Err(_) => format!("worker {pid} ({program}) vanished before saying hello"),
+                                },
+                            }
                         },
                         recv(cancelled) -> _ => {
                             kill_group(pid);
@@ -138,7 +143,7 @@ impl Launched {
         }
         let greeted = bootstrap.hello(pid, pipes);
         if let Err(refusal) = &greeted
-            && !refusal.fatal
+            && refusal.cause != StartCause::Fatal
         {
             // A worker whose pipe closed is most likely exiting: its exit says more than the
             // closed pipe does (and whether it was killed from outside).
@@ -154,11 +159,9 @@ impl Launched {
         }
         let greeting = greeted.map_err(|refusal| {
             kill_group(pid);
-            let message = format!("worker {pid} ({program}) {}", refusal.message);
-            if refusal.fatal {
-                StartFailure::fatal(message)
-            } else {
-                StartFailure::transient(message)
+            StartFailure {
+                cause: refusal.cause,
+                message: format!("worker {pid} ({program}) {}", refusal.message),
             }
         })?;
         tracing::info!(pid, "worker started");

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, unbounded};
 
 use super::{PoolConfig, PoolEvent, Spawner, WorkerHandle};
 use crate::os::Signal;
-use crate::scheduler::WorkerExit;
+use crate::scheduler::{StartCause, WorkerExit};
 use crate::transport::Transport;
 
 /// A stdio worker in `sh`: says hello, answers each request with its id and output 1, dies of
@@ -173,7 +173,11 @@ fn a_worker_that_never_says_hello_is_a_start_failure_and_is_killed() {
     match next(&events) {
         PoolEvent::StartFailed { worker, failure } => {
             assert_eq!(worker, WorkerId(1));
-            assert!(failure.fatal, "a worker that is no worker would fail again");
+            assert_eq!(
+                failure.cause,
+                StartCause::Fatal,
+                "a worker that is no worker would fail again"
+            );
             assert!(
                 failure.message.contains("not a hello"),
                 "{}",

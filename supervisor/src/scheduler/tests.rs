@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult, WorkerId};
 
-use super::{Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartFailure, WorkerExit};
+use super::{
+    Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartCause, StartFailure, WorkerExit,
+};
 use crate::os::Signal;
 use crate::record::{
     ErrorKind, InputChunk, Job, JobId, JobResult, Jobs, Lines, OneJob, ResultKey, SharedBytes,
@@ -830,9 +832,10 @@ fn workers_killed_from_outside_before_any_work_are_restarts_not_a_broken_build()
         let worker = *h.spawns.last().unwrap();
         if round % 2 == 0 {
             // Killed before its hello.
-            let mut failure =
-                StartFailure::transient("killed by SIGKILL before saying hello".into());
-            failure.killed = true;
+            let failure = StartFailure {
+                cause: StartCause::KilledFromOutside,
+                message: "killed by SIGKILL before saying hello".into(),
+            };
             h.feed(Event::WorkerStartFailed { worker, failure });
         } else {
             // Killed after its hello, idle.

@@ -42,22 +42,32 @@ impl std::fmt::Display for WorkerExit {
 /// Why a worker could not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartFailure {
-    /// Retrying cannot help (missing binary, wrong protocol version, wrong nonce).
-    pub fatal: bool,
+    /// What kind of failure it is, which decides what comes next.
+    pub cause: StartCause,
+    /// What happened, for the user.
+    pub message: String,
+}
+
+/// What kind of failure a failed start is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartCause {
+    /// Another start may not repeat it (a slow or crashing start): retried with backoff, and
+    /// counted towards giving up on starting workers.
+    Transient,
+    /// Every start would repeat it (a missing binary, a wrong protocol version or nonce): the
+    /// run stops.
+    Fatal,
     /// The worker was killed with SIGKILL before its hello, and not by corral: what `kill -9`
     /// or the OOM killer does, not what a broken build does. It is not counted towards giving
     /// up on starting workers; it spends the restart budget, as a crash during work does.
-    pub killed: bool,
-    /// What happened, for the user.
-    pub message: String,
+    KilledFromOutside,
 }
 
 impl StartFailure {
     /// A failure another start may not repeat.
     pub fn transient(message: String) -> StartFailure {
         StartFailure {
-            fatal: false,
-            killed: false,
+            cause: StartCause::Transient,
             message,
         }
     }
@@ -65,8 +75,7 @@ impl StartFailure {
     /// A failure every start would repeat: the run stops.
     pub fn fatal(message: String) -> StartFailure {
         StartFailure {
-            fatal: true,
-            killed: false,
+            cause: StartCause::Fatal,
             message,
         }
     }

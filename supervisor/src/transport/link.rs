@@ -6,6 +6,8 @@ use std::process::{ChildStdin, ChildStdout};
 
 use corral_protocol::{BatchDone, RunningSlot};
 
+use crate::scheduler::StartCause;
+
 /// The worker's pipes the pool hands a transport after the spawn. `stopped` becomes readable
 /// once the worker has been reaped, so that a read never outlasts the worker (a descendant
 /// that escaped its group may still hold the pipe open).
@@ -44,12 +46,30 @@ impl<O, I> Greeting<O, I> {
     }
 }
 
-/// Who the failure of a handshake is blamed on, and how it is worded.
+/// Why a handshake failed, and how it is worded.
 pub(crate) struct Refusal {
-    /// A configuration error that another start would repeat (a wrong protocol version).
-    pub fatal: bool,
+    /// Whether another start would repeat it (a wrong protocol version is `Fatal`).
+    pub cause: StartCause,
     /// What happened, as a sentence about the worker.
     pub message: String,
+}
+
+impl Refusal {
+    /// A refusal another start may not repeat.
+    pub(crate) fn transient(message: String) -> Refusal {
+        Refusal {
+            cause: StartCause::Transient,
+            message,
+        }
+    }
+
+    /// A refusal every start would repeat.
+    pub(crate) fn fatal(message: String) -> Refusal {
+        Refusal {
+            cause: StartCause::Fatal,
+            message,
+        }
+    }
 }
 
 /// What the next read of a worker's inbox gave.

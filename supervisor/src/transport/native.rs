@@ -84,10 +84,7 @@ pub(crate) fn unblock(server_name: String) {
 impl Bootstrap {
     /// Accepts the worker's connection and checks its hello.
     pub(crate) fn hello(self, pid: u32) -> Result<Greeting<Outbox, Inbox>, Refusal> {
-        let failed = |err| Refusal {
-            fatal: false,
-            message: format!("failed the handshake: {err}"),
-        };
+        let failed = |err| Refusal::transient(format!("failed the handshake: {err}"));
         // The bootstrap channel carries the hello and nothing else.
         match self.server {
             Server::Own(server) => {
@@ -104,25 +101,20 @@ impl Bootstrap {
 
 /// Checks a worker's hello: its protocol version, the nonce it echoes and its running word.
 fn check<A>(hello: Hello<A>, nonce: u64, pid: u32) -> Result<Greeting<Outbox, A>, Refusal> {
-    let refuse = |fatal: bool, message: String| Refusal { fatal, message };
     if hello.protocol_version != PROTOCOL_VERSION {
-        return Err(refuse(
-            true,
-            format!(
-                "speaks protocol version {}, this corral speaks {PROTOCOL_VERSION}; rebuild it against this corral-worker",
-                hello.protocol_version
-            ),
-        ));
+        return Err(Refusal::fatal(format!(
+            "speaks protocol version {}, this corral speaks {PROTOCOL_VERSION}; rebuild it against this corral-worker",
+            hello.protocol_version
+        )));
     }
     if hello.nonce != nonce {
-        return Err(refuse(true, "answered with the wrong nonce".into()));
+        return Err(Refusal::fatal("answered with the wrong nonce".into()));
     }
     if hello.pid != pid {
         tracing::debug!(pid, "worker reports pid {} (a wrapper?)", hello.pid);
     }
     let Some(running) = RunningSlot::from_shared(hello.running) else {
-        return Err(refuse(
-            true,
+        return Err(Refusal::fatal(
             "sent a running-word region of the wrong size".into(),
         ));
     };

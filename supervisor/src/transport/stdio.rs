@@ -66,33 +66,27 @@ pub(crate) fn prepare(command: &mut Command) {
 
 /// Reads the worker's hello and sets up its two ends.
 pub(crate) fn hello(pipes: Pipes, gather: Duration) -> Result<Greeting<Outbox, Inbox>, Refusal> {
-    let refuse = |fatal: bool, message: String| Refusal { fatal, message };
     let (Some(stdin), Some(stdout)) = (pipes.stdin, pipes.stdout) else {
-        return Err(refuse(false, "has no stdin or stdout pipe".into()));
+        return Err(Refusal::transient("has no stdin or stdout pipe".into()));
     };
     let mut lines = LineSource::new(stdout, pipes.stopped);
     let hello: StdioHello = match lines.next_line() {
         Next::Line(line) => serde_json::from_slice(line).map_err(|err| {
-            refuse(
-                true,
-                format!(
+            Refusal::fatal(format!(
                     "printed {} where its hello was expected ({err}); its stdout carries the protocol, so anything else must go to stderr",
                     quote(line)
                 ),
             )
         })?,
-        Next::End => return Err(refuse(false, "closed its stdout before saying hello".into())),
-        Next::TooLong => return Err(refuse(true, "printed an endless first line".into())),
+        Next::End => return Err(Refusal::transient("closed its stdout before saying hello".into())),
+        Next::TooLong => return Err(Refusal::fatal("printed an endless first line".into())),
         Next::Quiet => unreachable!("a wait for the hello ends with a line or the end"),
     };
     if hello.corral_protocol != STDIO_PROTOCOL_VERSION {
-        return Err(refuse(
-            true,
-            format!(
-                "speaks stdio protocol version {}, this corral speaks {STDIO_PROTOCOL_VERSION}",
-                hello.corral_protocol
-            ),
-        ));
+        return Err(Refusal::fatal(format!(
+            "speaks stdio protocol version {}, this corral speaks {STDIO_PROTOCOL_VERSION}",
+            hello.corral_protocol
+        )));
     }
     let (slot, region) = RunningSlot::create();
     let running = RunningSlot::from_shared(region).expect("a fresh region has the right size");
