@@ -9,6 +9,7 @@ use std::thread;
 use std::time::Instant;
 
 use crate::exit::{Exit, say};
+use crate::ports::SourceError;
 use crate::resume::{FinishedKeys, Meeting, job_line_key, line_digest};
 use crate::run::Source;
 use crate::wire::{Hello, Said, ServiceStatus};
@@ -232,8 +233,8 @@ fn receive(stream: &UnixStream, out: &mut impl Write) -> Received {
 }
 
 enum SendError {
-    /// An input could not be read: the message says which.
-    Input(String),
+    /// An input could not be read.
+    Input(SourceError),
     /// The service is gone; the receiving side says so.
     Service,
 }
@@ -266,7 +267,7 @@ fn send_jobs(
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(err) => {
-                    return Err(SendError::Input(format!("cannot read {name}: {err}")));
+                    return Err(SendError::Input(SourceError::read(name, err)));
                 }
             }
             if line.last() != Some(&b'\n') {
@@ -339,7 +340,7 @@ fn copy_whole(
             Ok(0) => break,
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(SendError::Input(format!("cannot read {name}: {err}"))),
+            Err(err) => return Err(SendError::Input(SourceError::read(name, err))),
         };
         last = buf[n - 1];
         out.write_all(&buf[..n]).map_err(|_| SendError::Service)?;

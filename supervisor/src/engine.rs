@@ -316,9 +316,9 @@ impl Engine {
                 self.read += weight;
                 Some(Event::Input(chunk))
             }
-            Feed::Failed(message) => {
+            Feed::Failed(error) => {
                 // Said once, at the end, as the reason the run stopped short.
-                self.source_error.get_or_insert(message);
+                self.source_error.get_or_insert(error.to_string());
                 self.sources_complete = false;
                 state.ended = true;
                 self.after_end(source)

@@ -14,13 +14,54 @@ pub trait Sink: Send {
     fn failed(&self) -> bool;
 }
 
+/// Why a source could not be read to its end.
+#[derive(Debug)]
+pub enum SourceError {
+    /// An input (named as the user would name it) could not be opened.
+    Open {
+        /// The input.
+        name: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Reading an input failed.
+    Read {
+        /// The input.
+        name: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A service's client connection failed while its jobs were read.
+    Connection(std::io::Error),
+}
+
+impl SourceError {
+    /// Reading `name` failed with `error`.
+    pub fn read(name: impl Into<String>, error: std::io::Error) -> SourceError {
+        SourceError::Read {
+            name: name.into(),
+            error,
+        }
+    }
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceError::Open { name, error } => write!(f, "cannot open {name}: {error}"),
+            SourceError::Read { name, error } => write!(f, "cannot read {name}: {error}"),
+            SourceError::Connection(error) => write!(f, "a client's connection failed: {error}"),
+        }
+    }
+}
+
 /// What a source sends.
 #[derive(Debug)]
 pub enum Feed {
     /// Jobs read, and lines that could not be (their results are ready).
     Jobs(InputChunk),
     /// The source could not be read to its end; what it sent before still runs.
-    Failed(String),
+    Failed(SourceError),
     /// The source has nothing more.
     Ended,
 }

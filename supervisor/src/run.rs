@@ -27,7 +27,7 @@ use crate::input::parallel::ParallelReader;
 use crate::input::{InputFormat, JobParser};
 use crate::output::{Tally, WriterThread, echo_of};
 use crate::pool::PoolConfig;
-use crate::ports::{Feed, Intake, Sink};
+use crate::ports::{Feed, Intake, Sink, SourceError};
 use crate::record::{InputChunk, Job, Jobs, SourceId, TaskNames};
 use crate::resume::FinishedKeys;
 use crate::ring::Ring;
@@ -69,13 +69,16 @@ impl Source {
     }
 
     /// Its reader; an error says it cannot be opened now.
-    pub fn reader(&self) -> Result<Box<dyn Read + Send>, String> {
+    pub fn reader(&self) -> Result<Box<dyn Read + Send>, SourceError> {
         match self {
             Source::Stdin => Ok(Box::new(io::stdin())),
             Source::File(_, Some(file)) => Ok(Box::new(SharedFile(file.clone()))),
             Source::File(path, None) => match File::open(path) {
                 Ok(file) => Ok(Box::new(file)),
-                Err(err) => Err(format!("cannot open {}: {err}", path.display())),
+                Err(error) => Err(SourceError::Open {
+                    name: path.display().to_string(),
+                    error,
+                }),
             },
         }
     }
@@ -412,8 +415,8 @@ fn read_inputs(
     for source in sources {
         let reader = match source.reader() {
             Ok(reader) => reader,
-            Err(message) => {
-                input.feed(Feed::Failed(message));
+            Err(error) => {
+                input.feed(Feed::Failed(error));
                 return;
             }
         };
@@ -421,10 +424,7 @@ fn read_inputs(
             Ok(true) => {}
             Ok(false) => return,
             Err(err) => {
-                input.feed(Feed::Failed(format!(
-                    "cannot read {}: {err}",
-                    source.name()
-                )));
+                input.feed(Feed::Failed(SourceError::read(source.name(), err)));
                 return;
             }
         }

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 use crate::engine::{Control, Engine, EngineConfig, EngineReport};
 use crate::input::{InputFormat, JobParser};
 use crate::output::{Echo, echo_of, format_result};
-use crate::ports::{Feed, Intake, Sink};
+use crate::ports::{Feed, Intake, Sink, SourceError};
 use crate::record::{InputChunk, JobResult, SourceId, TaskNames};
 
 /// An engine on a thread of its own, for Rust code: each [`Service::submit`] is a source of
@@ -193,7 +193,7 @@ fn feed(source: SourceId, mut parser: JobParser, jobs: impl Read, intake: &Sende
         }
         Ok(false) => {}
         Err(err) => {
-            send(Feed::Failed(format!("cannot read the jobs: {err}")));
+            send(Feed::Failed(SourceError::read("the jobs", err)));
         }
     }
 }

@@ -196,7 +196,7 @@ impl Answers {
                 self.events.send(PoolEvent::Done { worker, done }).is_ok()
             }
             Received::Violation(what) => {
-                reading.violation = Some(what);
+                reading.violation = Some(what.to_string());
                 kill_group(reading.answering.pid);
                 true
             }
@@ -258,7 +258,7 @@ fn receive_alone(
             }
             Received::Closed => break,
             Received::Violation(what) => {
-                violation = Some(what);
+                violation = Some(what.to_string());
                 kill_group(answering.pid);
                 break;
             }

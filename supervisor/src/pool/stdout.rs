@@ -267,7 +267,7 @@ fn step(reading: &mut Reading, now: Instant, events: &Sender<PoolEvent>) -> Step
             Step::Answer(Received::Closed) => return Stepped::Ended(None),
             Step::Answer(Received::Violation(what)) => {
                 kill_group(reading.answering.pid);
-                return Stepped::Ended(Some(what));
+                return Stepped::Ended(Some(what.to_string()));
             }
             Step::Readable => return Stepped::Wait(Wait::Readable),
             Step::Until(at) => return Stepped::Wait(Wait::Until(at)),

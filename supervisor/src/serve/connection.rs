@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use super::state::{Client, Counts, Shared};
 use crate::input::{InputFormat, JobParser, TaskGate};
 use crate::output::{Echo, echo_of, format_result};
-use crate::ports::{Feed, Intake, Sink};
+use crate::ports::{Feed, Intake, Sink, SourceError};
 use crate::record::{
     ErrorKind, InputChunk, InputItem, JobError, JobResult, SourceId, TaskId, Work,
 };
@@ -383,7 +383,7 @@ fn feed(
         Ok(false) => None,
         // The client's own connection failed: what it sent still runs, but it will not see
         // the results, so they are not kept for it.
-        Err(err) => Some(Feed::Failed(format!("a client's connection failed: {err}"))),
+        Err(err) => Some(Feed::Failed(SourceError::Connection(err))),
     };
     if let Some(feed) = ended {
         send(feed);

@@ -78,6 +78,102 @@ pub(crate) enum Received {
     Done(BatchDone),
     /// The worker closed its end (it exited, or is exiting).
     Closed,
-    /// The worker broke the protocol; the pool kills it. Says what it did.
-    Violation(String),
+    /// The worker broke the protocol; the pool kills it.
+    Violation(Violation),
+}
+
+/// How a worker broke its transport's protocol. Its text is a sentence about the worker ("it
+/// ..."), for the log and the note of the job it was running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// A native worker's message is not a framed answer (the framing's complaint).
+    Malformed(String),
+    /// A native worker's channel failed (ipc-channel's error).
+    ChannelFailed(String),
+    /// A stdio worker printed a line longer than this many bytes.
+    LineTooLong(usize),
+    /// A stdio worker printed a line (quoted) that is not a response.
+    NotAResponse(String),
+    /// A stdio worker printed a response (quoted) with no request waiting.
+    Unasked(String),
+    /// A stdio worker answered one id where another was next.
+    WrongId {
+        /// The id it answered, as it wrote it.
+        answered: String,
+        /// The id of the request answered next, as sent.
+        next: String,
+    },
+    /// A stdio worker's response (quoted) has neither or both of `output` and `error`.
+    NeitherOrBoth(String),
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Violation::Malformed(why) => write!(f, "it sent a malformed message ({why})"),
+            Violation::ChannelFailed(why) => write!(f, "its channel failed ({why})"),
+            Violation::LineTooLong(max) => write!(
+                f,
+                "it printed a line longer than {} on stdout",
+                bytesize::ByteSize(*max as u64).display().iec()
+            ),
+            Violation::NotAResponse(line) => write!(
+                f,
+                "it printed {line} on stdout, which is not a response (print to stderr instead)"
+            ),
+            Violation::Unasked(line) => {
+                write!(f, "it printed {line} on stdout with no request waiting")
+            }
+            Violation::WrongId { answered, next } => {
+                write!(f, "it answered id {answered} where {next} was next")
+            }
+            Violation::NeitherOrBoth(line) => write!(
+                f,
+                "it answered {line} with neither or both of \"output\" and \"error\""
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Violation;
+
+    /// Each violation reads as a sentence about the worker, as the log and the job's note say
+    /// it.
+    #[test]
+    fn violations_say_what_the_worker_did() {
+        let said = |v: Violation| v.to_string();
+        assert_eq!(
+            said(Violation::Malformed("3 bytes, too few to be framed".into())),
+            "it sent a malformed message (3 bytes, too few to be framed)"
+        );
+        assert_eq!(
+            said(Violation::ChannelFailed("closed".into())),
+            "its channel failed (closed)"
+        );
+        assert_eq!(
+            said(Violation::LineTooLong(64 << 20)),
+            "it printed a line longer than 64.0 MiB on stdout"
+        );
+        assert_eq!(
+            said(Violation::NotAResponse("\"hi\"".into())),
+            "it printed \"hi\" on stdout, which is not a response (print to stderr instead)"
+        );
+        assert_eq!(
+            said(Violation::Unasked("\"{}\"".into())),
+            "it printed \"{}\" on stdout with no request waiting"
+        );
+        assert_eq!(
+            said(Violation::WrongId {
+                answered: "\"x\"".into(),
+                next: "1".into()
+            }),
+            "it answered id \"x\" where 1 was next"
+        );
+        assert_eq!(
+            said(Violation::NeitherOrBoth("\"{}\"".into())),
+            "it answered \"{}\" with neither or both of \"output\" and \"error\""
+        );
+    }
 }

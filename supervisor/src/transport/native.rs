@@ -21,7 +21,7 @@ use ipc_channel::ipc::{
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
 
-use super::link::{Greeting, Received, Refusal};
+use super::link::{Greeting, Received, Refusal, Violation};
 use crate::scheduler::StartFailure;
 
 /// The hello as the supervisor reads it for the receiver set: the answers' channel as a
@@ -157,10 +157,10 @@ pub(crate) fn recv(answers: &IpcBytesReceiver) -> Received {
     match answers.recv() {
         Ok(message) => match BatchDone::from_message(message) {
             Ok(done) => Received::Done(done),
-            Err(err) => Received::Violation(format!("it sent a malformed message ({err})")),
+            Err(err) => Received::Violation(Violation::Malformed(err)),
         },
         Err(ipc_channel::IpcError::Disconnected) => Received::Closed,
-        Err(err) => Received::Violation(format!("its channel failed ({err})")),
+        Err(err) => Received::Violation(Violation::ChannelFailed(err.to_string())),
     }
 }
 
@@ -174,8 +174,8 @@ pub(crate) fn received(message: ipc_channel::ipc::IpcMessage, expected: usize) -
         .map(|bytes| BatchDone::from_message(bytes.0))
     {
         Ok(Ok(done)) => Received::Done(done),
-        Ok(Err(err)) => Received::Violation(format!("it sent a malformed message ({err})")),
-        Err(err) => Received::Violation(format!("its channel failed ({err})")),
+        Ok(Err(err)) => Received::Violation(Violation::Malformed(err)),
+        Err(err) => Received::Violation(Violation::ChannelFailed(err.to_string())),
     }
 }
 

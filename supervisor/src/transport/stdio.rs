@@ -28,7 +28,7 @@ use corral_protocol::{
     Batch, BatchDone, BatchId, MAX_FRAME_BYTES, RawJson, RunningSlot, RunningWord, TaskResult,
 };
 
-use super::link::{Greeting, Pipes, Received, Refusal};
+use super::link::{Greeting, Pipes, Received, Refusal, Violation};
 use crate::os::poll_readable;
 
 /// Longest line a stdio worker may print on stdout; a longer one is a violation.
@@ -321,37 +321,27 @@ impl Inbox {
                 }
                 Next::End => return Step::Answer(Received::Closed),
                 Next::TooLong => {
-                    return Step::Answer(Received::Violation(format!(
-                        "it printed a line longer than {} on stdout",
-                        bytesize::ByteSize(MAX_LINE as u64).display().iec()
-                    )));
+                    return Step::Answer(Received::Violation(Violation::LineTooLong(MAX_LINE)));
                 }
             };
             let response: StdioResponse<'_> = match serde_json::from_slice(line) {
                 Ok(response) => response,
                 Err(_) => {
-                    return Step::Answer(Received::Violation(format!(
-                        "it printed {} on stdout, which is not a response (print to stderr instead)",
-                        quote(line)
-                    )));
+                    return Step::Answer(Received::Violation(Violation::NotAResponse(quote(line))));
                 }
             };
             let mut pending = self.shared.lock();
             let since = pending.since;
             let Some(sent) = pending.batches.front_mut() else {
-                return Step::Answer(Received::Violation(format!(
-                    "it printed {} on stdout with no request waiting",
-                    quote(line)
-                )));
+                return Step::Answer(Received::Violation(Violation::Unasked(quote(line))));
             };
             let index = sent.answered;
             let expected = sent.id_at(index);
             if !same_id(expected, response.id.get().as_bytes()) {
-                return Step::Answer(Received::Violation(format!(
-                    "it answered id {} where {} was next",
-                    response.id.get(),
-                    String::from_utf8_lossy(expected)
-                )));
+                return Step::Answer(Received::Violation(Violation::WrongId {
+                    answered: response.id.get().to_owned(),
+                    next: String::from_utf8_lossy(expected).into_owned(),
+                }));
             }
             if self.done.outcomes.is_empty() {
                 // A batch's answer, or the rest of one already answered in part.
@@ -370,10 +360,9 @@ impl Inbox {
                     error_type: error.error_type,
                 },
                 _ => {
-                    return Step::Answer(Received::Violation(format!(
-                        "it answered {} with neither or both of \"output\" and \"error\"",
-                        quote(line)
-                    )));
+                    return Step::Answer(Received::Violation(Violation::NeitherOrBoth(quote(
+                        line,
+                    ))));
                 }
             };
             let now = Instant::now();
