@@ -1,7 +1,7 @@
 //! Runs jobs from Rust code on one pool of corral workers: two submissions share the pool, and
 //! each gets back exactly its own results.
 //!
-//! Run it from the workspace: `cargo build --bins && cargo run -p corral --example service`
+//! Run it from the workspace: `cargo build --bins && cargo run -p corral-supervisor --example service`
 //! (it starts the `corral-worker` built beside it; give another worker's path as its argument).
 
 use std::io::Cursor;
