@@ -359,11 +359,18 @@ pub fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> 
     }
 }
 
-/// The pids of `parent`'s `n` workers, once it has that many children (10 s at most).
+/// The pids of `parent`'s `n` workers, once it has that many children and each has exec'd (10 s
+/// at most).
 pub fn wait_for_workers(parent: u32, n: usize) -> Vec<u32> {
+    let own = std::fs::read(format!("/proc/{parent}/cmdline")).unwrap_or_default();
     wait_for(Duration::from_secs(10), || {
         let workers = children_of(parent);
-        (workers.len() == n).then_some(workers)
+        // A child between its fork and its exec still shows corral's own command line (and
+        // corral's process group): it is not a worker yet.
+        let execed = workers.iter().all(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| cmdline != own)
+        });
+        (workers.len() == n && execed).then_some(workers)
     })
     .unwrap_or_else(|| panic!("{n} workers of {parent} did not start"))
 }
