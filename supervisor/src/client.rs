@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Instant;
 
-use crate::exit::{Exit, say};
+use crate::exit::{Exit, count, say};
 use crate::ports::SourceError;
 use crate::resume::{FinishedKeys, Meeting, job_line_key, line_digest};
 use crate::run::Source;
@@ -114,12 +114,14 @@ pub fn submit(config: Submit) -> Exit {
             if !config.quiet {
                 let secs = started.elapsed().as_secs_f64();
                 say(format_args!(
-                    "{results} jobs: {ok} ok, {failed} failed; {secs:.2}s, {:.0} jobs/s",
+                    "{}: {ok} ok, {failed} failed; {secs:.2}s, {:.0} jobs/s",
+                    count(results, "job"),
                     results as f64 / secs.max(1e-9)
                 ));
                 if earlier > 0 {
                     say(format_args!(
-                        "the results file also holds {earlier} failures from earlier runs"
+                        "the results file also holds {} from earlier runs",
+                        count(earlier, "failure")
                     ));
                 }
             }

@@ -11,6 +11,14 @@ pub fn say(message: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "corral: {message}");
 }
 
+/// `n` of `noun` as a sentence says it: "1 job", "2 jobs" (the plural is the noun and an s).
+pub fn count(n: u64, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 /// How a corral command ended, as its exit status says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -55,6 +63,13 @@ impl From<Exit> for ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_of_a_thing_is_singular_and_any_other_count_plural() {
+        assert_eq!(count(1, "job"), "1 job");
+        assert_eq!(count(0, "job"), "0 jobs");
+        assert_eq!(count(36, "result"), "36 results");
+    }
 
     /// The README's table of exit statuses names exactly the statuses of this one.
     #[test]

@@ -246,3 +246,17 @@ fn a_named_pipe_given_as_input_is_opened_once_and_read_to_its_end() {
     ids.dedup();
     assert_eq!(ids.len(), n as usize, "every line once");
 }
+
+#[test]
+fn a_run_of_one_job_says_job_not_jobs() {
+    let out = Run::corral(["run", "-j", "1"])
+        .stdin("{\"task\": \"sum_squares\", \"input\": [1]}\n")
+        .output();
+    out.expect_code(0);
+    assert!(
+        out.stderr
+            .contains("corral: 1 job: 1 ok, 0 failed; 0 restarts, 0 recycled"),
+        "{}",
+        out.stderr
+    );
+}

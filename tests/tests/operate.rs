@@ -434,7 +434,19 @@ fn a_resume_that_completes_a_file_holding_failures_exits_1() {
     out.expect_code(1);
     assert!(
         out.stderr
-            .contains("also holds 1 failures from earlier runs"),
+            .contains("also holds 1 failure from earlier runs"),
+        "{}",
+        out.stderr
+    );
+    // What was skipped is said, and what ran.
+    assert!(
+        out.stderr
+            .contains(": 3 jobs already have a result there, and are not run again"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("corral: 3 jobs: 3 ok, 0 failed"),
         "{}",
         out.stderr
     );

@@ -241,7 +241,7 @@ fn submit_resume_reports_a_repeated_id_as_run_resume_does() {
     assert!(
         again
             .stderr
-            .contains("also holds 1 failures from earlier runs"),
+            .contains("also holds 1 failure from earlier runs"),
         "{}",
         again.stderr
     );

@@ -66,7 +66,7 @@ pub fn sum_squares_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailu
         Some(sum) => sum,
         None => {
             let values: Vec<i64> = serde_json::from_slice(input)
-                .map_err(|err| TaskFailure::BadInput(err.to_string()))?;
+                .map_err(|err| TaskFailure::BadInput(crate::task::input_message(&err)))?;
             sum_squares(values)
         }
     }
@@ -344,8 +344,8 @@ mod tests {
 
     /// Runs `sum_squares` the way every other task runs: serde in, serde out.
     fn through_serde(input: &[u8]) -> Result<Vec<u8>, TaskFailure> {
-        let values: Vec<i64> =
-            serde_json::from_slice(input).map_err(|err| TaskFailure::BadInput(err.to_string()))?;
+        let values: Vec<i64> = serde_json::from_slice(input)
+            .map_err(|err| TaskFailure::BadInput(crate::task::input_message(&err)))?;
         let sum = sum_squares(values).map_err(TaskFailure::TaskError)?;
         Ok(serde_json::to_vec(&sum).unwrap())
     }

@@ -65,7 +65,7 @@ pub(crate) type SkimFn = fn(&[u8], &mut Vec<u8>) -> Option<(usize, Result<(), Ta
 
 /// Why a job's input does not fit the task's input type, as the job's `bad_input` message.
 fn input_error(err: serde_json::Error) -> TaskFailure {
-    let mut message = err.to_string();
+    let mut message = input_message(&err);
     if message.contains("surrogate") {
         // The escapes `corral_protocol::byte_string` writes for a line's bytes that are not UTF-8.
         message.push_str(
@@ -74,6 +74,24 @@ fn input_error(err: serde_json::Error) -> TaskFailure {
         );
     }
     TaskFailure::BadInput(message)
+}
+
+/// serde_json's message for a job's input, with its position said as a place in the input value:
+/// serde_json's "at line 1 column 3" would read as a line of the job file.
+pub(crate) fn input_message(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let position = format!(" at line {} column {}", err.line(), err.column());
+    match text.strip_suffix(&position) {
+        Some(message) if err.line() == 1 => {
+            format!("{message} at column {} of the input", err.column())
+        }
+        Some(message) => format!(
+            "{message} at line {} column {} of the input",
+            err.line(),
+            err.column()
+        ),
+        None => text,
+    }
 }
 
 /// One task with its types erased: JSON bytes in, JSON bytes appended to a buffer.
@@ -199,6 +217,21 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bad input's position is a place in the input value, not a line of the job file.
+    #[test]
+    fn a_bad_input_says_where_in_the_input() {
+        let err = serde_json::from_slice::<Vec<i64>>(b"[1, x]").unwrap_err();
+        assert_eq!(
+            input_message(&err),
+            "expected value at column 5 of the input"
+        );
+        let err = serde_json::from_slice::<Vec<i64>>(b"[1,\r\n x]").unwrap_err();
+        assert_eq!(
+            input_message(&err),
+            "expected value at line 2 column 2 of the input"
+        );
+    }
 
     fn registry() -> Registry {
         let mut registry = Registry::default();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::exit::{Exit, say};
+use crate::exit::{Exit, count, say};
 use crate::resume::FinishedKeys;
 use crate::run::Source;
 
@@ -22,8 +22,8 @@ pub(super) struct Results {
 
 impl Results {
     /// Opens `path` (stdout without one), truncated, or with `resume` read for what it
-    /// already answers.
-    pub(super) fn open(path: Option<&Path>, resume: bool) -> anyhow::Result<Results> {
+    /// already answers (which it says, unless `quiet`).
+    pub(super) fn open(path: Option<&Path>, resume: bool, quiet: bool) -> anyhow::Result<Results> {
         let Some(path) = path else {
             return Ok(Results {
                 output: Box::new(io::stdout()),
@@ -37,6 +37,16 @@ impl Results {
                 "{}: dropped a torn last line; its job runs again",
                 path.display()
             );
+        }
+        if resume && !quiet {
+            let done = finished.keys.len() as u64;
+            say(format_args!(
+                "resuming {}: {} already {} a result there, and {} not run again",
+                path.display(),
+                count(done, "job"),
+                if done == 1 { "has" } else { "have" },
+                if done == 1 { "is" } else { "are" },
+            ));
         }
         Ok(Results {
             // Unbuffered: the result writer buffers, and knows what reached the file.

@@ -12,7 +12,7 @@ use corral_protocol::exec::ENV_EXEC;
 use super::common::{Results, exit_with_parent, refuse_input_as_output, sources};
 use super::settings::{exec_spec, pool_settings};
 use crate::cli::RunArgs;
-use crate::exit::{Exit, say};
+use crate::exit::{Exit, count, say};
 use crate::input::{EXEC_TASK, InputFormat, ring_blocks};
 use crate::run::{RunConfig, RunEnd, RunReport, run};
 
@@ -60,7 +60,7 @@ pub(super) fn command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode
         output,
         finished,
         earlier_failed,
-    } = Results::open(args.output.as_deref(), args.resume)?;
+    } = Results::open(args.output.as_deref(), args.resume, quiet)?;
     let max_line_bytes = usize::try_from(args.max_job_bytes).unwrap_or(usize::MAX);
     let config = RunConfig {
         scheduler,
@@ -145,7 +145,8 @@ fn finish(report: &RunReport, earlier_failed: u64, quiet: bool) -> ExitCode {
         say(format_args!("{}", summary(report)));
         if earlier_failed > 0 {
             say(format_args!(
-                "the results file also holds {earlier_failed} failures from earlier runs"
+                "the results file also holds {} from earlier runs",
+                count(earlier_failed, "failure")
             ));
         }
     }
@@ -160,11 +161,13 @@ fn not_run(report: &RunReport) -> String {
     };
     let unwritten = match report.unwritten {
         0 => String::new(),
-        n => format!(" and {n} results could not be written"),
+        n => format!(" and {} could not be written", count(n, "result")),
     };
+    let not_run = report.counters.not_run;
+    let were = if not_run == 1 { "was" } else { "were" };
     format!(
-        "{} jobs read were not run{unwritten}{unread}; run again with -o FILE --resume to finish them",
-        report.counters.not_run
+        "{} read {were} not run{unwritten}{unread}; run again with -o FILE --resume to finish them",
+        count(not_run, "job")
     )
 }
 
@@ -172,7 +175,8 @@ fn summary(report: &RunReport) -> String {
     let tally = &report.tally;
     let total = tally.ok + tally.failed_total();
     let mut line = format!(
-        "{total} jobs: {} ok, {} failed",
+        "{}: {} ok, {} failed",
+        count(total, "job"),
         tally.ok,
         tally.failed_total()
     );
@@ -186,8 +190,9 @@ fn summary(report: &RunReport) -> String {
     }
     let counters = report.counters;
     line.push_str(&format!(
-        "; {} restarts, {} recycled",
-        counters.restarts, counters.recycled
+        "; {}, {} recycled",
+        count(counters.restarts, "restart"),
+        counters.recycled
     ));
     let secs = report.elapsed.as_secs_f64();
     line.push_str(&format!(

@@ -15,7 +15,7 @@ pub(super) fn command(args: SubmitArgs, quiet: bool) -> anyhow::Result<ExitCode>
         output,
         finished,
         earlier_failed,
-    } = Results::open(args.output.as_deref(), args.resume)?;
+    } = Results::open(args.output.as_deref(), args.resume, quiet)?;
     let status = crate::client::submit(crate::client::Submit {
         sources,
         socket: args.socket,
