@@ -99,6 +99,14 @@ Result lines:
   {\"line\":19,\"ok\":false,\"error\":{\"kind\":\"bad_input\",\"message\":\"...\"}}
   Error kinds: task_error, panic, crashed, timeout, bad_input, unknown_task, too_large.
 
+Built-in tasks (the default worker; --worker or --worker-cmd brings your own):
+  sum_squares  [1, 2, 3] -> 14: the sum of the squares of integers
+  primes       1000 -> 168: how many primes are below N
+  sha256       \"path\" or {\"text\": \"...\"} -> the SHA-256 of the file or text, as hex
+  spin         25 -> 25: burns that many milliseconds of CPU time
+  log          {\"message\": \"...\", \"priority\": 6} -> null: writes a line to the log
+  exec         with --exec: runs the command on the job's line or input
+
 Examples:
   corral run jobs.jsonl > results.jsonl
   generate-jobs | corral run -j 8 --timeout 30s | post-process
@@ -306,6 +314,11 @@ pub struct RunArgs {
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
 
+    /// The workers and how they are supervised (first in --help: -j is the option most runs
+    /// want).
+    #[command(flatten)]
+    pub pool: PoolArgs,
+
     /// Write results to this file instead of standard output (it is truncated, unless
     /// --resume).
     #[arg(short, long, value_name = "OUT", help_heading = "Output")]
@@ -423,10 +436,6 @@ pub struct RunArgs {
     /// leave the run going. Its workers go with it.
     #[arg(long, help_heading = "Workers")]
     pub exit_with_parent: bool,
-
-    /// The workers and how they are supervised.
-    #[command(flatten)]
-    pub pool: PoolArgs,
 }
 
 /// Options of the workers and their supervision, shared by `corral run` and `corral serve`.
@@ -560,6 +569,27 @@ fn parse_job_size(text: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// `corral run --help` lists exactly the default worker's tasks (and `exec`, which it has
+    /// with --exec).
+    #[test]
+    fn the_run_help_lists_every_built_in_task() {
+        let listed: Vec<&str> = RUN_EXAMPLES
+            .split("Built-in tasks")
+            .nth(1)
+            .expect("the block is there")
+            .split("\n\n")
+            .next()
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().next().unwrap())
+            .collect();
+        let mut served =
+            corral_worker::builtin::register(corral_worker::Worker::new()).task_names();
+        served.push("exec".into());
+        assert_eq!(listed, served);
+    }
 
     #[test]
     fn the_cli_is_well_formed() {
