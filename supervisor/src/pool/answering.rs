@@ -5,7 +5,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, OnceLock};
 
 use corral_protocol::WorkerId;
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::handle::describe_exit;
 use super::types::PoolEvent;
@@ -52,5 +52,28 @@ impl Answering {
             tracing::warn!(pid, "worker killed: {note}");
         }
         PoolEvent::Gone { worker, exit, note }
+    }
+}
+
+/// A worker whose answers ended (its channel or its stdout closed), waiting for its exit;
+/// `violation` says how it broke the protocol, if it did.
+pub(super) struct Ending {
+    pub(super) answering: Answering,
+    pub(super) violation: Option<String>,
+}
+
+/// Sends the `Gone` of each of `ending` whose exit the monitor has reported; the rest wait.
+pub(super) fn send_exited(ending: &mut Vec<Ending>, events: &Sender<PoolEvent>) {
+    let mut i = 0;
+    while i < ending.len() {
+        let Some(exit) = ending[i].answering.exit_now() else {
+            i += 1;
+            continue;
+        };
+        let Ending {
+            answering,
+            violation,
+        } = ending.swap_remove(i);
+        let _ = events.send(answering.gone(violation, exit));
     }
 }

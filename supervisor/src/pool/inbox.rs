@@ -14,7 +14,7 @@ use corral_protocol::frame;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use ipc_channel::ipc::{IpcMessage, IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender};
 
-use super::answering::Answering;
+use super::answering::{Answering, Ending, send_exited};
 use super::stdout::StdoutReader;
 use super::types::PoolEvent;
 use crate::os::kill_group;
@@ -101,6 +101,16 @@ struct Reading {
     last_len: usize,
 }
 
+impl Reading {
+    /// The worker, now that its channel closed.
+    fn ended(self) -> Ending {
+        Ending {
+            answering: self.answering,
+            violation: self.violation,
+        }
+    }
+}
+
 /// The receiver set's thread.
 struct Answers {
     set: IpcReceiverSet,
@@ -109,7 +119,7 @@ struct Answers {
     events: Sender<PoolEvent>,
     reading: HashMap<u64, Reading>,
     /// Workers whose channel closed, waiting for their exit.
-    ending: Vec<Reading>,
+    ending: Vec<Ending>,
 }
 
 impl Answers {
@@ -136,7 +146,7 @@ impl Answers {
                     IpcSelectionResult::MessageReceived(id, message) => self.answer(id, message),
                     IpcSelectionResult::ChannelClosed(id) => {
                         if let Some(reading) = self.reading.remove(&id) {
-                            self.ending.push(reading);
+                            self.ending.push(reading.ended());
                         }
                         true
                     }
@@ -146,7 +156,7 @@ impl Answers {
                     return;
                 }
             }
-            self.end_exited();
+            send_exited(&mut self.ending, &self.events);
         }
     }
 
@@ -168,10 +178,9 @@ impl Answers {
                     // Its answers cannot be read: it is killed, and its end reported.
                     tracing::error!(pid, "cannot wait for the worker's answers: {err}");
                     kill_group(pid);
-                    self.ending.push(Reading {
+                    self.ending.push(Ending {
                         answering,
                         violation: Some(format!("corral could not read its answers ({err})")),
-                        last_len: 0,
                     });
                 }
             }
@@ -204,35 +213,19 @@ impl Answers {
         }
     }
 
-    /// Sends the `Gone` of each worker whose channel closed and whose exit has been reported.
-    fn end_exited(&mut self) {
-        let mut i = 0;
-        while i < self.ending.len() {
-            let Some(exit) = self.ending[i].answering.exit_now() else {
-                i += 1;
-                continue;
-            };
-            let Reading {
-                answering,
-                violation,
-                ..
-            } = self.ending.swap_remove(i);
-            let _ = self.events.send(answering.gone(violation, exit));
-        }
-    }
-
     /// The set failed: every worker it reads is killed, and its end reported once reaped.
     fn abandon(&mut self) {
-        let mut readings: Vec<Reading> = self.reading.drain().map(|(_, r)| r).collect();
-        readings.append(&mut self.ending);
-        for reading in &readings {
-            kill_group(reading.answering.pid);
+        let mut ended: Vec<Ending> = (self.reading.drain())
+            .map(|(_, reading)| reading.ended())
+            .collect();
+        ended.append(&mut self.ending);
+        for ending in &ended {
+            kill_group(ending.answering.pid);
         }
-        for Reading {
+        for Ending {
             answering,
             violation,
-            ..
-        } in readings
+        } in ended
         {
             let exit = answering.wait_for_exit();
             let _ = self.events.send(answering.gone(violation, exit));

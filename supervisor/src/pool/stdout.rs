@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
-use super::answering::Answering;
+use super::answering::{Answering, Ending, send_exited};
 use super::types::PoolEvent;
 use crate::os::{kill_group, poll_readable_within, set_nonblocking};
 use crate::transport::Received;
@@ -86,13 +86,6 @@ struct Reading {
     wait: Wait,
 }
 
-/// A worker whose output ended, waiting for its exit; `violation` says how it broke the
-/// protocol, if it did.
-struct Ending {
-    answering: Answering,
-    violation: Option<String>,
-}
-
 /// The thread.
 struct Readers {
     woken: PipeReader,
@@ -120,7 +113,7 @@ impl Readers {
             if !self.step_due() {
                 return;
             }
-            self.end_exited();
+            send_exited(&mut self.ending, &self.events);
             if !open && self.reading.is_empty() && self.ending.is_empty() {
                 return;
             }
@@ -171,22 +164,6 @@ impl Readers {
             }
         }
         true
-    }
-
-    /// Sends the `Gone` of each worker whose output ended and whose exit has been reported.
-    fn end_exited(&mut self) {
-        let mut i = 0;
-        while i < self.ending.len() {
-            let Some(exit) = self.ending[i].answering.exit_now() else {
-                i += 1;
-                continue;
-            };
-            let Ending {
-                answering,
-                violation,
-            } = self.ending.swap_remove(i);
-            let _ = self.events.send(answering.gone(violation, exit));
-        }
     }
 
     /// Waits for a pipe, the end of a gathering time, or a wake; false once the handles are
