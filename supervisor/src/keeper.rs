@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -36,7 +36,7 @@ pub struct Keeper {
 struct Inner {
     program: PathBuf,
     /// The running keeper's input; `None` once corral is done with it, or none could start.
-    pipe: Option<ChildStdin>,
+    pipe: Option<io::PipeWriter>,
     /// The groups listed, to tell a replacement.
     groups: HashSet<u32>,
     /// The run's cgroup, killed at the end whatever is listed.
@@ -58,9 +58,9 @@ impl Keeper {
             closing: false,
             watcher: None,
         }));
-        let child = spawn(program)?;
+        let (child, pipe) = spawn(program, b"")?;
         let mut guard = inner.lock().unwrap_or_else(|e| e.into_inner());
-        adopt(&inner, &mut guard, child);
+        adopt(&inner, &mut guard, child, pipe);
         drop(guard);
         Ok(Keeper { inner })
     }
@@ -87,21 +87,37 @@ impl Keeper {
     }
 }
 
-fn spawn(program: &Path) -> io::Result<Child> {
-    Command::new(program)
+/// What fits in a pipe's buffer with room to spare (Linux gives 64 KiB): a replacement's list
+/// up to this size is in its pipe before it starts.
+const PREFILL: usize = 16 * 1024;
+
+/// Starts a keeper whose pipe already holds `told` (when it fits the pipe's buffer; else it is
+/// written once the keeper reads), so that a corral killed the moment the keeper starts still
+/// leaves it the whole list.
+fn spawn(program: &Path, told: &[u8]) -> io::Result<(Child, io::PipeWriter)> {
+    let (reader, mut writer) = io::pipe()?;
+    let before = told.len() <= PREFILL;
+    if before {
+        writer.write_all(told)?;
+    }
+    let child = Command::new(program)
         .arg(SUBCOMMAND)
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(reader))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         // Its own group: a Ctrl-C or a hangup of the terminal must not end it before corral.
         .process_group(0)
-        .spawn()
+        .spawn()?;
+    if !before {
+        writer.write_all(told)?;
+    }
+    Ok((child, writer))
 }
 
 /// Makes `child` the keeper: its pipe is written to, and a thread waits for it, to replace
 /// it should it die while corral still needs it.
-fn adopt(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, mut child: Child) {
-    inner.pipe = child.stdin.take();
+fn adopt(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, mut child: Child, pipe: io::PipeWriter) {
+    inner.pipe = Some(pipe);
     let shared = shared.clone();
     let pid = child.id();
     let watcher = thread::Builder::new()
@@ -120,20 +136,22 @@ fn adopt(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, mut child: Child) {
                 Err(err) => format!("could not be waited for ({err})"),
             };
             inner.pipe = None;
-            match spawn(&inner.program) {
-                Ok(child) => {
+            let mut told = Vec::new();
+            for &pgid in &inner.groups {
+                told.extend_from_slice(&told_line(b'+', pgid));
+            }
+            if let Some(dir) = &inner.cgroup {
+                told.extend_from_slice(&cgroup_line(dir));
+            }
+            match spawn(&inner.program, &told) {
+                Ok((child, pipe)) => {
                     tracing::warn!(
                         "the keeper (pid {pid}) {how}: started another, and told it the {} worker groups listed",
                         inner.groups.len()
                     );
                     // This thread ends; the replacement has its own.
                     drop(inner.watcher.take());
-                    adopt(&shared, &mut inner, child);
-                    let groups: Vec<u32> = inner.groups.iter().copied().collect();
-                    for pgid in groups {
-                        tell(&mut inner, b'+', pgid);
-                    }
-                    tell_cgroup(&mut inner);
+                    adopt(&shared, &mut inner, child, pipe);
                 }
                 Err(err) => tracing::error!(
                     "the keeper (pid {pid}) {how}, and another cannot start ({err}): workers' children may outlive a killed corral"
@@ -145,15 +163,29 @@ fn adopt(shared: &Arc<Mutex<Inner>>, inner: &mut Inner, mut child: Child) {
 }
 
 /// Tells the keeper the run's cgroup: `=PATH`.
-fn tell_cgroup(inner: &mut Inner) {
+/// The line that lists (`+`) or unlists (`-`) a group.
+fn told_line(sign: u8, pgid: u32) -> Vec<u8> {
+    let mut line = Vec::with_capacity(12);
+    line.push(sign);
+    line.extend_from_slice(itoa::Buffer::new().format(pgid).as_bytes());
+    line.push(b'\n');
+    line
+}
+
+/// The line that names the run's cgroup.
+fn cgroup_line(dir: &Path) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
-    let (Some(dir), Some(stdin)) = (&inner.cgroup, inner.pipe.as_mut()) else {
-        return;
-    };
     let mut line = b"=".to_vec();
     line.extend_from_slice(dir.as_os_str().as_bytes());
     line.push(b'\n');
-    if stdin.write_all(&line).is_err() {
+    line
+}
+
+fn tell_cgroup(inner: &mut Inner) {
+    let (Some(dir), Some(stdin)) = (&inner.cgroup, inner.pipe.as_mut()) else {
+        return;
+    };
+    if stdin.write_all(&cgroup_line(dir)).is_err() {
         inner.pipe = None;
     }
 }
@@ -162,11 +194,7 @@ fn tell(inner: &mut Inner, sign: u8, pgid: u32) {
     let Some(stdin) = inner.pipe.as_mut() else {
         return;
     };
-    let mut line = Vec::with_capacity(12);
-    line.push(sign);
-    line.extend_from_slice(itoa::Buffer::new().format(pgid).as_bytes());
-    line.push(b'\n');
-    if let Err(err) = stdin.write_all(&line) {
+    if let Err(err) = stdin.write_all(&told_line(sign, pgid)) {
         // The keeper is gone: its watcher replaces it and lists every group again.
         tracing::debug!("cannot write to the keeper ({err})");
         inner.pipe = None;
