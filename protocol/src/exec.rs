@@ -19,4 +19,8 @@ pub struct ExecSpec {
     pub capture: u64,
     /// Where stdout and stderr go as files (`N.out`, `N.err`) instead of into results.
     pub output_dir: Option<String>,
+    /// Whether the output also says the command that ran, quoted as a shell would read it
+    /// (`command`), for `--joblog`.
+    #[serde(default)]
+    pub tell_command: bool,
 }

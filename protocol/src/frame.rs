@@ -136,6 +136,12 @@ mod tests {
                 lines: 1,
                 results: 1,
                 failed: Vec::new(),
+                notes: vec![crate::LineNote {
+                    index: 0,
+                    task: Some(TaskIndex(2)),
+                    failed: None,
+                    nanos: 5,
+                }],
             }),
         );
         let message = done.into_message();

@@ -262,6 +262,9 @@ pub struct LineBlock {
     pub max_line_bytes: u64,
     /// The task of lines that name none (`--task`).
     pub default_task: Option<String>,
+    /// Whether the answer should carry a [`LineNote`] for each line run (for a joblog or
+    /// metrics).
+    pub notes: bool,
 }
 
 impl Batch {
@@ -398,6 +401,22 @@ pub struct LineTally {
     pub results: u64,
     /// Those that are failures, by kind.
     pub failed: Vec<(result_line::ErrorKind, u64)>,
+    /// One for each line that ran, when [`LineBlock::notes`] asks for them.
+    pub notes: Vec<LineNote>,
+}
+
+/// What the supervisor's joblog and metrics need of one line of a block (blank lines have
+/// none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineNote {
+    /// The line's place in the block, from 0 (blank lines counted).
+    pub index: u32,
+    /// The task it ran; `None` for a line that did not run (its result says why).
+    pub task: Option<TaskIndex>,
+    /// How it failed, if it did.
+    pub failed: Option<result_line::ErrorKind>,
+    /// Time it took, in nanoseconds.
+    pub nanos: u64,
 }
 
 impl LineTally {

@@ -247,6 +247,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_job_size, help_heading = "Service")]
     pub max_job_bytes: Option<u64>,
 
+    /// Serve Prometheus metrics on this address (HOST:PORT, or a Unix socket's path), at
+    /// /metrics: corral_jobs_total{task,outcome}, corral_job_duration_seconds{task},
+    /// corral_queued_jobs, corral_jobs_in_flight, corral_workers{state},
+    /// corral_worker_starts_total, corral_worker_start_failures_total{cause},
+    /// corral_worker_exits_total{cause}, corral_worker_restarts_total, corral_clients,
+    /// corral_refusals_total{reason}, corral_client_results_total{uid}, corral_build_info.
+    #[arg(long, value_name = "ADDR", help_heading = "Service")]
+    pub metrics: Option<crate::metrics::MetricsAddr>,
+
     /// The workers and how they are supervised.
     #[command(flatten)]
     pub pool: PoolArgs,
@@ -351,6 +360,18 @@ pub struct RunArgs {
     /// Also write the end-of-run summary as JSON to this file.
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub stats: Option<PathBuf>,
+
+    /// Also write a line per finished job to this file in GNU parallel's joblog format (Seq,
+    /// Host, Starttime, JobRuntime, Send, Receive, Exitval, Signal, Command; Seq is the job's
+    /// line), for the tools that read parallel's joblogs and for `corral report`.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub joblog: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on this address while the run lasts (HOST:PORT, or a Unix
+    /// socket's path): jobs by task and outcome, job durations, queue, workers. See
+    /// `corral serve --help` for the list.
+    #[arg(long, value_name = "ADDR", help_heading = "Output")]
+    pub metrics: Option<crate::metrics::MetricsAddr>,
 
     /// Run only shard I of N of the input (numbered from 1), for one supervisor per node;
     /// `auto` takes it from a Slurm job array or a Kubernetes Indexed Job. Every shard splits

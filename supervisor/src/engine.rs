@@ -26,10 +26,12 @@ use crate::pool::{PoolEvent, Spawner, WorkerHandle, WorkerPool};
 use crate::ports::{Feed, Intake, Sink};
 use crate::progress::Progress;
 use crate::record::{Job, JobResult, SourceId, TaskNames};
-use crate::scheduler::{Action, Event, RunCounters, Scheduler};
+use crate::scheduler::{Action, Event, RunCounters, Scheduler, StartCause, WorkerExit};
 
 mod types;
-pub use types::{Control, EngineConfig, EngineEnd, EngineReport, EngineStatus, WorkerStatus};
+pub use types::{
+    Control, EngineConfig, EngineEnd, EngineReport, EngineStatus, Observers, WorkerStatus,
+};
 
 /// How often deadlines, delayed restarts and the grace period are checked.
 const TICK: Duration = Duration::from_millis(20);
@@ -59,6 +61,8 @@ pub struct Engine {
     measure_rss: bool,
     grace: Duration,
     progress: Option<Progress>,
+    /// Where the scheduler's notes of finished jobs go (see [`Engine::observe_with`]).
+    observers: Observers,
     end: Option<EngineEnd>,
     source_error: Option<String>,
     sources_complete: bool,
@@ -108,6 +112,7 @@ impl Engine {
             measure_rss: config.scheduler.max_rss.is_some(),
             grace: config.grace,
             progress: config.progress.then(Progress::new),
+            observers: Observers::default(),
             end: None,
             source_error: None,
             sources_complete: true,
@@ -124,6 +129,12 @@ impl Engine {
             running: Vec::new(),
         });
         engine
+    }
+
+    /// Hands the notes of finished jobs (made when `config.scheduler.notes` asks) and the
+    /// workers' starts and ends to `observers`.
+    pub fn observe_with(&mut self, observers: Observers) {
+        self.observers = observers;
     }
 
     /// Lets its sources send blocks of raw lines, read as `parser` reads lines (see
@@ -455,6 +466,9 @@ impl Engine {
                 let (worker, tasks, job_ids, handle) = WorkerHandle::new(started);
                 let pid = handle.pid;
                 self.handles.insert(worker, handle);
+                if let Some(metrics) = &self.observers.metrics {
+                    metrics.worker_started();
+                }
                 Event::WorkerReady {
                     worker,
                     pid,
@@ -464,6 +478,13 @@ impl Engine {
             }
             PoolEvent::StartFailed { worker, failure } => {
                 tracing::warn!("worker failed to start: {}", failure.message);
+                if let Some(metrics) = &self.observers.metrics {
+                    metrics.start_failed(match failure.cause {
+                        StartCause::Transient => "transient",
+                        StartCause::Fatal => "fatal",
+                        StartCause::KilledFromOutside => "killed",
+                    });
+                }
                 Event::WorkerStartFailed { worker, failure }
             }
             PoolEvent::Done { worker, done } => {
@@ -477,6 +498,12 @@ impl Engine {
                 Event::BatchDone { worker, done, rss }
             }
             PoolEvent::Gone { worker, exit, note } => {
+                if let Some(metrics) = &self.observers.metrics {
+                    metrics.worker_exited(match exit {
+                        WorkerExit::Code(code) => format!("status_{code}"),
+                        WorkerExit::Signal(signal) => signal.name(),
+                    });
+                }
                 // A worker's Started always comes before its Gone (one thread sends both), so
                 // the handle is there; without one, nothing is known of what it ran.
                 let running = match self.handles.remove(&worker) {
@@ -526,6 +553,7 @@ impl Engine {
                 }
                 Action::Note(message) => tracing::warn!("{message}"),
                 Action::Emit(results) => self.emit(results),
+                Action::Noted(notes) => self.observers.observe(notes),
                 Action::Fatal(message) => self.end = Some(EngineEnd::Fatal(message)),
                 Action::Abort(message) => self.end = Some(EngineEnd::Halted(message)),
                 Action::Finished => self.finished = true,

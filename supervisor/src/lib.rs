@@ -63,11 +63,14 @@ pub(crate) mod exit;
 pub mod input;
 #[doc(hidden)]
 pub use corral_protocol::jobline;
+pub(crate) mod joblog;
 pub(crate) mod journal;
 pub(crate) mod keeper;
 pub(crate) mod manual;
 pub(crate) mod merge;
+pub(crate) mod metrics;
 pub(crate) mod mux;
+pub(crate) mod notes;
 pub(crate) mod ordered;
 pub(crate) mod os;
 #[doc(hidden)]

@@ -218,6 +218,13 @@ pub struct SourceId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TaskId(u32);
 
+impl TaskId {
+    /// Its place in its run's table of names, from 0.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// The task names of one run, numbered as they are first read: jobs carry the number, which
 /// costs nothing to copy or drop, where a shared name would cost two atomic operations per job
 /// on a count that the input thread and the scheduler both keep touching. The input thread

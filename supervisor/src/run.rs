@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbounded};
 
-use crate::engine::{Control, Engine, EngineConfig, EngineEnd};
+use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Observers};
 use crate::input::parallel::ParallelReader;
 use crate::input::{InputFormat, JobParser};
+use crate::joblog::Joblog;
+use crate::metrics::{Listener, Metrics};
 use crate::output::{Tally, WriterThread, echo_of};
 use crate::pool::PoolConfig;
 use crate::ports::{Feed, Intake, Sink, SourceError};
@@ -39,6 +41,8 @@ const INPUT_CHUNK: usize = 1024;
 /// How long results already complete may still take to be written once the run is stopped at
 /// once (a second signal, the end of the grace period).
 pub const LAST_FLUSH: Duration = Duration::from_secs(1);
+/// How long a scrape of `--metrics` waits for the engine's state.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
 
 /// Where jobs are read from.
 #[derive(Debug, Clone)]
@@ -115,6 +119,15 @@ pub struct RunConfig {
     pub parse_threads: usize,
 }
 
+/// What a run reports besides its results: a joblog, metrics.
+#[derive(Debug, Default)]
+pub struct Observing {
+    /// The joblog's file, created.
+    pub joblog: Option<File>,
+    /// Where metrics are served, bound.
+    pub metrics: Option<Listener>,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {
@@ -151,8 +164,14 @@ pub struct RunReport {
 }
 
 /// Runs every job of `config.sources` and writes one result line per job line to `output`.
-pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
+pub fn run(config: RunConfig, output: Box<dyn Write + Send>, observing: Observing) -> RunReport {
     let started = Instant::now();
+    let Observing {
+        joblog,
+        metrics: listener,
+    } = observing;
+    let mut config = config;
+    config.scheduler.notes = joblog.is_some() || listener.is_some();
     let mut writer = WriterThread::start(output, echo_of(&config.format));
 
     let names = TaskNames::default();
@@ -170,7 +189,7 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
         .expect("spawning a thread");
 
     let (control_tx, control_rx) = unbounded::<Control>();
-    let signals = crate::os::forward_stop_signals(control_tx, Control::Stop);
+    let signals = crate::os::forward_stop_signals(control_tx.clone(), Control::Stop);
     let mut engine = Engine::new(
         EngineConfig {
             scheduler: config.scheduler.clone(),
@@ -178,12 +197,33 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>) -> RunReport {
             grace: config.grace,
             progress: config.progress,
         },
-        names,
+        names.clone(),
     );
     if let Some(parser) = block_parser {
         engine.read_lines_with(parser);
     }
+    let mut joblog = joblog.map(|file| Joblog::start(file, names.clone()));
+    let metrics = listener.map(|listener| {
+        let control = control_tx.clone();
+        let live = move || {
+            let (tx, rx) = bounded(1);
+            control.send(Control::Status(tx)).ok()?;
+            rx.recv_timeout(STATUS_WAIT)
+                .ok()
+                .map(|status| status.live())
+        };
+        let metrics = Arc::new(Metrics::new(names.clone(), Box::new(live)));
+        crate::metrics::serve(listener, metrics.clone());
+        metrics
+    });
+    engine.observe_with(Observers {
+        joblog: joblog.as_ref().map(Joblog::sender),
+        metrics,
+    });
     let report = engine.run(&intake_rx, &control_rx);
+    if let Some(Err(err)) = joblog.as_mut().map(Joblog::finish) {
+        tracing::error!("cannot write the joblog: {err}");
+    }
 
     writer.close();
     let mut interrupted = match report.end {
@@ -340,6 +380,8 @@ impl RunConfig {
             max_rss: _,
             memory_limit: _,
             exit_grace: _,
+            // A block's lines are noted by its worker.
+            notes: _,
         } = scheduler;
         let PoolConfig {
             transport,

@@ -27,14 +27,17 @@ use bytes::Bytes;
 use corral_protocol::{BatchDone, BatchId, RunningWord, TaskIndex, TaskResult, WorkerId};
 
 use crate::input::JobParser;
+use crate::notes::JobNote;
 use crate::record::{
-    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, SharedBytes, TaskNames, Work,
+    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, ResultKey, SharedBytes,
+    TaskId, TaskNames, Work,
 };
 
 mod batching;
 mod config;
 mod deaths;
 mod lines;
+mod noting;
 mod queue;
 mod say;
 mod speed;
@@ -94,6 +97,8 @@ struct WorkerSlot {
     phase: Phase,
     pid: u32,
     tasks: HashMap<Box<str>, TaskIndex>,
+    /// The run's number for each of its tasks, by its index (for the notes of its lines).
+    task_ids: Vec<Option<TaskId>>,
     /// Whether its batches carry the jobs' ids.
     job_ids: bool,
     in_flight: VecDeque<InFlight>,
@@ -122,6 +127,7 @@ impl WorkerSlot {
             phase: Phase::Starting,
             pid: 0,
             tasks: HashMap::new(),
+            task_ids: Vec::new(),
             job_ids: false,
             in_flight: VecDeque::new(),
             word: RunningWord::IDLE,
@@ -198,6 +204,10 @@ pub struct Scheduler {
     counters: RunCounters,
     actions: Vec<Action>,
     emitted: Vec<JobResult>,
+    /// Notes of the jobs finished in this step, when the config asks for them.
+    noted: Vec<JobNote>,
+    /// The number of the `exec` task, when notes are made (its notes keep its output).
+    exec_task: Option<TaskId>,
     /// Set when blocks of raw lines may come (see [`Scheduler::read_lines_with`]).
     lines: Option<LineReading>,
 }
@@ -212,6 +222,10 @@ impl Scheduler {
             window: window.max(1) as u64,
             held: BTreeMap::new(),
         });
+        let exec_task = cfg
+            .notes
+            .then(|| names.intern(crate::input::EXEC_TASK))
+            .flatten();
         Scheduler {
             budget: RestartBudget::new(cfg.restart.clone()),
             cfg,
@@ -236,6 +250,8 @@ impl Scheduler {
             counters: RunCounters::default(),
             actions: Vec::new(),
             emitted: Vec::new(),
+            noted: Vec::new(),
+            exec_task,
             lines: None,
         }
     }
@@ -376,6 +392,10 @@ impl Scheduler {
             // overtakes them.
             self.actions.insert(0, Action::Emit(results));
         }
+        if !self.noted.is_empty() {
+            let notes = std::mem::take(&mut self.noted);
+            self.actions.insert(0, Action::Noted(notes));
+        }
         std::mem::take(&mut self.actions)
     }
 
@@ -430,6 +450,7 @@ impl Scheduler {
         slot.phase = Phase::Ready;
         slot.pid = pid;
         slot.job_ids = job_ids;
+        slot.task_ids = tasks.iter().map(|name| self.names.intern(name)).collect();
         slot.tasks = tasks
             .into_iter()
             .enumerate()
@@ -532,6 +553,8 @@ impl Scheduler {
             None => self.learn_task_speeds(&batch.jobs, &done),
         }
 
+        // The batch ran from `total` before its answer came, its jobs one after another.
+        let mut started = now.checked_sub(Duration::from_nanos(total)).unwrap_or(now);
         self.outstanding -= n;
         // One result per job: room for them all at once, rather than growing by doubling.
         self.emitted.reserve(batch.jobs.len());
@@ -542,7 +565,7 @@ impl Scheduler {
                 .outcomes
                 .pop()
                 .expect("an answer covers the batch's jobs");
-            self.lines_done(worker, pid, jobs, outputs, outcome);
+            self.lines_done((worker, pid, started), jobs, outputs, outcome);
             return;
         }
         for (job, (outcome, range)) in jobs.drain(..).zip(done.iter()) {
@@ -572,6 +595,10 @@ impl Scheduler {
                 )),
             };
             let attempts = job.failed_attempts + 1;
+            if self.cfg.notes {
+                self.note_ran(&job, &result, started, outcome.nanos);
+                started += Duration::from_nanos(outcome.nanos);
+            }
             self.emit(job.into_result(attempts, Some(pid), result));
         }
     }
@@ -640,6 +667,15 @@ impl Scheduler {
     /// Sends a result on its way: counted for `--halt`, and held back under `keep_order`
     /// until every earlier job has its result.
     fn emit(&mut self, result: JobResult) {
+        // The jobs that ran are noted where their answer or their death is known.
+        if self.cfg.notes && result.attempts == 0 && !matches!(result.key, ResultKey::Lines(_)) {
+            let line = match &result.key {
+                ResultKey::Job { line, .. } | ResultKey::Line(line) => *line,
+                ResultKey::Lines(_) => unreachable!("checked above"),
+            };
+            let failed = result.outcome.as_ref().err().map(|error| error.kind);
+            self.noted.push(JobNote::unrun(line, failed));
+        }
         let failures = result.failures();
         if failures > 0 {
             self.failed += failures;

@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded, select, tick, unbounded};
 
-use crate::engine::{Control, Engine, EngineConfig, EngineEnd, EngineReport, EngineStatus};
+use crate::engine::{
+    Control, Engine, EngineConfig, EngineEnd, EngineReport, EngineStatus, Observers,
+};
 use crate::input::InputFormat;
+use crate::metrics::{Listener, Metrics};
 use crate::ports::Intake;
 use crate::record::TaskNames;
 use policy::{ConfigFile, Policy, PolicyArgs};
@@ -36,6 +39,8 @@ use state::{RefusalLog, Shared};
 
 /// How often the service looks at its engine when no watchdog asks for more.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// How long a scrape of `--metrics` waits for the engine's state.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
 /// Jobs the queue may hold, summed over every client.
 const QUEUED_JOBS: usize = 1 << 20;
 /// How often the service looks whether its workers are ready, until they are.
@@ -144,7 +149,11 @@ fn remove_own_socket(path: &std::path::Path, bound: Option<(u64, u64, i64, i64)>
 }
 
 /// Runs the service until a stop signal and its drain, or until its workers cannot run.
-pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
+pub fn serve(
+    config: ServeConfig,
+    listeners: Vec<UnixListener>,
+    metrics: Option<Listener>,
+) -> ServeEnd {
     let bound = match &config.listen {
         Listen::Path(path) => file_id(path),
         Listen::Activated => None,
@@ -170,22 +179,12 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
     let names = TaskNames::default();
     let (intake, intake_rx) = bounded::<Intake>(1);
     let (control, control_rx) = unbounded::<Control>();
-    let engine = Engine::new(engine_config, names.clone());
-    let (done_tx, done_rx) = bounded::<EngineReport>(1);
-    thread::Builder::new()
-        .name("corral-engine".into())
-        .spawn(move || {
-            let report = engine.run(&intake_rx, &control_rx);
-            // The intake closes with the engine: readers waiting to send are let go.
-            drop(intake_rx);
-            let _ = done_tx.send(report);
-        })
-        .expect("spawning a thread");
-
+    engine_config.scheduler.notes = metrics.is_some();
+    let mut engine = Engine::new(engine_config, names.clone());
     let shared = Arc::new(Shared {
         intake,
         control: control.clone(),
-        names,
+        names: names.clone(),
         format: config.format.clone(),
         policy: RwLock::new(policy),
         next_source: Mutex::new(0),
@@ -197,7 +196,31 @@ pub fn serve(config: ServeConfig, listeners: Vec<UnixListener>) -> ServeEnd {
         per_user: Mutex::new(HashMap::new()),
         refusals: Mutex::new(RefusalLog::default()),
         served: RwLock::new(None),
+        results_of_gone: Mutex::new(HashMap::new()),
     });
+    if let Some(listener) = metrics {
+        let live = {
+            let shared = shared.clone();
+            move || shared.live(STATUS_WAIT)
+        };
+        let metrics = Arc::new(Metrics::new(names, Box::new(live)));
+        crate::metrics::serve(listener, metrics.clone());
+        engine.observe_with(Observers {
+            joblog: None,
+            metrics: Some(metrics),
+        });
+    }
+    let (done_tx, done_rx) = bounded::<EngineReport>(1);
+    thread::Builder::new()
+        .name("corral-engine".into())
+        .spawn(move || {
+            let report = engine.run(&intake_rx, &control_rx);
+            // The intake closes with the engine: readers waiting to send are let go.
+            drop(intake_rx);
+            let _ = done_tx.send(report);
+        })
+        .expect("spawning a thread");
+
     let closing = Arc::new(AtomicBool::new(false));
     // Closed to wake the accept threads. A socket systemd passed is shared with it, and must
     // not be shut down: systemd would see it hung up and fail the socket unit.

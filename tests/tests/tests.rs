@@ -9,6 +9,7 @@ mod engine;
 mod exec;
 mod hardening;
 mod mux;
+mod observe;
 mod operate;
 mod serve;
 mod shard;

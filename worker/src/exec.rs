@@ -63,6 +63,9 @@ impl Arg {
 /// What a command did, as its result's output.
 #[derive(Serialize)]
 struct Ran {
+    /// The command, its words quoted as a shell would read them, when the spec asks for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
     status: Option<i32>,
     signal: Option<String>,
     /// What the command wrote, as a [`byte_string`]: bytes that are not UTF-8 kept too.
@@ -161,6 +164,13 @@ pub fn run(
         .map_err(|err| TaskFailure::TaskError(format!("cannot wait for {program}: {err}")))?;
     let signal = status.signal().map(signal_name);
     let mut ran = Ran {
+        command: spec.tell_command.then(|| {
+            let words: Vec<String> = argv
+                .iter()
+                .map(|word| parallel_quote(&word.to_string_lossy()))
+                .collect();
+            words.join(" ")
+        }),
         status: status.code(),
         signal: signal.clone(),
         stdout: None,
@@ -195,6 +205,23 @@ pub fn run(
             ),
         }),
     }
+}
+
+/// `word` quoted for a shell as GNU parallel quotes a replacement (its
+/// `shell_quote_scalar_default`), so that a joblog's Command reads as parallel's: as it is if
+/// it holds only `-_.+/` and letters and digits, else in single quotes, a single quote in it
+/// written `'"'"'`, and the empty quotes this leaves at either end taken off.
+fn parallel_quote(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_.+/".contains(c);
+    if word.is_empty() {
+        return "''".into();
+    }
+    if word.chars().all(safe) {
+        return word.into();
+    }
+    let quoted = format!("'{}'", word.replace('\'', r#"'"'"'"#));
+    let quoted = quoted.strip_prefix("''").unwrap_or(&quoted);
+    quoted.strip_suffix("''").unwrap_or(quoted).to_owned()
 }
 
 fn wait(child: &mut Child) -> io::Result<ExitStatus> {
@@ -665,6 +692,21 @@ mod tests {
         };
         let argv = expand(&template, &values, shell);
         argv.into_iter().map(|w| w.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn words_are_quoted_as_gnu_parallel_quotes_them() {
+        let cases = [
+            ("plain-word_1.2+x/y", "plain-word_1.2+x/y"),
+            ("", "''"),
+            ("a b", "'a b'"),
+            ("it's", r#"'it'"'"'s'"#),
+            ("'x'", r#""'"'x'"'""#),
+            ("$HOME", "'$HOME'"),
+        ];
+        for (word, quoted) in cases {
+            assert_eq!(parallel_quote(word), quoted, "{word:?}");
+        }
     }
 
     #[test]

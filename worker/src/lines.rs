@@ -8,7 +8,9 @@ use corral_protocol::jobline::{
     unknown_task_message,
 };
 use corral_protocol::result_line::{Echo, ErrorKind, Failure, Key, Outcome, ResultLine};
-use corral_protocol::{BatchId, LineBlock, LineTally, RunningSlot, RunningWord, TaskResult};
+use corral_protocol::{
+    BatchId, LineBlock, LineNote, LineTally, RunningSlot, RunningWord, TaskIndex, TaskResult,
+};
 use std::borrow::Cow;
 
 use crate::clock::LineClock;
@@ -75,7 +77,7 @@ pub(crate) fn answer(
                 reject(
                     out,
                     &mut tally,
-                    Key::Line(number),
+                    (Key::Line(number), index - 1, block.notes),
                     ErrorKind::TooLarge,
                     &message,
                     None,
@@ -105,7 +107,7 @@ pub(crate) fn answer(
                 reject(
                     out,
                     &mut tally,
-                    Key::Line(number),
+                    (Key::Line(number), index - 1, block.notes),
                     ErrorKind::BadInput,
                     &message,
                     None,
@@ -126,7 +128,14 @@ pub(crate) fn answer(
             .task
             .or_else(|| block.default_task.as_deref().map(Cow::Borrowed))
         else {
-            reject(out, &mut tally, key, ErrorKind::BadInput, NO_TASK, None);
+            reject(
+                out,
+                &mut tally,
+                (key, index - 1, block.notes),
+                ErrorKind::BadInput,
+                NO_TASK,
+                None,
+            );
             continue;
         };
         let meta = fields.meta.map(|span| &line[span]);
@@ -134,7 +143,7 @@ pub(crate) fn answer(
             reject(
                 out,
                 &mut tally,
-                key,
+                (key, index - 1, block.notes),
                 ErrorKind::UnknownTask,
                 EXEC_REFUSED,
                 None,
@@ -144,7 +153,14 @@ pub(crate) fn answer(
         let Some(task_index) = tasks.index_of(&mut last_task, &task) else {
             let served: Vec<&str> = tasks.names.iter().map(String::as_str).collect();
             let message = unknown_task_message(&task, &served);
-            reject(out, &mut tally, key, ErrorKind::UnknownTask, &message, meta);
+            reject(
+                out,
+                &mut tally,
+                (key, index - 1, block.notes),
+                ErrorKind::UnknownTask,
+                &message,
+                meta,
+            );
             continue;
         };
         let input = fields.input.map_or(&b"null"[..], |span| &line[span]);
@@ -185,6 +201,14 @@ pub(crate) fn answer(
             TaskResult::Lines(_) => unreachable!("a task's own result is never lines"),
         };
         tally.add(kind);
+        if block.notes {
+            tally.notes.push(LineNote {
+                index: u32::try_from(index - 1).unwrap_or(u32::MAX),
+                task: u32::try_from(task_index).ok().map(TaskIndex),
+                failed: kind,
+                nanos,
+            });
+        }
         ResultLine {
             key,
             outcome,
@@ -198,16 +222,25 @@ pub(crate) fn answer(
     TaskResult::Lines(tally)
 }
 
-/// Writes the result of a line that does not run: it was never attempted.
+/// Writes the result of a line that does not run: it was never attempted. `index` is its place
+/// in the block, for its note.
 fn reject(
     out: &mut Vec<u8>,
     tally: &mut LineTally,
-    key: Key<'_>,
+    (key, index, notes): (Key<'_>, usize, bool),
     kind: ErrorKind,
     message: &str,
     meta: Option<&[u8]>,
 ) {
     tally.add(Some(kind));
+    if notes {
+        tally.notes.push(LineNote {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            task: None,
+            failed: Some(kind),
+            nanos: 0,
+        });
+    }
     ResultLine {
         key,
         outcome: Outcome::Err(&Failure::new(kind, message)),

@@ -14,7 +14,8 @@ use super::settings::{exec_spec, pool_settings};
 use crate::cli::RunArgs;
 use crate::exit::{Exit, count, say};
 use crate::input::{EXEC_TASK, InputFormat, ring_blocks};
-use crate::run::{RunConfig, RunEnd, RunReport, run};
+use crate::metrics::Listener;
+use crate::run::{Observing, RunConfig, RunEnd, RunReport, run};
 
 pub(super) fn command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if args.exit_with_parent {
@@ -56,6 +57,23 @@ pub(super) fn command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode
                 .with_context(|| format!("cannot write --stats {}", path.display()))
         })
         .transpose()?;
+    let observing = Observing {
+        joblog: args
+            .joblog
+            .as_ref()
+            .map(|path| {
+                File::create(path)
+                    .with_context(|| format!("cannot write --joblog {}", path.display()))
+            })
+            .transpose()?,
+        metrics: args
+            .metrics
+            .as_ref()
+            .map(|addr| {
+                Listener::bind(addr).with_context(|| format!("cannot serve --metrics on {addr}"))
+            })
+            .transpose()?,
+    };
     let Results {
         output,
         finished,
@@ -81,7 +99,7 @@ pub(super) fn command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode
             .parse_threads
             .map_or_else(crate::ordered::machine_threads, |n| n as usize),
     };
-    let report = run(config, output);
+    let report = run(config, output, observing);
     if let Some((path, file)) = stats {
         write_stats(path, file, &report)?;
     }

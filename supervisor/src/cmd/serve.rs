@@ -4,6 +4,8 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use super::settings::pool_settings;
 use crate::cli::ServeArgs;
 use crate::engine::EngineConfig;
@@ -22,6 +24,14 @@ pub(super) fn command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => Listen::Activated,
     };
     let listeners = crate::serve::listeners(&listen)?;
+    let metrics = args
+        .metrics
+        .as_ref()
+        .map(|addr| {
+            crate::metrics::Listener::bind(addr)
+                .with_context(|| format!("cannot serve --metrics on {addr}"))
+        })
+        .transpose()?;
     // The built-in worker reads no file for a service's clients.
     let shared = vec![(
         OsString::from(corral_protocol::ENV_SHARED_SERVICE),
@@ -50,7 +60,7 @@ pub(super) fn command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         config_file: args.config,
     };
-    Ok(match crate::serve::serve(config, listeners) {
+    Ok(match crate::serve::serve(config, listeners, metrics) {
         ServeEnd::Stopped => Exit::Success.into(),
         ServeEnd::Fatal(message) => {
             say(format_args!("{message}"));

@@ -116,6 +116,7 @@ pub(super) fn exec_spec(template: &str, args: &RunArgs) -> anyhow::Result<ExecSp
             .as_ref()
             .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
             .map(|dir| dir.display().to_string()),
+        tell_command: args.joblog.is_some(),
     })
 }
 

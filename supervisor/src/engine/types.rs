@@ -2,10 +2,13 @@
 //! given, apart from the loop.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::metrics::{Live, Metrics};
+use crate::notes::JobNote;
 use crate::pool::PoolConfig;
 use crate::record::SourceId;
 use crate::scheduler::{RunCounters, SchedulerConfig, WorkerState};
@@ -50,6 +53,28 @@ impl EngineConfig {
     }
 }
 
+/// Where the notes of finished jobs go, and the workers' starts and ends.
+#[derive(Debug, Default)]
+pub struct Observers {
+    /// The joblog's writer.
+    pub joblog: Option<Sender<Vec<JobNote>>>,
+    /// The metrics.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl Observers {
+    /// Hands `notes` on.
+    pub fn observe(&self, notes: Vec<JobNote>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(&notes);
+        }
+        if let Some(joblog) = &self.joblog {
+            // A joblog that failed says so when it is finished.
+            let _ = joblog.send(notes);
+        }
+    }
+}
+
 /// What is taken at once.
 #[derive(Debug)]
 pub enum Control {
@@ -89,6 +114,38 @@ pub struct EngineStatus {
     pub draining: bool,
     /// The tasks the workers serve (empty until one has said hello).
     pub tasks: Vec<String>,
+}
+
+impl EngineStatus {
+    /// What the metrics say of it.
+    pub fn live(&self) -> Live {
+        let mut workers: Vec<(&'static str, u64)> = [
+            WorkerState::Starting,
+            WorkerState::Idle,
+            WorkerState::Busy,
+            WorkerState::Recycling,
+            WorkerState::Retiring,
+        ]
+        .into_iter()
+        .map(|state| (state.as_str(), 0))
+        .collect();
+        for worker in &self.workers {
+            if let Some(count) = workers
+                .iter_mut()
+                .find(|(s, _)| *s == worker.state.as_str())
+            {
+                count.1 += 1;
+            }
+        }
+        Live {
+            queued: self.queued as u64,
+            in_flight: self.outstanding,
+            workers,
+            restarts: self.restarts,
+            recycled: self.recycled,
+            ..Live::default()
+        }
+    }
 }
 
 /// One worker, as [`EngineStatus`] shows it.

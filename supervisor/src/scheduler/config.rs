@@ -55,6 +55,9 @@ pub struct SchedulerConfig {
     /// killed: a worker that ignores the end of its input (a live thread, a timer) must not
     /// hold up the end of the run.
     pub exit_grace: Duration,
+    /// Make a note of each result (its line, task, start, time and how it ended), in the order
+    /// jobs finish, for `--joblog` and `--metrics`, which set it.
+    pub notes: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -78,6 +81,7 @@ impl Default for SchedulerConfig {
             max_rss: None,
             memory_limit: None,
             exit_grace: Duration::from_secs(5),
+            notes: false,
         }
     }
 }

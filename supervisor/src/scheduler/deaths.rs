@@ -34,6 +34,8 @@ impl Scheduler {
             exit: &exit,
             timed_out,
             note: note.as_deref(),
+            since: slot.word_since,
+            at: now,
         };
         for mut batch in slot.in_flight {
             if batch.jobs.front().is_some_and(Job::is_lines) {
@@ -109,6 +111,9 @@ impl Scheduler {
         let error = self.attempt_error(&job, death.pid, death.exit, death.timed_out, death.note);
         self.outstanding -= 1;
         let attempts = job.failed_attempts;
+        if self.cfg.notes {
+            self.note_death(&job, &error, death);
+        }
         self.emit(job.into_result(attempts, Some(death.pid), Err(error)));
     }
 

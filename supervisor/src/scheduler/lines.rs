@@ -16,6 +16,8 @@ use corral_protocol::{
 };
 
 use super::{Action, LineReading, Pace, Scheduler, WorkerExit, say};
+use std::time::Instant;
+
 use crate::input::{JobParser, Piece};
 use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey};
 
@@ -82,6 +84,7 @@ impl Scheduler {
                 worker: slot.pid,
                 max_line_bytes: reading.max_line_bytes,
                 default_task: reading.default_task.clone(),
+                notes: self.cfg.notes,
             }),
             ..Batch::default()
         };
@@ -124,8 +127,7 @@ impl Scheduler {
     /// one result.
     pub(super) fn lines_done(
         &mut self,
-        worker: WorkerId,
-        pid: u32,
+        (worker, pid, started): (WorkerId, u32, Instant),
         mut blocks: Jobs,
         outputs: bytes::Bytes,
         outcome: Outcome,
@@ -142,6 +144,14 @@ impl Scheduler {
         };
         // One result answers every block of the batch (their lines all count in it).
         let first = blocks.pop_front().expect("a batch has a block");
+        if self.cfg.notes {
+            let task_ids = self
+                .workers
+                .get(&worker)
+                .map(|slot| slot.task_ids.clone())
+                .unwrap_or_default();
+            self.note_lines(first.line, &task_ids, &tally.notes, started);
+        }
         self.emit(JobResult {
             seq: first.seq,
             source: first.source,
@@ -257,4 +267,7 @@ pub(super) struct Death<'a> {
     pub(super) exit: &'a WorkerExit,
     pub(super) timed_out: bool,
     pub(super) note: Option<&'a str>,
+    /// When the job it is blamed on was first seen running, and when the death was known.
+    pub(super) since: Instant,
+    pub(super) at: Instant,
 }

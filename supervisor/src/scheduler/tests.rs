@@ -27,6 +27,8 @@ struct Harness {
     aborted: Option<String>,
     recycled: Vec<String>,
     notes: Vec<String>,
+    /// The notes of finished jobs, with `SchedulerConfig::notes`.
+    noted: Vec<crate::notes::JobNote>,
     finished: bool,
 }
 
@@ -79,6 +81,7 @@ impl Harness {
             aborted: None,
             recycled: Vec::new(),
             notes: Vec::new(),
+            noted: Vec::new(),
             finished: false,
         };
         h.feed(Event::Tick { running: vec![] });
@@ -98,6 +101,7 @@ impl Harness {
                 Action::Note(note) => self.notes.push(note),
                 Action::Abort(message) => self.aborted = Some(message),
                 Action::Emit(results) => self.results.extend(results),
+                Action::Noted(notes) => self.noted.extend(notes),
                 Action::Fatal(message) => self.fatal = Some(message),
                 Action::Finished => self.finished = true,
             }
@@ -524,6 +528,71 @@ fn a_poison_pill_fails_after_one_plus_retries_attempts_and_the_pool_goes_on() {
     assert_eq!(h.results.len(), 2);
     assert!(h.results[1].is_ok());
     assert!(h.fatal.is_none());
+}
+
+#[test]
+fn with_notes_each_result_is_noted_once_with_its_start_reckoned_back_from_its_answer() {
+    let mut h = Harness::new(SchedulerConfig {
+        retries: 0,
+        notes: true,
+        max_batch_jobs: 3,
+        ..config(1)
+    });
+    // Known speeds make full batches.
+    h.input([job(0, "t")]);
+    h.ready(WorkerId(1), 101);
+    h.drain(1_000);
+    h.noted.clear();
+    h.input([job(1, "t"), job(2, "u"), job(3, "u")]);
+    let (worker, batch) = h.take_sends().remove(0);
+    assert_eq!(batch.jobs.len(), 3, "{batch:?}");
+    // Lines 2 and 3 answered after 1 ms and 2 ms of work, then line 4 crashes its worker.
+    h.advance(Duration::from_millis(50));
+    let mut done = answer(batch.id, all_ok(2), 0);
+    done.outcomes[0].nanos = 1_000_000;
+    done.outcomes[1].nanos = 2_000_000;
+    h.feed(Event::BatchDone {
+        worker,
+        done,
+        rss: None,
+    });
+    let answered_at = h.now;
+    assert_eq!(h.noted.len(), 2);
+    let (first, second) = (&h.noted[0], &h.noted[1]);
+    assert_eq!((first.line, second.line), (2, 3));
+    assert_eq!(first.started, Some(answered_at - Duration::from_millis(3)));
+    assert_eq!(second.started, Some(answered_at - Duration::from_millis(2)));
+    assert_eq!((first.nanos, second.nanos), (1_000_000, 2_000_000));
+    assert_eq!(first.failed, None);
+    let names = NAMES.with(TaskNames::clone);
+    assert_eq!(&*names.name(second.task.unwrap()), "u");
+    h.feed(Event::Tick {
+        running: vec![(worker, RunningWord::running(batch.id, 2))],
+    });
+    let since = h.now;
+    h.advance(Duration::from_millis(40));
+    h.die(worker, sigsegv(), RunningWord::running(batch.id, 2));
+    assert_eq!(h.noted.len(), 3);
+    let crashed = &h.noted[2];
+    assert_eq!(crashed.line, 4);
+    assert_eq!(crashed.failed, Some(ErrorKind::Crashed));
+    assert_eq!(crashed.signal, Some(libc::SIGSEGV));
+    assert_eq!(crashed.started, Some(since));
+    assert_eq!(crashed.nanos, 40_000_000);
+    // The job of a task no worker serves is answered, and noted, without running.
+    h.input([job(4, "nope")]);
+    h.feed(Event::InputEnded);
+    let worker = *h.spawns.last().unwrap();
+    h.ready(worker, 102);
+    h.drain(1_000);
+    let unknown = h.noted.last().unwrap();
+    assert_eq!(
+        (unknown.line, unknown.task, unknown.started),
+        (5, None, None)
+    );
+    assert_eq!(unknown.failed, Some(ErrorKind::UnknownTask));
+    assert_eq!(h.noted.len(), 4);
+    assert_eq!(h.results.len(), 5, "one result per job, as ever");
 }
 
 #[test]
@@ -1427,6 +1496,7 @@ fn lines_answer(batch: &Batch, lines: u64) -> BatchDone {
         lines,
         results: lines,
         failed: vec![(ErrorKind::TaskError, 1)],
+        notes: Vec::new(),
     };
     done.push(1_000 * lines, TaskResult::Lines(tally));
     done

@@ -227,6 +227,8 @@ pub enum Action {
     },
     /// Write these results.
     Emit(Vec<JobResult>),
+    /// Notes of finished jobs, in the order they finished ([`SchedulerConfig::notes`]).
+    Noted(Vec<crate::notes::JobNote>),
     /// The run cannot go on (configuration error); stop everything.
     Fatal(String),
     /// `--halt now` triggered: kill every worker and end the run; the message says why.

@@ -47,12 +47,12 @@ pub(super) fn serve(mut counted: Counted) {
     let Ok(stream) = counted.stream.try_clone() else {
         return;
     };
-    let refused = |peer: Option<&Peer>, why: &str, detail: &str| {
+    let refused = |peer: Option<&Peer>, reason: &'static str, why: &str, detail: &str| {
         shared
             .refusals
             .lock()
             .expect("never poisoned")
-            .note(peer, why, detail);
+            .note(peer, reason, why, detail);
         refuse(&stream, why);
     };
     let peer = match &counted.peer {
@@ -61,6 +61,7 @@ pub(super) fn serve(mut counted: Counted) {
             let detail = format!(" ({err})");
             refused(
                 None,
+                "no_identity",
                 "corral cannot tell who you are (SO_PEERCRED failed)",
                 &detail,
             );
@@ -71,6 +72,7 @@ pub(super) fn serve(mut counted: Counted) {
     if let Err(why) = policy.admits(&peer) {
         refused(
             Some(&peer),
+            "not_allowed",
             &why,
             &format!("; allowed: {}", policy.allowed()),
         );
@@ -85,7 +87,12 @@ pub(super) fn serve(mut counted: Counted) {
         )
     };
     if counted.open > policy.max_user_connections + USER_STATUS_ROOM {
-        refused(Some(&peer), &too_many_of_user(&peer), "");
+        refused(
+            Some(&peer),
+            "user_connections",
+            &too_many_of_user(&peer),
+            "",
+        );
         return;
     }
     let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
@@ -93,6 +100,7 @@ pub(super) fn serve(mut counted: Counted) {
     if open > policy.max_connections + STATUS_ROOM {
         refused(
             Some(&peer),
+            "connections",
             "too many connections to this corral service; try again later",
             "",
         );
@@ -122,7 +130,7 @@ pub(super) fn serve(mut counted: Counted) {
                 "no line within {}: closing the connection",
                 humantime::format_duration(wait)
             );
-            refused(Some(&peer), &why, "");
+            refused(Some(&peer), "first_line_timeout", &why, "");
             return;
         }
         Err(err) => {
@@ -136,6 +144,11 @@ pub(super) fn serve(mut counted: Counted) {
     let hello = match Hello::parse(first.trim_ascii_end()) {
         Ok(hello) => hello,
         Err(why) => {
+            shared
+                .refusals
+                .lock()
+                .expect("never poisoned")
+                .count("bad_hello");
             refuse(&stream, &why);
             return;
         }
@@ -146,7 +159,12 @@ pub(super) fn serve(mut counted: Counted) {
     }
     // Status requests are short and not counted: a full service still answers them.
     if counted.runs_jobs(peer.uid) > policy.max_user_connections {
-        refused(Some(&peer), &too_many_of_user(&peer), "");
+        refused(
+            Some(&peer),
+            "user_connections",
+            &too_many_of_user(&peer),
+            "",
+        );
         return;
     }
     let connections = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
@@ -156,7 +174,7 @@ pub(super) fn serve(mut counted: Counted) {
             "too many connections: this corral service takes at most {} at once (--max-connections); try again later",
             policy.max_connections
         );
-        refused(Some(&peer), &why, "");
+        refused(Some(&peer), "connections", &why, "");
         return;
     }
 
@@ -338,6 +356,7 @@ fn run_jobs(stream: UnixStream, jobs: impl Read, summary: bool, peer: Peer, shar
         .lock()
         .expect("never poisoned")
         .remove(&source);
+    shared.client_left(peer.uid, counts.written.load(Ordering::Acquire));
     tracing::info!(
         uid = peer.uid,
         pid = peer.pid,

@@ -12,6 +12,7 @@ use crossbeam_channel::{Sender, bounded};
 use super::policy::{Peer, Policy};
 use crate::engine::{Control, EngineStatus};
 use crate::input::InputFormat;
+use crate::metrics::{Live, MAX_USER_LABELS};
 use crate::ports::Intake;
 use crate::record::{SourceId, TaskNames};
 use crate::wire::{ClientStatus, ServiceStatus};
@@ -51,6 +52,9 @@ pub(crate) struct Shared {
     /// The tasks the workers serve, once one has said hello: the only names a client's jobs
     /// may add to the service's table of task names.
     pub(super) served: RwLock<Option<Arc<Vec<String>>>>,
+    /// Result lines written back to the clients that left, by uid (past
+    /// [`MAX_USER_LABELS`] users, under `u32::MAX`).
+    pub(super) results_of_gone: Mutex<HashMap<u32, u64>>,
 }
 
 impl Shared {
@@ -120,6 +124,44 @@ impl Shared {
     pub(super) fn served(&self) -> Option<Arc<Vec<String>>> {
         self.served.read().expect("never poisoned").clone()
     }
+
+    /// Counts the results written to a client of `uid` that left.
+    pub(super) fn client_left(&self, uid: u32, written: u64) {
+        let mut gone = self.results_of_gone.lock().expect("never poisoned");
+        let uid = if gone.contains_key(&uid) || gone.len() < MAX_USER_LABELS {
+            uid
+        } else {
+            u32::MAX
+        };
+        *gone.entry(uid).or_default() += written;
+    }
+
+    /// What the metrics say of the service now; `None` if the engine does not answer within
+    /// `wait`.
+    pub(super) fn live(&self, wait: Duration) -> Option<Live> {
+        let mut live = self.engine_status(wait)?.live();
+        let mut by_uid = self.results_of_gone.lock().expect("never poisoned").clone();
+        let clients = self.clients.lock().expect("never poisoned");
+        live.clients = Some(clients.len() as u64);
+        for client in clients.values() {
+            let uid = if by_uid.contains_key(&client.uid) || by_uid.len() < MAX_USER_LABELS {
+                client.uid
+            } else {
+                u32::MAX
+            };
+            *by_uid.entry(uid).or_default() += client.counts.written.load(Ordering::Acquire);
+        }
+        drop(clients);
+        live.client_jobs = by_uid.into_iter().collect();
+        live.client_jobs.sort_unstable();
+        live.refusals = self
+            .refusals
+            .lock()
+            .expect("never poisoned")
+            .by_reason
+            .clone();
+        Some(live)
+    }
 }
 
 /// A connection's counts, shared by its reader, its writer, its sink and `corral status`.
@@ -183,10 +225,29 @@ pub(super) struct RefusalLog {
     pub(super) last: Option<Instant>,
     /// Refusals not logged since the last one that was.
     pub(super) quiet: u64,
+    /// Every refusal, by reason, for the metrics.
+    pub(super) by_reason: Vec<(&'static str, u64)>,
 }
 
 impl RefusalLog {
-    pub(super) fn note(&mut self, peer: Option<&Peer>, why: &str, detail: &str) {
+    /// Counts a refusal for `reason` (a metrics label), without logging it.
+    pub(super) fn count(&mut self, reason: &'static str) {
+        match self.by_reason.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.by_reason.push((reason, 1)),
+        }
+    }
+
+    /// Counts a refusal for `reason`, and logs it (`why`, `detail`) unless one was logged
+    /// within the period.
+    pub(super) fn note(
+        &mut self,
+        peer: Option<&Peer>,
+        reason: &'static str,
+        why: &str,
+        detail: &str,
+    ) {
+        self.count(reason);
         let now = Instant::now();
         if self
             .last

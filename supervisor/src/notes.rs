@@ -1,0 +1,51 @@
+//! Notes of finished jobs, for the joblog and the metrics: which line, which task, when it
+//! started, how long it took and how it ended. The scheduler makes one per result line when
+//! asked ([`crate::scheduler::SchedulerConfig::notes`]), in the order the jobs finish; a block
+//! of lines gets one per line from its worker ([`corral_protocol::LineNote`]).
+
+use std::time::Instant;
+
+use crate::record::{ErrorKind, SharedBytes, TaskId};
+
+/// One finished job (or a line that never became one).
+#[derive(Debug, Clone)]
+pub struct JobNote {
+    /// Its line in its source, from 1.
+    pub line: u64,
+    /// The task it ran; `None` for a line that named none it could run.
+    pub task: Option<TaskId>,
+    /// When its last attempt started, as reckoned from when its answer came and the times the
+    /// worker gave; `None` if it never ran.
+    pub started: Option<Instant>,
+    /// Time its last attempt took, in nanoseconds.
+    pub nanos: u64,
+    /// How it failed, if it did.
+    pub failed: Option<ErrorKind>,
+    /// The signal that ended its worker or its command, as a number.
+    pub signal: Option<i32>,
+    /// The status its worker or its command exited with, when that is why it failed.
+    pub exit_code: Option<i32>,
+    /// An `--exec` job's output (its command, status and what it printed), raw JSON.
+    pub exec_output: Option<SharedBytes>,
+}
+
+impl JobNote {
+    /// A note of a job that did not run, or whose running is not timed.
+    pub fn unrun(line: u64, failed: Option<ErrorKind>) -> JobNote {
+        JobNote {
+            line,
+            task: None,
+            started: None,
+            nanos: 0,
+            failed,
+            signal: None,
+            exit_code: None,
+            exec_output: None,
+        }
+    }
+
+    /// The outcome label the metrics count it under: `ok` or its error kind.
+    pub fn outcome(&self) -> &'static str {
+        self.failed.map_or("ok", ErrorKind::as_str)
+    }
+}

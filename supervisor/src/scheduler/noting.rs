@@ -1,0 +1,80 @@
+//! The scheduler's notes of finished jobs ([`JobNote`]), when its config asks for them: made
+//! where each answer or death is known, with the time each job started reckoned from it.
+
+use std::time::{Duration, Instant};
+
+use corral_protocol::LineNote;
+
+use super::{Scheduler, WorkerExit, lines::Death};
+use crate::notes::JobNote;
+use crate::record::{Completed, Job, JobError, TaskId, Work};
+
+impl Scheduler {
+    /// Notes `job`, answered with `result` after running `nanos` from `started`.
+    pub(super) fn note_ran(
+        &mut self,
+        job: &Job,
+        result: &Result<Completed, Box<JobError>>,
+        started: Instant,
+        nanos: u64,
+    ) {
+        let Work::One(one) = &job.work else { return };
+        let exec = self.exec_task.is_some() && self.exec_task == Some(one.task);
+        let exec_output = exec
+            .then(|| match result {
+                Ok(done) => Some(done.output.clone()),
+                Err(error) => error.output.clone(),
+            })
+            .flatten();
+        self.noted.push(JobNote {
+            task: Some(one.task),
+            started: Some(started),
+            nanos,
+            failed: result.as_ref().err().map(|error| error.kind),
+            exec_output,
+            ..JobNote::unrun(job.line, None)
+        });
+    }
+
+    /// Notes the lines of a batch of blocks from `first_line`, which a worker
+    /// whose task numbers are `task_ids` ran from `started`, as its `notes` say.
+    pub(super) fn note_lines(
+        &mut self,
+        first_line: u64,
+        task_ids: &[Option<TaskId>],
+        notes: &[LineNote],
+        mut started: Instant,
+    ) {
+        self.noted.reserve(notes.len());
+        for note in notes {
+            let task = note
+                .task
+                .and_then(|index| task_ids.get(index.0 as usize).copied().flatten());
+            self.noted.push(JobNote {
+                task,
+                started: note.task.is_some().then_some(started),
+                nanos: note.nanos,
+                ..JobNote::unrun(first_line + u64::from(note.index), note.failed)
+            });
+            started += Duration::from_nanos(note.nanos);
+        }
+    }
+
+    /// Notes `job`, failed for good by its worker's `death`.
+    pub(super) fn note_death(&mut self, job: &Job, error: &JobError, death: &Death<'_>) {
+        let task = job.as_one().map(|one| one.task);
+        let (exit_code, signal) = match death.exit {
+            WorkerExit::Code(code) => (Some(*code), None),
+            WorkerExit::Signal(signal) => (None, Some(signal.0)),
+        };
+        let ran = death.at.saturating_duration_since(death.since);
+        self.noted.push(JobNote {
+            task,
+            started: Some(death.since),
+            nanos: u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX),
+            exit_code,
+            signal,
+            ..JobNote::unrun(job.line, Some(error.kind))
+        });
+    }
+}
