@@ -69,6 +69,10 @@ pub enum Command {
     /// exactly one result, writes each once, and reports the missing and the duplicated.
     #[command(after_help = MERGE_EXAMPLES)]
     Merge(MergeArgs),
+    /// Make one HTML page of a run from its joblog (--joblog, or GNU parallel's): the jobs on a
+    /// timeline, throughput, the distribution of job times, outcomes, the slowest jobs.
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
     /// Write the man pages and shell completions under DIR (DIR/man, DIR/completions).
     #[command(hide = true)]
     Generate {
@@ -171,6 +175,32 @@ Examples:
 Exit status: 0 every job has exactly one result; 1 some jobs have none, or more than one, or
 results answer no job of the input (each kind is counted on stderr, with the first few line
 numbers); 2 usage error or unreadable file.";
+
+const REPORT_EXAMPLES: &str = "\
+Examples:
+  corral run jobs.jsonl -o results.jsonl --joblog run.joblog --stats run.json
+  corral report run.joblog --stats run.json -o report.html
+  parallel --joblog p.joblog gzip ::: *.log && corral report p.joblog -o report.html
+
+The page stands alone (no script, nothing fetched) and stays small whatever the number of
+jobs: past 2,000 jobs the timeline shows how many workers were busy rather than each job.
+The joblog is read twice, never held in memory.";
+
+/// Options of `corral report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run's joblog (`corral run --joblog FILE`, or GNU parallel's `--joblog`).
+    #[arg(value_name = "JOBLOG")]
+    pub joblog: PathBuf,
+
+    /// The run's `--stats` file, for failures by kind and restarts.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
+
+    /// Write the page here instead of standard output.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+}
 
 /// Options of `corral merge`.
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 mod common;
 mod merge;
 mod mux;
+mod report;
 mod run;
 mod serve;
 mod settings;
@@ -51,6 +52,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::command(args),
         Command::Submit(args) => submit::command(args, cli.quiet),
         Command::Merge(args) => merge::command(args, cli.quiet),
+        Command::Report(args) => report::command(&args),
         Command::Mux(args) => mux::command(args),
         Command::Keeper | Command::Worker | Command::Status(_) | Command::Generate { .. } => {
             unreachable!("handled above")

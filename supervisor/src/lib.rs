@@ -80,6 +80,7 @@ pub(crate) mod ports;
 pub(crate) mod progress;
 #[doc(hidden)]
 pub mod record;
+pub(crate) mod report;
 #[doc(hidden)]
 pub mod resume;
 pub(crate) mod ring;

@@ -11,6 +11,7 @@ mod hardening;
 mod mux;
 mod observe;
 mod operate;
+mod report;
 mod serve;
 mod shard;
 mod startup;

@@ -198,6 +198,12 @@ impl Run {
         self
     }
 
+    /// Adds a flag and the path it takes.
+    pub fn arg_path(mut self, flag: &str, path: &Path) -> Run {
+        self.command.arg(flag).arg(path);
+        self
+    }
+
     /// Feeds this on stdin.
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Run {
         self.stdin = Some(data.into());
