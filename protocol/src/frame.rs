@@ -142,6 +142,7 @@ mod tests {
                     failed: None,
                     nanos: 5,
                 }],
+                counts: Vec::new(),
             }),
         );
         let message = done.into_message();

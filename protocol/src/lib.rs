@@ -262,9 +262,8 @@ pub struct LineBlock {
     pub max_line_bytes: u64,
     /// The task of lines that name none (`--task`).
     pub default_task: Option<String>,
-    /// Whether the answer should carry a [`LineNote`] for each line run (for a joblog or
-    /// metrics).
-    pub notes: bool,
+    /// What the answer says of each line besides its result line (for a joblog, or metrics).
+    pub notes: Notes,
 }
 
 impl Batch {
@@ -401,8 +400,86 @@ pub struct LineTally {
     pub results: u64,
     /// Those that are failures, by kind.
     pub failed: Vec<(result_line::ErrorKind, u64)>,
-    /// One for each line that ran, when [`LineBlock::notes`] asks for them.
+    /// One for each line, when [`LineBlock::notes`] is [`Notes::Each`].
     pub notes: Vec<LineNote>,
+    /// The lines counted by task and outcome, when [`LineBlock::notes`] is [`Notes::Counts`].
+    pub counts: Vec<LineCount>,
+}
+
+/// What a block's answer says of its lines besides their result lines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notes {
+    /// Nothing.
+    #[default]
+    None,
+    /// Counts by task and outcome, with a histogram of times ([`LineCount`]): for metrics.
+    Counts,
+    /// A [`LineNote`] for each line: for a joblog.
+    Each,
+}
+
+/// Upper bounds of the buckets of a histogram of job times, in nanoseconds (100 µs to 300 s;
+/// a last bucket takes the rest).
+pub const DURATION_BUCKET_NANOS: [u64; 13] = [
+    100_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    500_000_000,
+    1_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    60_000_000_000,
+    300_000_000_000,
+];
+
+/// The lines of a block of one task (`None`: lines that did not run) and one outcome.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineCount {
+    /// The task.
+    pub task: Option<TaskIndex>,
+    /// The outcome: how they failed, if they did.
+    pub failed: Option<result_line::ErrorKind>,
+    /// How many.
+    pub count: u64,
+    /// Their times, summed, in nanoseconds.
+    pub nanos: u64,
+    /// Their times in the buckets of [`DURATION_BUCKET_NANOS`], and one more for the rest.
+    pub buckets: [u64; DURATION_BUCKET_NANOS.len() + 1],
+}
+
+impl LineTally {
+    /// Notes `note` as `notes` asks: kept, counted, or not at all.
+    pub fn note(&mut self, notes: Notes, note: LineNote) {
+        match notes {
+            Notes::None => {}
+            Notes::Each => self.notes.push(note),
+            Notes::Counts => {
+                let at = match self
+                    .counts
+                    .iter()
+                    .rposition(|c| c.task == note.task && c.failed == note.failed)
+                {
+                    Some(at) => at,
+                    None => {
+                        self.counts.push(LineCount {
+                            task: note.task,
+                            failed: note.failed,
+                            ..LineCount::default()
+                        });
+                        self.counts.len() - 1
+                    }
+                };
+                let count = &mut self.counts[at];
+                count.count += 1;
+                count.nanos = count.nanos.saturating_add(note.nanos);
+                count.buckets[DURATION_BUCKET_NANOS.partition_point(|&b| b < note.nanos)] += 1;
+            }
+        }
+    }
 }
 
 /// What the supervisor's joblog and metrics need of one line of a block (blank lines have
@@ -439,6 +516,39 @@ impl LineTally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_counted_by_task_and_outcome_or_kept_one_by_one() {
+        let note = |task: u32, failed, nanos| LineNote {
+            index: 0,
+            task: Some(TaskIndex(task)),
+            failed,
+            nanos,
+        };
+        let mut tally = LineTally::default();
+        tally.note(Notes::Counts, note(1, None, 50_000));
+        tally.note(Notes::Counts, note(1, None, 2_000_000));
+        tally.note(Notes::Counts, note(2, None, 1));
+        let failed = Some(result_line::ErrorKind::TaskError);
+        tally.note(Notes::Counts, note(1, failed, 400_000_000_000));
+        assert!(tally.notes.is_empty());
+        assert_eq!(tally.counts.len(), 3);
+        let ok = &tally.counts[0];
+        assert_eq!(
+            (ok.task, ok.failed, ok.count),
+            (Some(TaskIndex(1)), None, 2)
+        );
+        assert_eq!(ok.nanos, 2_050_000);
+        assert_eq!((ok.buckets[0], ok.buckets[3]), (1, 1), "{:?}", ok.buckets);
+        assert_eq!(
+            tally.counts[2].buckets[DURATION_BUCKET_NANOS.len()],
+            1,
+            "past the last bound"
+        );
+        tally.note(Notes::Each, note(3, None, 7));
+        tally.note(Notes::None, note(3, None, 7));
+        assert_eq!(tally.notes.len(), 1);
+    }
 
     #[test]
     fn running_slot_is_shared_between_its_two_handles() {

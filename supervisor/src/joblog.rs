@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Sender, bounded};
 
 use crate::notes::JobNote;
-use crate::record::{ErrorKind, TaskNames};
+use crate::record::{ErrorKind, TaskId, TaskNames};
 
 /// The header line.
 pub const HEADER: &str =
@@ -45,14 +45,15 @@ impl Joblog {
             .spawn(move || {
                 let mut out = BufWriter::with_capacity(256 * 1024, file);
                 out.write_all(HEADER.as_bytes())?;
-                let clock = Clock::now();
-                let mut line = Vec::with_capacity(256);
+                let mut formatter = Formatter::new(names, Clock::now());
+                let mut lines = Vec::with_capacity(64 * 1024);
                 for notes in rx {
+                    lines.reserve(notes.len() * 64);
                     for note in &notes {
-                        line.clear();
-                        format_line(note, &names, &clock, &mut line);
-                        out.write_all(&line)?;
+                        formatter.line(note, &mut lines);
                     }
+                    out.write_all(&lines)?;
+                    lines.clear();
                 }
                 out.flush()
             })
@@ -83,29 +84,49 @@ impl Joblog {
     }
 }
 
-/// Instants as seconds since the epoch.
+/// Instants as milliseconds since the epoch.
 struct Clock {
     instant: Instant,
-    epoch: f64,
+    epoch_nanos: u128,
 }
 
 impl Clock {
     fn now() -> Clock {
-        let epoch = SystemTime::now()
+        let epoch_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+            .map_or(0, |d| d.as_nanos());
         Clock {
             instant: Instant::now(),
-            epoch,
+            epoch_nanos,
         }
     }
 
-    fn epoch_of(&self, at: Instant) -> f64 {
-        match at.checked_duration_since(self.instant) {
-            Some(after) => self.epoch + after.as_secs_f64(),
-            None => self.epoch - self.instant.duration_since(at).as_secs_f64(),
-        }
+    /// `at` in milliseconds since the epoch, rounded.
+    fn epoch_millis(&self, at: Instant) -> u64 {
+        let nanos = match at.checked_duration_since(self.instant) {
+            Some(after) => self.epoch_nanos + after.as_nanos(),
+            None => self
+                .epoch_nanos
+                .saturating_sub(self.instant.duration_since(at).as_nanos()),
+        };
+        u64::try_from((nanos + 500_000) / 1_000_000).unwrap_or(u64::MAX)
     }
+}
+
+/// Appends `millis` as seconds with 3 decimals (`12.345`), right-aligned in `width`.
+fn push_seconds(out: &mut Vec<u8>, millis: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let whole = digits.format(millis / 1000);
+    let len = whole.len() + 4;
+    out.extend(std::iter::repeat_n(b' ', width.saturating_sub(len)));
+    out.extend_from_slice(whole.as_bytes());
+    let frac = (millis % 1000) as u16;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
 }
 
 /// What an `--exec` job's output says of its command.
@@ -120,68 +141,119 @@ struct Command<'a> {
     stdout: Option<&'a serde_json::value::RawValue>,
 }
 
-/// Appends the joblog line of `note` to `out`.
-fn format_line(note: &JobNote, names: &TaskNames, clock: &Clock, out: &mut Vec<u8>) {
-    let exec: Command<'_> = note
-        .exec_output
-        .as_ref()
-        .and_then(|output| serde_json::from_slice(output.as_bytes()).ok())
-        .unwrap_or_default();
-    let started = note.started.unwrap_or_else(Instant::now);
-    let signal = exec
-        .signal
-        .as_deref()
-        .and_then(|name| name.parse::<nix::sys::signal::Signal>().ok())
-        .map(|signal| signal as i32)
-        .or(note.signal);
-    let exitval = match (note.failed, exec.status, note.exit_code) {
-        (_, Some(status), _) => status,
-        (_, None, Some(code)) => code,
-        (None, _, _) => 0,
-        (Some(_), _, _) if signal.is_some() => 0,
-        (Some(ErrorKind::BadInput | ErrorKind::UnknownTask | ErrorKind::TooLarge), ..)
-            if note.started.is_none() =>
-        {
-            -1
-        }
-        (Some(_), ..) => 1,
-    };
-    let received = exec
-        .stdout
-        .and_then(|text| corral_protocol::byte_string::decode(text.get().as_bytes()))
-        .map_or(0, |bytes| bytes.len());
-    let _ = write!(
-        out,
-        "{}\t:\t{:.3}\t{:10.3}\t0\t{received}\t{exitval}\t{}\t",
-        note.line,
-        clock.epoch_of(started),
-        note.nanos as f64 / 1e9,
-        signal.unwrap_or(0),
-    );
-    let at = out.len();
-    match (&exec.command, note.task) {
-        (Some(command), _) => out.extend_from_slice(command.as_bytes()),
-        (None, Some(task)) => out.extend_from_slice(names.name(task).as_bytes()),
-        (None, None) => {}
-    }
-    for byte in &mut out[at..] {
-        if matches!(*byte, b'\t' | b'\n' | b'\r') {
-            *byte = b' ';
+/// Writes joblog lines; keeps the task names it has looked up.
+struct Formatter {
+    names: TaskNames,
+    known: Vec<Option<std::sync::Arc<str>>>,
+    clock: Clock,
+}
+
+impl Formatter {
+    fn new(names: TaskNames, clock: Clock) -> Formatter {
+        Formatter {
+            names,
+            known: Vec::new(),
+            clock,
         }
     }
-    out.push(b'\n');
+
+    fn name(&mut self, task: TaskId) -> &str {
+        let at = task.index();
+        if self.known.len() <= at {
+            self.known.resize(at + 1, None);
+        }
+        self.known[at].get_or_insert_with(|| self.names.name(task))
+    }
+
+    /// Appends the joblog line of `note` to `out`.
+    fn line(&mut self, note: &JobNote, out: &mut Vec<u8>) {
+        let ended = note.ended.as_deref();
+        let exec: Command<'_> = ended
+            .and_then(|ended| ended.exec_output.as_ref())
+            .and_then(|output| serde_json::from_slice(output.as_bytes()).ok())
+            .unwrap_or_default();
+        let started = note.started.unwrap_or_else(Instant::now);
+        let signal = exec
+            .signal
+            .as_deref()
+            .and_then(|name| name.parse::<nix::sys::signal::Signal>().ok())
+            .map(|signal| signal as i32)
+            .or(ended.and_then(|ended| ended.signal));
+        let exitval = match (note.failed, exec.status, ended.and_then(|e| e.exit_code)) {
+            (_, Some(status), _) => status,
+            (_, None, Some(code)) => code,
+            (None, _, _) => 0,
+            (Some(_), _, _) if signal.is_some() => 0,
+            (Some(ErrorKind::BadInput | ErrorKind::UnknownTask | ErrorKind::TooLarge), ..)
+                if note.started.is_none() =>
+            {
+                -1
+            }
+            (Some(_), ..) => 1,
+        };
+        let received = exec
+            .stdout
+            .and_then(|text| corral_protocol::byte_string::decode(text.get().as_bytes()))
+            .map_or(0, |bytes| bytes.len());
+        let mut number = itoa::Buffer::new();
+        out.extend_from_slice(number.format(note.line).as_bytes());
+        out.extend_from_slice(b"\t:\t");
+        push_seconds(out, self.clock.epoch_millis(started), 0);
+        out.push(b'\t');
+        push_seconds(out, note.nanos.saturating_add(500_000) / 1_000_000, 10);
+        out.extend_from_slice(b"\t0\t");
+        out.extend_from_slice(number.format(received).as_bytes());
+        out.push(b'\t');
+        out.extend_from_slice(number.format(exitval).as_bytes());
+        out.push(b'\t');
+        out.extend_from_slice(number.format(signal.unwrap_or(0)).as_bytes());
+        out.push(b'\t');
+        let at = out.len();
+        match (&exec.command, note.task) {
+            (Some(command), _) => out.extend_from_slice(command.as_bytes()),
+            (None, Some(task)) => {
+                let name = self.name(task);
+                out.extend_from_slice(name.as_bytes());
+            }
+            (None, None) => {}
+        }
+        for byte in &mut out[at..] {
+            if matches!(*byte, b'\t' | b'\n' | b'\r') {
+                *byte = b' ';
+            }
+        }
+        out.push(b'\n');
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notes::Ended;
     use crate::record::SharedBytes;
 
+    fn exec(output: Option<SharedBytes>) -> Option<Box<Ended>> {
+        Some(Box::new(Ended {
+            exec_output: output,
+            ..Ended::default()
+        }))
+    }
+
     fn line(note: &JobNote, names: &TaskNames) -> String {
-        let clock = Clock::now();
         let mut out = Vec::new();
-        format_line(note, names, &clock, &mut out);
+        Formatter::new(names.clone(), Clock::now()).line(note, &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn seconds_are_written_as_parallel_writes_them() {
+        let mut out = Vec::new();
+        push_seconds(&mut out, 1_796_646_867_445, 0);
+        out.push(b'|');
+        push_seconds(&mut out, 2, 10);
+        out.push(b'|');
+        push_seconds(&mut out, 123_456_789, 10);
+        assert_eq!(out, b"1796646867.445|     0.002|123456.789");
     }
 
     fn fields(text: &str) -> Vec<String> {
@@ -227,15 +299,17 @@ mod tests {
             task: Some(task),
             started: Some(Instant::now()),
             failed: Some(ErrorKind::TaskError),
-            exec_output: output(
+            ended: exec(output(
                 r#"{"command":"grep 'x y'\tz","status":3,"signal":null,"stdout":"ab\n","stderr":""}"#,
-            ),
+            )),
             ..JobNote::unrun(2, None)
         };
         let f = fields(&line(&failed, &names));
         assert_eq!(&f[4..], ["0", "3", "3", "0", "grep 'x y' z"]);
         let killed = JobNote {
-            exec_output: output(r#"{"command":"sleep 9","status":null,"signal":"SIGKILL"}"#),
+            ended: exec(output(
+                r#"{"command":"sleep 9","status":null,"signal":"SIGKILL"}"#,
+            )),
             ..failed
         };
         assert_eq!(&fields(&line(&killed, &names))[6..], ["0", "9", "sleep 9"]);
@@ -251,7 +325,10 @@ mod tests {
         );
         let crashed = JobNote {
             started: Some(Instant::now()),
-            signal: Some(11),
+            ended: Some(Box::new(Ended {
+                signal: Some(11),
+                ..Ended::default()
+            })),
             ..JobNote::unrun(4, Some(ErrorKind::Crashed))
         };
         assert_eq!(&fields(&line(&crashed, &names))[6..8], ["0", "11"]);

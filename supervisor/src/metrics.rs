@@ -23,14 +23,17 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::notes::JobNote;
-use crate::record::{TaskId, TaskNames};
+use corral_protocol::DURATION_BUCKET_NANOS;
+
+use crate::notes::{Counted, JobNote};
+use crate::record::{ErrorKind, TaskId, TaskNames};
 
 /// Task names given labels of their own; later ones count as `other`.
 pub const MAX_TASK_LABELS: usize = 32;
 /// Users given labels of their own in the per-client counts; later ones count as `other`.
 pub const MAX_USER_LABELS: usize = 64;
-/// Upper bounds of the job-duration histogram's buckets, in seconds (the last is `+Inf`).
+/// Upper bounds of the job-duration histogram's buckets, in seconds (the last is `+Inf`):
+/// [`DURATION_BUCKET_NANOS`], which the workers count blocks of lines in.
 const BUCKETS: [f64; 14] = [
     0.000_1,
     0.000_5,
@@ -106,21 +109,65 @@ pub struct Live {
     pub client_jobs: Vec<(u32, u64)>,
 }
 
+/// Outcomes: `ok`, then each error kind.
+const OUTCOMES: [Option<ErrorKind>; 9] = [
+    None,
+    Some(ErrorKind::TaskError),
+    Some(ErrorKind::Panic),
+    Some(ErrorKind::Crashed),
+    Some(ErrorKind::Timeout),
+    Some(ErrorKind::BadInput),
+    Some(ErrorKind::UnknownTask),
+    Some(ErrorKind::TooLarge),
+    Some(ErrorKind::Cancelled),
+];
+
+/// The place of `failed` in [`OUTCOMES`].
+fn outcome_index(failed: Option<ErrorKind>) -> usize {
+    match failed {
+        None => 0,
+        Some(ErrorKind::TaskError) => 1,
+        Some(ErrorKind::Panic) => 2,
+        Some(ErrorKind::Crashed) => 3,
+        Some(ErrorKind::Timeout) => 4,
+        Some(ErrorKind::BadInput) => 5,
+        Some(ErrorKind::UnknownTask) => 6,
+        Some(ErrorKind::TooLarge) => 7,
+        Some(ErrorKind::Cancelled) => 8,
+    }
+}
+
 /// A job-duration histogram.
 #[derive(Debug, Clone, Default)]
 struct Histogram {
     counts: [u64; BUCKETS.len()],
-    sum: f64,
+    nanos: u128,
     count: u64,
 }
 
 impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        let at = BUCKETS.partition_point(|&bound| bound < seconds);
-        self.counts[at.min(BUCKETS.len() - 1)] += 1;
-        self.sum += seconds;
+    fn add(&mut self, lines: &Counted) {
+        for (mine, theirs) in self.counts.iter_mut().zip(lines.buckets) {
+            *mine += theirs;
+        }
+        self.nanos += u128::from(lines.nanos);
+        self.count += lines.count;
+    }
+
+    fn observe(&mut self, nanos: u64) {
+        let at = DURATION_BUCKET_NANOS.partition_point(|&bound| bound < nanos);
+        self.counts[at] += 1;
+        self.nanos += u128::from(nanos);
         self.count += 1;
     }
+}
+
+/// What is counted of the jobs of one task label.
+#[derive(Debug, Clone, Default)]
+struct TaskCounts {
+    /// Jobs by outcome, as [`OUTCOMES`] orders them.
+    jobs: [u64; OUTCOMES.len()],
+    durations: Histogram,
 }
 
 /// The counters.
@@ -128,37 +175,38 @@ impl Histogram {
 struct Counts {
     /// Label of each task number seen: an index into `labels`.
     label_of: Vec<Option<usize>>,
+    /// Task labels; the first is the empty one, of lines that named no task they could run.
     labels: Vec<String>,
-    /// Jobs by (task label, outcome).
-    jobs: HashMap<(usize, &'static str), u64>,
-    /// Durations by task label.
-    durations: HashMap<usize, Histogram>,
+    /// By label.
+    tasks: Vec<TaskCounts>,
     worker_starts: u64,
     start_failures: HashMap<&'static str, u64>,
     worker_exits: HashMap<String, u64>,
 }
 
-/// The label index for jobs with no task.
-const NO_TASK: usize = usize::MAX;
-
 impl Counts {
+    /// The label of `task`, given one now if it has none.
     fn label(&mut self, names: &TaskNames, task: Option<TaskId>) -> usize {
-        let Some(task) = task else { return NO_TASK };
+        if self.labels.is_empty() {
+            self.labels.push(String::new());
+            self.tasks.push(TaskCounts::default());
+        }
+        let Some(task) = task else { return 0 };
         let at = task.index();
         if let Some(Some(label)) = self.label_of.get(at) {
             return *label;
         }
-        let name = names.name(task);
-        let label = if self.labels.len() < MAX_TASK_LABELS {
-            self.labels.push(name.to_string());
-            self.labels.len() - 1
+        let name = if self.labels.len() <= MAX_TASK_LABELS {
+            names.name(task).to_string()
         } else {
-            match self.labels.iter().position(|l| l == "other") {
-                Some(other) => other,
-                None => {
-                    self.labels.push("other".into());
-                    self.labels.len() - 1
-                }
+            "other".to_owned()
+        };
+        let label = match self.labels.iter().position(|l| *l == name) {
+            Some(label) => label,
+            None => {
+                self.labels.push(name);
+                self.tasks.push(TaskCounts::default());
+                self.labels.len() - 1
             }
         };
         if self.label_of.len() <= at {
@@ -166,10 +214,6 @@ impl Counts {
         }
         self.label_of[at] = Some(label);
         label
-    }
-
-    fn label_name(&self, label: usize) -> &str {
-        self.labels.get(label).map_or("", String::as_str)
     }
 }
 
@@ -201,18 +245,32 @@ impl Metrics {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts the jobs of `notes`.
-    pub fn observe(&self, notes: &[JobNote]) {
+    /// Counts the jobs of `notes`, and the lines of blocks `counted`.
+    pub fn observe(&self, notes: &[JobNote], counted: &[Counted]) {
         let mut counts = self.counts();
+        for lines in counted {
+            let label = counts.label(&self.names, lines.task);
+            let task = &mut counts.tasks[label];
+            task.jobs[outcome_index(lines.failed)] += lines.count;
+            if lines.task.is_some() {
+                task.durations.add(lines);
+            }
+        }
+        // Jobs mostly name the task the one before named.
+        let mut last: Option<(Option<TaskId>, usize)> = None;
         for note in notes {
-            let label = counts.label(&self.names, note.task);
-            *counts.jobs.entry((label, note.outcome())).or_default() += 1;
+            let label = match last {
+                Some((task, label)) if task == note.task => label,
+                _ => {
+                    let label = counts.label(&self.names, note.task);
+                    last = Some((note.task, label));
+                    label
+                }
+            };
+            let task = &mut counts.tasks[label];
+            task.jobs[outcome_index(note.failed)] += 1;
             if note.started.is_some() {
-                counts
-                    .durations
-                    .entry(label)
-                    .or_default()
-                    .observe(note.nanos as f64 / 1e9);
+                task.durations.observe(note.nanos);
             }
         }
     }
@@ -289,8 +347,20 @@ impl Collector for Scrape {
                 ConstGauge::new(1),
             )],
         )?;
-        let mut jobs: Vec<_> = counts.jobs.iter().collect();
-        jobs.sort_by_key(|((label, outcome), _)| (counts.label_name(*label), *outcome));
+        let mut by_name: Vec<(&String, &TaskCounts)> =
+            counts.labels.iter().zip(&counts.tasks).collect();
+        by_name.sort_by_key(|(name, _)| *name);
+        let jobs = by_name.iter().flat_map(|(name, task)| {
+            OUTCOMES
+                .iter()
+                .zip(task.jobs)
+                .filter(|(_, n)| *n > 0)
+                .map(|(outcome, n)| {
+                    let outcome = outcome.map_or("ok", ErrorKind::as_str);
+                    let labels = vec![("task", (*name).clone()), ("outcome", outcome.to_owned())];
+                    (labels, ConstCounter::new(n))
+                })
+        });
         family(
             &mut encoder,
             (
@@ -299,24 +369,20 @@ impl Collector for Scrape {
                 None,
             ),
             MetricType::Counter,
-            jobs.into_iter().map(|(&(label, outcome), &n)| {
-                let labels = vec![
-                    ("task", counts.label_name(label).to_owned()),
-                    ("outcome", outcome.to_owned()),
-                ];
-                (labels, ConstCounter::new(n))
-            }),
+            jobs,
         )?;
-        let mut durations: Vec<_> = counts.durations.iter().collect();
-        durations.sort_by_key(|(label, _)| counts.label_name(**label));
         let mut histograms = encoder.encode_descriptor(
             "corral_job_duration",
             "Time jobs took in their workers, by task (their last attempt).",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for (&label, histogram) in durations {
-            let labels = [("task", counts.label_name(label).to_owned())];
+        for (name, task) in &by_name {
+            let histogram = &task.durations;
+            if histogram.count == 0 {
+                continue;
+            }
+            let labels = [("task", (*name).clone())];
             let buckets: Vec<(f64, u64)> = BUCKETS
                 .iter()
                 .copied()
@@ -324,7 +390,12 @@ impl Collector for Scrape {
                 .collect();
             histograms
                 .encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(histogram.sum, histogram.count, &buckets, None)?;
+                .encode_histogram::<NoLabelSet>(
+                    histogram.nanos as f64 / 1e9,
+                    histogram.count,
+                    &buckets,
+                    None,
+                )?;
         }
         family(
             &mut encoder,

@@ -21,9 +21,33 @@ pub struct JobNote {
     pub nanos: u64,
     /// How it failed, if it did.
     pub failed: Option<ErrorKind>,
-    /// The signal that ended its worker or its command, as a number.
+    /// How it ended besides its error kind, for the few jobs that say more (kept apart, so
+    /// that the note of a plain job stays small).
+    pub ended: Option<Box<Ended>>,
+}
+
+/// Lines of blocks of one task and outcome, as their worker counted them
+/// ([`corral_protocol::LineCount`], its task numbered for the run).
+#[derive(Debug, Clone)]
+pub struct Counted {
+    /// The task; `None` for lines that did not run.
+    pub task: Option<TaskId>,
+    /// How they failed, if they did.
+    pub failed: Option<ErrorKind>,
+    /// How many.
+    pub count: u64,
+    /// Their times, summed, in nanoseconds.
+    pub nanos: u64,
+    /// Their times in the buckets of [`corral_protocol::DURATION_BUCKET_NANOS`], and the rest.
+    pub buckets: [u64; corral_protocol::DURATION_BUCKET_NANOS.len() + 1],
+}
+
+/// What ended a job, besides its error kind.
+#[derive(Debug, Clone, Default)]
+pub struct Ended {
+    /// The signal that ended its worker, as a number.
     pub signal: Option<i32>,
-    /// The status its worker or its command exited with, when that is why it failed.
+    /// The status its worker exited with, when that is why it failed.
     pub exit_code: Option<i32>,
     /// An `--exec` job's output (its command, status and what it printed), raw JSON.
     pub exec_output: Option<SharedBytes>,
@@ -38,14 +62,7 @@ impl JobNote {
             started: None,
             nanos: 0,
             failed,
-            signal: None,
-            exit_code: None,
-            exec_output: None,
+            ended: None,
         }
-    }
-
-    /// The outcome label the metrics count it under: `ok` or its error kind.
-    pub fn outcome(&self) -> &'static str {
-        self.failed.map_or("ok", ErrorKind::as_str)
     }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use corral_protocol::Notes;
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbounded};
 
 use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Observers};
@@ -171,7 +172,11 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>, observing: Observin
         metrics: listener,
     } = observing;
     let mut config = config;
-    config.scheduler.notes = joblog.is_some() || listener.is_some();
+    config.scheduler.notes = match (&joblog, &listener) {
+        (Some(_), _) => Notes::Each,
+        (None, Some(_)) => Notes::Counts,
+        (None, None) => Notes::None,
+    };
     let mut writer = WriterThread::start(output, echo_of(&config.format));
 
     let names = TaskNames::default();

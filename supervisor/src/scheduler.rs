@@ -24,10 +24,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corral_protocol::{BatchDone, BatchId, RunningWord, TaskIndex, TaskResult, WorkerId};
+use corral_protocol::{BatchDone, BatchId, Notes, RunningWord, TaskIndex, TaskResult, WorkerId};
 
 use crate::input::JobParser;
-use crate::notes::JobNote;
+use crate::notes::{Counted, JobNote};
 use crate::record::{
     Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, ResultKey, SharedBytes,
     TaskId, TaskNames, Work,
@@ -206,6 +206,8 @@ pub struct Scheduler {
     emitted: Vec<JobResult>,
     /// Notes of the jobs finished in this step, when the config asks for them.
     noted: Vec<JobNote>,
+    /// Lines of blocks counted in this step, when the config asks for counts.
+    counted: Vec<Counted>,
     /// The number of the `exec` task, when notes are made (its notes keep its output).
     exec_task: Option<TaskId>,
     /// Set when blocks of raw lines may come (see [`Scheduler::read_lines_with`]).
@@ -222,8 +224,7 @@ impl Scheduler {
             window: window.max(1) as u64,
             held: BTreeMap::new(),
         });
-        let exec_task = cfg
-            .notes
+        let exec_task = (cfg.notes == Notes::Each)
             .then(|| names.intern(crate::input::EXEC_TASK))
             .flatten();
         Scheduler {
@@ -251,6 +252,7 @@ impl Scheduler {
             actions: Vec::new(),
             emitted: Vec::new(),
             noted: Vec::new(),
+            counted: Vec::new(),
             exec_task,
             lines: None,
         }
@@ -392,9 +394,10 @@ impl Scheduler {
             // overtakes them.
             self.actions.insert(0, Action::Emit(results));
         }
-        if !self.noted.is_empty() {
+        if !self.noted.is_empty() || !self.counted.is_empty() {
             let notes = std::mem::take(&mut self.noted);
-            self.actions.insert(0, Action::Noted(notes));
+            let counts = std::mem::take(&mut self.counted);
+            self.actions.insert(0, Action::Noted(notes, counts));
         }
         std::mem::take(&mut self.actions)
     }
@@ -595,7 +598,7 @@ impl Scheduler {
                 )),
             };
             let attempts = job.failed_attempts + 1;
-            if self.cfg.notes {
+            if self.cfg.notes != Notes::None {
                 self.note_ran(&job, &result, started, outcome.nanos);
                 started += Duration::from_nanos(outcome.nanos);
             }
@@ -668,7 +671,10 @@ impl Scheduler {
     /// until every earlier job has its result.
     fn emit(&mut self, result: JobResult) {
         // The jobs that ran are noted where their answer or their death is known.
-        if self.cfg.notes && result.attempts == 0 && !matches!(result.key, ResultKey::Lines(_)) {
+        if self.cfg.notes != Notes::None
+            && result.attempts == 0
+            && !matches!(result.key, ResultKey::Lines(_))
+        {
             let line = match &result.key {
                 ResultKey::Job { line, .. } | ResultKey::Line(line) => *line,
                 ResultKey::Lines(_) => unreachable!("checked above"),

@@ -179,7 +179,9 @@ pub fn serve(
     let names = TaskNames::default();
     let (intake, intake_rx) = bounded::<Intake>(1);
     let (control, control_rx) = unbounded::<Control>();
-    engine_config.scheduler.notes = metrics.is_some();
+    if metrics.is_some() {
+        engine_config.scheduler.notes = corral_protocol::Notes::Counts;
+    }
     let mut engine = Engine::new(engine_config, names.clone());
     let shared = Arc::new(Shared {
         intake,

@@ -9,7 +9,7 @@ use corral_protocol::jobline::{
 };
 use corral_protocol::result_line::{Echo, ErrorKind, Failure, Key, Outcome, ResultLine};
 use corral_protocol::{
-    BatchId, LineBlock, LineNote, LineTally, RunningSlot, RunningWord, TaskIndex, TaskResult,
+    BatchId, LineBlock, LineNote, LineTally, Notes, RunningSlot, RunningWord, TaskIndex, TaskResult,
 };
 use std::borrow::Cow;
 
@@ -201,14 +201,15 @@ pub(crate) fn answer(
             TaskResult::Lines(_) => unreachable!("a task's own result is never lines"),
         };
         tally.add(kind);
-        if block.notes {
-            tally.notes.push(LineNote {
+        tally.note(
+            block.notes,
+            LineNote {
                 index: u32::try_from(index - 1).unwrap_or(u32::MAX),
                 task: u32::try_from(task_index).ok().map(TaskIndex),
                 failed: kind,
                 nanos,
-            });
-        }
+            },
+        );
         ResultLine {
             key,
             outcome,
@@ -227,20 +228,21 @@ pub(crate) fn answer(
 fn reject(
     out: &mut Vec<u8>,
     tally: &mut LineTally,
-    (key, index, notes): (Key<'_>, usize, bool),
+    (key, index, notes): (Key<'_>, usize, Notes),
     kind: ErrorKind,
     message: &str,
     meta: Option<&[u8]>,
 ) {
     tally.add(Some(kind));
-    if notes {
-        tally.notes.push(LineNote {
+    tally.note(
+        notes,
+        LineNote {
             index: u32::try_from(index).unwrap_or(u32::MAX),
             task: None,
             failed: Some(kind),
             nanos: 0,
-        });
-    }
+        },
+    );
     ResultLine {
         key,
         outcome: Outcome::Err(&Failure::new(kind, message)),

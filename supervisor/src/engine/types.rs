@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::metrics::{Live, Metrics};
-use crate::notes::JobNote;
+use crate::notes::{Counted, JobNote};
 use crate::pool::PoolConfig;
 use crate::record::SourceId;
 use crate::scheduler::{RunCounters, SchedulerConfig, WorkerState};
@@ -63,12 +63,14 @@ pub struct Observers {
 }
 
 impl Observers {
-    /// Hands `notes` on.
-    pub fn observe(&self, notes: Vec<JobNote>) {
+    /// Hands `notes` and `counts` on.
+    pub fn observe(&self, notes: Vec<JobNote>, counts: &[Counted]) {
         if let Some(metrics) = &self.metrics {
-            metrics.observe(&notes);
+            metrics.observe(&notes, counts);
         }
-        if let Some(joblog) = &self.joblog {
+        if let Some(joblog) = &self.joblog
+            && !notes.is_empty()
+        {
             // A joblog that failed says so when it is finished.
             let _ = joblog.send(notes);
         }

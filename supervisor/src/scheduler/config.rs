@@ -4,6 +4,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use corral_protocol::Notes;
+
 /// The scheduler's settings.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -56,8 +58,9 @@ pub struct SchedulerConfig {
     /// hold up the end of the run.
     pub exit_grace: Duration,
     /// Make a note of each result (its line, task, start, time and how it ended), in the order
-    /// jobs finish, for `--joblog` and `--metrics`, which set it.
-    pub notes: bool,
+    /// jobs finish, for `--joblog` (`Each`) and `--metrics` (`Counts`: the lines of a block are
+    /// only counted, by their worker), which set it.
+    pub notes: Notes,
 }
 
 impl Default for SchedulerConfig {
@@ -81,7 +84,7 @@ impl Default for SchedulerConfig {
             max_rss: None,
             memory_limit: None,
             exit_grace: Duration::from_secs(5),
-            notes: false,
+            notes: Notes::None,
         }
     }
 }

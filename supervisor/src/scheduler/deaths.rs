@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use corral_protocol::{RunningWord, WorkerId};
+use corral_protocol::{Notes, RunningWord, WorkerId};
 
 use super::lines;
 use super::{Action, Phase, STALL_NOTE, Scheduler, WorkerExit, say};
@@ -111,7 +111,7 @@ impl Scheduler {
         let error = self.attempt_error(&job, death.pid, death.exit, death.timed_out, death.note);
         self.outstanding -= 1;
         let attempts = job.failed_attempts;
-        if self.cfg.notes {
+        if self.cfg.notes != Notes::None {
             self.note_death(&job, &error, death);
         }
         self.emit(job.into_result(attempts, Some(death.pid), Err(error)));

@@ -11,8 +11,8 @@
 //! runs alone, is retried or fails, as any job that crashed its worker).
 
 use corral_protocol::{
-    Batch, BatchId, JobRequest, LineBlock, Outcome, RawJson, RunningWord, TaskIndex, TaskResult,
-    WorkerId, frame,
+    Batch, BatchId, JobRequest, LineBlock, Notes, Outcome, RawJson, RunningWord, TaskIndex,
+    TaskResult, WorkerId, frame,
 };
 
 use super::{Action, LineReading, Pace, Scheduler, WorkerExit, say};
@@ -144,13 +144,14 @@ impl Scheduler {
         };
         // One result answers every block of the batch (their lines all count in it).
         let first = blocks.pop_front().expect("a batch has a block");
-        if self.cfg.notes {
+        if self.cfg.notes != Notes::None {
             let task_ids = self
                 .workers
                 .get(&worker)
                 .map(|slot| slot.task_ids.clone())
                 .unwrap_or_default();
             self.note_lines(first.line, &task_ids, &tally.notes, started);
+            self.count_lines(&task_ids, &tally.counts);
         }
         self.emit(JobResult {
             seq: first.seq,

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use corral_protocol::LineNote;
+use corral_protocol::{LineCount, LineNote};
 
 use super::{Scheduler, WorkerExit, lines::Death};
-use crate::notes::JobNote;
+use crate::notes::{Counted, Ended, JobNote};
 use crate::record::{Completed, Job, JobError, TaskId, Work};
 
 impl Scheduler {
@@ -31,7 +31,12 @@ impl Scheduler {
             started: Some(started),
             nanos,
             failed: result.as_ref().err().map(|error| error.kind),
-            exec_output,
+            ended: exec_output.map(|output| {
+                Box::new(Ended {
+                    exec_output: Some(output),
+                    ..Ended::default()
+                })
+            }),
             ..JobNote::unrun(job.line, None)
         });
     }
@@ -60,6 +65,22 @@ impl Scheduler {
         }
     }
 
+    /// Counts the lines of a batch of blocks, as a worker whose task numbers are `task_ids`
+    /// counted them.
+    pub(super) fn count_lines(&mut self, task_ids: &[Option<TaskId>], counts: &[LineCount]) {
+        self.counted.extend(counts.iter().map(|count| {
+            Counted {
+                task: count
+                    .task
+                    .and_then(|index| task_ids.get(index.0 as usize).copied().flatten()),
+                failed: count.failed,
+                count: count.count,
+                nanos: count.nanos,
+                buckets: count.buckets,
+            }
+        }));
+    }
+
     /// Notes `job`, failed for good by its worker's `death`.
     pub(super) fn note_death(&mut self, job: &Job, error: &JobError, death: &Death<'_>) {
         let task = job.as_one().map(|one| one.task);
@@ -72,8 +93,11 @@ impl Scheduler {
             task,
             started: Some(death.since),
             nanos: u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX),
-            exit_code,
-            signal,
+            ended: Some(Box::new(Ended {
+                exit_code,
+                signal,
+                exec_output: None,
+            })),
             ..JobNote::unrun(job.line, Some(error.kind))
         });
     }

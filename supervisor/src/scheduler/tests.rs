@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use corral_protocol::{Batch, BatchDone, BatchId, JobSeq, RunningWord, TaskResult, WorkerId};
 
+use corral_protocol::Notes;
+
 use super::{
     Action, Event, RestartPolicy, Scheduler, SchedulerConfig, StartCause, StartFailure, WorkerExit,
 };
@@ -101,7 +103,7 @@ impl Harness {
                 Action::Note(note) => self.notes.push(note),
                 Action::Abort(message) => self.aborted = Some(message),
                 Action::Emit(results) => self.results.extend(results),
-                Action::Noted(notes) => self.noted.extend(notes),
+                Action::Noted(notes, _) => self.noted.extend(notes),
                 Action::Fatal(message) => self.fatal = Some(message),
                 Action::Finished => self.finished = true,
             }
@@ -534,7 +536,7 @@ fn a_poison_pill_fails_after_one_plus_retries_attempts_and_the_pool_goes_on() {
 fn with_notes_each_result_is_noted_once_with_its_start_reckoned_back_from_its_answer() {
     let mut h = Harness::new(SchedulerConfig {
         retries: 0,
-        notes: true,
+        notes: Notes::Each,
         max_batch_jobs: 3,
         ..config(1)
     });
@@ -576,7 +578,7 @@ fn with_notes_each_result_is_noted_once_with_its_start_reckoned_back_from_its_an
     let crashed = &h.noted[2];
     assert_eq!(crashed.line, 4);
     assert_eq!(crashed.failed, Some(ErrorKind::Crashed));
-    assert_eq!(crashed.signal, Some(libc::SIGSEGV));
+    assert_eq!(crashed.ended.as_ref().unwrap().signal, Some(libc::SIGSEGV));
     assert_eq!(crashed.started, Some(since));
     assert_eq!(crashed.nanos, 40_000_000);
     // The job of a task no worker serves is answered, and noted, without running.
@@ -1497,6 +1499,7 @@ fn lines_answer(batch: &Batch, lines: u64) -> BatchDone {
         results: lines,
         failed: vec![(ErrorKind::TaskError, 1)],
         notes: Vec::new(),
+        counts: Vec::new(),
     };
     done.push(1_000 * lines, TaskResult::Lines(tally));
     done

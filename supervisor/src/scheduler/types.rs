@@ -227,8 +227,9 @@ pub enum Action {
     },
     /// Write these results.
     Emit(Vec<JobResult>),
-    /// Notes of finished jobs, in the order they finished ([`SchedulerConfig::notes`]).
-    Noted(Vec<crate::notes::JobNote>),
+    /// Notes of finished jobs, in the order they finished, and counts of the lines of blocks
+    /// ([`SchedulerConfig::notes`]).
+    Noted(Vec<crate::notes::JobNote>, Vec<crate::notes::Counted>),
     /// The run cannot go on (configuration error); stop everything.
     Fatal(String),
     /// `--halt now` triggered: kill every worker and end the run; the message says why.
