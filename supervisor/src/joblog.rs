@@ -16,7 +16,7 @@
 //!   quotes its replacements); for a task, its name. Tabs and newlines become spaces.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::thread::{self, JoinHandle};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,7 +43,8 @@ impl Joblog {
         let thread = thread::Builder::new()
             .name("corral-joblog".into())
             .spawn(move || {
-                let mut out = BufWriter::with_capacity(256 * 1024, file);
+                // Each batch of notes is one write: no buffer between.
+                let mut out = file;
                 out.write_all(HEADER.as_bytes())?;
                 let mut formatter = Formatter::new(names, Clock::now());
                 let mut lines = Vec::with_capacity(64 * 1024);
@@ -55,7 +56,7 @@ impl Joblog {
                     out.write_all(&lines)?;
                     lines.clear();
                 }
-                out.flush()
+                Ok(())
             })
             .expect("spawning a thread");
         Joblog {
@@ -115,10 +116,11 @@ impl Clock {
 
 /// Appends `millis` as seconds with 3 decimals (`12.345`), right-aligned in `width`.
 fn push_seconds(out: &mut Vec<u8>, millis: u64, width: usize) {
+    const SPACES: &[u8] = b"                ";
     let mut digits = itoa::Buffer::new();
     let whole = digits.format(millis / 1000);
     let len = whole.len() + 4;
-    out.extend(std::iter::repeat_n(b' ', width.saturating_sub(len)));
+    out.extend_from_slice(&SPACES[..width.saturating_sub(len).min(SPACES.len())]);
     out.extend_from_slice(whole.as_bytes());
     let frac = (millis % 1000) as u16;
     out.extend_from_slice(&[
@@ -201,13 +203,17 @@ impl Formatter {
         push_seconds(out, self.clock.epoch_millis(started), 0);
         out.push(b'\t');
         push_seconds(out, note.nanos.saturating_add(500_000) / 1_000_000, 10);
-        out.extend_from_slice(b"\t0\t");
-        out.extend_from_slice(number.format(received).as_bytes());
-        out.push(b'\t');
-        out.extend_from_slice(number.format(exitval).as_bytes());
-        out.push(b'\t');
-        out.extend_from_slice(number.format(signal.unwrap_or(0)).as_bytes());
-        out.push(b'\t');
+        if (received, exitval, signal) == (0, 0, None) {
+            out.extend_from_slice(b"\t0\t0\t0\t0\t");
+        } else {
+            out.extend_from_slice(b"\t0\t");
+            out.extend_from_slice(number.format(received).as_bytes());
+            out.push(b'\t');
+            out.extend_from_slice(number.format(exitval).as_bytes());
+            out.push(b'\t');
+            out.extend_from_slice(number.format(signal.unwrap_or(0)).as_bytes());
+            out.push(b'\t');
+        }
         let at = out.len();
         match (&exec.command, note.task) {
             (Some(command), _) => out.extend_from_slice(command.as_bytes()),
