@@ -1,5 +1,6 @@
 //! The one table of exit statuses. Every mode (`run`, `merge`, `serve`, `submit`, `status`,
-//! `mux`) ends through it; the README's table says the same, and a test holds them together.
+//! `mux`) ends through it; the guide's table (docs/guide/results.md) says the same, and a test
+//! holds them together.
 //! Also [`say`], the `corral:` line a command's last words go out on.
 
 use std::io::Write;
@@ -71,14 +72,14 @@ mod tests {
         assert_eq!(count(36, "result"), "36 results");
     }
 
-    /// The README's table of exit statuses names exactly the statuses of this one.
+    /// The guide's table of exit statuses names exactly the statuses of this one.
     #[test]
-    fn the_readme_table_says_what_this_table_says() {
-        let readme = include_str!("../../README.md");
-        let table = readme
-            .split("**Exit status.**")
+    fn the_guide_s_table_says_what_this_table_says() {
+        let guide = include_str!("../../docs/guide/results.md");
+        let table = guide
+            .split("## Exit status")
             .nth(1)
-            .expect("the README has an exit status table");
+            .expect("the guide has an exit status table");
         let documented: Vec<&str> = table
             .lines()
             .skip_while(|line| !line.starts_with('|'))
