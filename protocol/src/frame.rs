@@ -136,13 +136,13 @@ mod tests {
                 lines: 1,
                 results: 1,
                 failed: Vec::new(),
-                notes: vec![crate::LineNote {
-                    index: 0,
+                counts: vec![crate::LineCount {
                     task: Some(TaskIndex(2)),
-                    failed: None,
+                    count: 1,
                     nanos: 5,
+                    ..crate::LineCount::default()
                 }],
-                counts: Vec::new(),
+                joblog_bytes: 0,
             }),
         );
         let message = done.into_message();

@@ -14,6 +14,7 @@ pub mod byte_string;
 pub mod exec;
 pub mod frame;
 pub mod jobline;
+pub mod joblog;
 pub mod result_line;
 pub mod stdio;
 
@@ -400,10 +401,11 @@ pub struct LineTally {
     pub results: u64,
     /// Those that are failures, by kind.
     pub failed: Vec<(result_line::ErrorKind, u64)>,
-    /// One for each line, when [`LineBlock::notes`] is [`Notes::Each`].
-    pub notes: Vec<LineNote>,
-    /// The lines counted by task and outcome, when [`LineBlock::notes`] is [`Notes::Counts`].
+    /// The lines counted by task and outcome, unless [`LineBlock::notes`] is [`Notes::None`].
     pub counts: Vec<LineCount>,
+    /// With [`Notes::Each`]: the bytes at the end of the answer's outputs, after the result
+    /// lines, that are the lines' joblog lines ([`joblog::Line`]).
+    pub joblog_bytes: u64,
 }
 
 /// What a block's answer says of its lines besides their result lines.
@@ -414,7 +416,7 @@ pub enum Notes {
     None,
     /// Counts by task and outcome, with a histogram of times ([`LineCount`]): for metrics.
     Counts,
-    /// A [`LineNote`] for each line: for a joblog.
+    /// The counts, and a joblog line for each line ([`LineTally::joblog_bytes`]).
     Each,
 }
 
@@ -452,12 +454,11 @@ pub struct LineCount {
 }
 
 impl LineTally {
-    /// Notes `note` as `notes` asks: kept, counted, or not at all.
+    /// Counts `note`, unless `notes` is [`Notes::None`].
     pub fn note(&mut self, notes: Notes, note: LineNote) {
         match notes {
             Notes::None => {}
-            Notes::Each => self.notes.push(note),
-            Notes::Counts => {
+            Notes::Counts | Notes::Each => {
                 let at = match self
                     .counts
                     .iter()
@@ -486,8 +487,6 @@ impl LineTally {
 /// none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineNote {
-    /// The line's place in the block, from 0 (blank lines counted).
-    pub index: u32,
     /// The task it ran; `None` for a line that did not run (its result says why).
     pub task: Option<TaskIndex>,
     /// How it failed, if it did.
@@ -520,7 +519,6 @@ mod tests {
     #[test]
     fn lines_are_counted_by_task_and_outcome_or_kept_one_by_one() {
         let note = |task: u32, failed, nanos| LineNote {
-            index: 0,
             task: Some(TaskIndex(task)),
             failed,
             nanos,
@@ -531,7 +529,6 @@ mod tests {
         tally.note(Notes::Counts, note(2, None, 1));
         let failed = Some(result_line::ErrorKind::TaskError);
         tally.note(Notes::Counts, note(1, failed, 400_000_000_000));
-        assert!(tally.notes.is_empty());
         assert_eq!(tally.counts.len(), 3);
         let ok = &tally.counts[0];
         assert_eq!(
@@ -547,7 +544,11 @@ mod tests {
         );
         tally.note(Notes::Each, note(3, None, 7));
         tally.note(Notes::None, note(3, None, 7));
-        assert_eq!(tally.notes.len(), 1);
+        assert_eq!(
+            tally.counts.len(),
+            4,
+            "counted with Each too, not with None"
+        );
     }
 
     #[test]

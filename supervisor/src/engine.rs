@@ -553,7 +553,7 @@ impl Engine {
                 }
                 Action::Note(message) => tracing::warn!("{message}"),
                 Action::Emit(results) => self.emit(results),
-                Action::Noted(notes, counts) => self.observers.observe(notes, &counts),
+                Action::Noted(noted) => self.observers.observe(noted),
                 Action::Fatal(message) => self.end = Some(EngineEnd::Fatal(message)),
                 Action::Abort(message) => self.end = Some(EngineEnd::Halted(message)),
                 Action::Finished => self.finished = true,

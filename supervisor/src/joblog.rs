@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Sender, bounded};
 
-use crate::notes::JobNote;
+use crate::notes::{JobNote, Noted};
 use crate::record::{ErrorKind, TaskId, TaskNames};
 
 /// The header line.
@@ -32,14 +32,14 @@ pub const HEADER: &str =
 /// The joblog being written.
 #[derive(Debug)]
 pub struct Joblog {
-    notes: Option<Sender<Vec<JobNote>>>,
+    notes: Option<Sender<Noted>>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl Joblog {
     /// Starts the writer of the joblog `file`; task numbers are `names`'.
     pub fn start(file: File, names: TaskNames) -> Joblog {
-        let (tx, rx) = bounded::<Vec<JobNote>>(64);
+        let (tx, rx) = bounded::<Noted>(64);
         let thread = thread::Builder::new()
             .name("corral-joblog".into())
             .spawn(move || {
@@ -48,9 +48,15 @@ impl Joblog {
                 out.write_all(HEADER.as_bytes())?;
                 let mut formatter = Formatter::new(names, Clock::now());
                 let mut lines = Vec::with_capacity(64 * 1024);
-                for notes in rx {
-                    lines.reserve(notes.len() * 64);
-                    for note in &notes {
+                for noted in rx {
+                    // The workers' lines as they wrote them, then those of the jobs seen whole.
+                    for written in &noted.joblog_lines {
+                        out.write_all(written.as_bytes())?;
+                    }
+                    if noted.notes.is_empty() {
+                        continue;
+                    }
+                    for note in &noted.notes {
                         formatter.line(note, &mut lines);
                     }
                     out.write_all(&lines)?;
@@ -66,7 +72,7 @@ impl Joblog {
     }
 
     /// Where notes go to be written.
-    pub fn sender(&self) -> Sender<Vec<JobNote>> {
+    pub fn sender(&self) -> Sender<Noted> {
         self.notes.clone().expect("only `finish` takes it")
     }
 
@@ -112,23 +118,6 @@ impl Clock {
         };
         u64::try_from((nanos + 500_000) / 1_000_000).unwrap_or(u64::MAX)
     }
-}
-
-/// Appends `millis` as seconds with 3 decimals (`12.345`), right-aligned in `width`.
-fn push_seconds(out: &mut Vec<u8>, millis: u64, width: usize) {
-    const SPACES: &[u8] = b"                ";
-    let mut digits = itoa::Buffer::new();
-    let whole = digits.format(millis / 1000);
-    let len = whole.len() + 4;
-    out.extend_from_slice(&SPACES[..width.saturating_sub(len).min(SPACES.len())]);
-    out.extend_from_slice(whole.as_bytes());
-    let frac = (millis % 1000) as u16;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ]);
 }
 
 /// What an `--exec` job's output says of its command.
@@ -197,38 +186,22 @@ impl Formatter {
             .stdout
             .and_then(|text| corral_protocol::byte_string::decode(text.get().as_bytes()))
             .map_or(0, |bytes| bytes.len());
-        let mut number = itoa::Buffer::new();
-        out.extend_from_slice(number.format(note.line).as_bytes());
-        out.extend_from_slice(b"\t:\t");
-        push_seconds(out, self.clock.epoch_millis(started), 0);
-        out.push(b'\t');
-        push_seconds(out, note.nanos.saturating_add(500_000) / 1_000_000, 10);
-        if (received, exitval, signal) == (0, 0, None) {
-            out.extend_from_slice(b"\t0\t0\t0\t0\t");
-        } else {
-            out.extend_from_slice(b"\t0\t");
-            out.extend_from_slice(number.format(received).as_bytes());
-            out.push(b'\t');
-            out.extend_from_slice(number.format(exitval).as_bytes());
-            out.push(b'\t');
-            out.extend_from_slice(number.format(signal.unwrap_or(0)).as_bytes());
-            out.push(b'\t');
+        let start_millis = self.clock.epoch_millis(started);
+        let command: &[u8] = match (&exec.command, note.task) {
+            (Some(command), _) => command.as_bytes(),
+            (None, Some(task)) => self.name(task).as_bytes(),
+            (None, None) => b"",
+        };
+        corral_protocol::joblog::Line {
+            seq: note.line,
+            start_millis,
+            nanos: note.nanos,
+            received: received as u64,
+            exitval,
+            signal: signal.unwrap_or(0),
+            command,
         }
-        let at = out.len();
-        match (&exec.command, note.task) {
-            (Some(command), _) => out.extend_from_slice(command.as_bytes()),
-            (None, Some(task)) => {
-                let name = self.name(task);
-                out.extend_from_slice(name.as_bytes());
-            }
-            (None, None) => {}
-        }
-        for byte in &mut out[at..] {
-            if matches!(*byte, b'\t' | b'\n' | b'\r') {
-                *byte = b' ';
-            }
-        }
-        out.push(b'\n');
+        .write(out);
     }
 }
 
@@ -249,17 +222,6 @@ mod tests {
         let mut out = Vec::new();
         Formatter::new(names.clone(), Clock::now()).line(note, &mut out);
         String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn seconds_are_written_as_parallel_writes_them() {
-        let mut out = Vec::new();
-        push_seconds(&mut out, 1_796_646_867_445, 0);
-        out.push(b'|');
-        push_seconds(&mut out, 2, 10);
-        out.push(b'|');
-        push_seconds(&mut out, 123_456_789, 10);
-        assert_eq!(out, b"1796646867.445|     0.002|123456.789");
     }
 
     fn fields(text: &str) -> Vec<String> {

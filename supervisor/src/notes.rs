@@ -26,6 +26,18 @@ pub struct JobNote {
     pub ended: Option<Box<Ended>>,
 }
 
+/// What the scheduler noted in one step: notes of jobs, counts of lines of blocks, and the
+/// joblog lines workers wrote for the lines of their blocks.
+#[derive(Debug, Default)]
+pub struct Noted {
+    /// Notes of the jobs it saw whole, in the order they finished.
+    pub notes: Vec<JobNote>,
+    /// Lines of blocks, counted by their workers.
+    pub counts: Vec<Counted>,
+    /// Joblog lines, as the workers wrote them.
+    pub joblog_lines: Vec<SharedBytes>,
+}
+
 /// Lines of blocks of one task and outcome, as their worker counted them
 /// ([`corral_protocol::LineCount`], its task numbered for the run).
 #[derive(Debug, Clone)]

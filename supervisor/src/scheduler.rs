@@ -27,7 +27,7 @@ use bytes::Bytes;
 use corral_protocol::{BatchDone, BatchId, Notes, RunningWord, TaskIndex, TaskResult, WorkerId};
 
 use crate::input::JobParser;
-use crate::notes::{Counted, JobNote};
+use crate::notes::{Counted, JobNote, Noted};
 use crate::record::{
     Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, ResultKey, SharedBytes,
     TaskId, TaskNames, Work,
@@ -208,6 +208,8 @@ pub struct Scheduler {
     noted: Vec<JobNote>,
     /// Lines of blocks counted in this step, when the config asks for counts.
     counted: Vec<Counted>,
+    /// Joblog lines the workers wrote for the lines of their blocks in this step.
+    joblog_lines: Vec<SharedBytes>,
     /// The number of the `exec` task, when notes are made (its notes keep its output).
     exec_task: Option<TaskId>,
     /// Set when blocks of raw lines may come (see [`Scheduler::read_lines_with`]).
@@ -253,6 +255,7 @@ impl Scheduler {
             emitted: Vec::new(),
             noted: Vec::new(),
             counted: Vec::new(),
+            joblog_lines: Vec::new(),
             exec_task,
             lines: None,
         }
@@ -394,10 +397,13 @@ impl Scheduler {
             // overtakes them.
             self.actions.insert(0, Action::Emit(results));
         }
-        if !self.noted.is_empty() || !self.counted.is_empty() {
-            let notes = std::mem::take(&mut self.noted);
-            let counts = std::mem::take(&mut self.counted);
-            self.actions.insert(0, Action::Noted(notes, counts));
+        if !self.noted.is_empty() || !self.counted.is_empty() || !self.joblog_lines.is_empty() {
+            let noted = Noted {
+                notes: std::mem::take(&mut self.noted),
+                counts: std::mem::take(&mut self.counted),
+                joblog_lines: std::mem::take(&mut self.joblog_lines),
+            };
+            self.actions.insert(0, Action::Noted(noted));
         }
         std::mem::take(&mut self.actions)
     }
@@ -568,7 +574,7 @@ impl Scheduler {
                 .outcomes
                 .pop()
                 .expect("an answer covers the batch's jobs");
-            self.lines_done((worker, pid, started), jobs, outputs, outcome);
+            self.lines_done((worker, pid), jobs, outputs, outcome);
             return;
         }
         for (job, (outcome, range)) in jobs.drain(..).zip(done.iter()) {

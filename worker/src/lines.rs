@@ -9,9 +9,11 @@ use corral_protocol::jobline::{
 };
 use corral_protocol::result_line::{Echo, ErrorKind, Failure, Key, Outcome, ResultLine};
 use corral_protocol::{
-    BatchId, LineBlock, LineNote, LineTally, Notes, RunningSlot, RunningWord, TaskIndex, TaskResult,
+    BatchId, LineBlock, LineNote, LineTally, Notes, RunningSlot, RunningWord, TaskIndex,
+    TaskResult, joblog,
 };
 use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::clock::LineClock;
 use crate::task::{Registry, task_result};
@@ -59,6 +61,7 @@ pub(crate) fn answer(
 ) -> TaskResult {
     let max = usize::try_from(block.max_line_bytes).unwrap_or(usize::MAX);
     let mut tally = LineTally::default();
+    let mut notes = BlockNotes::new(block.notes);
     // A task's output, before it is spliced into its line.
     let mut output = Vec::new();
     let mut last_task: Option<(String, Option<usize>)> = None;
@@ -77,7 +80,7 @@ pub(crate) fn answer(
                 reject(
                     out,
                     &mut tally,
-                    (Key::Line(number), index - 1, block.notes),
+                    (Key::Line(number), number, &mut notes),
                     ErrorKind::TooLarge,
                     &message,
                     None,
@@ -107,7 +110,7 @@ pub(crate) fn answer(
                 reject(
                     out,
                     &mut tally,
-                    (Key::Line(number), index - 1, block.notes),
+                    (Key::Line(number), number, &mut notes),
                     ErrorKind::BadInput,
                     &message,
                     None,
@@ -131,7 +134,7 @@ pub(crate) fn answer(
             reject(
                 out,
                 &mut tally,
-                (key, index - 1, block.notes),
+                (key, number, &mut notes),
                 ErrorKind::BadInput,
                 NO_TASK,
                 None,
@@ -143,7 +146,7 @@ pub(crate) fn answer(
             reject(
                 out,
                 &mut tally,
-                (key, index - 1, block.notes),
+                (key, number, &mut notes),
                 ErrorKind::UnknownTask,
                 EXEC_REFUSED,
                 None,
@@ -156,7 +159,7 @@ pub(crate) fn answer(
             reject(
                 out,
                 &mut tally,
-                (key, index - 1, block.notes),
+                (key, number, &mut notes),
                 ErrorKind::UnknownTask,
                 &message,
                 meta,
@@ -201,15 +204,7 @@ pub(crate) fn answer(
             TaskResult::Lines(_) => unreachable!("a task's own result is never lines"),
         };
         tally.add(kind);
-        tally.note(
-            block.notes,
-            LineNote {
-                index: u32::try_from(index - 1).unwrap_or(u32::MAX),
-                task: u32::try_from(task_index).ok().map(TaskIndex),
-                failed: kind,
-                nanos,
-            },
-        );
+        notes.ran(&mut tally, (number, &task, task_index), kind, nanos);
         ResultLine {
             key,
             outcome,
@@ -220,29 +215,106 @@ pub(crate) fn answer(
         .write(out);
     }
     tally.lines = index as u64;
+    tally.joblog_bytes = notes.joblog.len() as u64;
+    out.extend_from_slice(&notes.joblog);
     TaskResult::Lines(tally)
 }
 
-/// Writes the result of a line that does not run: it was never attempted. `index` is its place
-/// in the block, for its note.
+/// What a block's answer says of its lines besides their result lines, as
+/// [`LineBlock::notes`] asks: counts, and with [`Notes::Each`] a joblog line for each.
+struct BlockNotes {
+    notes: Notes,
+    /// The joblog lines, which go after the result lines.
+    joblog: Vec<u8>,
+    /// When the block started, in nanoseconds since the epoch, and the time of its lines
+    /// since: when the next line started.
+    started: u64,
+    elapsed: u64,
+}
+
+impl BlockNotes {
+    fn new(notes: Notes) -> BlockNotes {
+        let started = match notes {
+            Notes::Each => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            _ => 0,
+        };
+        BlockNotes {
+            notes,
+            joblog: Vec::new(),
+            started,
+            elapsed: 0,
+        }
+    }
+
+    /// Notes line `seq`, which ran task `task` (its index `index`) for `nanos`.
+    fn ran(
+        &mut self,
+        tally: &mut LineTally,
+        (seq, task, index): (u64, &str, usize),
+        failed: Option<ErrorKind>,
+        nanos: u64,
+    ) {
+        let note = LineNote {
+            task: u32::try_from(index).ok().map(TaskIndex),
+            failed,
+            nanos,
+        };
+        tally.note(self.notes, note);
+        if self.notes == Notes::Each {
+            joblog::Line {
+                seq,
+                start_millis: self.start_millis(),
+                nanos,
+                received: 0,
+                exitval: i32::from(failed.is_some()),
+                signal: 0,
+                command: task.as_bytes(),
+            }
+            .write(&mut self.joblog);
+        }
+        self.elapsed += nanos;
+    }
+
+    /// Notes line `seq`, which did not run.
+    fn rejected(&mut self, tally: &mut LineTally, seq: u64, kind: ErrorKind) {
+        let note = LineNote {
+            task: None,
+            failed: Some(kind),
+            nanos: 0,
+        };
+        tally.note(self.notes, note);
+        if self.notes == Notes::Each {
+            joblog::Line {
+                seq,
+                start_millis: self.start_millis(),
+                nanos: 0,
+                received: 0,
+                exitval: -1,
+                signal: 0,
+                command: b"",
+            }
+            .write(&mut self.joblog);
+        }
+    }
+
+    fn start_millis(&self) -> u64 {
+        (self.started.saturating_add(self.elapsed) + 500_000) / 1_000_000
+    }
+}
+
+/// Writes the result of a line that does not run, line `seq`: it was never attempted.
 fn reject(
     out: &mut Vec<u8>,
     tally: &mut LineTally,
-    (key, index, notes): (Key<'_>, usize, Notes),
+    (key, seq, notes): (Key<'_>, u64, &mut BlockNotes),
     kind: ErrorKind,
     message: &str,
     meta: Option<&[u8]>,
 ) {
     tally.add(Some(kind));
-    tally.note(
-        notes,
-        LineNote {
-            index: u32::try_from(index).unwrap_or(u32::MAX),
-            task: None,
-            failed: Some(kind),
-            nanos: 0,
-        },
-    );
+    notes.rejected(tally, seq, kind);
     ResultLine {
         key,
         outcome: Outcome::Err(&Failure::new(kind, message)),

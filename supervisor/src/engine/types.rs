@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::metrics::{Live, Metrics};
-use crate::notes::{Counted, JobNote};
+use crate::notes::Noted;
 use crate::pool::PoolConfig;
 use crate::record::SourceId;
 use crate::scheduler::{RunCounters, SchedulerConfig, WorkerState};
@@ -57,22 +57,22 @@ impl EngineConfig {
 #[derive(Debug, Default)]
 pub struct Observers {
     /// The joblog's writer.
-    pub joblog: Option<Sender<Vec<JobNote>>>,
+    pub joblog: Option<Sender<Noted>>,
     /// The metrics.
     pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Observers {
-    /// Hands `notes` and `counts` on.
-    pub fn observe(&self, notes: Vec<JobNote>, counts: &[Counted]) {
+    /// Hands `noted` on.
+    pub fn observe(&self, noted: Noted) {
         if let Some(metrics) = &self.metrics {
-            metrics.observe(&notes, counts);
+            metrics.observe(&noted.notes, &noted.counts);
         }
         if let Some(joblog) = &self.joblog
-            && !notes.is_empty()
+            && !(noted.notes.is_empty() && noted.joblog_lines.is_empty())
         {
             // A joblog that failed says so when it is finished.
-            let _ = joblog.send(notes);
+            let _ = joblog.send(noted);
         }
     }
 }

@@ -127,7 +127,7 @@ impl Scheduler {
     /// one result.
     pub(super) fn lines_done(
         &mut self,
-        (worker, pid, started): (WorkerId, u32, Instant),
+        (worker, pid): (WorkerId, u32),
         mut blocks: Jobs,
         outputs: bytes::Bytes,
         outcome: Outcome,
@@ -144,14 +144,25 @@ impl Scheduler {
         };
         // One result answers every block of the batch (their lines all count in it).
         let first = blocks.pop_front().expect("a batch has a block");
+        // With a joblog, the worker wrote the lines' joblog lines after their result lines.
+        let joblog = usize::try_from(tally.joblog_bytes)
+            .ok()
+            .filter(|&n| n <= outputs.len())
+            .unwrap_or(0);
+        let results_end = outputs.len() - joblog;
         if self.cfg.notes != Notes::None {
             let task_ids = self
                 .workers
                 .get(&worker)
                 .map(|slot| slot.task_ids.clone())
                 .unwrap_or_default();
-            self.note_lines(first.line, &task_ids, &tally.notes, started);
             self.count_lines(&task_ids, &tally.counts);
+            if joblog > 0 {
+                self.joblog_lines.push(crate::record::SharedBytes::new(
+                    &outputs,
+                    results_end..outputs.len(),
+                ));
+            }
         }
         self.emit(JobResult {
             seq: first.seq,
@@ -161,7 +172,7 @@ impl Scheduler {
             attempts: 1,
             worker: Some(pid),
             outcome: Ok(Completed {
-                output: crate::record::SharedBytes::new(&outputs, 0..outputs.len()),
+                output: crate::record::SharedBytes::new(&outputs, 0..results_end),
                 nanos,
             }),
         });

@@ -1,9 +1,9 @@
 //! The scheduler's notes of finished jobs ([`JobNote`]), when its config asks for them: made
 //! where each answer or death is known, with the time each job started reckoned from it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use corral_protocol::{LineCount, LineNote};
+use corral_protocol::LineCount;
 
 use super::{Scheduler, WorkerExit, lines::Death};
 use crate::notes::{Counted, Ended, JobNote};
@@ -39,30 +39,6 @@ impl Scheduler {
             }),
             ..JobNote::unrun(job.line, None)
         });
-    }
-
-    /// Notes the lines of a batch of blocks from `first_line`, which a worker
-    /// whose task numbers are `task_ids` ran from `started`, as its `notes` say.
-    pub(super) fn note_lines(
-        &mut self,
-        first_line: u64,
-        task_ids: &[Option<TaskId>],
-        notes: &[LineNote],
-        mut started: Instant,
-    ) {
-        self.noted.reserve(notes.len());
-        for note in notes {
-            let task = note
-                .task
-                .and_then(|index| task_ids.get(index.0 as usize).copied().flatten());
-            self.noted.push(JobNote {
-                task,
-                started: note.task.is_some().then_some(started),
-                nanos: note.nanos,
-                ..JobNote::unrun(first_line + u64::from(note.index), note.failed)
-            });
-            started += Duration::from_nanos(note.nanos);
-        }
     }
 
     /// Counts the lines of a batch of blocks, as a worker whose task numbers are `task_ids`

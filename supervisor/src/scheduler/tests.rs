@@ -103,7 +103,7 @@ impl Harness {
                 Action::Note(note) => self.notes.push(note),
                 Action::Abort(message) => self.aborted = Some(message),
                 Action::Emit(results) => self.results.extend(results),
-                Action::Noted(notes, _) => self.noted.extend(notes),
+                Action::Noted(noted) => self.noted.extend(noted.notes),
                 Action::Fatal(message) => self.fatal = Some(message),
                 Action::Finished => self.finished = true,
             }
@@ -1498,8 +1498,8 @@ fn lines_answer(batch: &Batch, lines: u64) -> BatchDone {
         lines,
         results: lines,
         failed: vec![(ErrorKind::TaskError, 1)],
-        notes: Vec::new(),
         counts: Vec::new(),
+        joblog_bytes: 0,
     };
     done.push(1_000 * lines, TaskResult::Lines(tally));
     done

@@ -229,7 +229,7 @@ pub enum Action {
     Emit(Vec<JobResult>),
     /// Notes of finished jobs, in the order they finished, and counts of the lines of blocks
     /// ([`SchedulerConfig::notes`]).
-    Noted(Vec<crate::notes::JobNote>, Vec<crate::notes::Counted>),
+    Noted(crate::notes::Noted),
     /// The run cannot go on (configuration error); stop everything.
     Fatal(String),
     /// `--halt now` triggered: kill every worker and end the run; the message says why.
