@@ -29,32 +29,74 @@ pub struct Line<'a> {
 impl Line<'_> {
     /// Appends the line, with its `\n`, to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
+        Writer::default().write(self, out);
+    }
+}
+
+/// Writes joblog lines, keeping the text of the last start's whole seconds: the lines of a
+/// batch mostly start within the same second.
+#[derive(Debug, Default)]
+pub struct Writer {
+    second: Option<u64>,
+    seconds: Vec<u8>,
+}
+
+impl Writer {
+    /// Appends `line`, with its `\n`, to `out`.
+    pub fn write(&mut self, line: &Line<'_>, out: &mut Vec<u8>) {
+        out.reserve(64 + line.command.len());
         let mut number = itoa::Buffer::new();
-        out.extend_from_slice(number.format(self.seq).as_bytes());
+        out.extend_from_slice(number.format(line.seq).as_bytes());
         out.extend_from_slice(b"\t:\t");
-        push_seconds(out, self.start_millis, 0);
+        let second = line.start_millis / 1000;
+        if self.second != Some(second) {
+            self.second = Some(second);
+            self.seconds.clear();
+            self.seconds
+                .extend_from_slice(number.format(second).as_bytes());
+        }
+        out.extend_from_slice(&self.seconds);
+        push_millis(out, line.start_millis);
         out.push(b'\t');
-        push_seconds(out, self.nanos.saturating_add(500_000) / 1_000_000, 10);
-        if (self.received, self.exitval, self.signal) == (0, 0, 0) {
+        let runtime = line.nanos.saturating_add(500_000) / 1_000_000;
+        if runtime == 0 {
+            out.extend_from_slice(b"     0.000");
+        } else {
+            push_seconds(out, runtime, 10);
+        }
+        if (line.received, line.exitval, line.signal) == (0, 0, 0) {
             out.extend_from_slice(b"\t0\t0\t0\t0\t");
         } else {
             out.extend_from_slice(b"\t0\t");
-            out.extend_from_slice(number.format(self.received).as_bytes());
+            out.extend_from_slice(number.format(line.received).as_bytes());
             out.push(b'\t');
-            out.extend_from_slice(number.format(self.exitval).as_bytes());
+            out.extend_from_slice(number.format(line.exitval).as_bytes());
             out.push(b'\t');
-            out.extend_from_slice(number.format(self.signal).as_bytes());
+            out.extend_from_slice(number.format(line.signal).as_bytes());
             out.push(b'\t');
         }
         let at = out.len();
-        out.extend_from_slice(self.command);
-        for byte in &mut out[at..] {
-            if matches!(*byte, b'\t' | b'\n' | b'\r') {
-                *byte = b' ';
+        out.extend_from_slice(line.command);
+        if memchr::memchr3(b'\t', b'\n', b'\r', line.command).is_some() {
+            for byte in &mut out[at..] {
+                if matches!(*byte, b'\t' | b'\n' | b'\r') {
+                    *byte = b' ';
+                }
             }
         }
         out.push(b'\n');
     }
+}
+
+/// Appends the milliseconds of `millis` past its second: `.345`.
+fn push_millis(out: &mut Vec<u8>, millis: u64) {
+    let frac = (millis % 1000) as u16;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
 }
 
 /// Appends `millis` as seconds with 3 decimals (`12.345`), right-aligned in `width`.
@@ -65,13 +107,7 @@ pub fn push_seconds(out: &mut Vec<u8>, millis: u64, width: usize) {
     let len = whole.len() + 4;
     out.extend_from_slice(&SPACES[..width.saturating_sub(len).min(SPACES.len())]);
     out.extend_from_slice(whole.as_bytes());
-    let frac = (millis % 1000) as u16;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ]);
+    push_millis(out, millis);
 }
 
 /// Milliseconds since the epoch of `at`, rounded.
@@ -108,17 +144,27 @@ mod tests {
             signal: 0,
             command: b"sum_squares",
         };
-        line.write(&mut out);
+        let mut writer = Writer::default();
+        writer.write(&line, &mut out);
+        writer.write(
+            &Line {
+                exitval: 3,
+                command: b"sh -c 'a\tb'",
+                ..line
+            },
+            &mut out,
+        );
         Line {
-            exitval: 3,
-            command: b"sh -c 'a\tb'",
+            start_millis: 1_001_000,
+            nanos: 2_345_678_900,
             ..line
         }
         .write(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "7\t:\t1000.250\t     0.001\t0\t0\t0\t0\tsum_squares\n\
-             7\t:\t1000.250\t     0.001\t0\t0\t3\t0\tsh -c 'a b'\n"
+             7\t:\t1000.250\t     0.001\t0\t0\t3\t0\tsh -c 'a b'\n\
+             7\t:\t1001.000\t     2.346\t0\t0\t0\t0\tsum_squares\n"
         );
     }
 }

@@ -120,6 +120,19 @@ impl Clock {
     }
 }
 
+/// The name of `task`, looked up in `names` once and kept in `known`.
+fn name_of<'a>(
+    known: &'a mut Vec<Option<std::sync::Arc<str>>>,
+    names: &TaskNames,
+    task: TaskId,
+) -> &'a str {
+    let at = task.index();
+    if known.len() <= at {
+        known.resize(at + 1, None);
+    }
+    known[at].get_or_insert_with(|| names.name(task))
+}
+
 /// What an `--exec` job's output says of its command.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default)]
@@ -137,6 +150,7 @@ struct Formatter {
     names: TaskNames,
     known: Vec<Option<std::sync::Arc<str>>>,
     clock: Clock,
+    writer: corral_protocol::joblog::Writer,
 }
 
 impl Formatter {
@@ -145,15 +159,8 @@ impl Formatter {
             names,
             known: Vec::new(),
             clock,
+            writer: corral_protocol::joblog::Writer::default(),
         }
-    }
-
-    fn name(&mut self, task: TaskId) -> &str {
-        let at = task.index();
-        if self.known.len() <= at {
-            self.known.resize(at + 1, None);
-        }
-        self.known[at].get_or_insert_with(|| self.names.name(task))
     }
 
     /// Appends the joblog line of `note` to `out`.
@@ -189,10 +196,10 @@ impl Formatter {
         let start_millis = self.clock.epoch_millis(started);
         let command: &[u8] = match (&exec.command, note.task) {
             (Some(command), _) => command.as_bytes(),
-            (None, Some(task)) => self.name(task).as_bytes(),
+            (None, Some(task)) => name_of(&mut self.known, &self.names, task).as_bytes(),
             (None, None) => b"",
         };
-        corral_protocol::joblog::Line {
+        let line = corral_protocol::joblog::Line {
             seq: note.line,
             start_millis,
             nanos: note.nanos,
@@ -200,8 +207,8 @@ impl Formatter {
             exitval,
             signal: signal.unwrap_or(0),
             command,
-        }
-        .write(out);
+        };
+        self.writer.write(&line, out);
     }
 }
 

@@ -226,6 +226,7 @@ struct BlockNotes {
     notes: Notes,
     /// The joblog lines, which go after the result lines.
     joblog: Vec<u8>,
+    writer: joblog::Writer,
     /// When the block started, in nanoseconds since the epoch, and the time of its lines
     /// since: when the next line started.
     started: u64,
@@ -243,6 +244,7 @@ impl BlockNotes {
         BlockNotes {
             notes,
             joblog: Vec::new(),
+            writer: joblog::Writer::default(),
             started,
             elapsed: 0,
         }
@@ -263,7 +265,7 @@ impl BlockNotes {
         };
         tally.note(self.notes, note);
         if self.notes == Notes::Each {
-            joblog::Line {
+            let line = joblog::Line {
                 seq,
                 start_millis: self.start_millis(),
                 nanos,
@@ -271,8 +273,8 @@ impl BlockNotes {
                 exitval: i32::from(failed.is_some()),
                 signal: 0,
                 command: task.as_bytes(),
-            }
-            .write(&mut self.joblog);
+            };
+            self.writer.write(&line, &mut self.joblog);
         }
         self.elapsed += nanos;
     }
@@ -286,7 +288,7 @@ impl BlockNotes {
         };
         tally.note(self.notes, note);
         if self.notes == Notes::Each {
-            joblog::Line {
+            let line = joblog::Line {
                 seq,
                 start_millis: self.start_millis(),
                 nanos: 0,
@@ -294,8 +296,8 @@ impl BlockNotes {
                 exitval: -1,
                 signal: 0,
                 command: b"",
-            }
-            .write(&mut self.joblog);
+            };
+            self.writer.write(&line, &mut self.joblog);
         }
     }
 
