@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::util::{Run, temp_dir, wait_for, write_jobs};
+use crate::util::{Run, signal, temp_dir, wait_for, write_jobs};
 
 /// Joblog lines, keyed by Seq, each its 9 fields; the header is checked.
 fn joblog(path: &Path) -> HashMap<u64, Vec<String>> {
@@ -239,4 +239,75 @@ fn a_metrics_address_that_cannot_be_served_is_an_error_before_anything_runs() {
     );
     assert_eq!(std::fs::read_to_string(&taken).unwrap(), "not a socket");
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_service_counts_its_clients_results_and_the_connections_it_refused() {
+    let dir = temp_dir();
+    let (socket, metrics) = (
+        dir.path().join("corral.sock"),
+        dir.path().join("metrics.sock"),
+    );
+    let log = dir.path().join("service");
+    std::fs::create_dir_all(&log).unwrap();
+    let service = Run::corral(["serve", "-j", "1", "--first-line-timeout", "200ms"])
+        .arg_path("--socket", &socket)
+        .arg_path("--metrics", &metrics)
+        .start(&log);
+    wait_for(Duration::from_secs(20), || {
+        let now = scrape(&metrics)?;
+        (sample_sum(&now, "corral_workers", r#"state="idle""#) == 1).then_some(())
+    })
+    .expect("the service's worker is ready");
+
+    // A connection that says nothing, and one whose hello corral does not understand.
+    let mut silent = UnixStream::connect(&socket).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut said = String::new();
+    let _ = silent.read_to_string(&mut said);
+    assert!(said.contains("no line within"), "{said}");
+    let mut garbled = UnixStream::connect(&socket).unwrap();
+    garbled.write_all(b"{\"corral\":\"dance\"}\n").unwrap();
+    garbled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = garbled.read_to_string(&mut said);
+
+    let jobs = write_jobs(
+        dir.path(),
+        "jobs.jsonl",
+        (1..=25).map(|i| format!(r#"{{"id": {i}, "task": "sum_squares", "input": [{i}]}}"#)),
+    );
+    Run::corral(["submit", "-q"])
+        .arg_path("--socket", &socket)
+        .args([&jobs])
+        .output()
+        .expect_code(0);
+    let uid = unsafe { libc::getuid() };
+    let now = wait_for(Duration::from_secs(10), || {
+        let now = scrape(&metrics)?;
+        (sample_sum(&now, "corral_client_results_total", "") == 25).then_some(now)
+    })
+    .expect("the client's results counted");
+    let by_uid = format!(r#"uid="{uid}""#);
+    assert_eq!(sample_sum(&now, "corral_client_results_total", &by_uid), 25);
+    assert_eq!(sample_sum(&now, "corral_jobs_total", r#"outcome="ok""#), 25);
+    assert_eq!(
+        sample_sum(&now, "corral_job_duration_seconds_count", ""),
+        25
+    );
+    assert_eq!(sample_sum(&now, "corral_clients", ""), 0);
+    let refused = |reason: &str| {
+        sample_sum(
+            &now,
+            "corral_refusals_total",
+            &format!(r#"reason="{reason}""#),
+        )
+    };
+    assert_eq!(refused("first_line_timeout"), 1, "{now}");
+    assert_eq!(refused("bad_hello"), 1, "{now}");
+    signal(service.pid(), libc::SIGTERM);
+    service.wait(Duration::from_secs(30)).expect_code(0);
 }
