@@ -425,9 +425,22 @@ class _Progress:
 class StreamedItems(ItemCall):
     """imap and imap_unordered: outcomes handed out one at a time, in order or as they come."""
 
-    def __init__(self, supervisor, fn, iterable, chunksize, star, ordered, progress=None, **kw):
+    def __init__(
+        self,
+        supervisor,
+        fn,
+        iterable,
+        chunksize,
+        star,
+        ordered,
+        progress=None,
+        progress_end=None,
+        **kw,
+    ):
         super().__init__(supervisor, fn, iterable, chunksize, star, **kw)
         self.cond = threading.Condition(supervisor.lock)
+        # Called once when the iteration ends or is closed (a tqdm bar's close).
+        self.progress_end = progress_end
         self.ordered = ordered
         self.buffer = {} if ordered else deque()
         self.position = 0
@@ -448,6 +461,13 @@ class StreamedItems(ItemCall):
             self.wake_waiters()
         if self.progress is not None:
             self.progress.report(chunks)
+
+    def ended(self):
+        """The iteration is over (read to its end, or closed): the progress bar, if any, is
+        closed, once."""
+        end, self.progress_end = self.progress_end, None
+        if end is not None:
+            end()
 
     def wake_waiters(self):
         self.cond.notify_all()

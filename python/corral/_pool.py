@@ -138,7 +138,11 @@ class IMapIterator:
     def next(self, timeout=None):
         value = next(self._values, _END)
         if value is _END:
-            self._start(*self._call.next(timeout))
+            try:
+                self._start(*self._call.next(timeout))
+            except StopIteration:
+                self._call.ended()
+                raise
             value = next(self._values)
         if self._failed is None:
             return value
@@ -161,6 +165,7 @@ class IMapIterator:
     def close(self):
         """Drops the jobs of this call not run yet; the results not read are discarded."""
         self._cancel()
+        self._call.ended()
 
     # As an async iterator: awaited without a thread of its own.
     def __aiter__(self):
@@ -186,12 +191,15 @@ class IMapIterator:
                 try:
                     chunk = call.poll()
                 except StopIteration:
-                    raise StopAsyncIteration from None
+                    chunk = _END
                 if chunk is None:
                     if event is None:
                         event = asyncio.Event()
                         call.waker = (asyncio.get_running_loop(), event)
                     event.clear()
+            if chunk is _END:
+                call.ended()
+                raise StopAsyncIteration
             if chunk is not None:
                 self._start(*chunk)
                 return
@@ -412,7 +420,7 @@ class Pool:
             total = len(iterable)
         except TypeError:
             total = None
-        progress, _ = _progress_callback(self._progress, total)
+        progress, progress_end = _progress_callback(self._progress, total)
         call = StreamedItems(
             self._supervisor,
             func,
@@ -421,6 +429,7 @@ class Pool:
             star,
             ordered,
             progress,
+            progress_end,
             with_input=with_input,
             total=total,
         )

@@ -127,6 +127,27 @@ def test_progress_reaches_a_callback_and_a_tqdm_bar(capsys):
     assert "500/500" in bar and "100%" in bar, bar
 
 
+def test_an_imap_progress_bar_is_closed_at_the_end_or_when_the_iterator_is_closed():
+    tqdm = pytest.importorskip("tqdm")
+    open_bars = len(tqdm.tqdm._instances)
+    with corral.Pool(processes=2, progress=True) as pool:
+        assert list(pool.imap(pool_tasks.square, range(300))) == [i * i for i in range(300)]
+        assert len(tqdm.tqdm._instances) == open_bars, "the bar of a finished imap is closed"
+        it = pool.imap_unordered(pool_tasks.square, range(300))
+        next(it)
+        assert len(tqdm.tqdm._instances) == open_bars + 1
+        it.close()
+        assert len(tqdm.tqdm._instances) == open_bars, "close() closes the bar"
+
+        async def all_of_them():
+            return [x async for x in pool.imap(pool_tasks.square, range(50))]
+
+        import asyncio
+
+        assert asyncio.run(all_of_them()) == [i * i for i in range(50)]
+        assert len(tqdm.tqdm._instances) == open_bars, "so does the end of an async for"
+
+
 def test_the_initializer_runs_once_per_worker(tmp_path, monkeypatch):
     log = tmp_path / "inits"
     monkeypatch.setenv(pool_tasks.INIT_LOG, str(log))
