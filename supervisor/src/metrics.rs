@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -556,39 +556,34 @@ impl Listener {
 /// a time, each within [`CONNECTION_DEADLINE`]: a client that stalls delays the next scrape
 /// by that much at most, and can reach nothing else.
 pub fn serve(listener: Listener, metrics: Arc<Metrics>) {
-    match listener {
-        Listener::Tcp(listener) => {
-            spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let deadline = Some(CONNECTION_DEADLINE);
-                    if stream.set_read_timeout(deadline).is_ok()
-                        && stream.set_write_timeout(deadline).is_ok()
-                    {
-                        answer(stream, &metrics);
-                    }
-                }
-            });
-        }
-        Listener::Unix(listener) => {
-            spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let deadline = Some(CONNECTION_DEADLINE);
-                    if stream.set_read_timeout(deadline).is_ok()
-                        && stream.set_write_timeout(deadline).is_ok()
-                    {
-                        answer::<UnixStream>(stream, &metrics);
-                    }
-                }
-            });
-        }
-    }
-}
-
-fn spawn(run: impl FnOnce() + Send + 'static) {
+    let deadline = Some(CONNECTION_DEADLINE);
+    let run = move || match listener {
+        Listener::Tcp(listener) => answer_each(listener.incoming(), &metrics, |s| {
+            s.set_read_timeout(deadline)
+                .and_then(|()| s.set_write_timeout(deadline))
+        }),
+        Listener::Unix(listener) => answer_each(listener.incoming(), &metrics, |s| {
+            s.set_read_timeout(deadline)
+                .and_then(|()| s.set_write_timeout(deadline))
+        }),
+    };
     thread::Builder::new()
         .name("corral-metrics".into())
         .spawn(run)
         .expect("spawning a thread");
+}
+
+/// Answers each of `incoming` in turn, once `bound` has set its deadlines.
+fn answer_each<S: Read + Write>(
+    incoming: impl Iterator<Item = io::Result<S>>,
+    metrics: &Arc<Metrics>,
+    bound: impl Fn(&S) -> io::Result<()>,
+) {
+    for stream in incoming.flatten() {
+        if bound(&stream).is_ok() {
+            answer(stream, metrics);
+        }
+    }
 }
 
 /// Answers one HTTP request: `GET /metrics` (or `/`) with the metrics, anything else with an

@@ -38,6 +38,13 @@ pub struct Noted {
     pub joblog_lines: Vec<SharedBytes>,
 }
 
+impl Noted {
+    /// Whether nothing was noted.
+    pub fn is_empty(&self) -> bool {
+        self.notes.is_empty() && self.counts.is_empty() && self.joblog_lines.is_empty()
+    }
+}
+
 /// Lines of blocks of one task and outcome, as their worker counted them
 /// ([`corral_protocol::LineCount`], its task numbered for the run).
 #[derive(Debug, Clone)]

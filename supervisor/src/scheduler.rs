@@ -27,10 +27,10 @@ use bytes::Bytes;
 use corral_protocol::{BatchDone, BatchId, Notes, RunningWord, TaskIndex, TaskResult, WorkerId};
 
 use crate::input::JobParser;
-use crate::notes::{Counted, JobNote, Noted};
+use crate::notes::Noted;
 use crate::record::{
-    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, ResultKey, SharedBytes,
-    TaskId, TaskNames, Work,
+    Completed, ErrorKind, InputChunk, Job, JobError, JobResult, Jobs, SharedBytes, TaskId,
+    TaskNames, Work,
 };
 
 mod batching;
@@ -41,6 +41,7 @@ mod noting;
 mod queue;
 mod say;
 mod speed;
+mod status;
 mod types;
 pub use config::{HaltRule, HaltThreshold, RestartBudget, RestartPolicy, SchedulerConfig};
 use queue::JobQueue;
@@ -204,12 +205,8 @@ pub struct Scheduler {
     counters: RunCounters,
     actions: Vec<Action>,
     emitted: Vec<JobResult>,
-    /// Notes of the jobs finished in this step, when the config asks for them.
-    noted: Vec<JobNote>,
-    /// Lines of blocks counted in this step, when the config asks for counts.
-    counted: Vec<Counted>,
-    /// Joblog lines the workers wrote for the lines of their blocks in this step.
-    joblog_lines: Vec<SharedBytes>,
+    /// What was noted of the jobs finished in this step, when the config asks for it.
+    noted: Noted,
     /// The number of the `exec` task, when notes are made (its notes keep its output).
     exec_task: Option<TaskId>,
     /// Set when blocks of raw lines may come (see [`Scheduler::read_lines_with`]).
@@ -253,9 +250,7 @@ impl Scheduler {
             counters: RunCounters::default(),
             actions: Vec::new(),
             emitted: Vec::new(),
-            noted: Vec::new(),
-            counted: Vec::new(),
-            joblog_lines: Vec::new(),
+            noted: Noted::default(),
             exec_task,
             lines: None,
         }
@@ -286,47 +281,6 @@ impl Scheduler {
             results.extend(std::mem::take(&mut reorder.held).into_values());
         }
         results
-    }
-
-    /// Each worker as it is now, for `corral status`.
-    pub fn workers(&self) -> Vec<WorkerView> {
-        let mut views: Vec<WorkerView> = self
-            .workers
-            .iter()
-            .map(|(&worker, slot)| WorkerView {
-                worker,
-                pid: slot.pid,
-                state: match slot.phase {
-                    Phase::Starting => WorkerState::Starting,
-                    Phase::Ready if slot.in_flight.is_empty() => WorkerState::Idle,
-                    Phase::Ready if slot.recycle.is_some() => WorkerState::Recycling,
-                    Phase::Ready => WorkerState::Busy,
-                    Phase::Retiring => WorkerState::Retiring,
-                },
-                jobs_done: slot.jobs_done,
-                in_flight: slot.jobs_in_flight(),
-                current: slot
-                    .in_flight
-                    .iter()
-                    .find_map(|f| f.running(slot.word).map(|i| f.running_name(i, slot.word))),
-                current_since: (slot.word != RunningWord::IDLE).then_some(slot.word_since),
-            })
-            .collect();
-        views.sort_by_key(|view| view.worker);
-        views
-    }
-
-    /// The tasks the workers that said hello serve, sorted.
-    pub fn served_tasks(&self) -> Vec<String> {
-        let mut tasks: Vec<String> = self
-            .workers
-            .values()
-            .filter(|slot| slot.phase != Phase::Starting)
-            .flat_map(|slot| slot.tasks.keys().map(|name| name.to_string()))
-            .collect();
-        tasks.sort_unstable();
-        tasks.dedup();
-        tasks
     }
 
     /// Jobs waiting for a worker, and the sources they are of.
@@ -397,12 +351,8 @@ impl Scheduler {
             // overtakes them.
             self.actions.insert(0, Action::Emit(results));
         }
-        if !self.noted.is_empty() || !self.counted.is_empty() || !self.joblog_lines.is_empty() {
-            let noted = Noted {
-                notes: std::mem::take(&mut self.noted),
-                counts: std::mem::take(&mut self.counted),
-                joblog_lines: std::mem::take(&mut self.joblog_lines),
-            };
+        if !self.noted.is_empty() {
+            let noted = std::mem::take(&mut self.noted);
             self.actions.insert(0, Action::Noted(noted));
         }
         std::mem::take(&mut self.actions)
@@ -676,17 +626,8 @@ impl Scheduler {
     /// Sends a result on its way: counted for `--halt`, and held back under `keep_order`
     /// until every earlier job has its result.
     fn emit(&mut self, result: JobResult) {
-        // The jobs that ran are noted where their answer or their death is known.
-        if self.cfg.notes != Notes::None
-            && result.attempts == 0
-            && !matches!(result.key, ResultKey::Lines(_))
-        {
-            let line = match &result.key {
-                ResultKey::Job { line, .. } | ResultKey::Line(line) => *line,
-                ResultKey::Lines(_) => unreachable!("checked above"),
-            };
-            let failed = result.outcome.as_ref().err().map(|error| error.kind);
-            self.noted.push(JobNote::unrun(line, failed));
+        if self.cfg.notes != Notes::None {
+            self.note_unrun(&result);
         }
         let failures = result.failures();
         if failures > 0 {

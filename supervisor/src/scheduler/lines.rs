@@ -158,10 +158,12 @@ impl Scheduler {
                 .unwrap_or_default();
             self.count_lines(&task_ids, &tally.counts);
             if joblog > 0 {
-                self.joblog_lines.push(crate::record::SharedBytes::new(
-                    &outputs,
-                    results_end..outputs.len(),
-                ));
+                self.noted
+                    .joblog_lines
+                    .push(crate::record::SharedBytes::new(
+                        &outputs,
+                        results_end..outputs.len(),
+                    ));
             }
         }
         self.emit(JobResult {

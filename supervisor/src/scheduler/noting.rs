@@ -7,7 +7,7 @@ use corral_protocol::LineCount;
 
 use super::{Scheduler, WorkerExit, lines::Death};
 use crate::notes::{Counted, Ended, JobNote};
-use crate::record::{Completed, Job, JobError, TaskId, Work};
+use crate::record::{Completed, Job, JobError, JobResult, ResultKey, TaskId, Work};
 
 impl Scheduler {
     /// Notes `job`, answered with `result` after running `nanos` from `started`.
@@ -26,7 +26,7 @@ impl Scheduler {
                 Err(error) => error.output.clone(),
             })
             .flatten();
-        self.noted.push(JobNote {
+        self.noted.notes.push(JobNote {
             task: Some(one.task),
             started: Some(started),
             nanos,
@@ -41,10 +41,23 @@ impl Scheduler {
         });
     }
 
+    /// Notes `result` if its job never ran; the jobs that ran are noted where their answer or
+    /// their death is known.
+    pub(super) fn note_unrun(&mut self, result: &JobResult) {
+        let line = match &result.key {
+            _ if result.attempts > 0 => return,
+            ResultKey::Job { line, .. } | ResultKey::Line(line) => *line,
+            // A block's lines are counted, and written in the joblog, by its worker.
+            ResultKey::Lines(_) => return,
+        };
+        let failed = result.outcome.as_ref().err().map(|error| error.kind);
+        self.noted.notes.push(JobNote::unrun(line, failed));
+    }
+
     /// Counts the lines of a batch of blocks, as a worker whose task numbers are `task_ids`
     /// counted them.
     pub(super) fn count_lines(&mut self, task_ids: &[Option<TaskId>], counts: &[LineCount]) {
-        self.counted.extend(counts.iter().map(|count| {
+        self.noted.counts.extend(counts.iter().map(|count| {
             Counted {
                 task: count
                     .task
@@ -65,7 +78,7 @@ impl Scheduler {
             WorkerExit::Signal(signal) => (None, Some(signal.0)),
         };
         let ran = death.at.saturating_duration_since(death.since);
-        self.noted.push(JobNote {
+        self.noted.notes.push(JobNote {
             task,
             started: Some(death.since),
             nanos: u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX),
