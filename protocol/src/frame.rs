@@ -142,7 +142,7 @@ mod tests {
                     nanos: 5,
                     ..crate::LineCount::default()
                 }],
-                joblog_bytes: 0,
+                alike_bytes: 0,
             }),
         );
         let message = done.into_message();

@@ -1,7 +1,8 @@
-//! Lines of a joblog in GNU parallel's format (`--joblog`), written the same way by the
-//! supervisor (for the jobs it sees whole) and by a native worker (for the lines of a block,
-//! which it runs and times itself): `Seq Host Starttime JobRuntime Send Receive Exitval Signal
-//! Command`, tab-separated, the times in seconds with 3 decimals as parallel writes them.
+//! Lines of a joblog in GNU parallel's format (`--joblog`): `Seq Host Starttime JobRuntime
+//! Send Receive Exitval Signal Command`, tab-separated, the times in seconds with 3 decimals as
+//! parallel writes them ([`Writer`]); and what a native worker says of the lines of a block,
+//! which it runs and times itself, for the supervisor to write theirs ([`Alike`], packed by
+//! [`Packer`]).
 
 /// The header line.
 pub const HEADER: &str =
@@ -33,59 +34,378 @@ impl Line<'_> {
     }
 }
 
-/// Writes joblog lines, keeping the text of the last start's whole seconds: the lines of a
-/// batch mostly start within the same second.
+/// Writes joblog lines, keeping the last one: the lines of a block of tiny jobs mostly differ
+/// from the one before only by their `Seq`, one more (same millisecond, same task, same
+/// outcome), so most lines are a digit counted up in place and a copy.
 #[derive(Debug, Default)]
 pub struct Writer {
-    second: Option<u64>,
-    seconds: Vec<u8>,
+    /// What the last line's fields after `Seq` were made of.
+    made_of: Option<Tail>,
+    command: Vec<u8>,
+    /// The last line, from its `Seq` (`seq_len` digits, `seq`) to its `\n`.
+    line: Vec<u8>,
+    seq: u64,
+    seq_len: usize,
+}
+
+/// The fields of a line after its `Seq`, but its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tail {
+    start_millis: u64,
+    runtime_millis: u64,
+    received: u64,
+    exitval: i32,
+    signal: i32,
 }
 
 impl Writer {
     /// Appends `line`, with its `\n`, to `out`.
     pub fn write(&mut self, line: &Line<'_>, out: &mut Vec<u8>) {
-        out.reserve(64 + line.command.len());
-        let mut number = itoa::Buffer::new();
-        out.extend_from_slice(number.format(line.seq).as_bytes());
-        out.extend_from_slice(b"\t:\t");
-        let second = line.start_millis / 1000;
-        if self.second != Some(second) {
-            self.second = Some(second);
-            self.seconds.clear();
-            self.seconds
-                .extend_from_slice(number.format(second).as_bytes());
-        }
-        out.extend_from_slice(&self.seconds);
-        push_millis(out, line.start_millis);
-        out.push(b'\t');
-        let runtime = line.nanos.saturating_add(500_000) / 1_000_000;
-        if runtime == 0 {
-            out.extend_from_slice(b"     0.000");
+        let made_of = Tail {
+            start_millis: line.start_millis,
+            runtime_millis: line.nanos.saturating_add(500_000) / 1_000_000,
+            received: line.received,
+            exitval: line.exitval,
+            signal: line.signal,
+        };
+        if self.made_of != Some(made_of) || self.command != line.command {
+            self.made_of = Some(made_of);
+            self.command.clear();
+            self.command.extend_from_slice(line.command);
+            self.line.clear();
+            self.seq_len = 0;
+            write_tail(&made_of, line.command, &mut self.line);
+            self.set_seq(line.seq);
+            out.extend_from_slice(&self.line);
         } else {
-            push_seconds(out, runtime, 10);
+            self.write_again(line.seq, out);
         }
-        if (line.received, line.exitval, line.signal) == (0, 0, 0) {
-            out.extend_from_slice(b"\t0\t0\t0\t0\t");
-        } else {
-            out.extend_from_slice(b"\t0\t");
-            out.extend_from_slice(number.format(line.received).as_bytes());
-            out.push(b'\t');
-            out.extend_from_slice(number.format(line.exitval).as_bytes());
-            out.push(b'\t');
-            out.extend_from_slice(number.format(line.signal).as_bytes());
-            out.push(b'\t');
-        }
-        let at = out.len();
-        out.extend_from_slice(line.command);
-        if memchr::memchr3(b'\t', b'\n', b'\r', line.command).is_some() {
-            for byte in &mut out[at..] {
-                if matches!(*byte, b'\t' | b'\n' | b'\r') {
-                    *byte = b' ';
-                }
+    }
+
+    /// Appends the last line written again, with `seq` for its `Seq`: what [`Writer::write`]
+    /// writes of a line that differs from the last one only in its `Seq`, for a caller that
+    /// knows it does. Before any line, it writes nothing.
+    #[inline]
+    pub fn write_again(&mut self, seq: u64, out: &mut Vec<u8>) {
+        if seq != self.seq {
+            let counted =
+                seq == self.seq.wrapping_add(1) && count_up(&mut self.line[..self.seq_len]);
+            if counted {
+                self.seq = seq;
+            } else {
+                self.set_seq(seq);
             }
         }
-        out.push(b'\n');
+        out.extend_from_slice(&self.line);
     }
+
+    /// Writes `seq` in place of the last line's `Seq`.
+    #[cold]
+    fn set_seq(&mut self, seq: u64) {
+        let mut number = itoa::Buffer::new();
+        let digits = number.format(seq).as_bytes();
+        self.line.splice(..self.seq_len, digits.iter().copied());
+        self.seq_len = digits.len();
+        self.seq = seq;
+    }
+}
+
+/// Adds one to the decimal number `digits`, unless it is all nines (it needs one more digit).
+fn count_up(digits: &mut [u8]) -> bool {
+    for digit in digits.iter_mut().rev() {
+        if *digit == b'9' {
+            *digit = b'0';
+        } else {
+            *digit += 1;
+            return true;
+        }
+    }
+    false
+}
+
+/// Writes the fields after `Seq` of a line made of `fields` and `command`, from the tab that
+/// opens them to the `\n`.
+fn write_tail(fields: &Tail, command: &[u8], out: &mut Vec<u8>) {
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(b"\t:\t");
+    push_seconds(out, fields.start_millis, 0);
+    out.push(b'\t');
+    push_seconds(out, fields.runtime_millis, 10);
+    out.extend_from_slice(b"\t0\t");
+    out.extend_from_slice(number.format(fields.received).as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(number.format(fields.exitval).as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(number.format(fields.signal).as_bytes());
+    out.push(b'\t');
+    out.extend(command.iter().map(|&byte| match byte {
+        b'\t' | b'\n' | b'\r' => b' ',
+        byte => byte,
+    }));
+    out.push(b'\n');
+}
+
+/// How a line of a block ended, as its joblog line says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ran {
+    /// It ran and succeeded (`Exitval` 0).
+    Ok,
+    /// It ran and failed (`Exitval` 1).
+    Failed,
+    /// It never ran: a bad line, an unknown task (`Exitval` -1).
+    Never,
+}
+
+/// Consecutive lines of a block whose joblog lines are the same but for their `Seq`: lines of
+/// one task that ended the same way, started in the same millisecond and ran as many
+/// milliseconds. A block's worker notes its lines as these ([`Packer`]), a few bytes each
+/// after the block's result lines, and the supervisor writes the joblog lines from them
+/// ([`Unpacker`]): tiny jobs make one for thousands of lines, and a worker formats no text
+/// that only the supervisor writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alike {
+    /// The first line's index in its block, from 0.
+    pub first: u64,
+    /// How many lines: the first and those right after it.
+    pub count: u64,
+    /// The index of their task, in their worker's list of tasks; `None` if they ran none.
+    pub task: Option<u32>,
+    /// How they ended.
+    pub ran: Ran,
+    /// When each started, in milliseconds since the epoch.
+    pub start_millis: u64,
+    /// How long each ran, in milliseconds.
+    pub runtime_millis: u64,
+}
+
+impl Alike {
+    /// Whether the next line, `index`, of `task`, which ended as `ran` after starting at
+    /// `start_millis` and running `runtime_millis`, is one more of these.
+    fn takes(&self, index: u64, task: Option<u32>, ran: Ran, millis: (u64, u64)) -> bool {
+        self.first.wrapping_add(self.count) == index
+            && (self.task, self.ran) == (task, ran)
+            && (self.start_millis, self.runtime_millis) == millis
+    }
+}
+
+/// Flags of a packed [`Alike`], in its first byte after its [`Ran`] (two bits).
+const NEXT_LINE: u8 = 1 << 2;
+const SAME_TASK: u8 = 1 << 3;
+const NO_TASK: u8 = 1 << 4;
+
+/// `nanos` in milliseconds, rounded.
+fn round_millis(nanos: u64) -> u64 {
+    nanos.saturating_add(500_000) / 1_000_000
+}
+
+/// Notes the lines of a block one by one, as [`Alike`]s packed into a buffer: each is a byte
+/// of flags, then, as LEB128 numbers, its first line's index unless it follows the last
+/// [`Alike`], its task unless it is the last one's, its count, its start after the last one's
+/// (after 0 for the first) and its lines' time.
+#[derive(Debug)]
+pub struct Packer {
+    /// When the block started, in nanoseconds since the epoch, and the time of its lines since.
+    started_nanos: u64,
+    elapsed: u64,
+    /// The lines being gathered.
+    open: Option<Alike>,
+    /// Of the last one packed: the index after its last line, its task, its start.
+    last_end: u64,
+    last_task: Option<Option<u32>>,
+    last_start: u64,
+}
+
+impl Packer {
+    /// A packer of the lines of a block that started at `started_nanos` since the epoch; each
+    /// line starts when the ones before it have run.
+    pub fn new(started_nanos: u64) -> Packer {
+        Packer {
+            started_nanos,
+            elapsed: 0,
+            open: None,
+            last_end: 0,
+            last_task: None,
+            last_start: 0,
+        }
+    }
+
+    /// Notes line `index` of the block, which ran `task` for `nanos` and ended as `ran` (a line
+    /// that never ran has no task and 0); packs into `out` the lines it ends.
+    #[inline]
+    pub fn line(&mut self, index: u64, task: Option<u32>, ran: Ran, nanos: u64, out: &mut Vec<u8>) {
+        let started = self.started_nanos.saturating_add(self.elapsed);
+        self.elapsed = self.elapsed.saturating_add(nanos);
+        let millis = (round_millis(started), round_millis(nanos));
+        if let Some(open) = &mut self.open
+            && open.takes(index, task, ran, millis)
+        {
+            open.count += 1;
+            return;
+        }
+        self.close(out);
+        self.open = Some(Alike {
+            first: index,
+            count: 1,
+            task,
+            ran,
+            start_millis: millis.0,
+            runtime_millis: millis.1,
+        });
+    }
+
+    /// Packs into `out` the lines noted and not yet packed: at the end of the block.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.close(out);
+    }
+
+    /// Packs the open [`Alike`], if any.
+    #[cold]
+    fn close(&mut self, out: &mut Vec<u8>) {
+        let Some(alike) = self.open.take() else {
+            return;
+        };
+        let mut record = [0u8; 1 + 5 * 10];
+        record[0] = match alike.ran {
+            Ran::Ok => 0,
+            Ran::Failed => 1,
+            Ran::Never => 2,
+        };
+        let mut len = 1;
+        if alike.first == self.last_end {
+            record[0] |= NEXT_LINE;
+        } else {
+            len += put_leb128(&mut record[len..], alike.first);
+        }
+        if self.last_task == Some(alike.task) {
+            record[0] |= SAME_TASK;
+        } else if let Some(task) = alike.task {
+            len += put_leb128(&mut record[len..], u64::from(task));
+        } else {
+            record[0] |= NO_TASK;
+        }
+        len += put_leb128(&mut record[len..], alike.count);
+        len += put_leb128(
+            &mut record[len..],
+            alike.start_millis.wrapping_sub(self.last_start),
+        );
+        len += put_leb128(&mut record[len..], alike.runtime_millis);
+        out.extend_from_slice(&record[..len]);
+        self.last_end = alike.first.wrapping_add(alike.count);
+        self.last_task = Some(alike.task);
+        self.last_start = alike.start_millis;
+    }
+}
+
+/// The [`Alike`]s packed in `bytes` by a [`Packer`], in order. It ends at the first record
+/// that is not one ([`Unpacker::is_cut`] says so): bytes from a worker are not trusted.
+#[derive(Debug)]
+pub struct Unpacker<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    /// Of the last one unpacked, as [`Packer`] keeps them.
+    last_end: u64,
+    last_task: Option<Option<u32>>,
+    last_start: u64,
+    cut: bool,
+}
+
+impl<'a> Unpacker<'a> {
+    /// The [`Alike`]s packed in `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Unpacker<'a> {
+        Unpacker {
+            bytes,
+            at: 0,
+            last_end: 0,
+            last_task: None,
+            last_start: 0,
+            cut: false,
+        }
+    }
+
+    /// Whether the bytes ended inside a record, or held one that is not.
+    pub fn is_cut(&self) -> bool {
+        self.cut
+    }
+
+    fn leb128(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.bytes.get(self.at)?;
+            self.at += 1;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return None;
+            }
+            value |= bits << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn record(&mut self) -> Option<Alike> {
+        let flags = *self.bytes.get(self.at)?;
+        self.at += 1;
+        let ran = match flags & 3 {
+            0 => Ran::Ok,
+            1 => Ran::Failed,
+            2 => Ran::Never,
+            _ => return None,
+        };
+        let first = if flags & NEXT_LINE != 0 {
+            self.last_end
+        } else {
+            self.leb128()?
+        };
+        let task = if flags & SAME_TASK != 0 {
+            self.last_task?
+        } else if flags & NO_TASK != 0 {
+            None
+        } else {
+            Some(u32::try_from(self.leb128()?).ok()?)
+        };
+        let count = self.leb128()?;
+        let start_millis = self.last_start.wrapping_add(self.leb128()?);
+        let runtime_millis = self.leb128()?;
+        self.last_end = first.checked_add(count)?;
+        self.last_task = Some(task);
+        self.last_start = start_millis;
+        Some(Alike {
+            first,
+            count,
+            task,
+            ran,
+            start_millis,
+            runtime_millis,
+        })
+    }
+}
+
+impl Iterator for Unpacker<'_> {
+    type Item = Alike;
+
+    fn next(&mut self) -> Option<Alike> {
+        if self.at >= self.bytes.len() || self.cut {
+            return None;
+        }
+        let alike = self.record();
+        self.cut = alike.is_none();
+        alike
+    }
+}
+
+/// Writes `value` as LEB128 (7 bits a byte, low first, the high bit set on all but the last)
+/// at the start of `out`, which has room for 10 bytes; returns how many it took.
+fn put_leb128(out: &mut [u8], mut value: u64) -> usize {
+    let mut len = 0;
+    while value >= 0x80 {
+        out[len] = (value as u8 & 0x7f) | 0x80;
+        value >>= 7;
+        len += 1;
+    }
+    out[len] = value as u8;
+    len + 1
 }
 
 /// Appends the milliseconds of `millis` past its second: `.345`.
@@ -166,5 +486,93 @@ mod tests {
              7\t:\t1000.250\t     0.001\t0\t0\t3\t0\tsh -c 'a b'\n\
              7\t:\t1001.000\t     2.346\t0\t0\t0\t0\tsum_squares\n"
         );
+    }
+
+    #[test]
+    fn a_kept_line_is_written_as_a_new_one_would_be() {
+        let mut kept = Writer::default();
+        let (mut by_kept, mut by_new) = (Vec::new(), Vec::new());
+        let seqs = [
+            1, 2, 9, 10, 11, 19, 20, 99, 100, 101, 109, 110, 7, 8, 999, 1000, 1000, 1001, 5, 6,
+            10_000, 9_999,
+        ];
+        for (at, &seq) in seqs.iter().enumerate() {
+            let line = Line {
+                seq,
+                start_millis: 1_000_250 + u64::from(at >= 15),
+                nanos: if at == 19 { 2_000_000 } else { 10 },
+                received: 0,
+                exitval: if at == 17 { -1 } else { 0 },
+                signal: 0,
+                command: if at == 4 { b"cube" } else { b"sum_squares" },
+            };
+            kept.write(&line, &mut by_kept);
+            line.write(&mut by_new);
+        }
+        assert_eq!(String::from_utf8(by_kept), String::from_utf8(by_new));
+    }
+
+    #[test]
+    fn alike_lines_are_gathered_and_come_out_as_they_went_in() {
+        // Block started at 1000.0004 s: lines of a few hundred ns start in its millisecond.
+        let started = 1_000_000_400_000;
+        let (mut packer, mut bytes) = (Packer::new(started), Vec::new());
+        let lines = [
+            (0, Some(0), Ran::Ok, 120),
+            (1, Some(0), Ran::Ok, 95),
+            (2, Some(0), Ran::Ok, 300),
+            // Ends a millisecond; the next start in the next one.
+            (3, Some(0), Ran::Ok, 600_000),
+            (4, Some(0), Ran::Ok, 100),
+            (5, Some(0), Ran::Failed, 100),
+            // Line 6 blank.
+            (7, None, Ran::Never, 0),
+            (8, None, Ran::Never, 0),
+            (9, Some(7), Ran::Ok, 1 << 40),
+        ];
+        for (index, task, ran, nanos) in lines {
+            packer.line(index, task, ran, nanos, &mut bytes);
+        }
+        packer.finish(&mut bytes);
+        let alike = |first, count, task, ran, start_millis, runtime_millis| Alike {
+            first,
+            count,
+            task,
+            ran,
+            start_millis,
+            runtime_millis,
+        };
+        let mut unpacker = Unpacker::new(&bytes);
+        assert_eq!(
+            unpacker.by_ref().collect::<Vec<_>>(),
+            [
+                alike(0, 3, Some(0), Ran::Ok, 1_000_000, 0),
+                alike(3, 1, Some(0), Ran::Ok, 1_000_000, 1),
+                alike(4, 1, Some(0), Ran::Ok, 1_000_001, 0),
+                alike(5, 1, Some(0), Ran::Failed, 1_000_001, 0),
+                alike(7, 2, None, Ran::Never, 1_000_001, 0),
+                alike(9, 1, Some(7), Ran::Ok, 1_000_001, 1_099_512),
+            ]
+        );
+        assert!(!unpacker.is_cut());
+
+        // A garbled record, one cut short, a number past 64 bits, a task taken from none.
+        for garbage in [
+            &[0x03][..],
+            &[0x00, 0x80],
+            &[
+                0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+            ],
+            &[SAME_TASK, 0, 1, 0, 0],
+        ] {
+            let mut unpacker = Unpacker::new(garbage);
+            assert_eq!(unpacker.by_ref().count(), 0, "{garbage:?}");
+            assert!(unpacker.is_cut());
+        }
+        let mut cut = bytes.clone();
+        cut.pop();
+        let mut unpacker = Unpacker::new(&cut);
+        assert_eq!(unpacker.by_ref().count(), 5);
+        assert!(unpacker.is_cut());
     }
 }

@@ -24,7 +24,7 @@ use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcSharedMemory};
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. The supervisor refuses a worker whose `Hello` carries another.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Environment variable holding the name of the supervisor's one-shot bootstrap server.
 pub const ENV_BOOTSTRAP: &str = "CORRAL_BOOTSTRAP";
@@ -403,9 +403,9 @@ pub struct LineTally {
     pub failed: Vec<(result_line::ErrorKind, u64)>,
     /// The lines counted by task and outcome, unless [`LineBlock::notes`] is [`Notes::None`].
     pub counts: Vec<LineCount>,
-    /// With [`Notes::Each`]: the bytes at the end of the answer's outputs, after the result
-    /// lines, that are the lines' joblog lines ([`joblog::Line`]).
-    pub joblog_bytes: u64,
+    /// With [`Notes::joblog`]: the bytes at the end of the answer's outputs, after the result
+    /// lines, that are what the lines' joblog lines are made of ([`joblog::Alike`], packed).
+    pub alike_bytes: u64,
 }
 
 /// What a block's answer says of its lines besides their result lines.
@@ -416,8 +416,22 @@ pub enum Notes {
     None,
     /// Counts by task and outcome, with a histogram of times ([`LineCount`]): for metrics.
     Counts,
-    /// The counts, and a joblog line for each line ([`LineTally::joblog_bytes`]).
-    Each,
+    /// What the lines' joblog lines are made of ([`LineTally::alike_bytes`]): for a joblog.
+    Joblog,
+    /// Both.
+    Both,
+}
+
+impl Notes {
+    /// Whether lines are counted.
+    pub fn counts(self) -> bool {
+        matches!(self, Notes::Counts | Notes::Both)
+    }
+
+    /// Whether what the lines' joblog lines are made of is noted.
+    pub fn joblog(self) -> bool {
+        matches!(self, Notes::Joblog | Notes::Both)
+    }
 }
 
 /// Upper bounds of the buckets of a histogram of job times, in nanoseconds (100 µs to 300 s;
@@ -454,16 +468,14 @@ pub struct LineCount {
 }
 
 impl LineTally {
-    /// Counts `note`, unless `notes` is [`Notes::None`].
+    /// Counts `note`, if `notes` asks for counts.
     pub fn note(&mut self, notes: Notes, note: LineNote) {
         match notes {
-            Notes::None => {}
-            Notes::Counts | Notes::Each => {
-                let at = match self
-                    .counts
-                    .iter()
-                    .rposition(|c| c.task == note.task && c.failed == note.failed)
-                {
+            Notes::None | Notes::Joblog => {}
+            Notes::Counts | Notes::Both => {
+                // Lines mostly count where the one before did, in the first bucket.
+                let same = |c: &LineCount| c.task == note.task && c.failed == note.failed;
+                let at = match self.counts.iter().rposition(same) {
                     Some(at) => at,
                     None => {
                         self.counts.push(LineCount {
@@ -477,7 +489,12 @@ impl LineTally {
                 let count = &mut self.counts[at];
                 count.count += 1;
                 count.nanos = count.nanos.saturating_add(note.nanos);
-                count.buckets[DURATION_BUCKET_NANOS.partition_point(|&b| b < note.nanos)] += 1;
+                let bucket = if note.nanos <= DURATION_BUCKET_NANOS[0] {
+                    0
+                } else {
+                    DURATION_BUCKET_NANOS.partition_point(|&b| b < note.nanos)
+                };
+                count.buckets[bucket] += 1;
             }
         }
     }
@@ -542,12 +559,13 @@ mod tests {
             1,
             "past the last bound"
         );
-        tally.note(Notes::Each, note(3, None, 7));
+        tally.note(Notes::Both, note(3, None, 7));
         tally.note(Notes::None, note(3, None, 7));
+        tally.note(Notes::Joblog, note(3, None, 7));
         assert_eq!(
             tally.counts.len(),
             4,
-            "counted with Each too, not with None"
+            "counted with Both too, not with None or Joblog"
         );
     }
 

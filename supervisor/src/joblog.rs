@@ -1,7 +1,8 @@
 //! `--joblog FILE`: one line per finished job in GNU parallel's joblog format (`Seq Host
 //! Starttime JobRuntime Send Receive Exitval Signal Command`, tab-separated, behind a header),
 //! written on a thread of its own in the order jobs finish, so that the tools that read
-//! parallel's joblogs read corral's.
+//! parallel's joblogs read corral's. The lines of blocks are written from what their workers
+//! noted of them ([`BlockJoblog`]); a worker does not format them.
 //!
 //! The columns, for corral:
 //! - `Seq`: the job's line in its input; `Host`: `:` (this machine), as parallel writes it.
@@ -18,11 +19,12 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::thread::{self, JoinHandle};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Sender, bounded};
+use corral_protocol::joblog::{Ran, Unpacker};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
-use crate::notes::{JobNote, Noted};
+use crate::notes::{BlockJoblog, JobNote, Noted};
 use crate::record::{ErrorKind, TaskId, TaskNames};
 
 /// The header line.
@@ -42,28 +44,7 @@ impl Joblog {
         let (tx, rx) = bounded::<Noted>(64);
         let thread = thread::Builder::new()
             .name("corral-joblog".into())
-            .spawn(move || {
-                // Each batch of notes is one write: no buffer between.
-                let mut out = file;
-                out.write_all(HEADER.as_bytes())?;
-                let mut formatter = Formatter::new(names, Clock::now());
-                let mut lines = Vec::with_capacity(64 * 1024);
-                for noted in rx {
-                    // The workers' lines as they wrote them, then those of the jobs seen whole.
-                    for written in &noted.joblog_lines {
-                        out.write_all(written.as_bytes())?;
-                    }
-                    if noted.notes.is_empty() {
-                        continue;
-                    }
-                    for note in &noted.notes {
-                        formatter.line(note, &mut lines);
-                    }
-                    out.write_all(&lines)?;
-                    lines.clear();
-                }
-                Ok(())
-            })
+            .spawn(move || write_lines(file, names, &rx))
             .expect("spawning a thread");
         Joblog {
             notes: Some(tx),
@@ -89,6 +70,53 @@ impl Joblog {
             None => Ok(()),
         }
     }
+}
+
+/// Lines go to the file in writes of about this many bytes (a large write costs the kernel
+/// less a byte than many small ones)...
+const WRITE_BYTES: usize = 1 << 20;
+/// ...or sooner, once the first of them has waited this long, so that the file keeps up with
+/// the run.
+const WRITE_AFTER: Duration = Duration::from_millis(100);
+
+/// Writes the lines of the notes from `rx` to `out`, after the header, until every sender is
+/// gone.
+fn write_lines(mut out: File, names: TaskNames, rx: &Receiver<Noted>) -> io::Result<()> {
+    out.write_all(HEADER.as_bytes())?;
+    let mut formatter = Formatter::new(names, Clock::now());
+    let mut lines = Vec::with_capacity(WRITE_BYTES + (64 << 10));
+    // When the first line not yet written was made.
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        let noted = match waiting_since {
+            None => rx.recv().ok(),
+            Some(since) => match rx.recv_timeout(WRITE_AFTER.saturating_sub(since.elapsed())) {
+                Ok(noted) => Some(noted),
+                Err(RecvTimeoutError::Timeout) => {
+                    out.write_all(&lines)?;
+                    lines.clear();
+                    waiting_since = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let Some(noted) = noted else { break };
+        // The lines of blocks, as their workers noted them, then those of the jobs seen whole.
+        for block in &noted.block_joblogs {
+            formatter.block(block, &mut lines);
+        }
+        for note in &noted.notes {
+            formatter.line(note, &mut lines);
+        }
+        let since = *waiting_since.get_or_insert_with(Instant::now);
+        if lines.len() >= WRITE_BYTES || since.elapsed() >= WRITE_AFTER {
+            out.write_all(&lines)?;
+            lines.clear();
+            waiting_since = None;
+        }
+    }
+    out.write_all(&lines)
 }
 
 /// Instants as milliseconds since the epoch.
@@ -151,6 +179,11 @@ struct Formatter {
     known: Vec<Option<std::sync::Arc<str>>>,
     clock: Clock,
     writer: corral_protocol::joblog::Writer,
+    /// What the last line written from a block was made of, but its Seq: its task, its start
+    /// and time in milliseconds, and how it ended.
+    last_line: Option<(Option<TaskId>, u64, u64, Ran)>,
+    /// Whether a worker's notes were found cut short (said once).
+    cut_seen: bool,
 }
 
 impl Formatter {
@@ -160,11 +193,71 @@ impl Formatter {
             known: Vec::new(),
             clock,
             writer: corral_protocol::joblog::Writer::default(),
+            last_line: None,
+            cut_seen: false,
+        }
+    }
+
+    /// Appends the joblog lines of the lines of a batch of blocks, from what its worker noted
+    /// of them.
+    fn block(&mut self, block: &BlockJoblog, out: &mut Vec<u8>) {
+        let mut alikes = Unpacker::new(block.alike.as_bytes());
+        let mut cut = false;
+        for alike in alikes.by_ref() {
+            // No more lines than the batch has.
+            if alike
+                .first
+                .checked_add(alike.count)
+                .is_none_or(|end| end > block.lines)
+            {
+                cut = true;
+                break;
+            }
+            let task = alike
+                .task
+                .and_then(|index| block.task_ids.get(index as usize).copied().flatten());
+            let line_of = (task, alike.start_millis, alike.runtime_millis, alike.ran);
+            let first = block.first_line.saturating_add(alike.first);
+            if self.last_line == Some(line_of) {
+                self.writer.write_again(first, out);
+            } else {
+                self.last_line = Some(line_of);
+                let command = match task {
+                    Some(task) => name_of(&mut self.known, &self.names, task).as_bytes(),
+                    None => b"",
+                };
+                let line = corral_protocol::joblog::Line {
+                    seq: first,
+                    start_millis: alike.start_millis,
+                    nanos: alike.runtime_millis.saturating_mul(1_000_000),
+                    received: 0,
+                    exitval: match alike.ran {
+                        Ran::Ok => 0,
+                        Ran::Failed => 1,
+                        Ran::Never => -1,
+                    },
+                    signal: 0,
+                    command,
+                };
+                self.writer.write(&line, out);
+            }
+            for seq in first.saturating_add(1)..first.saturating_add(alike.count) {
+                self.writer.write_again(seq, out);
+            }
+        }
+        if (cut || alikes.is_cut()) && !self.cut_seen {
+            self.cut_seen = true;
+            tracing::warn!(
+                "a worker's notes of the lines of a block (from line {}) were not whole: the \
+                 joblog lacks the lines after the last one it could read",
+                block.first_line
+            );
         }
     }
 
     /// Appends the joblog line of `note` to `out`.
     fn line(&mut self, note: &JobNote, out: &mut Vec<u8>) {
+        self.last_line = None;
         let ended = note.ended.as_deref();
         let exec: Command<'_> = ended
             .and_then(|ended| ended.exec_output.as_ref())
@@ -217,6 +310,7 @@ mod tests {
     use super::*;
     use crate::notes::Ended;
     use crate::record::SharedBytes;
+    use std::sync::Arc;
 
     fn exec(output: Option<SharedBytes>) -> Option<Box<Ended>> {
         Some(Box::new(Ended {
@@ -307,5 +401,87 @@ mod tests {
             ..JobNote::unrun(4, Some(ErrorKind::Crashed))
         };
         assert_eq!(&fields(&line(&crashed, &names))[6..8], ["0", "11"]);
+    }
+
+    #[test]
+    fn the_lines_of_a_block_are_written_as_one_by_one() {
+        use corral_protocol::joblog::{Line, Packer};
+        let names = TaskNames::default();
+        let cube = names.intern("cube").unwrap();
+        let sum = names.intern("sum_squares").unwrap();
+        // The worker's tasks: its 0 is unknown to the run, 1 is sum_squares, 2 is cube.
+        let task_ids: Arc<[Option<TaskId>]> = Arc::from(vec![None, Some(sum), Some(cube)]);
+        let started = 1_796_646_867_445_123_456;
+        let (mut packer, mut packed) = (Packer::new(started), Vec::new());
+        let mut expected = Vec::new();
+        let (mut state, mut elapsed) = (7u64, 0);
+        for index in 0..3_000u64 {
+            // A few hundred nanoseconds mostly; now and then a longer one, a failure, a line
+            // that did not run, another task, or a skipped (blank) line.
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let pick = state >> 33;
+            let (task, ran, nanos) = match pick % 50 {
+                0 => (Some(1), Ran::Failed, 900),
+                1 => (None, Ran::Never, 0),
+                2 => (Some(2), Ran::Ok, 300),
+                3 => (Some(1), Ran::Ok, 2_600_000),
+                4 => (Some(0), Ran::Ok, 499_999),
+                5..=9 => (Some(1), Ran::Ok, 180_000 + pick % 1000),
+                10 => (Some(1), Ran::Ok, 500_000 + pick % 100_000),
+                _ => (Some(1), Ran::Ok, 100 + pick % 400),
+            };
+            if pick % 97 == 0 {
+                continue;
+            }
+            packer.line(index, task, ran, nanos, &mut packed);
+            let command = match task {
+                Some(1) => "sum_squares",
+                Some(2) => "cube",
+                _ => "",
+            };
+            Line {
+                seq: 41 + index,
+                start_millis: (started + elapsed + 500_000) / 1_000_000,
+                nanos,
+                received: 0,
+                exitval: match ran {
+                    Ran::Ok => 0,
+                    Ran::Failed => 1,
+                    Ran::Never => -1,
+                },
+                signal: 0,
+                command: command.as_bytes(),
+            }
+            .write(&mut expected);
+            elapsed += nanos;
+        }
+        packer.finish(&mut packed);
+        let bytes = bytes::Bytes::from(packed);
+        let block = BlockJoblog {
+            alike: SharedBytes::new(&bytes, 0..bytes.len()),
+            first_line: 41,
+            lines: 3_000,
+            task_ids,
+        };
+        let mut formatter = Formatter::new(names.clone(), Clock::now());
+        let mut written = Vec::new();
+        formatter.block(&block, &mut written);
+        // Twice: the second block starts from what the first one left.
+        formatter.block(&block, &mut written);
+        let expected = [expected.clone(), expected].concat();
+        assert_eq!(String::from_utf8(written), String::from_utf8(expected));
+        assert!(!formatter.cut_seen);
+
+        // A worker that claims more lines than its batch has gets no more than it has.
+        let short = BlockJoblog {
+            lines: 2_000,
+            ..block
+        };
+        let mut written = Vec::new();
+        formatter.block(&short, &mut written);
+        assert!(bytecount::count(&written, b'\n') < 2_000);
+        assert!(formatter.cut_seen);
     }
 }

@@ -3,6 +3,7 @@
 //! asked ([`crate::scheduler::SchedulerConfig::notes`]), in the order the jobs finish; a block
 //! of lines gets one per line from its worker ([`corral_protocol::LineNote`]).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::record::{ErrorKind, SharedBytes, TaskId};
@@ -26,22 +27,35 @@ pub struct JobNote {
     pub ended: Option<Box<Ended>>,
 }
 
-/// What the scheduler noted in one step: notes of jobs, counts of lines of blocks, and the
-/// joblog lines workers wrote for the lines of their blocks.
+/// What the scheduler noted in one step: notes of jobs, counts of lines of blocks, and what
+/// workers said of each line of their blocks.
 #[derive(Debug, Default)]
 pub struct Noted {
     /// Notes of the jobs it saw whole, in the order they finished.
     pub notes: Vec<JobNote>,
     /// Lines of blocks, counted by their workers.
     pub counts: Vec<Counted>,
-    /// Joblog lines, as the workers wrote them.
-    pub joblog_lines: Vec<SharedBytes>,
+    /// The lines of blocks, as their workers noted them for the joblog.
+    pub block_joblogs: Vec<BlockJoblog>,
+}
+
+/// What a worker noted of the lines of a batch of blocks for the joblog: packed
+/// [`corral_protocol::joblog::Alike`]s.
+#[derive(Debug, Clone)]
+pub struct BlockJoblog {
+    /// The [`corral_protocol::joblog::Alike`]s, packed.
+    pub alike: SharedBytes,
+    /// The batch's first line, from which their indexes count, and its number of lines.
+    pub first_line: u64,
+    pub lines: u64,
+    /// The run's number of each of the worker's tasks, by the worker's index.
+    pub task_ids: Arc<[Option<TaskId>]>,
 }
 
 impl Noted {
     /// Whether nothing was noted.
     pub fn is_empty(&self) -> bool {
-        self.notes.is_empty() && self.counts.is_empty() && self.joblog_lines.is_empty()
+        self.notes.is_empty() && self.counts.is_empty() && self.block_joblogs.is_empty()
     }
 }
 

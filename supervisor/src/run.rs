@@ -173,7 +173,8 @@ pub fn run(config: RunConfig, output: Box<dyn Write + Send>, observing: Observin
     } = observing;
     let mut config = config;
     config.scheduler.notes = match (&joblog, &listener) {
-        (Some(_), _) => Notes::Each,
+        (Some(_), Some(_)) => Notes::Both,
+        (Some(_), None) => Notes::Joblog,
         (None, Some(_)) => Notes::Counts,
         (None, None) => Notes::None,
     };

@@ -21,6 +21,7 @@
 //! the window holds back the jobs behind it until it finishes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -99,7 +100,7 @@ struct WorkerSlot {
     pid: u32,
     tasks: HashMap<Box<str>, TaskIndex>,
     /// The run's number for each of its tasks, by its index (for the notes of its lines).
-    task_ids: Vec<Option<TaskId>>,
+    task_ids: Arc<[Option<TaskId>]>,
     /// Whether its batches carry the jobs' ids.
     job_ids: bool,
     in_flight: VecDeque<InFlight>,
@@ -128,7 +129,7 @@ impl WorkerSlot {
             phase: Phase::Starting,
             pid: 0,
             tasks: HashMap::new(),
-            task_ids: Vec::new(),
+            task_ids: Arc::default(),
             job_ids: false,
             in_flight: VecDeque::new(),
             word: RunningWord::IDLE,
@@ -223,7 +224,9 @@ impl Scheduler {
             window: window.max(1) as u64,
             held: BTreeMap::new(),
         });
-        let exec_task = (cfg.notes == Notes::Each)
+        let exec_task = cfg
+            .notes
+            .joblog()
             .then(|| names.intern(crate::input::EXEC_TASK))
             .flatten();
         Scheduler {

@@ -24,6 +24,8 @@ pub(crate) struct Tasks<'a> {
     names: Vec<String>,
     /// Times each line.
     clock: LineClock,
+    /// Room for a block's packed [`joblog::Alike`]s, kept from block to block.
+    alike: Vec<u8>,
 }
 
 impl<'a> Tasks<'a> {
@@ -32,6 +34,7 @@ impl<'a> Tasks<'a> {
             names: registry.names(),
             registry,
             clock: LineClock::new(),
+            alike: Vec::new(),
         }
     }
 
@@ -61,7 +64,7 @@ pub(crate) fn answer(
 ) -> TaskResult {
     let max = usize::try_from(block.max_line_bytes).unwrap_or(usize::MAX);
     let mut tally = LineTally::default();
-    let mut notes = BlockNotes::new(block.notes);
+    let mut notes = BlockNotes::new(block, std::mem::take(&mut tasks.alike));
     // A task's output, before it is spliced into its line.
     let mut output = Vec::new();
     let mut last_task: Option<(String, Option<usize>)> = None;
@@ -204,7 +207,7 @@ pub(crate) fn answer(
             TaskResult::Lines(_) => unreachable!("a task's own result is never lines"),
         };
         tally.add(kind);
-        notes.ran(&mut tally, (number, &task, task_index), kind, nanos);
+        notes.ran(&mut tally, (number, task_index), kind, nanos);
         ResultLine {
             key,
             outcome,
@@ -215,68 +218,66 @@ pub(crate) fn answer(
         .write(out);
     }
     tally.lines = index as u64;
-    tally.joblog_bytes = notes.joblog.len() as u64;
-    out.extend_from_slice(&notes.joblog);
+    let alike = notes.finish();
+    tally.alike_bytes = alike.len() as u64;
+    out.extend_from_slice(alike);
+    notes.alike.clear();
+    tasks.alike = notes.alike;
     TaskResult::Lines(tally)
 }
 
 /// What a block's answer says of its lines besides their result lines, as
-/// [`LineBlock::notes`] asks: counts, and with [`Notes::Each`] a joblog line for each.
+/// [`LineBlock::notes`] asks: counts, and what their joblog lines are made of
+/// ([`joblog::Alike`]), packed, which the supervisor writes out.
 struct BlockNotes {
     notes: Notes,
-    /// The joblog lines, which go after the result lines.
-    joblog: Vec<u8>,
-    writer: joblog::Writer,
-    /// When the block started, in nanoseconds since the epoch, and the time of its lines
-    /// since: when the next line started.
-    started: u64,
-    elapsed: u64,
+    first_line: u64,
+    /// The packed lines, which go after the result lines.
+    alike: Vec<u8>,
+    packer: joblog::Packer,
 }
 
 impl BlockNotes {
-    fn new(notes: Notes) -> BlockNotes {
-        let started = match notes {
-            Notes::Each => SystemTime::now()
+    fn new(block: &LineBlock, alike: Vec<u8>) -> BlockNotes {
+        let started = if block.notes.joblog() {
+            SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-            _ => 0,
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        } else {
+            0
         };
         BlockNotes {
-            notes,
-            joblog: Vec::new(),
-            writer: joblog::Writer::default(),
-            started,
-            elapsed: 0,
+            notes: block.notes,
+            first_line: block.first_line,
+            alike,
+            packer: joblog::Packer::new(started),
         }
     }
 
-    /// Notes line `seq`, which ran task `task` (its index `index`) for `nanos`.
+    /// Notes line `seq`, which ran the task `index` for `nanos`.
     fn ran(
         &mut self,
         tally: &mut LineTally,
-        (seq, task, index): (u64, &str, usize),
+        (seq, index): (u64, usize),
         failed: Option<ErrorKind>,
         nanos: u64,
     ) {
+        let task = u32::try_from(index).ok();
         let note = LineNote {
-            task: u32::try_from(index).ok().map(TaskIndex),
+            task: task.map(TaskIndex),
             failed,
             nanos,
         };
         tally.note(self.notes, note);
-        if self.notes == Notes::Each {
-            let line = joblog::Line {
-                seq,
-                start_millis: self.start_millis(),
-                nanos,
-                received: 0,
-                exitval: i32::from(failed.is_some()),
-                signal: 0,
-                command: task.as_bytes(),
+        if self.notes.joblog() {
+            let ran = if failed.is_some() {
+                joblog::Ran::Failed
+            } else {
+                joblog::Ran::Ok
             };
-            self.writer.write(&line, &mut self.joblog);
+            let index = seq - self.first_line;
+            self.packer.line(index, task, ran, nanos, &mut self.alike);
         }
-        self.elapsed += nanos;
     }
 
     /// Notes line `seq`, which did not run.
@@ -287,22 +288,17 @@ impl BlockNotes {
             nanos: 0,
         };
         tally.note(self.notes, note);
-        if self.notes == Notes::Each {
-            let line = joblog::Line {
-                seq,
-                start_millis: self.start_millis(),
-                nanos: 0,
-                received: 0,
-                exitval: -1,
-                signal: 0,
-                command: b"",
-            };
-            self.writer.write(&line, &mut self.joblog);
+        if self.notes.joblog() {
+            let index = seq - self.first_line;
+            let never = joblog::Ran::Never;
+            self.packer.line(index, None, never, 0, &mut self.alike);
         }
     }
 
-    fn start_millis(&self) -> u64 {
-        (self.started.saturating_add(self.elapsed) + 500_000) / 1_000_000
+    /// The packed lines, whole.
+    fn finish(&mut self) -> &[u8] {
+        self.packer.finish(&mut self.alike);
+        &self.alike
     }
 }
 

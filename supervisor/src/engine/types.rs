@@ -69,7 +69,7 @@ impl Observers {
             metrics.observe(&noted.notes, &noted.counts);
         }
         if let Some(joblog) = &self.joblog
-            && !(noted.notes.is_empty() && noted.joblog_lines.is_empty())
+            && !(noted.notes.is_empty() && noted.block_joblogs.is_empty())
         {
             // A joblog that failed says so when it is finished.
             let _ = joblog.send(noted);

@@ -58,8 +58,9 @@ pub struct SchedulerConfig {
     /// hold up the end of the run.
     pub exit_grace: Duration,
     /// Make a note of each result (its line, task, start, time and how it ended), in the order
-    /// jobs finish, for `--joblog` (`Each`) and `--metrics` (`Counts`: the lines of a block are
-    /// only counted, by their worker), which set it.
+    /// jobs finish, for `--joblog` (`Runs`: the worker of a block notes each of its lines'
+    /// runs, packed) and `--metrics` (`Counts`: the lines of a block are only counted, by
+    /// their worker), or both, which set it.
     pub notes: Notes,
 }
 

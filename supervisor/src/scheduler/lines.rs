@@ -19,7 +19,8 @@ use super::{Action, LineReading, Pace, Scheduler, WorkerExit, say};
 use std::time::Instant;
 
 use crate::input::{JobParser, Piece};
-use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey};
+use crate::notes::BlockJoblog;
+use crate::record::{Completed, InputItem, Job, JobResult, Jobs, ResultKey, SharedBytes};
 
 /// Most bytes of lines in one batch: well below the size ipc-channel sends as one message, so
 /// that a batch is one write and one read, and below the 128 KiB past which glibc's malloc
@@ -144,12 +145,12 @@ impl Scheduler {
         };
         // One result answers every block of the batch (their lines all count in it).
         let first = blocks.pop_front().expect("a batch has a block");
-        // With a joblog, the worker wrote the lines' joblog lines after their result lines.
-        let joblog = usize::try_from(tally.joblog_bytes)
+        // With a joblog, the worker noted the lines for it after their result lines.
+        let alike = usize::try_from(tally.alike_bytes)
             .ok()
             .filter(|&n| n <= outputs.len())
             .unwrap_or(0);
-        let results_end = outputs.len() - joblog;
+        let results_end = outputs.len() - alike;
         if self.cfg.notes != Notes::None {
             let task_ids = self
                 .workers
@@ -157,13 +158,13 @@ impl Scheduler {
                 .map(|slot| slot.task_ids.clone())
                 .unwrap_or_default();
             self.count_lines(&task_ids, &tally.counts);
-            if joblog > 0 {
-                self.noted
-                    .joblog_lines
-                    .push(crate::record::SharedBytes::new(
-                        &outputs,
-                        results_end..outputs.len(),
-                    ));
+            if alike > 0 {
+                self.noted.block_joblogs.push(BlockJoblog {
+                    alike: SharedBytes::new(&outputs, results_end..outputs.len()),
+                    first_line: first.line,
+                    lines: first.weight() + blocks.iter().map(Job::weight).sum::<u64>(),
+                    task_ids,
+                });
             }
         }
         self.emit(JobResult {
@@ -174,7 +175,7 @@ impl Scheduler {
             attempts: 1,
             worker: Some(pid),
             outcome: Ok(Completed {
-                output: crate::record::SharedBytes::new(&outputs, 0..results_end),
+                output: SharedBytes::new(&outputs, 0..results_end),
                 nanos,
             }),
         });

@@ -536,7 +536,7 @@ fn a_poison_pill_fails_after_one_plus_retries_attempts_and_the_pool_goes_on() {
 fn with_notes_each_result_is_noted_once_with_its_start_reckoned_back_from_its_answer() {
     let mut h = Harness::new(SchedulerConfig {
         retries: 0,
-        notes: Notes::Each,
+        notes: Notes::Both,
         max_batch_jobs: 3,
         ..config(1)
     });
@@ -1499,7 +1499,7 @@ fn lines_answer(batch: &Batch, lines: u64) -> BatchDone {
         results: lines,
         failed: vec![(ErrorKind::TaskError, 1)],
         counts: Vec::new(),
-        joblog_bytes: 0,
+        ..Default::default()
     };
     done.push(1_000 * lines, TaskResult::Lines(tally));
     done
