@@ -393,7 +393,8 @@ pub struct RunArgs {
 
     /// Also write a line per finished job to this file in GNU parallel's joblog format (Seq,
     /// Host, Starttime, JobRuntime, Send, Receive, Exitval, Signal, Command; Seq is the job's
-    /// line), for the tools that read parallel's joblogs and for `corral report`.
+    /// line), for the tools that read parallel's joblogs and for `corral report`. With
+    /// --resume, the lines go on after those the last run left, as parallel's do.
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub joblog: Option<PathBuf>,
 

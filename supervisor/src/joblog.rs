@@ -16,8 +16,9 @@
 //! - `Command`: an `--exec` job's command, its words quoted as a shell reads them (as parallel
 //!   quotes its replacements); for a task, its name. Tabs and newlines become spaces.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +32,14 @@ use crate::record::{ErrorKind, TaskId, TaskNames};
 pub const HEADER: &str =
     "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n";
 
+/// A joblog's file, opened for a run ([`Joblog::open`]).
+#[derive(Debug)]
+pub struct JoblogFile {
+    file: File,
+    /// Whether it needs its header: it is new, or held none.
+    header: bool,
+}
+
 /// The joblog being written.
 #[derive(Debug)]
 pub struct Joblog {
@@ -39,8 +48,50 @@ pub struct Joblog {
 }
 
 impl Joblog {
+    /// Opens the joblog at `path` for a run: a new one, or with `resume`, the one a run
+    /// before it left, to go on after its last whole line (as parallel's `--resume` goes on
+    /// with its joblog; a line torn by a crash is dropped).
+    ///
+    /// # Errors
+    ///
+    /// If the file cannot be created, read or cut.
+    pub fn open(path: &Path, resume: bool) -> io::Result<JoblogFile> {
+        if !resume {
+            return File::create(path).map(|file| JoblogFile { file, header: true });
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        // Where the last whole line ends: a crash can tear the last one.
+        let mut whole = 0;
+        let mut chunk = vec![0; 64 << 10];
+        let mut end = len;
+        while end > 0 {
+            let start = end.saturating_sub(chunk.len() as u64);
+            let chunk = &mut chunk[..(end - start) as usize];
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(chunk)?;
+            if let Some(at) = memchr::memrchr(b'\n', chunk) {
+                whole = start + at as u64 + 1;
+                break;
+            }
+            end = start;
+        }
+        if whole < len {
+            file.set_len(whole)?;
+        }
+        Ok(JoblogFile {
+            file,
+            header: whole == 0,
+        })
+    }
+
     /// Starts the writer of the joblog `file`; task numbers are `names`'.
-    pub fn start(file: File, names: TaskNames) -> Joblog {
+    pub fn start(file: JoblogFile, names: TaskNames) -> Joblog {
         let (tx, rx) = bounded::<Noted>(64);
         let thread = thread::Builder::new()
             .name("corral-joblog".into())
@@ -79,10 +130,16 @@ const WRITE_BYTES: usize = 1 << 20;
 /// the run.
 const WRITE_AFTER: Duration = Duration::from_millis(100);
 
-/// Writes the lines of the notes from `rx` to `out`, after the header, until every sender is
-/// gone.
-fn write_lines(mut out: File, names: TaskNames, rx: &Receiver<Noted>) -> io::Result<()> {
-    out.write_all(HEADER.as_bytes())?;
+/// Writes the lines of the notes from `rx` to `out`, after the header if it needs one, until
+/// every sender is gone.
+fn write_lines(out: JoblogFile, names: TaskNames, rx: &Receiver<Noted>) -> io::Result<()> {
+    let JoblogFile {
+        file: mut out,
+        header,
+    } = out;
+    if header {
+        out.write_all(HEADER.as_bytes())?;
+    }
     let mut formatter = Formatter::new(names, Clock::now());
     let mut lines = Vec::with_capacity(WRITE_BYTES + (64 << 10));
     // When the first line not yet written was made.

@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, unbound
 use crate::engine::{Control, Engine, EngineConfig, EngineEnd, Observers};
 use crate::input::parallel::ParallelReader;
 use crate::input::{InputFormat, JobParser};
-use crate::joblog::Joblog;
+use crate::joblog::{Joblog, JoblogFile};
 use crate::metrics::{Listener, Metrics};
 use crate::output::{Tally, WriterThread, echo_of};
 use crate::pool::PoolConfig;
@@ -123,8 +123,8 @@ pub struct RunConfig {
 /// What a run reports besides its results: a joblog, metrics.
 #[derive(Debug, Default)]
 pub struct Observing {
-    /// The joblog's file, created.
-    pub joblog: Option<File>,
+    /// The joblog's file, opened.
+    pub joblog: Option<JoblogFile>,
     /// Where metrics are served, bound.
     pub metrics: Option<Listener>,
 }

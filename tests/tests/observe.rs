@@ -132,6 +132,48 @@ fn the_joblog_of_job_lines_has_one_line_per_job_naming_its_task() {
     }
 }
 
+#[test]
+fn a_resumed_run_goes_on_with_the_joblog_after_its_last_whole_line() {
+    let dir = temp_dir();
+    let lines: Vec<String> = (1..=40)
+        .map(|i| format!(r#"{{"id": {i}, "task": "sum_squares", "input": [{i}]}}"#))
+        .collect();
+    let first = write_jobs(dir.path(), "first.jsonl", lines[..15].to_vec());
+    let all = write_jobs(dir.path(), "all.jsonl", lines);
+    let log = dir.path().join("joblog");
+    let results = dir.path().join("results.jsonl");
+    Run::corral(["run", "-j", "2", "-o"])
+        .args([&results, &first])
+        .args(["--joblog".as_ref(), log.as_os_str()])
+        .output()
+        .expect_code(0);
+    assert_eq!(joblog(&log).len(), 15);
+    // As if a crash had torn the last line.
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    file.write_all(b"16\t:\t1796646").unwrap();
+    drop(file);
+
+    Run::corral(["run", "-j", "2", "--resume", "-o"])
+        .args([&results, &all])
+        .args(["--joblog".as_ref(), log.as_os_str()])
+        .output()
+        .expect_code(0);
+    // One header, the first run's 15 lines, then the other 25; the torn line is gone.
+    let by_seq = joblog(&log);
+    let mut seqs: Vec<u64> = by_seq.keys().copied().collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+
+    // A new joblog on --resume starts with its header: nothing was left to run.
+    let fresh = dir.path().join("fresh.joblog");
+    Run::corral(["run", "-j", "2", "--resume", "-o"])
+        .args([&results, &all])
+        .args(["--joblog".as_ref(), fresh.as_os_str()])
+        .output()
+        .expect_code(0);
+    assert!(joblog(&fresh).is_empty());
+}
+
 /// The metrics served on `socket`, or `None` if nothing answers there.
 fn scrape(socket: &Path) -> Option<String> {
     let mut stream = UnixStream::connect(socket).ok()?;

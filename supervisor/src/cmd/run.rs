@@ -14,6 +14,7 @@ use super::settings::{exec_spec, pool_settings};
 use crate::cli::RunArgs;
 use crate::exit::{Exit, count, say};
 use crate::input::{EXEC_TASK, InputFormat, ring_blocks};
+use crate::joblog::Joblog;
 use crate::metrics::Listener;
 use crate::run::{Observing, RunConfig, RunEnd, RunReport, run};
 
@@ -62,7 +63,7 @@ pub(super) fn command(mut args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode
             .joblog
             .as_ref()
             .map(|path| {
-                File::create(path)
+                Joblog::open(path, args.resume)
                     .with_context(|| format!("cannot write --joblog {}", path.display()))
             })
             .transpose()?,
