@@ -87,6 +87,9 @@ impl Writer {
     /// knows it does. Before any line, it writes nothing.
     #[inline]
     pub fn write_again(&mut self, seq: u64, out: &mut Vec<u8>) {
+        if self.line.is_empty() {
+            return;
+        }
         if seq != self.seq {
             let counted =
                 seq == self.seq.wrapping_add(1) && count_up(&mut self.line[..self.seq_len]);
@@ -97,6 +100,25 @@ impl Writer {
             }
         }
         out.extend_from_slice(&self.line);
+    }
+
+    /// Appends the last line written again `count` times, its `Seq` one more each time: the
+    /// lines right after it that differ from it only by their `Seq`. Before any line, it
+    /// writes nothing.
+    pub fn write_next(&mut self, count: u64, out: &mut Vec<u8>) {
+        if self.line.is_empty() {
+            return;
+        }
+        let room = usize::try_from(count.min(1 << 10)).unwrap_or(0);
+        out.reserve(self.line.len().saturating_mul(room));
+        for _ in 0..count {
+            if count_up(&mut self.line[..self.seq_len]) {
+                self.seq += 1;
+            } else {
+                self.set_seq(self.seq.saturating_add(1));
+            }
+            out.extend_from_slice(&self.line);
+        }
     }
 
     /// Writes `seq` in place of the last line's `Seq`.
@@ -193,6 +215,11 @@ const NEXT_LINE: u8 = 1 << 2;
 const SAME_TASK: u8 = 1 << 3;
 const NO_TASK: u8 = 1 << 4;
 
+/// A task and an outcome as one number, for [`Packer`]'s quick test.
+fn quick_key(task: Option<u32>, ran: Ran) -> u64 {
+    task.map_or(0, |index| u64::from(index) + 1) << 2 | ran as u64
+}
+
 /// `nanos` in milliseconds, rounded.
 fn round_millis(nanos: u64) -> u64 {
     nanos.saturating_add(500_000) / 1_000_000
@@ -207,8 +234,14 @@ pub struct Packer {
     /// When the block started, in nanoseconds since the epoch, and the time of its lines since.
     started_nanos: u64,
     elapsed: u64,
-    /// The lines being gathered.
+    /// The lines being gathered, but those the quick test took since it was last counted...
     open: Option<Alike>,
+    /// ...which are `quick_count`: lines of the key `quick_key`, the next one `quick_next`, that
+    /// started before `quick_until` (nanoseconds since the epoch, 0 when the test is off).
+    quick_count: u64,
+    quick_next: u64,
+    quick_key: u64,
+    quick_until: u64,
     /// Of the last one packed: the index after its last line, its task, its start.
     last_end: u64,
     last_task: Option<Option<u32>>,
@@ -223,6 +256,10 @@ impl Packer {
             started_nanos,
             elapsed: 0,
             open: None,
+            quick_count: 0,
+            quick_next: 0,
+            quick_key: 0,
+            quick_until: 0,
             last_end: 0,
             last_task: None,
             last_start: 0,
@@ -235,22 +272,64 @@ impl Packer {
     pub fn line(&mut self, index: u64, task: Option<u32>, ran: Ran, nanos: u64, out: &mut Vec<u8>) {
         let started = self.started_nanos.saturating_add(self.elapsed);
         self.elapsed = self.elapsed.saturating_add(nanos);
-        let millis = (round_millis(started), round_millis(nanos));
-        if let Some(open) = &mut self.open
-            && open.takes(index, task, ran, millis)
+        // Most lines: one more like the open ones (which ran under half a millisecond each),
+        // as short, starting in their millisecond: told with no division.
+        if index == self.quick_next
+            && quick_key(task, ran) == self.quick_key
+            && nanos < 500_000
+            && started < self.quick_until
         {
-            open.count += 1;
+            self.quick_count += 1;
+            self.quick_next = index.wrapping_add(1);
             return;
         }
-        self.close(out);
-        self.open = Some(Alike {
-            first: index,
-            count: 1,
-            task,
-            ran,
-            start_millis: millis.0,
-            runtime_millis: millis.1,
-        });
+        self.open_new(index, task, ran, (started, nanos), out);
+    }
+
+    /// Notes line `index`, which started at `started` and ran `nanos`, where the quick test did
+    /// not take it.
+    #[cold]
+    fn open_new(
+        &mut self,
+        index: u64,
+        task: Option<u32>,
+        ran: Ran,
+        (started, nanos): (u64, u64),
+        out: &mut Vec<u8>,
+    ) {
+        let millis = (round_millis(started), round_millis(nanos));
+        self.count_quick();
+        match &mut self.open {
+            Some(open) if open.takes(index, task, ran, millis) => open.count += 1,
+            _ => {
+                self.close(out);
+                self.open = Some(Alike {
+                    first: index,
+                    count: 1,
+                    task,
+                    ran,
+                    start_millis: millis.0,
+                    runtime_millis: millis.1,
+                });
+            }
+        }
+        let open = self.open.as_ref().expect("just opened");
+        self.quick_next = open.first.wrapping_add(open.count);
+        self.quick_key = quick_key(open.task, open.ran);
+        // Lines that start before this start in the open ones' millisecond (time only grows in
+        // a block); the test is off if these ran a millisecond or more.
+        self.quick_until = match open.runtime_millis {
+            0 => (open.start_millis * 1_000_000).saturating_add(500_000),
+            _ => 0,
+        };
+    }
+
+    /// Adds the lines the quick test took to the open ones.
+    fn count_quick(&mut self) {
+        if let Some(open) = &mut self.open {
+            open.count += self.quick_count;
+        }
+        self.quick_count = 0;
     }
 
     /// Packs into `out` the lines noted and not yet packed: at the end of the block.
@@ -259,8 +338,8 @@ impl Packer {
     }
 
     /// Packs the open [`Alike`], if any.
-    #[cold]
     fn close(&mut self, out: &mut Vec<u8>) {
+        self.count_quick();
         let Some(alike) = self.open.take() else {
             return;
         };
@@ -365,7 +444,7 @@ impl<'a> Unpacker<'a> {
         } else {
             Some(u32::try_from(self.leb128()?).ok()?)
         };
-        let count = self.leb128()?;
+        let count = self.leb128().filter(|&count| count > 0)?;
         let start_millis = self.last_start.wrapping_add(self.leb128()?);
         let runtime_millis = self.leb128()?;
         self.last_end = first.checked_add(count)?;
@@ -510,6 +589,28 @@ mod tests {
             line.write(&mut by_new);
         }
         assert_eq!(String::from_utf8(by_kept), String::from_utf8(by_new));
+
+        // The lines after a kept one, across a carry to one more digit.
+        let line = Line {
+            seq: 95,
+            start_millis: 1_000_250,
+            nanos: 10,
+            received: 0,
+            exitval: 0,
+            signal: 0,
+            command: b"sum_squares",
+        };
+        let (mut by_next, mut by_new) = (Vec::new(), Vec::new());
+        kept.write(&line, &mut by_next);
+        kept.write_next(1_000, &mut by_next);
+        for seq in 95..=1_095 {
+            Line { seq, ..line }.write(&mut by_new);
+        }
+        assert_eq!(String::from_utf8(by_next), String::from_utf8(by_new));
+        let mut nothing = Vec::new();
+        Writer::default().write_next(3, &mut nothing);
+        Writer::default().write_again(3, &mut nothing);
+        assert!(nothing.is_empty());
     }
 
     #[test]
@@ -564,6 +665,8 @@ mod tests {
                 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
             ],
             &[SAME_TASK, 0, 1, 0, 0],
+            // No lines.
+            &[NO_TASK, 0, 0, 0, 0],
         ] {
             let mut unpacker = Unpacker::new(garbage);
             assert_eq!(unpacker.by_ref().count(), 0, "{garbage:?}");

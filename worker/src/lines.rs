@@ -263,12 +263,14 @@ impl BlockNotes {
         nanos: u64,
     ) {
         let task = u32::try_from(index).ok();
-        let note = LineNote {
-            task: task.map(TaskIndex),
-            failed,
-            nanos,
-        };
-        tally.note(self.notes, note);
+        if self.notes.counts() {
+            let note = LineNote {
+                task: task.map(TaskIndex),
+                failed,
+                nanos,
+            };
+            tally.note(self.notes, note);
+        }
         if self.notes.joblog() {
             let ran = if failed.is_some() {
                 joblog::Ran::Failed
