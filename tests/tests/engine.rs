@@ -56,8 +56,14 @@ fn submissions_sharing_one_pool_each_get_exactly_their_own_results() {
 #[test]
 fn a_submission_given_up_early_costs_the_others_nothing() {
     let mut service = service();
-    let abandoned = service.submit(jobs(0, 200_000));
+    // Jobs of a millisecond of CPU each: once one has run, most of the others wait in the
+    // queue (however busy the machine, reading them is much faster than running them).
+    let spins: String = (0..20_000)
+        .map(|i| format!("{{\"id\": \"0-{i}\", \"task\": \"spin\", \"input\": 1}}\n"))
+        .collect();
+    let mut abandoned = service.submit(Cursor::new(spins.into_bytes()));
     let kept = service.submit(jobs(1, 5_000));
+    assert!(abandoned.next().is_some());
     service.cancel(&abandoned);
     drop(abandoned);
     assert_eq!(kept.count(), 5_000);
