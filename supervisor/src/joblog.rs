@@ -29,8 +29,7 @@ use crate::notes::{BlockJoblog, JobNote, Noted};
 use crate::record::{ErrorKind, TaskId, TaskNames};
 
 /// The header line.
-pub const HEADER: &str =
-    "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n";
+pub use corral_protocol::joblog::HEADER;
 
 /// A joblog's file, opened for a run ([`Joblog::open`]).
 #[derive(Debug)]
