@@ -83,10 +83,10 @@ impl Writer {
     }
 
     /// Appends the last line written again, with `seq` for its `Seq`: what [`Writer::write`]
-    /// writes of a line that differs from the last one only in its `Seq`, for a caller that
-    /// knows it does. Before any line, it writes nothing.
+    /// writes of a line that differs from the last one only in its `Seq`. Before any line, it
+    /// writes nothing.
     #[inline]
-    pub fn write_again(&mut self, seq: u64, out: &mut Vec<u8>) {
+    fn write_again(&mut self, seq: u64, out: &mut Vec<u8>) {
         if self.line.is_empty() {
             return;
         }

@@ -236,9 +236,6 @@ struct Formatter {
     known: Vec<Option<std::sync::Arc<str>>>,
     clock: Clock,
     writer: corral_protocol::joblog::Writer,
-    /// What the last line written from a block was made of, but its Seq: its task, its start
-    /// and time in milliseconds, and how it ended.
-    last_line: Option<(Option<TaskId>, u64, u64, Ran)>,
     /// Whether a worker's notes were found cut short (said once).
     cut_seen: bool,
 }
@@ -250,7 +247,6 @@ impl Formatter {
             known: Vec::new(),
             clock,
             writer: corral_protocol::joblog::Writer::default(),
-            last_line: None,
             cut_seen: false,
         }
     }
@@ -273,31 +269,25 @@ impl Formatter {
             let task = alike
                 .task
                 .and_then(|index| block.task_ids.get(index as usize).copied().flatten());
-            let line_of = (task, alike.start_millis, alike.runtime_millis, alike.ran);
-            let first = block.first_line.saturating_add(alike.first);
-            if self.last_line == Some(line_of) {
-                self.writer.write_again(first, out);
-            } else {
-                self.last_line = Some(line_of);
-                let command = match task {
-                    Some(task) => name_of(&mut self.known, &self.names, task).as_bytes(),
-                    None => b"",
-                };
-                let line = corral_protocol::joblog::Line {
-                    seq: first,
-                    start_millis: alike.start_millis,
-                    nanos: alike.runtime_millis.saturating_mul(1_000_000),
-                    received: 0,
-                    exitval: match alike.ran {
-                        Ran::Ok => 0,
-                        Ran::Failed => 1,
-                        Ran::Never => -1,
-                    },
-                    signal: 0,
-                    command,
-                };
-                self.writer.write(&line, out);
-            }
+            let command = match task {
+                Some(task) => name_of(&mut self.known, &self.names, task).as_bytes(),
+                None => b"",
+            };
+            // The writer writes only the Seq anew when the rest is its last line's.
+            let line = corral_protocol::joblog::Line {
+                seq: block.first_line.saturating_add(alike.first),
+                start_millis: alike.start_millis,
+                nanos: alike.runtime_millis.saturating_mul(1_000_000),
+                received: 0,
+                exitval: match alike.ran {
+                    Ran::Ok => 0,
+                    Ran::Failed => 1,
+                    Ran::Never => -1,
+                },
+                signal: 0,
+                command,
+            };
+            self.writer.write(&line, out);
             self.writer.write_next(alike.count.saturating_sub(1), out);
         }
         if (cut || alikes.is_cut()) && !self.cut_seen {
@@ -312,7 +302,6 @@ impl Formatter {
 
     /// Appends the joblog line of `note` to `out`.
     fn line(&mut self, note: &JobNote, out: &mut Vec<u8>) {
-        self.last_line = None;
         let ended = note.ended.as_deref();
         let exec: Command<'_> = ended
             .and_then(|ended| ended.exec_output.as_ref())

@@ -45,8 +45,9 @@ pub struct Noted {
 pub struct BlockJoblog {
     /// The [`corral_protocol::joblog::Alike`]s, packed.
     pub alike: SharedBytes,
-    /// The batch's first line, from which their indexes count, and its number of lines.
+    /// The batch's first line, from which their indexes count.
     pub first_line: u64,
+    /// The batch's number of lines: no more are written.
     pub lines: u64,
     /// The run's number of each of the worker's tasks, by the worker's index.
     pub task_ids: Arc<[Option<TaskId>]>,
